@@ -1,0 +1,1 @@
+"""Code shared by every advrec service: settings, schemas, dataset loading, the artifact store."""
