@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'.")
     redis_url: str = "redis://127.0.0.1:6379/0"
-    api_keys: list[str] = Field(default_factory=list, description="Accepted gateway API keys (plain).")
+    api_key_hashes: list[str] = Field(
+        default_factory=list, description="SHA-256 hex digests of accepted gateway API keys (`advrec stack hash-key`)."
+    )
+    extractor_url: str = "http://127.0.0.1:8001"
+    attacker_url: str = "http://127.0.0.1:8002"
+    recommender_url: str = "http://127.0.0.1:8003"
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
 

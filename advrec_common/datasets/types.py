@@ -25,6 +25,7 @@ class Catalog:
     images: np.ndarray | None = None
     categories: list[str | None] | None = None
     category_names: list[str] = field(default_factory=list)
+    attributes: list[dict] | None = None  # optional per-item metadata (the demo's colour, pattern, ...)
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -36,6 +37,8 @@ class Catalog:
             raise InvalidInput(f"images must be (N,H,W,3) uint8 with N={n}, got {self.images.shape}")
         if self.categories is not None and len(self.categories) != n:
             raise InvalidInput("categories and item_ids differ in length")
+        if self.attributes is not None and len(self.attributes) != n:
+            raise InvalidInput("attributes and item_ids differ in length")
         if len(set(self.item_ids)) != n:
             raise InvalidInput("item ids are not unique")
 
@@ -63,6 +66,7 @@ class Catalog:
             images=None if self.images is None else self.images[idx],
             categories=None if self.categories is None else [self.categories[i] for i in idx],
             category_names=list(self.category_names),
+            attributes=None if self.attributes is None else [self.attributes[i] for i in idx],
         )
 
 
@@ -108,3 +112,23 @@ class RecDataset:
     @property
     def n_items(self) -> int:
         return self.train.n_items
+
+    def summary(self) -> dict:
+        """Counts for people: users, items, train/test rows, density, items per category."""
+        per_category: dict[str, int] = {}
+        if self.catalog.categories is not None:
+            names = list(self.catalog.category_names) or sorted({str(c) for c in self.catalog.categories if c is not None})
+            per_category = {name: 0 for name in names}
+            for c in self.catalog.categories:
+                key = "(none)" if c is None else str(c)
+                per_category[key] = per_category.get(key, 0) + 1
+        n_rows = len(self.train) + len(self.test)
+        return {
+            "name": self.name,
+            "users": self.n_users,
+            "items": self.n_items,
+            "train": len(self.train),
+            "test": len(self.test),
+            "density": n_rows / max(1, self.n_users * self.n_items),
+            "items_per_category": per_category,
+        }

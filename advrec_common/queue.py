@@ -1,0 +1,110 @@
+"""The Celery application: Redis broker, one queue per kind of work, reliability settings.
+
+Queues: ``extract`` (extractor training, feature extraction; GPU), ``attack`` (attacks; GPU),
+``recommend`` (recommender training and evaluation), ``orchestrate`` (planning, advancing the
+DAG, the report). Routing is configuration (:data:`TASK_ROUTES`, by task-name prefix), never
+decided in a task body.
+
+Reliability (see docs/stack.md): messages are acknowledged only after a task finished
+(``task_acks_late``) and are re-queued when the worker process dies (``task_reject_on_worker_lost``);
+a worker reserves one message at a time (``worker_prefetch_multiplier=1``) so a killed worker
+strands at most one. The durable job database is the run record on disk, not Redis: the
+reconciler (``orchestrate.reconcile``) re-drives any run the broker forgot.
+
+GPU workers: never touch CUDA in a prefork parent (the forked children cannot re-initialise
+it); start GPU workers with ``--pool=solo`` (or ``--pool=threads --concurrency=1``), one per GPU.
+Task modules import torch lazily, inside the step functions, so the worker parent stays CUDA-free.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from advrec_common.settings import Settings, get_settings
+
+QUEUES: tuple[str, ...] = ("extract", "attack", "recommend", "orchestrate")
+
+# The task that runs one DAG step for each queue (``Step.queue`` -> task name).
+STEP_TASKS: dict[str, str] = {
+    "extract": "extractor.run_step",
+    "attack": "attacker.run_step",
+    "recommend": "recommender.run_step",
+    "orchestrate": "orchestrate.run_step",
+}
+
+# Routing by task name: every task of a service goes to that service's queue.
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    "extractor.*": {"queue": "extract"},
+    "attacker.*": {"queue": "attack"},
+    "recommender.*": {"queue": "recommend"},
+    "orchestrate.*": {"queue": "orchestrate"},
+}
+
+TASK_MODULES: tuple[str, ...] = (
+    "advrec.pipeline.celery_executor",
+    "services.extractor.tasks",
+    "services.attacker.tasks",
+    "services.recommender.tasks",
+)
+
+# Redis re-delivers an unacknowledged message only after this many seconds (a worker killed with
+# SIGKILL never acknowledges). It must exceed the longest single step, or a step still running
+# would be delivered a second time; the heartbeat-based reconciler recovers dead steps much
+# sooner (RECONCILE_EVERY_S + STALE_AFTER_S), so a long timeout costs nothing.
+VISIBILITY_TIMEOUT_S = 6 * 3600
+# A running step writes a heartbeat into its run record this often; a step whose heartbeat is
+# older than STALE_AFTER_S is considered dead (its worker was killed) and is re-enqueued.
+HEARTBEAT_S = 2.0
+STALE_AFTER_S = 10.0
+# The orchestrate worker's embedded beat (``-B``) runs the reconciler this often.
+RECONCILE_EVERY_S = 10.0
+# Deliveries of one step before it is failed (poison-task guard for reject_on_worker_lost).
+MAX_ATTEMPTS = 3
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for ``settings`` (a plain dict, easy to inspect in tests)."""
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_expires": 24 * 3600,  # results are conveniences; the run record is the database
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_default_queue": "orchestrate",
+        "task_routes": TASK_ROUTES,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "reconcile": {"task": "orchestrate.reconcile", "schedule": RECONCILE_EVERY_S},
+        },
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app bound to ``settings.redis_url`` that knows every advrec task module."""
+    settings = settings or get_settings()
+    app = Celery("advrec", include=list(TASK_MODULES))
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache(maxsize=8)
+def celery_for(redis_url: str) -> Celery:
+    """A cached producer app for one broker URL (the gateway and the CLI send with it)."""
+    return make_celery(Settings(redis_url=redis_url))
+
+
+# The app the workers run (``celery -A advrec_common.queue worker``) and the tasks register on.
+app = make_celery()

@@ -1,0 +1,69 @@
+"""``advrec dataset demo`` and ``advrec dataset inspect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from advrec.cli import main
+
+
+def test_demo_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    args = [
+        "dataset",
+        "demo",
+        "--out",
+        str(out),
+        "--items",
+        "20",
+        "--users",
+        "12",
+        "--size",
+        "16",
+        "--seed",
+        "1",
+    ]
+    assert main([*args, "--min-per-user", "3", "--max-per-user", "5"]) == 0
+    written = capsys.readouterr().out
+    assert "users    12" in written and "items    20" in written and "test     12" in written
+    assert "  sock      2" in written
+    assert (out / "trainingset.tsv").is_file() and (out / "original" / "images" / "19.jpg").is_file()
+
+    assert main(["dataset", "inspect", str(out)]) == 0
+    inspected = capsys.readouterr().out
+    assert inspected.splitlines()[1:] == written.splitlines()[1:-1]  # same counts (the name line may differ)
+
+    assert main([*args]) == 2  # refuses to overwrite a non-empty folder
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_inspect_generic_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "img").mkdir()
+    for item in ("a", "b"):
+        Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "img" / f"{item}.png")
+    (tmp_path / "log.csv").write_text("user,item\nu,a\nu,b\nv,a\nv,zzz\n")
+    assert (
+        main(
+            [
+                "dataset",
+                "inspect",
+                str(tmp_path / "img"),
+                "--layout",
+                "generic",
+                "--interactions",
+                str(tmp_path / "log.csv"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr()
+    assert "users    2" in out.out and "items    2" in out.out and "test     1" in out.out
+    assert "warning: dropped 1 interaction(s) of 1 item(s)" in out.err
+
+    assert main(["dataset", "inspect", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["dataset", "inspect", str(tmp_path), "--layout", "generic"]) == 2
+    assert "needs --interactions" in capsys.readouterr().err
