@@ -1,0 +1,142 @@
+"""Durable run records: the state of one evaluation, on disk beside the artifact store.
+
+A record is ``<runs_dir>/<run_id>/record.json``, rewritten atomically under an exclusive file
+lock, so the in-process executor, Celery workers and the gateway can all update it. Redis may
+run without persistence; the record (not the broker) is the job database, and a restarted stack
+re-drives every run whose record is not terminal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from advrec_common.errors import InvalidInput, NotFound
+
+TERMINAL = {"done", "failed", "cancelled"}
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def new_run_id(name: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{uuid.uuid4().hex[:6]}"
+
+
+class RunRecord:
+    """Handle on one run's record file; every mutation goes through :meth:`update`."""
+
+    def __init__(self, runs_dir: str | Path, run_id: str):
+        if not RUN_ID_RE.match(run_id):
+            raise InvalidInput(f"not a run id: {run_id!r}")
+        self.run_id = run_id
+        self.dir = Path(runs_dir) / run_id
+        self.path = self.dir / "record.json"
+
+    # -- creation and access -------------------------------------------------------------------
+    @classmethod
+    def create(cls, runs_dir: str | Path, spec: dict[str, Any], run_id: str | None = None,
+               executor: str = "inprocess") -> RunRecord:
+        rec = cls(runs_dir, run_id or new_run_id(spec.get("name", "run")))
+        rec.dir.mkdir(parents=True, exist_ok=False)
+        now = time.time()
+        rec._write({
+            "run_id": rec.run_id, "spec": spec, "state": "queued", "executor": executor, "created": now,
+            "updated": now, "plan": None, "steps": {}, "error": None, "cancel_requested": False,
+        })
+        return rec
+
+    @classmethod
+    def open(cls, runs_dir: str | Path, run_id: str) -> RunRecord:
+        rec = cls(runs_dir, run_id)
+        if not rec.path.is_file():
+            raise NotFound(f"unknown run {run_id!r}")
+        return rec
+
+    def read(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text())
+
+    def _write(self, data: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.dir / "record.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def update(self, fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        """Apply ``fn`` to the record under the lock and save it; returns the new record."""
+        with self._locked():
+            data = self.read()
+            fn(data)
+            data["updated"] = time.time()
+            self._write(data)
+            return data
+
+    # -- common mutations ----------------------------------------------------------------------
+    def set_plan(self, plan_rows: list[dict[str, Any]]) -> None:
+        def fn(d: dict[str, Any]) -> None:
+            d["plan"] = plan_rows
+            for row in plan_rows:
+                d["steps"].setdefault(row["name"], {"state": "pending", "key": row["key"], "kind": row["kind"],
+                                                    "attempts": 0, "error": None, "seconds": None})
+        self.update(fn)
+
+    def set_step(self, name: str, **fields: Any) -> None:
+        def fn(d: dict[str, Any]) -> None:
+            d["steps"].setdefault(name, {"state": "pending", "attempts": 0, "error": None, "seconds": None})
+            d["steps"][name].update(fields)
+        self.update(fn)
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        def fn(d: dict[str, Any]) -> None:
+            if d["state"] in TERMINAL and state not in TERMINAL:
+                return
+            d["state"] = state
+            if error is not None:
+                d["error"] = error
+        self.update(fn)
+
+
+def progress_of(record: dict[str, Any]) -> dict[str, Any]:
+    """Done/total steps and the steps currently running."""
+    steps = record.get("steps", {})
+    done = sum(1 for s in steps.values() if s["state"] in ("done", "cached"))
+    return {
+        "done": done,
+        "total": len(steps),
+        "fraction": (done / len(steps)) if steps else 0.0,
+        "running": sorted(n for n, s in steps.items() if s["state"] == "running"),
+        "failed": sorted(n for n, s in steps.items() if s["state"] == "failed"),
+    }
+
+
+def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """Summaries of every run, newest first."""
+    out = []
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        p = d / "record.json"
+        if p.is_file():
+            try:
+                rec = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                continue
+            out.append({"run_id": rec["run_id"], "name": rec["spec"].get("name"), "state": rec["state"],
+                        "executor": rec.get("executor"), "created": rec["created"], "updated": rec["updated"],
+                        "progress": progress_of(rec)})
+    return sorted(out, key=lambda r: r["created"], reverse=True)

@@ -1,0 +1,221 @@
+"""The evaluation spec: one versioned, pydantic-validated document describes a whole study.
+
+The same model validates a YAML/JSON file (``advrec run SPEC``), the ``demo``/``study`` presets
+and the body of ``POST /v1/jobs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from advrec_common.errors import InvalidInput
+
+SPEC_VERSION = 1
+DEMO_DEFENSES = ("standard", "pgd_at", "free_at")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    """Where the catalog and interactions come from."""
+
+    kind: Literal["demo", "study", "generic"] = "demo"
+    # demo
+    n_items: int = Field(600, ge=20, le=200_000)
+    n_users: int = Field(800, ge=10, le=2_000_000)
+    image_size: int = Field(64, ge=16, le=512)
+    seed: int = 0
+    # study layout: <root>/original/images/<id>.jpg, trainingset.tsv, testset.tsv
+    root: Path | None = None
+    # generic layout
+    images_dir: Path | None = None
+    interactions: Path | None = None
+    categories: Path | None = None
+    kcore: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _paths_for_kind(self) -> DatasetSpec:
+        if self.kind == "study" and self.root is None:
+            raise ValueError("dataset.kind 'study' needs dataset.root")
+        if self.kind == "generic" and (self.images_dir is None or self.interactions is None):
+            raise ValueError("dataset.kind 'generic' needs dataset.images_dir and dataset.interactions")
+        return self
+
+
+class ExtractorSpec(_Strict):
+    """One defense variant: a demo-trained extractor, a checkpoint file, or a named weight."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    source: Literal["demo", "checkpoint", "named"] = "demo"
+    defense: Literal["standard", "pgd_at", "free_at"] | None = None
+    backbone: str = "small_cnn"
+    checkpoint: Path | None = None
+    layout: str = "auto"
+    weight_name: str | None = None
+    image_size: int | None = Field(None, ge=16, le=1024, description="resize images to this size (None: native)")
+    demo_images_per_class: int = Field(200, ge=10, le=5000)
+    epochs: int | None = Field(None, ge=1, le=500, description="demo training epochs (None: the defense's default)")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ExtractorSpec:
+        if self.source == "demo" and self.defense is None:
+            if self.name not in DEMO_DEFENSES:
+                raise ValueError(f"extractor {self.name!r}: source 'demo' needs defense in {DEMO_DEFENSES}")
+            self.defense = self.name  # type: ignore[assignment]
+        if self.source == "checkpoint" and self.checkpoint is None:
+            raise ValueError(f"extractor {self.name!r}: source 'checkpoint' needs checkpoint")
+        if self.source == "named" and not self.weight_name:
+            raise ValueError(f"extractor {self.name!r}: source 'named' needs weight_name")
+        return self
+
+
+class AttackGridSpec(_Strict):
+    """One attack method over a list of budgets; every other field is passed to the attack."""
+
+    method: str
+    eps: list[float] = Field(default_factory=lambda: [4.0, 8.0], min_length=1)
+    norm: Literal["linf", "l2"] = "linf"
+    steps: int | None = Field(None, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    budget_space: Literal["pixel", "normalized"] = "pixel"
+    delivery: Literal["png8", "float", "jpeg"] = "png8"
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    params: dict[str, Any] = Field(default_factory=dict, description="extra AttackSpec fields (e.g. cw_steps)")
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_ok(cls, v: list[float]) -> list[float]:
+        if any(e < 0 or e != e for e in v):
+            raise ValueError("eps must be >= 0 (in /255 units)")
+        return sorted(set(v))
+
+
+class ScenarioSpec(_Strict):
+    """Origin (pushed) and target categories; both None = chosen automatically like the study."""
+
+    origin: str | None = None
+    target: str | None = None
+    select_k: int = Field(20, ge=1)
+    min_items: int = Field(5, ge=1)
+
+
+class RecommenderSpec(_Strict):
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluationSpec(_Strict):
+    """A robustness evaluation: defenses x attacks x budgets x recommenders on one dataset."""
+
+    spec_version: Literal[1] = SPEC_VERSION
+    name: str = Field("evaluation", pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    extractors: list[ExtractorSpec] = Field(..., min_length=1)
+    attacks: list[AttackGridSpec] = Field(..., min_length=1)
+    recommenders: list[RecommenderSpec] = Field(..., min_length=1)
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50], min_length=1)
+    scenario: ScenarioSpec = Field(default_factory=ScenarioSpec)
+    modes: list[Literal["retrain", "deployment"]] = Field(default_factory=lambda: ["retrain", "deployment"], min_length=1)
+    seed: int = 0
+    shard_size: int = Field(256, ge=1, description="items per attack shard")
+    gallery_users: int = Field(1, ge=0, le=20)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_ok(cls, v: list[int]) -> list[int]:
+        if any(k <= 0 for k in v):
+            raise ValueError("every K must be > 0")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _unique_and_known(self) -> EvaluationSpec:
+        names = [e.name for e in self.extractors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"extractor names must be unique: {names}")
+        recs = [r.name for r in self.recommenders]
+        if len(set(recs)) != len(recs):
+            raise ValueError(f"recommender names must be unique: {recs}")
+        from services.attacker.attacks import ATTACKS
+        from services.recommender.models import RECOMMENDERS
+
+        for a in self.attacks:
+            if a.method not in ATTACKS:
+                raise ValueError(f"unknown attack {a.method!r}; known: {sorted(ATTACKS)}")
+        for r in recs:
+            if r not in RECOMMENDERS:
+                raise ValueError(f"unknown recommender {r!r}; known: {sorted(RECOMMENDERS)}")
+        return self
+
+
+def _demo_preset() -> dict[str, Any]:
+    return {
+        "name": "demo",
+        "dataset": {"kind": "demo"},
+        "extractors": [{"name": d} for d in DEMO_DEFENSES],
+        "attacks": [
+            {"method": "fgsm", "eps": [4, 8]},
+            {"method": "pgd", "eps": [4, 8], "steps": 10},
+        ],
+        "recommenders": [{"name": "vbpr"}, {"name": "amr"}, {"name": "deepstyle"}, {"name": "acf"}, {"name": "dvbpr"}],
+        "ks": [5, 10, 20, 50],
+    }
+
+
+def _study_preset() -> dict[str, Any]:
+    spec = _demo_preset()
+    spec["name"] = "study"
+    spec["attacks"] = [
+        {"method": "fgsm", "eps": [4, 8]},
+        {"method": "pgd", "eps": [4, 8], "steps": 10},
+        {"method": "cw", "eps": [0], "norm": "l2"},
+    ]
+    spec["recommenders"] = [{"name": "vbpr"}, {"name": "amr"}, {"name": "dvbpr"}, {"name": "acf"}]
+    spec["ks"] = [10, 20, 50, 100]
+    return spec
+
+
+PRESETS = {"demo": _demo_preset, "study": _study_preset}
+
+
+def preset(name: str) -> EvaluationSpec:
+    """A named preset spec (``demo`` or ``study``)."""
+    if name not in PRESETS:
+        raise InvalidInput(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return parse_spec(PRESETS[name]())
+
+
+def parse_spec(data: dict[str, Any]) -> EvaluationSpec:
+    """Validate a spec document; every problem is reported at once as InvalidInput."""
+    try:
+        return EvaluationSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '<spec>'}: {e['msg']}" for e in exc.errors()]
+        raise InvalidInput("invalid evaluation spec:\n" + "\n".join(lines)) from None
+
+
+def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
+    """A spec from a YAML/JSON file, or a preset name."""
+    text = str(path_or_preset)
+    if text in PRESETS:
+        return preset(text)
+    path = Path(text)
+    if not path.is_file():
+        raise InvalidInput(f"no spec file {path} (and not a preset: {sorted(PRESETS)})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: a spec must be a mapping")
+    if "preset" in data:  # {"preset": "demo", ...top-level overrides}
+        name = data.pop("preset")
+        if name not in PRESETS:
+            raise InvalidInput(f"{path}: unknown preset {name!r}; known: {sorted(PRESETS)}")
+        data = {**PRESETS[name](), **data}
+    return parse_spec(data)
