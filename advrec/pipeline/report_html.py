@@ -1,0 +1,104 @@
+"""``report.html``: one self-contained page (inline CSS, inline base64 PNG plots and images,
+no scripts, no external URL) rendered with Jinja2 (autoescaping every catalog-provided string).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jinja2
+
+from advrec.pipeline.report_findings import QUESTIONS
+from advrec.pipeline.report_plots import caption
+from advrec.pipeline.report_tables import Row, fmt
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;margin-top:32px}h3{font-size:15px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:2px 6px;
+text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}td.l,th.l{text-align:left}
+.scroll{overflow-x:auto;max-height:520px}.sig{font-weight:bold;color:#a00}
+.ans{display:inline-block;min-width:3.5em;text-align:center;border-radius:3px;padding:0 4px;margin-right:6px;
+font-weight:bold;color:#fff}.yes{background:#b33}.no{background:#2a7}.partly{background:#c80}.na{background:#888}
+.tiles{display:flex;gap:6px;align-items:flex-end;margin:4px 0}.tile{text-align:center;font-size:11px;width:100px}
+.tile img{width:96px;height:96px;image-rendering:pixelated;border:3px solid transparent}
+.tile.origin img{border-color:#c00}.plot img{max-width:100%}dl.kv dt{font-weight:bold;float:left;width:150px}
+dl.kv dd{margin-left:160px}pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
+"""
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>advrec report: {{ spec.name }}</title>
+<style>{{ css }}</style></head><body>
+<h1>advrec report: {{ spec.name }}</h1>
+<p>Do adversarially robust image feature extractors protect visual recommenders?
+Origin category <b>{{ scenario.origin }}</b> pushed toward target <b>{{ scenario.target }}</b>
+(chosen by: {{ scenario.chosen_by }}). Headline K = {{ k }}; <code>*</code> = paired t-test p &le; {{ alpha }} against the same
+extractor's clean run. advrec {{ version }}, results schema {{ schema }}.</p>
+
+<h2>Setup</h2>
+<dl class="kv">
+{% if dataset %}<dt>dataset</dt><dd>{{ dataset.name }}: {{ dataset.n_items }} items, {{ dataset.n_users }} users,
+{{ dataset.n_train }} train / {{ dataset.n_test }} test interactions</dd>{% endif %}
+<dt>extractors</dt><dd>{% for name, e in extractors.items() %}<b>{{ name }}</b> ({{ e.backbone }},
+{{ e.defense or e.source }}{% if e.report %}, clean acc {{ e.report.clean_accuracy | num }},
+robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | num }}{% endif %};
+{{ e.n_origin_items }} origin items){% if not loop.last %}; {% endif %}{% endfor %}</dd>
+<dt>attacks</dt><dd>{% for a in spec.attacks %}{{ a.method }} eps {{ a.eps | map('num') | join(', ') }} ({{ a.norm }},
+{{ a.budget_space }} budget, {{ a.delivery }} delivery{% if a.steps %}, {{ a.steps }} steps{% endif %}){% if not loop.last %};
+{% endif %}{% endfor %}</dd>
+<dt>recommenders</dt><dd>{{ spec.recommenders | map(attribute='name') | join(', ') }}</dd>
+<dt>modes, K</dt><dd>{{ spec.modes | join(', ') }}; K = {{ spec.ks | join(', ') }}</dd>
+<dt>seed</dt><dd>{{ spec.seed }}</dd>
+</dl>
+
+<h2>Findings</h2>
+{% for fid, question in questions.items() %}{% set group = findings | selectattr('id', 'equalto', fid) | list %}
+{% if group %}<h3>{{ question }}</h3><ul>
+{% for f in group %}<li><span class="ans {{ f.answer | replace('/', '') }}">{{ f.answer }}</span>{{ f.statement }}</li>
+{% endfor %}</ul>{% endif %}{% endfor %}
+
+<h2>Plots</h2>
+{% for name, png in plots.items() %}<div class="plot"><h3>{{ caption(name) }}</h3>
+<img alt="{{ name }}" src="data:image/png;base64,{{ png }}"></div>
+{% endfor %}
+
+<h2>Tables</h2>
+{% for name, rows in tables.items() %}<h3>{{ name }}.csv</h3>
+{% if rows %}<div class="scroll"><table><tr>{% for c in rows[0] %}<th{% if loop.index <= 4 %} class="l"{% endif %}>{{ c }}</th>{% endfor %}</tr>
+{% for r in rows %}<tr>{% for c, v in r.items() %}<td{% if loop.index <= 4 %} class="l"{% endif %}{% if v.endswith('*') %} class="sig"{% endif %}>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>{% else %}<p>(empty)</p>{% endif %}{% endfor %}
+
+<h2>Gallery</h2>
+{% if gallery %}<p>{{ gallery.method | upper }} eps {{ gallery.eps }} under the <b>{{ gallery.extractor }}</b> extractor,
+{{ gallery.recommender }} ({{ gallery.mode }}){% if gallery.significant %}: the first cell whose CHR@{{ gallery.k }} rose
+significantly{% else %}: no cell rose significantly; this is the cell with the largest CHR@{{ gallery.k }} rise{% endif %}.
+Red frame = origin-category item ({{ scenario.origin }}); "adv" = the attacked image the recommender saw.</p>
+{% for u in gallery.users %}<h3>user {{ u.user }}: top-{{ gallery.top_n }} gained {{ u.gain }} origin item(s)</h3>
+{% for label, tiles in (('before', u.before), ('after', u.after)) %}<div class="tiles"><b style="width:50px">{{ label }}</b>
+{% for t in tiles %}<div class="tile{% if t.origin %} origin{% endif %}"><img alt="{{ t.item }}" src="data:image/png;base64,{{ t.png }}"><br>
+{{ t.item }}{% if t.adversarial_image %} (adv){% endif %}</div>{% endfor %}</div>
+{% endfor %}{% endfor %}
+{% if gallery.perturbations %}<h3>Attacked items: clean, adversarial and the perturbation magnified</h3>
+<div class="plot"><img alt="perturbations" src="data:image/png;base64,{{ gallery.perturbations }}"></div>{% endif %}
+{% else %}<p>No gallery (no evaluation, no users requested, or no dataset artifact).</p>{% endif %}
+
+<h2>Spec</h2>
+<details><summary>the evaluation spec as run</summary><pre>{{ spec_json }}</pre></details>
+</body></html>
+"""
+
+
+def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: dict[str, str],
+                gallery: dict[str, Any] | None, k: int) -> str:
+    """The whole page as one string."""
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True)
+    env.filters["num"] = lambda v: fmt(v, 3) or "n/a"
+    template = env.from_string(_TEMPLATE)
+    return template.render(
+        css=_CSS, spec=results["spec"], scenario=results["scenario"], dataset=results.get("dataset"),
+        extractors=results["extractors"], findings=results["findings"], questions=QUESTIONS, plots=plots,
+        caption=caption, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
+        version=results["advrec_version"], schema=results["schema_version"],
+        spec_json=json.dumps(results["spec"], indent=1),
+    )
