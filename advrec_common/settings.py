@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     extractor_url: str = "http://127.0.0.1:8001"
     attacker_url: str = "http://127.0.0.1:8002"
     recommender_url: str = "http://127.0.0.1:8003"
+    extract_max_batch: int = Field(32, ge=1, description="extractor micro-batcher: most images per forward")
+    extract_max_wait_ms: float = Field(5.0, ge=0, description="extractor micro-batcher: longest wait to fill a batch")
+    extract_max_queue: int = Field(1024, ge=1, description="extractor micro-batcher: queued images before 503")
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
 

@@ -164,7 +164,7 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
 
     p = Plan()
     p.add("dataset", "dataset", dataset_params(spec))
-    max_k = max(spec.ks)
+    max_k = max(*spec.ks, spec.scenario.select_k)  # the clean lists also serve the scenario choice
     first_ext = spec.extractors[0].name
     first_rec = spec.recommenders[0].name
 

@@ -67,7 +67,7 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     for d, k in dep_keys.items():
         if not store.has(k):
             raise RuntimeError(f"step {step.name}: dependency {d} is not computed")
-    meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params}
+    meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": dep_keys}
     with store.writing(step.key, meta) as out:
         ctx = StepContext(step, store, out, dep_keys, resolve_device(device), progress)
         STEP_FUNCTIONS[step.kind](ctx)

@@ -54,12 +54,12 @@ class ExtractorSpec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     source: Literal["demo", "checkpoint", "named"] = "demo"
     defense: Literal["standard", "pgd_at", "free_at"] | None = None
-    backbone: str = "small_cnn"
+    backbone: str | None = Field(None, description="backbone of a checkpoint (the demo chooses its own)")
     checkpoint: Path | None = None
     layout: str = "auto"
     weight_name: str | None = None
     image_size: int | None = Field(None, ge=16, le=1024, description="resize images to this size (None: native)")
-    demo_images_per_class: int = Field(200, ge=10, le=5000)
+    demo_images_per_class: int | None = Field(None, ge=10, le=5000, description="None: the demo's default")
     epochs: int | None = Field(None, ge=1, le=500, description="demo training epochs (None: the defense's default)")
 
     @model_validator(mode="after")
@@ -68,8 +68,8 @@ class ExtractorSpec(_Strict):
             if self.name not in DEMO_DEFENSES:
                 raise ValueError(f"extractor {self.name!r}: source 'demo' needs defense in {DEMO_DEFENSES}")
             self.defense = self.name  # type: ignore[assignment]
-        if self.source == "checkpoint" and self.checkpoint is None:
-            raise ValueError(f"extractor {self.name!r}: source 'checkpoint' needs checkpoint")
+        if self.source == "checkpoint" and (self.checkpoint is None or self.backbone is None):
+            raise ValueError(f"extractor {self.name!r}: source 'checkpoint' needs checkpoint and backbone")
         if self.source == "named" and not self.weight_name:
             raise ValueError(f"extractor {self.name!r}: source 'named' needs weight_name")
         return self

@@ -89,15 +89,15 @@ def _item_side(feats: dict[str, Any] | None, ds: RecDataset, needs: set[str], fe
 
     f = spatial_t = img_t = cat_t = None
     if "features" in needs:
-        f = torch.as_tensor(np.asarray(features if features is not None else feats["features"]), dtype=torch.float32)
+        f = torch.tensor(np.array(features if features is not None else feats["features"]), dtype=torch.float32)
     if "spatial" in needs:
-        sp = np.asarray(spatial if spatial is not None else feats["spatial"])
+        sp = np.array(spatial if spatial is not None else feats["spatial"])
         spatial_t = torch.as_tensor(sp, dtype=torch.float32).flatten(2).transpose(1, 2).contiguous()  # (I,R,D')
     if "images" in needs:
         imgs = images if images is not None else catalog_images(ds)
         img_t = torch.as_tensor(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
     if "categories" in needs:
-        cat_t = torch.as_tensor(np.asarray(feats["classes"]), dtype=torch.int64)
+        cat_t = torch.tensor(np.array(feats["classes"]), dtype=torch.int64)
     return ItemSide(features=f, spatial=spatial_t, images=img_t, categories=cat_t)
 
 
@@ -157,13 +157,13 @@ def step_extractor(ctx: StepContext) -> None:
     from services.extractor.weights import load_extractor, resolve_named_weights, save_extractor
 
     p = ctx.params
-    info: dict[str, Any] = {"backbone": p["backbone"], "source": p["source"]}
+    info: dict[str, Any] = {"source": p["source"]}
     if p["source"] == "demo":
-        from services.extractor.demo_extractors import train_demo_extractor
+        from services.extractor.demo_extractors import DEMO_N_PER_CLASS, train_demo_extractor
 
         model, report, model_key = train_demo_extractor(
-            ctx.store, p["defense"], n_per_class=p["demo_images_per_class"], seed=p["seed"], device=ctx.device,
-            image_size=p["image_size"],
+            ctx.store, p["defense"], n_per_class=p["demo_images_per_class"] or DEMO_N_PER_CLASS, seed=p["seed"],
+            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"],
         )
         info.update(model_key=model_key, report=report.model_dump(mode="json"))
     else:
@@ -175,6 +175,7 @@ def step_extractor(ctx: StepContext) -> None:
             model = resolve_named_weights(p["weight_name"], get_settings().resolved_weights_dir)
         save_extractor(model, ctx.out / "model.pt")
         info["report"] = None
+    info["backbone"] = model.backbone
     info["class_names"] = list(model.class_names)
     info["feature_dim"] = model.feature_dim
     _write_json(ctx.out / "extractor.json", info)
@@ -213,8 +214,8 @@ def _accuracy(model, ds: RecDataset, ks: list[int], items=None) -> dict[str, Any
 
 
 def _means(acc: dict[str, Any]) -> dict[str, float]:
-    """Scalar means of an accuracy result (drops per-user vectors)."""
-    return {k: float(v) for k, v in acc.items() if isinstance(v, int | float | np.floating)}
+    """Scalar means of an accuracy result (drops the per-user vectors)."""
+    return {k: float(v) for k, v in acc.get("means", acc).items() if isinstance(v, int | float | np.floating)}
 
 
 def step_train(ctx: StepContext) -> None:
@@ -242,7 +243,9 @@ def _ks_for(max_k: int) -> list[int]:
 
 
 def _dump(obj: Any) -> Any:
-    return obj.model_dump(mode="json") if hasattr(obj, "model_dump") else obj
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return obj.to_dict() if hasattr(obj, "to_dict") else obj
 
 
 def step_scenario(ctx: StepContext) -> None:
@@ -253,13 +256,13 @@ def step_scenario(ctx: StepContext) -> None:
     feats = load_features(ctx.store, ctx.dep("features/"))
     names = feats["class_names"]
     top = ctx.store.get_array(ctx.dep("train/"), "topk")
-    proposal = propose_scenario(torch.as_tensor(top), torch.as_tensor(np.asarray(feats["classes"])), names,
+    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats["classes"])), names,
                                 k=p["select_k"], min_items=p["min_items"])
     origin, target = p.get("origin"), p.get("target")
     for label, value in (("origin", origin), ("target", target)):
         if value is not None and value not in names:
             raise InvalidInput(f"scenario {label} {value!r} is not a class of the extractor; classes: {names[:20]}...")
-    chosen = {"origin": origin or proposal["origin"], "target": target or proposal["target"],
+    chosen = {"origin": origin or proposal["origin"]["name"], "target": target or proposal["target"]["name"],
               "chosen_by": "spec" if origin and target else "automatic (clean CHR@K ranking, as the study)",
               "select_k": p["select_k"], "ranking": proposal["table"]}
     if chosen["origin"] == chosen["target"]:
@@ -411,7 +414,7 @@ def step_evaluate(ctx: StepContext) -> None:
     np.save(ctx.out / "topk.npy", top_after.cpu().numpy().astype(np.int64))
     names = feats["class_names"]
     origin = names.index(scen["origin"])
-    item_cat = torch.as_tensor(np.asarray(feats["classes"]), dtype=torch.int64)
+    item_cat = torch.tensor(np.array(feats["classes"]), dtype=torch.int64)
     per_k = []
     for k in p["ks"]:
         if k > max_k:
