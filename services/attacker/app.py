@@ -1,0 +1,219 @@
+"""Attacker service: the attack registry and adversarial images of uploads or catalog items.
+
+Run: ``uvicorn services.attacker.app:app --port 8002``. A thin HTTP layer over
+:func:`services.attacker.attacks.run_attack`, :func:`services.attacker.delivery.deliver` (with
+the clean image and budget, so 8-bit deliveries stay inside the budget) and
+:func:`services.attacker.measurements.measure_attack`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import threading
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, FastAPI, File, Form, UploadFile
+from PIL import Image
+from pydantic import ValidationError
+
+from advrec_common.datasets.images import decode_image, resize_image, to_tensor
+from advrec_common.errors import InvalidInput
+from advrec_common.http import (
+    ERROR_RESPONSES,
+    get_store,
+    health_router,
+    install_error_handlers,
+    read_upload,
+    require_artifact,
+    store_ready,
+)
+from advrec_common.schemas import AttackedImage, AttackInfo, AttackResponse, CatalogAttackRequest, Delivery
+from advrec_common.settings import Settings, get_settings, resolve_device
+from advrec_common.store import ArtifactStore
+
+# importing the spec first also loads the attack registry (importing attacks first hits a circular import)
+from services.attacker.spec import AttackSpec
+
+MAX_IMAGES_PER_REQUEST = 64
+# run_attack moves the (shared, cached) model to the device and back: one attack at a time per process
+_ATTACK_LOCK = threading.Lock()
+
+
+def parse_spec(spec: dict[str, Any]):
+    """An :class:`AttackSpec` from request fields; every validation problem as one InvalidInput."""
+    try:
+        return AttackSpec(**spec)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
+        raise InvalidInput("invalid attack spec: " + "; ".join(lines)) from None
+    except TypeError as exc:
+        raise InvalidInput(f"invalid attack spec: {exc}") from None
+
+
+def load_extractor(store: ArtifactStore, key: str):
+    from advrec.pipeline.steps import load_extractor_artifact
+
+    require_artifact(store, key, "extractor", "extractor")
+    return load_extractor_artifact(store, key)
+
+
+def _target_index(model, target: str | None) -> int | None:
+    if target is None:
+        return None
+    if target not in model.class_names:
+        shown = ", ".join(model.class_names[:20])
+        raise InvalidInput(f"target class {target!r} is not a class of the extractor; classes: {shown}")
+    return model.class_names.index(target)
+
+
+def _png_b64(image_u8: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image_u8).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _stack(images: list[np.ndarray], image_size: int | None) -> np.ndarray:
+    if image_size:
+        images = [resize_image(im, image_size) for im in images]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise InvalidInput(f"images differ in size {sorted(shapes)}; pass image_size to resize them")
+    return np.stack(images)
+
+
+def attack_images(model, images_u8: np.ndarray, spec_fields: dict[str, Any], target: str | None, delivery: str,
+                  jpeg_quality: int, device: str) -> tuple[Any, list[dict[str, Any]], dict[str, Any], float]:
+    """images (N,H,W,3) uint8 -> (spec, per-image rows with the encoded delivered image, summary, seconds)."""
+    from services.attacker.attacks import run_attack
+    from services.attacker.budget import budget_for
+    from services.attacker.delivery import deliver, to_u8
+    from services.attacker.measurements import measure_attack
+
+    spec = parse_spec(spec_fields)
+    target_idx = _target_index(model, target)
+    clean = to_tensor(images_u8)
+    with _ATTACK_LOCK:
+        t0 = time.perf_counter()
+        adv = run_attack(model, clean, spec, target_idx, device=device)
+        seconds = time.perf_counter() - t0
+        delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]
+        with torch.inference_mode():
+            clean_features = model.features(clean)
+        m = measure_attack(model, clean, delivered, target_idx, clean_features=clean_features)
+    rows = []
+    delivered_u8 = to_u8(delivered) if delivery != "float" else None
+    for i, meas in enumerate(m.to_table()):
+        if delivered_u8 is not None:
+            enc, b64 = "png", _png_b64(delivered_u8[i])
+        else:
+            arr = delivered[i].permute(1, 2, 0).contiguous().numpy().astype("<f4")
+            enc, b64 = "float32", base64.b64encode(arr.tobytes()).decode()
+        rows.append({"encoding": enc, "image_b64": b64, "height": int(clean.shape[2]), "width": int(clean.shape[3]),
+                     "measurements": _plain(meas)})
+    return spec, rows, _plain(m.summary()), seconds
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (numpy/tensor scalars -> Python numbers, NaN -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        return _plain(np.asarray(obj).tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def _response(spec, rows, summary, seconds, target, delivery, names: list[dict[str, Any]]) -> AttackResponse:
+    images = [AttackedImage(index=i, **names[i], **row) for i, row in enumerate(rows)]
+    return AttackResponse(attack=spec.label(), spec=spec.model_dump(mode="json"), target=target, delivery=delivery,
+                          images=images, summary=summary, seconds=seconds)
+
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, tags=["attacker"])
+
+
+@router.get("/attacks", response_model=list[AttackInfo], summary="Registered attacks and their parameters")
+def attacks() -> list[AttackInfo]:
+    from services.attacker.attacks import ATTACKS
+
+    params = AttackSpec.model_json_schema()["properties"]
+    return [AttackInfo(name=name, norms=list(cls.norms), budget_spaces=list(cls.budget_spaces),
+                       unbounded_ok=cls.unbounded_ok, needs_labels=cls.needs_labels, parameters=params)
+            for name, cls in sorted(ATTACKS.items())]
+
+
+@router.post("/attack", response_model=AttackResponse,
+             summary="Attack uploaded images toward a target class; returns the delivered images and measurements")
+async def attack_uploads(
+    images: Annotated[list[UploadFile], File(description="Images to attack (same size, or pass image_size).")],
+    extractor: Annotated[str, Form(description="Key of an `extractor` artifact.")],
+    spec: Annotated[str, Form(description='AttackSpec as JSON, e.g. {"method": "pgd", "eps": 8, "steps": 10}.')],
+    target: Annotated[str | None, Form(description="Target class name.")] = None,
+    delivery: Annotated[Delivery, Form()] = "png8",
+    jpeg_quality: Annotated[int, Form(ge=1, le=95)] = 90,
+    image_size: Annotated[int | None, Form(ge=16, le=1024)] = None,
+    settings: Settings = Depends(get_settings),
+    store: ArtifactStore = Depends(get_store),
+) -> AttackResponse:
+    if len(images) > MAX_IMAGES_PER_REQUEST:
+        raise InvalidInput(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(images)}")
+    try:
+        spec_fields = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"spec is not valid JSON: {exc}") from None
+    if not isinstance(spec_fields, dict):
+        raise InvalidInput("spec must be a JSON object")
+    parse_spec(spec_fields)  # fail fast, before decoding anything
+    model = await asyncio.to_thread(load_extractor, store, extractor)
+    decoded = []
+    for up in images:
+        data = await read_upload(up, settings.max_upload_bytes)
+        decoded.append(await asyncio.to_thread(decode_image, data, settings.max_image_pixels))
+    batch = _stack(decoded, image_size)
+    out = await asyncio.to_thread(attack_images, model, batch, spec_fields, target, delivery, jpeg_quality,
+                                  resolve_device(settings.device))
+    return _response(*out, target, delivery, [{"filename": up.filename} for up in images])
+
+
+@router.post("/attack/catalog", response_model=AttackResponse,
+             summary="Attack catalog items of a dataset artifact (by external item id) toward a target class")
+async def attack_catalog(
+    req: CatalogAttackRequest,
+    settings: Settings = Depends(get_settings),
+    store: ArtifactStore = Depends(get_store),
+) -> AttackResponse:
+    from advrec.pipeline.steps import catalog_images, load_dataset
+
+    parse_spec(req.spec)
+    require_artifact(store, req.dataset, "dataset", "dataset")
+    model = await asyncio.to_thread(load_extractor, store, req.extractor)
+    ds = await asyncio.to_thread(load_dataset, store, req.dataset)
+    idx = np.asarray([ds.catalog.index_of(i) for i in req.items], dtype=np.int64)
+    batch = await asyncio.to_thread(catalog_images, ds, idx, req.image_size)
+    out = await asyncio.to_thread(attack_images, model, batch, req.spec, req.target, req.delivery, req.jpeg_quality,
+                                  resolve_device(settings.device))
+    return _response(*out, req.target, req.delivery, [{"item_id": i} for i in req.items])
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="advrec attacker", version="1",
+                  description="Adversarial attacks on product images against a stored feature extractor: the "
+                              "registry, and attacked images with per-image measurements.")
+    install_error_handlers(app)
+    app.include_router(health_router("attacker", {"store": store_ready}))
+    app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,66 @@
+"""The shared plumbing of every attack: model, spec, device, targeted mode, budget and input range.
+
+A subclass is mostly its :meth:`Attack.perturb`; it receives images (N,3,H,W) float in [0,1] on
+``self.device`` and labels (N,) -- the target classes when ``self.targeted`` else the clean
+classes -- and returns adversarial images (N,3,H,W) in [0,1]. :meth:`Attack.__call__` then
+projects onto the pixel budget (a no-op up to float error for attacks that already respect it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from services.attacker.budget import Budget, budget_for
+from services.attacker.spec import AttackSpec
+from services.extractor.backbones import ImageModel
+
+
+class Attack:
+    """Base class; subclasses set ``name`` and the supported norms / budget spaces."""
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    budget_spaces: ClassVar[tuple[str, ...]] = ("pixel",)
+    unbounded_ok: ClassVar[bool] = False  # may eps be 0 (= no budget)?
+    needs_labels: ClassVar[bool] = True  # False: feature-level attacks that ignore class labels
+
+    def __init__(self, model: ImageModel, spec: AttackSpec, device: str | torch.device = "cpu", **extra: Any):
+        self.model = model
+        self.spec = spec
+        self.device = torch.device(device)
+        self.targeted = spec.targeted
+        self.budget: Budget | None = budget_for(spec, model.std)
+        self.extra = extra
+        self.check_extra()
+
+    def check_extra(self) -> None:
+        """Validate keyword tensors (feature attacks); plain attacks accept none."""
+        if self.extra:
+            from advrec_common.errors import InvalidInput
+
+            raise InvalidInput(f"attack {self.name!r} takes no extra arguments, got {sorted(self.extra)}")
+
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """images (N,3,H,W) in [0,1], labels (N,) -> adversarial images (N,3,H,W) in [0,1]."""
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        adv = self.perturb(images, labels).detach().clamp(0.0, 1.0)
+        return adv if self.budget is None else self.budget.project(adv, images)
+
+
+class TorchattacksAttack(Attack):
+    """An attack run by a torchattacks class in pixel space (inputs in [0,1], normalisation in the model)."""
+
+    def build(self) -> Any:
+        """The configured torchattacks attack object."""
+        raise NotImplementedError
+
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        atk = self.build()
+        atk.set_device(self.device)
+        if self.targeted:
+            atk.set_mode_targeted_by_label(quiet=True)
+        return atk(images, labels)

@@ -1,0 +1,132 @@
+"""What to attack with: :class:`AttackSpec` (pydantic, so a YAML file, a CLI flag and an HTTP body
+validate the same way) and the study's presets.
+
+Units: ``eps`` and ``step_size`` are in 1/255 units of a [0,1] image. For ``norm="l2"`` the
+radius is ``eps/255`` in the L2 norm of the whole (3,H,W) perturbation in [0,1] units.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Norm = Literal["linf", "l2"]
+BudgetSpace = Literal["pixel", "normalized"]
+
+# per-method defaults used when ``steps`` / ``queries`` is None (see AttackSpec.resolved_steps)
+DEFAULT_STEPS: dict[str, int] = {
+    "fgsm": 1,
+    "bim": 10,
+    "pgd": 10,  # study: 10 iterations
+    "mifgsm": 10,
+    "apgd": 50,
+    "spsa": 100,  # study: nb_iter 100
+    "feature_match": 10,
+    "score": 10,
+}
+DEFAULT_QUERIES: dict[str, int] = {"square": 1000, "spsa": 128}
+
+
+class AttackSpec(BaseModel):
+    """One attack configuration; validated on construction (unknown methods and bad values fail here)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = Field(description="Registry name, see services.attacker.attacks.ATTACKS.")
+    eps: float = Field(ge=0, description="Budget in 1/255 units (0 = unbounded, only for 'cw').")
+    norm: Norm = "linf"
+    steps: int | None = Field(default=None, gt=0, description="Iterations; None = the method's default.")
+    step_size: float | None = Field(
+        default=None, gt=0, description="Step in 1/255 units; None = eps/6 (study) for PGD-like, eps for FGSM."
+    )
+    random_start: bool = True
+    budget_space: BudgetSpace = Field(
+        default="pixel",
+        description="'pixel': eps/255 on [0,1] images. 'normalized': eps/255 on the normalised tensor, no [0,1] "
+        "clip inside the iterations (the study's code; ~0.23x the pixel budget with ImageNet std).",
+    )
+    targeted: bool = True
+    cw_binary_steps: int = Field(default=5, gt=0)
+    cw_c: float = Field(default=1e-2, gt=0)
+    cw_confidence: float = Field(default=0.0, ge=0)
+    cw_steps: int = Field(default=1000, gt=0)
+    cw_lr: float = Field(default=5e-3, gt=0)
+    decay: float = Field(default=1.0, ge=0, description="MI-FGSM momentum decay.")
+    queries: int | None = Field(
+        default=None, gt=0, description="Square: queries per image (1000). SPSA: samples per gradient estimate (128)."
+    )
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from services.attacker.attacks import ATTACKS
+
+        if v not in ATTACKS:
+            raise ValueError(f"unknown attack method {v!r}; known: {sorted(ATTACKS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_method(self) -> AttackSpec:
+        from services.attacker.attacks import ATTACKS
+
+        cls = ATTACKS[self.method]
+        if self.norm not in cls.norms:
+            raise ValueError(f"{self.method} supports norm {list(cls.norms)}, not {self.norm!r}")
+        if self.budget_space not in cls.budget_spaces:
+            raise ValueError(f"{self.method} supports budget_space {list(cls.budget_spaces)}, not {self.budget_space!r}")
+        if self.eps == 0 and not cls.unbounded_ok:
+            raise ValueError(f"{self.method} needs eps > 0 (in 1/255 units)")
+        return self
+
+    # -- resolved values in the units the attacks use -------------------------------------------
+    @property
+    def radius(self) -> float:
+        """Budget radius in [0,1] units of the attack space (eps/255)."""
+        return self.eps / 255.0
+
+    @property
+    def resolved_steps(self) -> int:
+        return self.steps if self.steps is not None else DEFAULT_STEPS.get(self.method, 10)
+
+    @property
+    def resolved_step(self) -> float:
+        """Step size in [0,1] units: given, else eps (FGSM), eps/steps (MI-FGSM, the paper), else eps/6 (study)."""
+        if self.step_size is not None:
+            return self.step_size / 255.0
+        if self.method == "fgsm":
+            return self.radius
+        if self.method == "mifgsm":
+            return self.radius / self.resolved_steps
+        return self.radius / 6.0
+
+    @property
+    def resolved_queries(self) -> int:
+        return self.queries if self.queries is not None else DEFAULT_QUERIES.get(self.method, 1000)
+
+    def label(self) -> str:
+        """Short human name, e.g. ``pgd-linf-eps4``."""
+        return f"{self.method}-{self.norm}-eps{self.eps:g}" + ("-norm" if self.budget_space == "normalized" else "")
+
+
+def _study_presets() -> dict[str, AttackSpec]:
+    """The study's attacks (VAR, study-protocol.md section 3) in this project's pixel convention; add
+    ``budget_space="normalized"`` (``spec.model_copy(update=...)``) to reproduce the seed code's budget."""
+    cw = {"cw_binary_steps": 5, "cw_c": 1e-2, "cw_confidence": 0.0, "cw_steps": 1000, "cw_lr": 5e-3}
+    return {
+        "fgsm_eps4": AttackSpec(method="fgsm", eps=4),
+        "fgsm_eps8": AttackSpec(method="fgsm", eps=8),
+        "pgd_eps4": AttackSpec(method="pgd", eps=4, steps=10, random_start=True),
+        "pgd_eps8": AttackSpec(method="pgd", eps=8, steps=10, random_start=True),
+        "cw": AttackSpec(method="cw", eps=0, norm="l2", **cw),
+    }
+
+
+def __getattr__(name: str) -> dict[str, AttackSpec]:
+    # STUDY_PRESETS is built on first use: validating a spec needs the attack registry, which imports
+    # this module, so building it at import time would be circular
+    if name == "STUDY_PRESETS":
+        globals()[name] = presets = _study_presets()
+        return presets
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""Extractor service: backbones, named weights, stored extractors, micro-batched feature extraction.
+
+Run: ``uvicorn services.extractor.app:app --port 8001``. A thin HTTP layer: images are decoded
+by :func:`advrec_common.datasets.images.decode_image`, features come from
+:func:`services.extractor.extraction.extract_features` (the code the pipeline's ``features``
+step runs), catalog features are the pipeline's ``features`` step itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Hashable, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+
+from advrec.pipeline.dag import STEP_QUEUES, Plan, Step
+from advrec_common.datasets.images import decode_image, resize_image
+from advrec_common.errors import InvalidInput
+from advrec_common.http import (
+    ERROR_RESPONSES,
+    get_store,
+    health_router,
+    install_error_handlers,
+    read_upload,
+    require_artifact,
+    store_ready,
+)
+from advrec_common.schemas import (
+    BackboneInfo,
+    CatalogFeaturesRequest,
+    CatalogFeaturesResponse,
+    ExtractorInfo,
+    ExtractResponse,
+    ImageFeatures,
+    WeightInfo,
+)
+from advrec_common.settings import Settings, get_settings, resolve_device
+from advrec_common.store import ArtifactStore
+from services.extractor.batcher import MicroBatcher
+
+MAX_IMAGES_PER_REQUEST = 256
+# micro-batcher knobs: Settings.extract_max_batch / extract_max_wait_ms / extract_max_queue when the
+# settings class defines them (ADVREC_EXTRACT_MAX_BATCH, ...), else these defaults
+BATCHER_DEFAULTS = {"extract_max_batch": 32, "extract_max_wait_ms": 5.0, "extract_max_queue": 1024}
+
+
+def _knob(settings: Settings, name: str) -> Any:
+    return getattr(settings, name, BATCHER_DEFAULTS[name])
+
+
+def load_extractor(store: ArtifactStore, key: str):
+    """The :class:`ImageModel` of extractor artifact ``key`` (loaded once per key, LRU)."""
+    from advrec.pipeline.steps import load_extractor_artifact
+
+    require_artifact(store, key, "extractor", "extractor")
+    return load_extractor_artifact(store, key)
+
+
+def _run_batch(group: Hashable, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """One forward for images of one group: (root, key, device, H, W) -> per-image feature dicts."""
+    from services.extractor.extraction import extract_features
+
+    root, key, device = group[0], group[1], group[2]  # type: ignore[index]
+    model = load_extractor(ArtifactStore(root), key)
+    batch = np.stack(images)
+    res = extract_features(model, batch, batch_size=len(batch), device=device, spatial=False, image_size=None)
+    feats = np.asarray(res.features, dtype=np.float32)
+    classes, probs = np.asarray(res.classes), np.asarray(res.probs)
+    return [{"features": feats[i], "class_index": int(classes[i]), "probability": float(probs[i])}
+            for i in range(len(batch))]
+
+
+def get_batcher(request: Request, settings: Settings = Depends(get_settings)) -> MicroBatcher:
+    """The app's one micro-batcher (created on first use with the settings' knobs)."""
+    state = request.app.state
+    if getattr(state, "batcher", None) is None:
+        state.batcher = MicroBatcher(_run_batch, max_batch=int(_knob(settings, "extract_max_batch")),
+                                     max_wait_ms=float(_knob(settings, "extract_max_wait_ms")),
+                                     max_queue=int(_knob(settings, "extract_max_queue")))
+    return state.batcher
+
+
+def _stored_step(store: ArtifactStore, name: str, kind: str, key: str, label: str) -> Step:
+    meta = require_artifact(store, key, kind, label)
+    return Step(name, kind, meta.get("params", {}), (), key, STEP_QUEUES[kind])
+
+
+def catalog_features(store: ArtifactStore, req: CatalogFeaturesRequest, device: str) -> CatalogFeaturesResponse:
+    """Run (or reuse) the pipeline's ``features`` step for (dataset, extractor): same key as a pipeline run."""
+    from advrec.pipeline.executor import execute_step
+
+    plan = Plan()
+    plan.steps["dataset"] = _stored_step(store, "dataset", "dataset", req.dataset, "dataset")
+    plan.steps["extractor/service"] = _stored_step(store, "extractor/service", "extractor", req.extractor, "extractor")
+    name = plan.add("features/service", "features", {"image_size": req.image_size, "spatial": req.spatial},
+                    ["dataset", "extractor/service"])
+    step = plan[name]
+    computed = execute_step(step, plan, store, device)
+    result = store.meta(step.key).get("result", {})
+    return CatalogFeaturesResponse(features=step.key, computed=computed, n_items=int(result.get("n", 0)),
+                                   dim=int(result.get("dim", 0)))
+
+
+def _encode(vec: np.ndarray, encoding: str) -> dict[str, Any]:
+    if encoding == "base64":
+        return {"features_b64": base64.b64encode(vec.astype("<f4").tobytes()).decode()}
+    return {"features": vec.astype(np.float32).tolist()}
+
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@router.get("/backbones", response_model=list[BackboneInfo], tags=["extractor"], summary="Registered backbones")
+def backbones() -> list[BackboneInfo]:
+    from services.extractor.backbones import BACKBONES
+
+    return [BackboneInfo(name=n) for n in sorted(BACKBONES)]
+
+
+@router.get("/weights", response_model=list[WeightInfo], tags=["extractor"],
+            summary="Named pretrained weights: present on disk or missing, and where the file must go")
+def weights(settings: Settings = Depends(get_settings)) -> list[WeightInfo]:
+    from services.extractor.weights import NAMED_WEIGHTS, named_weight_status
+
+    out = []
+    for name, w in sorted(NAMED_WEIGHTS.items()):
+        present, path = named_weight_status(name, settings.resolved_weights_dir)
+        out.append(WeightInfo(name=name, backbone=w.backbone, layout=w.layout, present=present, path=str(path),
+                              source=w.source, note=w.note))
+    return out
+
+
+@router.get("/extractors", response_model=list[ExtractorInfo], tags=["extractor"],
+            summary="Extractor artifacts in the store")
+def extractors(store: ArtifactStore = Depends(get_store)) -> list[ExtractorInfo]:
+    out = []
+    for key in store.keys():
+        meta = store.meta(key)
+        if meta.get("kind") != "extractor":
+            continue
+        info = store.get_json(key, "extractor")
+        out.append(ExtractorInfo(key=key, backbone=info["backbone"], source=info.get("source"),
+                                 n_classes=len(info.get("class_names", [])), feature_dim=info.get("feature_dim"),
+                                 step=meta.get("step")))
+    return out
+
+
+@router.post("/extract", response_model=ExtractResponse, tags=["extractor"],
+             summary="Features, class and probability of uploaded images (micro-batched across requests)")
+async def extract(
+    images: Annotated[list[UploadFile], File(description="One or more image files (JPEG, PNG, WebP, ...).")],
+    extractor: Annotated[str, Form(description="Key of an `extractor` artifact.")],
+    encoding: Annotated[Literal["list", "base64"], Form()] = "list",
+    image_size: Annotated[int | None, Form(ge=16, le=1024, description="Resize to size x size (None: native).")] = None,
+    settings: Settings = Depends(get_settings),
+    store: ArtifactStore = Depends(get_store),
+    batcher: MicroBatcher = Depends(get_batcher),
+) -> ExtractResponse:
+    if len(images) > MAX_IMAGES_PER_REQUEST:
+        raise InvalidInput(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(images)}")
+    model = await asyncio.to_thread(load_extractor, store, extractor)
+    decoded = []
+    for upload in images:  # decode everything first: a bad image fails the request before any work
+        data = await read_upload(upload, settings.max_upload_bytes)
+        arr = await asyncio.to_thread(decode_image, data, settings.max_image_pixels)
+        decoded.append(resize_image(arr, image_size) if image_size else arr)
+    device = resolve_device(settings.device)
+    root = str(store.root)
+    results = await batcher.submit_many([((root, extractor, device, *img.shape[:2]), img) for img in decoded])
+    items = [
+        ImageFeatures(index=i, filename=up.filename, dim=int(r["features"].shape[0]), class_index=r["class_index"],
+                      class_name=model.class_names[r["class_index"]], probability=r["probability"],
+                      **_encode(r["features"], encoding))
+        for i, (up, r) in enumerate(zip(images, results, strict=True))
+    ]
+    return ExtractResponse(extractor=extractor, encoding=encoding, items=items)
+
+
+@router.post("/extract/catalog", response_model=CatalogFeaturesResponse, tags=["extractor"],
+             summary="Features of a whole dataset's catalog (the pipeline's `features` step; reused when stored)")
+async def extract_catalog(
+    req: CatalogFeaturesRequest,
+    settings: Settings = Depends(get_settings),
+    store: ArtifactStore = Depends(get_store),
+) -> CatalogFeaturesResponse:
+    return await asyncio.to_thread(catalog_features, store, req, resolve_device(settings.device))
+
+
+def create_app() -> FastAPI:
+    """The extractor FastAPI app (dependencies resolved per request; override ``get_settings`` in tests)."""
+    app = FastAPI(title="advrec extractor", version="1",
+                  description="Image feature extractors: list backbones, named weights and stored extractors; "
+                              "extract features of uploaded images (micro-batched) or of a whole catalog.")
+    app.state.batcher = None
+    install_error_handlers(app)
+
+    app.include_router(health_router("extractor", {"store": store_ready}))
+    app.include_router(router)
+    return app
+
+
+app = create_app()

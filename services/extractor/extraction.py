@@ -1,0 +1,345 @@
+"""Batch feature extraction: images -> features, predicted class, its probability (and spatial maps).
+
+In-memory arrays are cut into batches; a :class:`Catalog` is streamed through a ``DataLoader``
+(one decoded image per item, outputs preallocated), so memory stays bounded for 100k-item
+catalogs. CPU runs exact fp32; on CUDA the forward runs channels_last under autocast (bf16 when
+supported, else fp16) and features are returned as float32. The study's on-disk outputs
+(``features.npy`` + ``classes.csv``) are written by :func:`write_study_outputs`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from advrec_common.datasets.images import CatalogImageDataset
+from advrec_common.datasets.types import Catalog
+from advrec_common.errors import InvalidInput, NotFound
+from advrec_common.settings import resolve_device
+from advrec_common.store import file_digest
+from services.extractor.backbones import ImageModel
+
+Progress = Callable[[dict[str, Any]], None]
+CLASSES_HEADER = ("ImageID", "ClassNum", "ClassStr", "Prob")
+
+
+@dataclass
+class ExtractionResult:
+    """features (N,D) float32; classes (N,) int64 argmax class; probs (N,) float32 its softmax prob;
+    spatial (N,D',h,w) float32 last feature map, or None."""
+
+    features: np.ndarray
+    classes: np.ndarray
+    probs: np.ndarray
+    spatial: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+# -- input batching ----------------------------------------------------------------------------------
+def _array_batches(images: np.ndarray | torch.Tensor, batch_size: int) -> tuple[int, Iterator[torch.Tensor]]:
+    """(N, iterator of (B,3,H,W) float batches in [0,1]) for uint8 (N,H,W,3) or float (N,3,H,W) input."""
+    if isinstance(images, np.ndarray):
+        if images.dtype == np.uint8:
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise InvalidInput(f"uint8 images must be (N,H,W,3), got {images.shape}")
+            tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        elif np.issubdtype(images.dtype, np.floating):
+            tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        else:
+            raise InvalidInput(f"images must be uint8 (N,H,W,3) or float (N,3,H,W), got dtype {images.dtype}")
+    elif isinstance(images, torch.Tensor):
+        tensor = images.detach()
+        if tensor.dtype == torch.uint8:
+            raise InvalidInput("uint8 tensors are ambiguous; pass a uint8 numpy array (N,H,W,3) or floats in [0,1]")
+    else:
+        raise InvalidInput(f"images must be an array, a tensor or a Catalog, got {type(images).__name__}")
+    if tensor.ndim != 4 or tensor.shape[1] != 3:
+        raise InvalidInput(f"float images must be (N,3,H,W), got {tuple(tensor.shape)}")
+    if tensor.is_floating_point():
+        if not bool(torch.isfinite(tensor).all()):
+            raise InvalidInput("images contain NaN or infinite values")
+        if tensor.numel() and (float(tensor.min()) < 0.0 or float(tensor.max()) > 1.0):
+            raise InvalidInput(f"float images must lie in [0,1], got {float(tensor.min())}..{float(tensor.max())}")
+    n = int(tensor.shape[0])
+
+    def gen() -> Iterator[torch.Tensor]:
+        for start in range(0, n, batch_size):
+            chunk = tensor[start : start + batch_size]
+            # contiguous NCHW like the catalog path, so both pick the same kernels (bit-equal features)
+            x = chunk.float().div(255.0) if chunk.dtype == torch.uint8 else chunk.float()
+            yield x.contiguous()
+
+    return n, gen()
+
+
+def _catalog_batches(
+    catalog: Catalog, batch_size: int, image_size: int | None, num_workers: int, pin: bool
+) -> tuple[int, Iterator[torch.Tensor]]:
+    loader = torch.utils.data.DataLoader(
+        CatalogImageDataset(catalog, size=image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin,
+    )
+
+    def gen() -> Iterator[torch.Tensor]:
+        it = iter(loader)
+        while True:
+            try:
+                x, _ = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as exc:  # default_collate on images of different sizes
+                if "stack expects each tensor to be equal size" in str(exc):
+                    raise InvalidInput("catalog images differ in size; pass image_size to resize them") from None
+                raise
+            yield x
+
+    return len(catalog), gen()
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,3,H,W) in [0,1] -> (B,3,size,size), bicubic with antialiasing, clamped to [0,1]."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def _autocast(device: str):
+    if not device.startswith("cuda"):
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# -- extraction --------------------------------------------------------------------------------------
+def extract_features(
+    model: ImageModel,
+    images: np.ndarray | torch.Tensor | Catalog,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    spatial: bool = False,
+    image_size: int | None = None,
+    num_workers: int = 0,
+    progress: Progress | None = None,
+) -> ExtractionResult:
+    """Features, predicted class and its probability for every image, in input order.
+
+    images: uint8 (N,H,W,3) array, float (N,3,H,W) array/tensor in [0,1], or a :class:`Catalog`
+    (streamed). ``image_size`` resizes every image to a square (catalog: PIL bicubic; arrays:
+    torch bicubic + antialias). ``spatial`` also returns the last feature map (for ACF).
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise InvalidInput(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+    if image_size is not None and image_size < 1:
+        raise InvalidInput(f"image_size must be positive, got {image_size}")
+    device = resolve_device(device)
+    on_cuda = device.startswith("cuda")
+    if isinstance(images, Catalog):
+        n, batches = _catalog_batches(images, batch_size, image_size, num_workers, pin=on_cuda)
+    else:
+        n, batches = _array_batches(images, batch_size)
+    was_training = model.training
+    model.to(device).eval()
+    if on_cuda:
+        model.to(memory_format=torch.channels_last)
+    feats = classes = probs = smap = None
+    done = 0
+    try:
+        with torch.inference_mode():
+            for x in batches:
+                x = x.to(device, non_blocking=True)
+                if image_size is not None and not isinstance(images, Catalog):
+                    x = _resize(x, image_size)
+                if on_cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    out = model.forward_all(x, spatial=spatial)
+                f = out.features.float()
+                p = out.logits.float().softmax(dim=1).max(dim=1)
+                if not bool(torch.isfinite(f).all()):
+                    raise InvalidInput(f"the model produced non-finite features for items {done}..{done + len(x) - 1}")
+                if feats is None:  # preallocate once the feature shapes are known
+                    feats = np.empty((n, f.shape[1]), dtype=np.float32)
+                    classes, probs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+                    if spatial:
+                        assert out.spatial is not None
+                        smap = np.empty((n, *out.spatial.shape[1:]), dtype=np.float32)
+                b = x.shape[0]
+                feats[done : done + b] = f.cpu().numpy()
+                classes[done : done + b] = p.indices.cpu().numpy()
+                probs[done : done + b] = p.values.cpu().numpy()
+                if smap is not None:
+                    smap[done : done + b] = out.spatial.float().cpu().numpy()
+                done += b
+                if progress is not None:
+                    progress({"done": done, "total": n})
+    finally:
+        model.train(was_training)
+    if feats is None:
+        raise InvalidInput("no images to extract")
+    assert classes is not None and probs is not None
+    return ExtractionResult(features=feats, classes=classes, probs=probs, spatial=smap)
+
+
+# -- the study's files -------------------------------------------------------------------------------
+@dataclass
+class StudyOutputs:
+    """What :func:`read_study_outputs` returns: per-item ids and class strings plus the arrays."""
+
+    item_ids: list[str]
+    class_str: list[str]
+    result: ExtractionResult
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_study_outputs(
+    result: ExtractionResult, class_names: Sequence[str], item_ids: Sequence[str], out_dir: str | Path
+) -> Path:
+    """Write ``features.npy`` (N,D float32), ``classes.csv`` (ImageID,ClassNum,ClassStr,Prob) and,
+    with spatial maps, ``spatial.npy`` (N,D',h,w float32) into ``out_dir``.
+
+    Everything is validated before the first byte is written; each file appears atomically.
+    """
+    n = len(result)
+    if len(item_ids) != n:
+        raise InvalidInput(f"{len(item_ids)} item ids for {n} extracted items")
+    if len(set(item_ids)) != n:
+        raise InvalidInput("item ids are not unique")
+    if result.classes.shape != (n,) or result.probs.shape != (n,) or result.features.ndim != 2:
+        raise InvalidInput("features must be (N,D) with classes and probs of shape (N,)")
+    if n and (result.classes.min() < 0 or result.classes.max() >= len(class_names)):
+        raise InvalidInput(f"class indices exceed the {len(class_names)} class names")
+    if not np.isfinite(result.features).all():
+        raise InvalidInput("features contain NaN or infinite values")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    features = np.ascontiguousarray(result.features, dtype=np.float32)
+    _atomic_write(out / "features.npy", lambda fh: np.save(fh, features, allow_pickle=False))
+    if result.spatial is not None:
+        smap = np.ascontiguousarray(result.spatial, dtype=np.float32)
+        _atomic_write(out / "spatial.npy", lambda fh: np.save(fh, smap, allow_pickle=False))
+
+    def rows(fh: Any) -> None:
+        w = csv.writer(fh)
+        w.writerow(CLASSES_HEADER)
+        names = np.asarray(list(class_names), dtype=object)[result.classes]
+        w.writerows(zip(item_ids, result.classes.tolist(), names.tolist(), result.probs.tolist(), strict=True))
+
+    _atomic_write(out / "classes.csv", rows, mode="w")
+    return out
+
+
+def read_study_outputs(out_dir: str | Path) -> StudyOutputs:
+    """Read what :func:`write_study_outputs` wrote (NotFound for missing files, InvalidInput if inconsistent)."""
+    out = Path(out_dir)
+    for name in ("features.npy", "classes.csv"):
+        if not (out / name).is_file():
+            raise NotFound(f"{out / name} does not exist")
+    features = np.load(out / "features.npy", allow_pickle=False)
+    with open(out / "classes.csv", newline="") as fh:
+        reader = csv.reader(fh)
+        header = tuple(next(reader, ()))
+        if header[: len(CLASSES_HEADER)] != CLASSES_HEADER:
+            raise InvalidInput(f"{out / 'classes.csv'}: header {header} is not {CLASSES_HEADER}")
+        rows = list(reader)
+    if len(rows) != features.shape[0]:
+        raise InvalidInput(f"{out}: {len(rows)} rows in classes.csv but {features.shape[0]} feature rows")
+    try:
+        classes = np.array([int(r[1]) for r in rows], dtype=np.int64)
+        probs = np.array([float(r[3]) for r in rows], dtype=np.float32)
+    except (IndexError, ValueError) as exc:
+        raise InvalidInput(f"{out / 'classes.csv'}: malformed row ({exc})") from None
+    spatial = np.load(out / "spatial.npy", allow_pickle=False) if (out / "spatial.npy").is_file() else None
+    return StudyOutputs(
+        item_ids=[r[0] for r in rows],
+        class_str=[r[2] for r in rows],
+        result=ExtractionResult(features=features.astype(np.float32, copy=False), classes=classes, probs=probs,
+                                spatial=spatial),
+    )
+
+
+# -- models kept loaded for a service ----------------------------------------------------------------
+class ExtractorRuntime:
+    """Loaded extractors keyed by checkpoint SHA-256 (LRU, at most ``max_models``), thread-safe."""
+
+    def __init__(self, device: str = "auto", max_models: int = 4):
+        if max_models < 1:
+            raise InvalidInput("max_models must be >= 1")
+        self.device = resolve_device(device)
+        self.max_models = max_models
+        self._models: OrderedDict[str, ImageModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(
+        self, path: str | Path, backbone: str, layout: str = "auto", class_names: Sequence[str] | None = None
+    ) -> str:
+        """Load (or reuse) a checkpoint; returns its key, the SHA-256 of the file."""
+        from services.extractor.weights import load_extractor
+
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"checkpoint file {str(path)!r} does not exist")
+        key = file_digest(path)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return key
+        model = load_extractor(path, backbone, layout=layout, class_names=class_names).to(self.device).eval()
+        with self._lock:
+            self._models[key] = model
+            self._models.move_to_end(key)
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        return key
+
+    def add(self, key: str, model: ImageModel) -> str:
+        """Register an in-memory model under ``key`` (e.g. a freshly trained one)."""
+        with self._lock:
+            self._models[key] = model.to(self.device).eval()
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> ImageModel:
+        with self._lock:
+            if key not in self._models:
+                raise NotFound(f"extractor {key} is not loaded")
+            self._models.move_to_end(key)
+            return self._models[key]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def extract(self, key: str, images: np.ndarray | torch.Tensor | Catalog, **kwargs: Any) -> ExtractionResult:
+        """:func:`extract_features` with the loaded model ``key`` on this runtime's device."""
+        return extract_features(self.get(key), images, device=self.device, **kwargs)

@@ -1,0 +1,63 @@
+"""Recommender-aware attacks: feature matching and score maximisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advrec_common.errors import InvalidInput
+from services.attacker.attacks import run_attack
+from services.attacker.spec import AttackSpec
+
+
+def _features(model, x):
+    with torch.no_grad():
+        return model.features(x)
+
+
+def test_feature_match_pulls_features_to_the_target_centroid(random_model, images):
+    g = torch.Generator().manual_seed(5)
+    target_imgs = torch.rand(5, 3, 32, 32, generator=g)
+    centroid = _features(random_model, target_imgs).mean(0)
+    spec = AttackSpec(method="feature_match", eps=8, steps=10)
+    adv = run_attack(random_model, images, spec, None, target_features=_features(random_model, target_imgs))
+    noise = (images + (torch.rand(images.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
+    d_clean = (_features(random_model, images) - centroid).norm(dim=1)
+    d_adv = (_features(random_model, adv) - centroid).norm(dim=1)
+    d_noise = (_features(random_model, noise) - centroid).norm(dim=1)
+    assert torch.all(d_adv < d_clean) and torch.all(d_adv < d_noise)
+    assert (adv - images).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_feature_match_accepts_a_centroid_and_the_normalized_budget(random_model, images):
+    centroid = torch.zeros(random_model.feature_dim)
+    spec = AttackSpec(method="feature_match", eps=8, steps=3, budget_space="normalized", norm="l2")
+    adv = run_attack(random_model, images, spec, None, target_features=centroid)
+    assert (_features(random_model, adv).norm(dim=1) < _features(random_model, images).norm(dim=1)).all()
+
+
+def test_score_attack_raises_a_recommender_score(random_model, images):
+    g = torch.Generator().manual_seed(2)
+    users = torch.randn(7, random_model.feature_dim, generator=g)  # a VBPR-like visual term: mean_u theta_u . f_i
+
+    def score(f):
+        return (f @ users.T).mean(1)
+
+    adv = run_attack(random_model, images, AttackSpec(method="score", eps=4, steps=5), None, score_fn=score)
+    assert torch.all(score(_features(random_model, adv)) > score(_features(random_model, images)))
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        ("feature_match", {}, "needs target_features"),
+        ("feature_match", {"target_features": torch.zeros(3, 7)}, "dim 7"),
+        ("feature_match", {"target_features": torch.full((128,), float("nan"))}, "NaN"),
+        ("feature_match", {"target_features": torch.zeros(128), "score_fn": sum}, "only target_features"),
+        ("score", {}, "needs score_fn"),
+        ("score", {"score_fn": lambda f: f}, r"\(N,\) scores"),
+    ],
+)
+def test_feature_attack_argument_errors(random_model, images, method, kwargs, message):
+    with pytest.raises(InvalidInput, match=message):
+        run_attack(random_model, images, AttackSpec(method=method, eps=4, steps=1), None, **kwargs)

@@ -1,0 +1,56 @@
+"""AttackSpec validation, defaults and the study presets."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.attacker.attacks import ATTACKS
+from services.attacker.spec import STUDY_PRESETS, AttackSpec
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"method": "pgd", "eps": -1}, "greater than or equal to 0"),
+        ({"method": "nope", "eps": 4}, "unknown attack method 'nope'"),
+        ({"method": "pgd", "eps": 4, "steps": 0}, "greater than 0"),
+        ({"method": "pgd", "eps": 4, "steps": -3}, "greater than 0"),
+        ({"method": "fgsm", "eps": 4, "norm": "l2"}, "fgsm supports norm ['linf']"),
+        ({"method": "cw", "eps": 0, "budget_space": "normalized"}, "cw supports norm"),
+        ({"method": "square", "eps": 4, "budget_space": "normalized"}, "square supports budget_space ['pixel']"),
+        ({"method": "pgd", "eps": 0}, "pgd needs eps > 0"),
+        ({"method": "pgd", "eps": 4, "colour": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_specs_fail_with_clear_messages(fields, message):
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        AttackSpec(**fields)
+
+
+def test_defaults_follow_the_study():
+    pgd = AttackSpec(method="pgd", eps=6)
+    assert pgd.resolved_steps == 10 and pgd.resolved_step == pytest.approx(1 / 255)  # eps/6
+    assert AttackSpec(method="fgsm", eps=4).resolved_step == pytest.approx(4 / 255)
+    assert AttackSpec(method="mifgsm", eps=5, steps=5).resolved_step == pytest.approx(1 / 255)  # eps/T
+    assert AttackSpec(method="pgd", eps=6, step_size=2).resolved_step == pytest.approx(2 / 255)
+    assert AttackSpec(method="square", eps=4).resolved_queries == 1000
+
+
+def test_study_presets():
+    assert {k: (s.method, s.eps) for k, s in STUDY_PRESETS.items()} == {
+        "fgsm_eps4": ("fgsm", 4), "fgsm_eps8": ("fgsm", 8), "pgd_eps4": ("pgd", 4), "pgd_eps8": ("pgd", 8), "cw": ("cw", 0),
+    }
+    cw = STUDY_PRESETS["cw"]
+    assert (cw.cw_binary_steps, cw.cw_c, cw.cw_confidence, cw.cw_steps, cw.cw_lr) == (5, 1e-2, 0, 1000, 5e-3)
+    assert STUDY_PRESETS["pgd_eps8"].resolved_steps == 10 and STUDY_PRESETS["pgd_eps8"].random_start
+
+
+def test_registry_has_the_required_attacks():
+    assert {"fgsm", "bim", "pgd", "mifgsm", "cw", "apgd", "square", "spsa", "feature_match", "score"} <= set(ATTACKS)
+    assert all(cls.name == name for name, cls in ATTACKS.items())
+
+
+def test_spec_round_trips_through_json():
+    spec = AttackSpec(method="pgd", eps=8, norm="l2", budget_space="normalized", seed=3)
+    assert AttackSpec.model_validate_json(spec.model_dump_json()) == spec
