@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from fastapi import APIRouter, Depends, FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from advrec_common.errors import (
     AdvrecError,
@@ -80,7 +81,14 @@ def install_error_handlers(app: FastAPI) -> None:
         body = ErrorBody(error="InvalidInput", detail="; ".join(lines) or "invalid request")
         return JSONResponse(status_code=422, content=body.model_dump())
 
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        body = ErrorBody(error=name, detail=str(exc.detail))
+        return JSONResponse(status_code=exc.status_code, content=body.model_dump(), headers=exc.headers)
+
     app.add_exception_handler(AdvrecError, domain_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
