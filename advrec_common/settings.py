@@ -19,6 +19,10 @@ class Settings(BaseSettings):
         default=None, description="Where named pretrained checkpoints live (default <home>/weights)."
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'.")
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads of every pipeline step (0: all cores). Fixed per machine so that the "
+        "in-process and Celery executors give bit-identical numbers."
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_key_hashes: list[str] = Field(
         default_factory=list, description="SHA-256 hex digests of accepted gateway API keys (`advrec stack hash-key`)."

@@ -67,12 +67,26 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     for d, k in dep_keys.items():
         if not store.has(k):
             raise RuntimeError(f"step {step.name}: dependency {d} is not computed")
+    _pin_threads()
     meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": dep_keys}
     with store.writing(step.key, meta) as out:
         ctx = StepContext(step, store, out, dep_keys, resolve_device(device), progress)
         STEP_FUNCTIONS[step.kind](ctx)
         meta["result"] = ctx.meta  # written to meta.json when the block exits
     return True
+
+
+def _pin_threads() -> None:
+    """Same CPU thread count in every process: float reductions then give identical numbers."""
+    import os
+
+    import torch
+
+    from advrec_common.settings import get_settings
+
+    n = get_settings().torch_threads or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def publish_report(store: ArtifactStore, report_key: str, run_dir: Path) -> None:

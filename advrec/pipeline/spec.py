@@ -85,7 +85,7 @@ class AttackGridSpec(_Strict):
     step_size: float | None = Field(None, gt=0)
     budget_space: Literal["pixel", "normalized"] = "pixel"
     delivery: Literal["png8", "float", "jpeg"] = "png8"
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_quality: int = Field(90, ge=1, le=95)
     params: dict[str, Any] = Field(default_factory=dict, description="extra AttackSpec fields (e.g. cw_steps)")
 
     @field_validator("eps")

@@ -274,6 +274,7 @@ def step_attack_shard(ctx: StepContext) -> None:
     """Attack the origin-category items of one catalog index range toward the target category."""
     from advrec_common.datasets.images import to_tensor, to_uint8
     from services.attacker.attacks import run_attack
+    from services.attacker.budget import budget_for
     from services.attacker.delivery import deliver
     from services.attacker.measurements import measure_attack
     from services.attacker.spec import AttackSpec
@@ -301,7 +302,8 @@ def step_attack_shard(ctx: StepContext) -> None:
     t0 = time.perf_counter()
     adv = run_attack(model, clean, spec, target, device=ctx.device)
     seconds = time.perf_counter() - t0
-    delivered = deliver(adv, p["delivery"], p["jpeg_quality"])
+    # projecting before rounding keeps the delivered 8-bit image within the budget
+    delivered = deliver(adv, p["delivery"], p["jpeg_quality"], clean=clean, budget=budget_for(spec, model.std))
     clean_f = torch.as_tensor(np.asarray(feats["features"])[idx])
     m = measure_attack(model, clean, delivered, target, clean_features=clean_f)
     with torch.inference_mode():

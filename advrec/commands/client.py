@@ -1,0 +1,213 @@
+"""Remote verbs (talk to a gateway): ``submit``, ``status``, ``wait``, ``results``, ``download``,
+``cancel``, ``jobs``, ``upload``.
+
+Server and key come from ``--server`` / ``--api-key`` or the environment (``ADVREC_SERVER``,
+``ADVREC_API_KEY``). The local ``advrec report RUN`` belongs to the in-process runner; the
+remote report download is ``advrec download ID -o report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advrec.client import AdvrecClient
+from advrec.pipeline.spec import PRESETS
+from advrec_common.errors import InvalidInput
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _client(args: argparse.Namespace) -> AdvrecClient:
+    server = args.server or os.environ.get("ADVREC_SERVER") or DEFAULT_SERVER
+    key = args.api_key or os.environ.get("ADVREC_API_KEY")
+    return AdvrecClient(server, key, timeout=args.timeout)
+
+
+def _spec_body(text: str) -> dict[str, Any]:
+    if text in PRESETS:
+        return {"preset": text}
+    path = Path(text)
+    if not path.is_file():
+        raise InvalidInput(f"no spec file {path} (and not a preset: {sorted(PRESETS)})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: a spec must be a mapping")
+    return data
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    p = st["progress"]
+    print(f"job      {st['id']}")
+    print(f"state    {st['state']}")
+    print(f"progress {p['done']}/{p['total']} steps")
+    if p["running"]:
+        print(f"running  {', '.join(p['running'])}")
+    if st.get("error"):
+        print(f"error    {st['error'].splitlines()[0]}")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job_id = c.submit(_spec_body(args.spec))
+        if args.wait:
+            return _wait_for(c, job_id, args)
+    print(job_id)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        st = c.status(args.id)
+    if args.json:
+        print(json.dumps(st, indent=1))
+    else:
+        _print_status(st)
+    return 0
+
+
+def _wait_for(c: AdvrecClient, job_id: str, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=job_id, unit="step", total=0)
+
+    def progress(st: dict[str, Any]) -> None:
+        p = st["progress"]
+        if bar.total != p["total"]:
+            bar.total = p["total"]
+        bar.n = p["done"]
+        bar.set_postfix_str(st["state"] if not p["running"] else p["running"][0][-40:], refresh=False)
+        bar.refresh()
+
+    try:
+        st = c.wait(job_id, progress=progress, poll_interval=args.poll, timeout=args.wait_timeout,
+                    raise_on_failure=False)
+    finally:
+        bar.close()
+    _print_status(st)
+    return 0 if st["state"] == "done" else 1
+
+
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return _wait_for(c, args.id, args)
+
+
+def _results(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        res = c.results(args.id)
+    text = json.dumps(res, indent=1)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.artifact:
+            Path(args.output).write_bytes(c.artifact(args.id, args.artifact))
+        else:
+            c.report(args.id, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        st = c.cancel(args.id)
+    print(f"{st['id']} {st['state']}")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.list_jobs()
+    for r in rows:
+        p = r["progress"]
+        print(f"{r['id']:<50} {r['state']:<10} {p['done']:>4}/{p['total']:<4}")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.path is not None and Path(args.path).is_dir():
+            folder = Path(args.path)
+            cats = folder / "categories.csv"
+            info = c.upload_dataset(images=sorted((folder / "images").iterdir()),
+                                    interactions=folder / "interactions.csv",
+                                    categories=cats if cats.is_file() else None)
+        else:
+            info = c.upload_dataset(args.path)
+    print(f"dataset {info['id']}: {info['n_images']} images, {info['n_interactions']} interactions")
+    print("use in a spec:  dataset: " + json.dumps(info["spec"]))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help=f"gateway URL (env ADVREC_SERVER, default {DEFAULT_SERVER})")
+    p.add_argument("--api-key", help="API key (env ADVREC_API_KEY)")
+    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
+
+
+def _wait_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit an evaluation to a gateway (prints the job id)")
+    p.add_argument("spec", help="spec YAML/JSON file or preset name (demo, study)")
+    p.add_argument("--wait", action="store_true", help="then wait with a progress bar")
+    _common(p)
+    _wait_opts(p)
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("status", help="state and progress of a remote job")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="print the full status document")
+    _common(p)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("wait", help="wait for a remote job with a progress bar (exit 1 unless done)")
+    p.add_argument("id")
+    _common(p)
+    _wait_opts(p)
+    p.set_defaults(func=_wait)
+
+    p = sub.add_parser("results", help="print (or save) results.json of a finished remote job")
+    p.add_argument("id")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    _common(p)
+    p.set_defaults(func=_results)
+
+    p = sub.add_parser("download", help="download report.html (or another report file) of a remote job")
+    p.add_argument("id")
+    p.add_argument("-o", "--output", required=True, help="destination file")
+    p.add_argument("--artifact", help="a file of the report folder instead of report.html")
+    _common(p)
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("cancel", help="cancel a remote job")
+    p.add_argument("id")
+    _common(p)
+    p.set_defaults(func=_cancel)
+
+    p = sub.add_parser("jobs", help="list the jobs of a gateway")
+    _common(p)
+    p.set_defaults(func=_jobs)
+
+    p = sub.add_parser("upload", help="upload a dataset (zip, or folder with images/ + interactions.csv)")
+    p.add_argument("path", help="a .zip or a folder")
+    _common(p)
+    p.set_defaults(func=_upload)

@@ -1,0 +1,207 @@
+"""``/v1/datasets``: upload a catalog (images + interactions [+ categories]) in the generic layout.
+
+An upload is either one zip holding ``images/<item_id>.<ext>`` and ``interactions.csv`` (or
+``.tsv``) [+ ``categories.csv``], possibly inside one top-level folder, or the same as separate
+multipart files. Every image is decoded (:func:`decode_image`, pixel budget from the settings)
+and the interactions are loaded with the generic-layout loader before anything is kept: any
+problem is a 422 naming the file, and nothing is written. The dataset id is derived from the
+content, so uploading the same files twice gives the same dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import tempfile
+import time
+import warnings
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, UploadFile
+
+from advrec_common.datasets.generic_layout import GENERIC_IMAGE_SUFFIXES, load_generic_dataset
+from advrec_common.datasets.images import decode_image
+from advrec_common.errors import AdvrecError, BadImage, InvalidInput, NotFound
+from advrec_common.settings import Settings
+from gateway.auth import require_api_key
+from gateway.deps import get_app_settings
+from gateway.schemas import DatasetInfo, error_responses
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(require_api_key)],
+                   responses=error_responses(400, 401, 403, 404, 413, 422))
+
+DATASET_ID_RE = re.compile(r"^ds-[0-9a-f]{16}$")
+TABLE_SUFFIXES = (".csv", ".tsv")
+
+
+class TooLarge(AdvrecError):
+    status_code = 413
+
+
+def _datasets_dir(settings: Settings) -> Path:
+    return settings.home / "datasets"
+
+
+def _safe_name(name: str, where: str) -> str:
+    """The base name of an uploaded file; rejects empty, hidden and path-like names."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    if not base or base.startswith(".") or base != name.replace("\\", "/").split("/")[-1]:
+        raise InvalidInput(f"{where}: bad file name {name!r}")
+    return base
+
+
+def files_from_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
+    """Members of an uploaded zip as ``{relative path: bytes}`` (one top-level folder is stripped)."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InvalidInput("archive: not a zip file") from None
+    infos = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")
+             and not PurePosixPath(i.filename).name.startswith(".")]
+    if sum(i.file_size for i in infos) > max_bytes:
+        raise TooLarge(f"archive: uncompressed size exceeds the limit of {max_bytes} bytes")
+    names = [PurePosixPath(i.filename) for i in infos]
+    for n in names:
+        if n.is_absolute() or ".." in n.parts:
+            raise InvalidInput(f"archive: unsafe member name {str(n)!r}")
+    tops = {n.parts[0] for n in names}
+    strip = len(tops) == 1 and all(len(n.parts) > 1 for n in names) and next(iter(tops)) != "images"
+    out: dict[str, bytes] = {}
+    for info, name in zip(infos, names, strict=True):
+        rel = PurePosixPath(*name.parts[1:]) if strip else name
+        try:
+            out[str(rel)] = zf.read(info)
+        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
+            raise InvalidInput(f"archive: cannot read {str(rel)!r}: {exc}") from None
+    return out
+
+
+def _layout(files: dict[str, bytes], settings: Settings) -> dict[str, bytes]:
+    """Check and normalise ``{relpath: bytes}`` to images/<id>.<ext>, interactions.<csv|tsv>, categories.<..>."""
+    out: dict[str, bytes] = {}
+    tables = {"interactions": None, "categories": None}
+    for rel, blob in files.items():
+        p = PurePosixPath(rel)
+        if len(p.parts) == 2 and p.parts[0] == "images":
+            if p.suffix.lower() not in GENERIC_IMAGE_SUFFIXES:
+                raise InvalidInput(f"{rel}: not an image file name (allowed: {', '.join(GENERIC_IMAGE_SUFFIXES)})")
+            try:
+                decode_image(blob, max_pixels=settings.max_image_pixels)
+            except BadImage as exc:
+                raise BadImage(f"{rel}: {str(exc).replace('image bytes', 'image')}") from None
+            out[rel] = blob
+        elif len(p.parts) == 1 and p.stem in tables and p.suffix.lower() in TABLE_SUFFIXES:
+            if tables[p.stem] is not None:
+                raise InvalidInput(f"two {p.stem} files: {tables[p.stem]} and {rel}")
+            tables[p.stem] = rel
+            out[rel] = blob
+        else:
+            raise InvalidInput(f"{rel}: unexpected file (want images/<item_id>.<ext>, interactions.csv, categories.csv)")
+    if tables["interactions"] is None:
+        raise InvalidInput("the upload has no interactions.csv (or .tsv)")
+    if not any(r.startswith("images/") for r in out):
+        raise InvalidInput("the upload has no images")
+    return out
+
+
+def dataset_id(files: dict[str, bytes]) -> str:
+    """``ds-`` + 16 hex of the SHA-256 over every (relative path, content digest), sorted."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\0{hashlib.sha256(files[rel]).hexdigest()}\n".encode())
+    return "ds-" + h.hexdigest()[:16]
+
+
+def store_dataset(files: dict[str, bytes], settings: Settings) -> dict[str, Any]:
+    """Validate ``files`` fully, then move them into ``<home>/datasets/<id>/`` (atomic rename)."""
+    files = _layout(files, settings)
+    ds_id = dataset_id(files)
+    root = _datasets_dir(settings)
+    final = root / ds_id
+    if (final / "dataset.json").is_file():
+        return json.loads((final / "dataset.json").read_text())
+    scratch_root = settings.home / "tmp"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="upload-", dir=scratch_root))
+    try:
+        for rel, blob in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(blob)
+        inter = next(r for r in files if PurePosixPath(r).stem == "interactions" and "/" not in r)
+        cats = next((r for r in files if PurePosixPath(r).stem == "categories" and "/" not in r), None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = load_generic_dataset(tmp / "images", tmp / inter, tmp / cats if cats else None)
+            except (InvalidInput, NotFound) as exc:
+                raise InvalidInput(f"{inter}: {str(exc).replace(str(tmp) + '/', '')}") from None
+        n_rows = max(0, sum(1 for line in files[inter].decode("utf-8", "replace").splitlines() if line.strip()) - 1)
+        info = {
+            "id": ds_id, "n_images": sum(r.startswith("images/") for r in files), "n_interactions": n_rows,
+            "has_categories": cats is not None, "bytes": sum(len(b) for b in files.values()), "created": time.time(),
+            "usable": {"users": ds.n_users, "items": len(ds.catalog)},
+            "spec": {"kind": "generic", "images_dir": f"{ds_id}/images", "interactions": f"{ds_id}/{inter}",
+                     **({"categories": f"{ds_id}/{cats}"} if cats else {})},
+        }
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=1))
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.rename(final)
+        except OSError:  # the same content was stored meanwhile
+            if not (final / "dataset.json").is_file():
+                raise
+        return info
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(upload: UploadFile) -> bytes:
+    upload.file.seek(0)
+    return upload.file.read()
+
+
+@router.post("", status_code=201, response_model=DatasetInfo, summary="Upload a catalog")
+def upload_dataset(
+    archive: UploadFile | None = File(None, description="a zip with images/ and interactions.csv [+ categories.csv]"),
+    images: list[UploadFile] | None = File(None, description="image files named <item_id>.<jpg|png|webp>"),
+    interactions: UploadFile | None = File(None, description="CSV/TSV with user,item[,rating,timestamp] columns"),
+    categories: UploadFile | None = File(None, description="CSV with item,category columns"),
+    settings: Settings = Depends(get_app_settings),
+) -> dict[str, Any]:
+    """Validate everything (422 naming the bad file; 413 above the size limit), then store it."""
+    files: dict[str, bytes] = {}
+    if archive is not None:
+        files.update(files_from_zip(_read(archive), settings.max_upload_bytes))
+    for up in images or []:
+        files[f"images/{_safe_name(up.filename or '', 'images')}"] = _read(up)
+    for field, up in (("interactions", interactions), ("categories", categories)):
+        if up is not None:
+            suffix = PurePosixPath(up.filename or "").suffix.lower()
+            files[f"{field}{suffix if suffix in TABLE_SUFFIXES else '.csv'}"] = _read(up)
+    if not files:
+        raise InvalidInput("send an archive, or images + interactions")
+    return store_dataset(files, settings)
+
+
+def _info(settings: Settings, ds_id: str) -> dict[str, Any]:
+    path = _datasets_dir(settings) / ds_id / "dataset.json"
+    if not DATASET_ID_RE.match(ds_id) or not path.is_file():
+        raise NotFound(f"unknown dataset {ds_id!r}")
+    return json.loads(path.read_text())
+
+
+@router.get("", response_model=list[DatasetInfo], summary="List uploaded datasets")
+def list_datasets(settings: Settings = Depends(get_app_settings)) -> list[dict[str, Any]]:
+    root = _datasets_dir(settings)
+    ids = sorted(p.name for p in root.iterdir() if DATASET_ID_RE.match(p.name)) if root.is_dir() else []
+    return [_info(settings, i) for i in ids if (root / i / "dataset.json").is_file()]
+
+
+@router.get("/{dataset_id}", response_model=DatasetInfo, summary="One uploaded dataset")
+def get_dataset(dataset_id: str, settings: Settings = Depends(get_app_settings)) -> dict[str, Any]:
+    return _info(settings, dataset_id)

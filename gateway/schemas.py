@@ -1,0 +1,66 @@
+"""Response models of the gateway (they document the API in /docs and /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Progress(BaseModel):
+    done: int = Field(description="steps finished (computed or reused)")
+    total: int = Field(description="steps in the plan (0 until planned)")
+    fraction: float = Field(description="done / total in [0, 1]")
+    running: list[str] = Field(description="names of the steps running now")
+    failed: list[str] = Field(description="names of failed steps")
+
+
+class JobSummary(BaseModel):
+    id: str = Field(description="run id")
+    name: str | None = Field(None, description="the spec's name")
+    state: str = Field(description="queued | running | done | failed | cancelled")
+    created: float = Field(description="unix time")
+    updated: float = Field(description="unix time")
+    progress: Progress
+
+
+class StepStatus(BaseModel):
+    state: str = Field(description="pending | queued | running | done | cached | failed | cancelled")
+    kind: str | None = None
+    attempts: int = 0
+    seconds: float | None = Field(None, description="compute time of the step in seconds")
+    error: str | None = None
+
+
+class JobStatus(JobSummary):
+    error: str | None = Field(None, description="why the job failed")
+    cancel_requested: bool = False
+    steps: dict[str, StepStatus] = Field(default_factory=dict, description="state of every planned step")
+    spec: dict[str, Any] = Field(description="the validated evaluation spec")
+
+
+class DatasetInfo(BaseModel):
+    id: str = Field(description="content-derived dataset id")
+    n_images: int
+    n_interactions: int = Field(description="rows of interactions.csv")
+    has_categories: bool
+    bytes: int = Field(description="total size of the stored files")
+    created: float
+    spec: dict[str, Any] = Field(description="the `dataset` block to put in an evaluation spec")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[Any] = Field(description="what went wrong")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    text = {400: "malformed body (not JSON / not multipart)", 401: "missing X-API-Key", 403: "unknown API key", 404: "unknown id", 409: "job not finished",
+            413: "body above the upload limit", 422: "invalid input (every problem listed)",
+            502: "bad upstream answer", 503: "queue or service unavailable", 504: "service timed out"}
+    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}

@@ -1,0 +1,88 @@
+"""Fixtures of the stack tests: the real Redis (DB 5, flushed per session), real worker processes."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from advrec_common.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/5"
+API_KEY = "test-key-0123456789"
+
+# The tiny evaluation every end-to-end test runs (seconds on CPU).
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "dataset": {"kind": "demo", "n_items": 60, "n_users": 60},
+    "extractors": [{"name": "standard", "demo_images_per_class": 10, "epochs": 1}],
+    "attacks": [{"method": "fgsm", "eps": [8]}],
+    "recommenders": [{"name": "vbpr", "config": {"epochs": 5}}],
+    "ks": [5, 10],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis, DB 5, emptied once per test session (started if none answers)."""
+    import redis
+
+    from advrec.stack.launcher import Stack, StackConfig
+
+    Stack(StackConfig(home=Path("/tmp"), redis_url=REDIS_URL)).ensure_redis()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return REDIS_URL
+
+
+@pytest.fixture
+def api_key_hash() -> str:
+    from gateway.auth import hash_key
+
+    return hash_key(API_KEY)
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url, api_key_hash) -> Settings:
+    return Settings(home=tmp_path / "home", redis_url=redis_url, api_key_hashes=[api_key_hash], device="cpu",
+                    max_upload_bytes=200_000)
+
+
+@pytest.fixture
+def gateway_client(settings) -> Iterator[Any]:
+    """The gateway app in-process (FastAPI TestClient), no reconcile on start."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+
+    with TestClient(create_app(settings, reconcile_on_start=False)) as client:
+        client.headers["X-API-Key"] = API_KEY
+        yield client
+
+
+@pytest.fixture
+def make_stack(tmp_path, redis_url, api_key_hash) -> Iterator[Callable[..., Any]]:
+    """Start a real stack (gateway + one solo worker per queue, no service apps) in its own home."""
+    from advrec.stack.launcher import Stack, StackConfig
+
+    stacks: list[Stack] = []
+
+    def make(name: str = "stack") -> Stack:
+        stack = Stack(StackConfig(home=tmp_path / name, port=free_port(), redis_url=redis_url, services=False,
+                                  api_key_hashes=[api_key_hash], device="cpu",
+                                  extra_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
+        stacks.append(stack)
+        stack.up(timeout=90)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.down(timeout=10)

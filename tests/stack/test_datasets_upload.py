@@ -1,0 +1,133 @@
+"""(e) Dataset uploads: stored in the generic layout when valid; 413 above the size limit, 422 for a
+corrupt image (naming it), and nothing written on error."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.stack
+
+
+def _png(seed: int, size: int = 16) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _interactions(n_items: int, n_users: int = 6) -> bytes:
+    rows = ["user,item,timestamp"]
+    for u in range(n_users):
+        for j in range(4):
+            rows.append(f"u{u},i{(u + j) % n_items},{u * 10 + j}")
+    return ("\n".join(rows) + "\n").encode()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, blob in files.items():
+            zf.writestr(name, blob)
+    return buf.getvalue()
+
+
+def _catalog(n: int = 5) -> dict[str, bytes]:
+    files = {f"shop/images/i{k}.png": _png(k) for k in range(n)}
+    files["shop/interactions.csv"] = _interactions(n)
+    files["shop/categories.csv"] = ("item,category\n" + "".join(f"i{k},c{k % 2}\n" for k in range(n))).encode()
+    return files
+
+
+def _written(settings) -> list[str]:
+    roots = [settings.home / "datasets", settings.home / "tmp"]
+    return sorted(str(p) for r in roots if r.exists() for p in r.rglob("*"))
+
+
+def test_valid_zip_is_stored_in_generic_layout_and_loads(gateway_client, settings):
+    from advrec_common.datasets.generic_layout import load_generic_dataset
+
+    r = gateway_client.post("/v1/datasets", files={"archive": ("shop.zip", _zip(_catalog()), "application/zip")})
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["n_images"] == 5 and info["n_interactions"] == 24 and info["has_categories"]
+    root = settings.home / "datasets"
+    ds = load_generic_dataset(root / info["spec"]["images_dir"], root / info["spec"]["interactions"],
+                              root / info["spec"]["categories"])
+    assert len(ds.catalog) == 5 and ds.n_users == 6
+    assert gateway_client.get(f"/v1/datasets/{info['id']}").json()["id"] == info["id"]
+    assert [d["id"] for d in gateway_client.get("/v1/datasets").json()] == [info["id"]]
+    # same content -> same id, nothing duplicated
+    again = gateway_client.post("/v1/datasets", files={"archive": ("x.zip", _zip(_catalog()), "application/zip")})
+    assert again.json()["id"] == info["id"] and len(list(root.iterdir())) == 1
+
+
+def test_separate_files_upload(gateway_client):
+    files = [("images", (f"i{k}.png", _png(k), "image/png")) for k in range(4)]
+    files.append(("interactions", ("interactions.csv", _interactions(4), "text/csv")))
+    r = gateway_client.post("/v1/datasets", files=files)
+    assert r.status_code == 201, r.text
+    assert r.json()["n_images"] == 4 and not r.json()["has_categories"]
+
+
+def test_oversize_upload_is_413_and_writes_nothing(gateway_client, settings):
+    big = _catalog()
+    big["shop/images/huge.png"] = np.random.default_rng(0).bytes(settings.max_upload_bytes + 10)
+    r = gateway_client.post("/v1/datasets", files={"archive": ("big.zip", _zip(big), "application/zip")})
+    assert r.status_code == 413
+    assert _written(settings) == []
+
+
+def test_corrupt_image_is_422_naming_the_file_and_writes_nothing(gateway_client, settings):
+    files = _catalog()
+    files["shop/images/i3.png"] = _png(3)[:40]  # truncated PNG
+    r = gateway_client.post("/v1/datasets", files={"archive": ("bad.zip", _zip(files), "application/zip")})
+    assert r.status_code == 422
+    assert "images/i3.png" in r.json()["detail"]
+    assert _written(settings) == []
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda f: f.pop("shop/interactions.csv"), "no interactions"),
+    (lambda f: f.update({"shop/interactions.csv": b"who,what\nx,y\n"}), "column"),
+    (lambda f: f.update({"shop/notes.txt": b"hi"}), "unexpected file"),
+])
+def test_bad_layouts_are_422(gateway_client, settings, mutate, message):
+    files = _catalog()
+    mutate(files)
+    r = gateway_client.post("/v1/datasets", files={"archive": ("bad.zip", _zip(files), "application/zip")})
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+    assert _written(settings) == []
+
+
+def test_not_a_zip_is_422(gateway_client, settings):
+    r = gateway_client.post("/v1/datasets", files={"archive": ("x.zip", b"PK-not-really", "application/zip")})
+    assert r.status_code == 422 and "not a zip" in r.json()["detail"]
+    assert _written(settings) == []
+
+
+def test_async_client_uploads_through_asgi(settings, tmp_path):
+    import asyncio
+
+    import httpx
+
+    from advrec.client import AsyncAdvrecClient
+    from gateway.app import create_app
+
+    from .conftest import API_KEY
+
+    archive = tmp_path / "shop.zip"
+    archive.write_bytes(_zip(_catalog(3)))
+
+    async def go():
+        transport = httpx.ASGITransport(app=create_app(settings, reconcile_on_start=False))
+        async with AsyncAdvrecClient("http://gw", API_KEY, transport=transport) as c:
+            info = await c.upload_dataset(archive)
+            return info, await c.dataset(info["id"])
+
+    info, again = asyncio.run(go())
+    assert info["n_images"] == 3 and again == info
