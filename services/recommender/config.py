@@ -1,0 +1,68 @@
+"""Training configuration shared by every recommender; unset fields take the model's preset default.
+
+Each model class declares ``DEFAULTS = {"fast": {...}, "study": {...}}``. ``preset="study"`` keeps the
+study's numbers (VAR code: Adagrad, lr [0.01, 1e-4, 1e-3], regs [0.1, 1e-3, 0], batch 512, 4000
+epochs for VBPR/AMR; Adam 1e-4 for ACF/DVBPR); ``preset="fast"`` (default) uses larger learning
+rates and an epoch budget with early stopping so the demo trains in seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from advrec_common.errors import InvalidInput
+
+
+class RecConfig(BaseModel):
+    """Hyper-parameters of one recommender fit (``None`` = the model's preset default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["fast", "study"] = "fast"
+    k: int | None = Field(None, ge=1, description="Latent dimension (study: 64).")
+    epochs: int | None = Field(None, ge=1, description="Maximum number of epochs.")
+    batch_size: int | None = Field(None, ge=1)
+    optimizer: Literal["adagrad", "adam"] | None = None
+    lr: list[float] | None = Field(None, description="One lr per parameter block, or one for all.")
+    regs: list[float] | None = Field(None, description="Regularisation weights per block (model-specific).")
+    reg_form: Literal["l2", "study_sum"] = Field(
+        "l2", description="'l2' = squared L2 norms; 'study_sum' = the study's plain sums (quirk Q8)."
+    )
+    drop_last: bool | None = Field(None, description="Drop the last incomplete batch (study: True).")
+    patience: int = Field(5, ge=0, description="Evaluations without improvement before stopping; 0 = off.")
+    eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
+    val_metric: Literal["auc", "hr"] = "auc"
+    val_k: int = Field(10, ge=1, description="K of the validation HR.")
+    seed: int = 0
+    device: str = "cpu"
+    # VBPR / AMR
+    full_vbpr: bool = Field(False, description="He & McAuley form with item bias, theta_u and beta'.")
+    adv_lambda: float = Field(0.1, ge=0, description="AMR: weight of the adversarial BPR loss.")
+    adv_eps: float = Field(1.0, ge=0, description="AMR: L2 size of the per-item feature perturbation.")
+    adv_type: Literal["grad", "rand"] = "grad"
+    adv_start: float = Field(0.5, ge=0, le=1, description="AMR: fraction of epochs trained as plain VBPR.")
+    # ACF / DVBPR
+    hidden: int = Field(64, ge=1, description="ACF: attention layer width.")
+    max_history: int = Field(50, ge=1, description="ACF: most positives per user kept for item attention.")
+    cnn_width: int | None = Field(None, ge=4, description="DVBPR: channels of the first conv layer.")
+    score_batch: int = Field(256, ge=1, description="Users per scoring chunk inside score().")
+
+    def resolved(self, defaults: dict[str, dict[str, Any]]) -> RecConfig:
+        """Fill ``None`` fields from ``defaults[self.preset]``."""
+        preset = defaults.get(self.preset, {})
+        update = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        return self.model_copy(update=update)
+
+
+def parse_config(config: RecConfig | dict[str, Any] | None) -> RecConfig:
+    """A RecConfig from a dict (InvalidInput with the pydantic message on bad fields)."""
+    if config is None:
+        return RecConfig()
+    if isinstance(config, RecConfig):
+        return config
+    try:
+        return RecConfig.model_validate(config)
+    except ValidationError as exc:
+        raise InvalidInput(f"bad recommender config: {exc}") from None

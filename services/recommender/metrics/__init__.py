@@ -1,0 +1,1 @@
+"""The study's metrics: leave-one-out accuracy, category exposure (CHR, nCDCG) and significance."""

@@ -1,0 +1,70 @@
+"""CHR@K (both forms), CHR of all categories, nCDCG@K (study and proper ideal) and rank shift, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from advrec_common.datasets.types import Interactions
+from advrec_common.errors import InvalidInput
+from services.recommender.metrics.category import chr_all_categories, chr_at_k, ncdcg_at_k, rank_shift
+
+TOP = torch.tensor([[0, 1, 2], [3, 0, 4], [5, -1, -1]])  # -1 = empty slot
+CATS = torch.tensor([0, 1, 0, 2, 0, 1])  # category 0 = items {0, 2, 4}
+
+
+def test_chr_count_and_normalized_forms():
+    value, per_user = chr_at_k(TOP, CATS, 0, 3, form="count")
+    assert per_user.tolist() == [2.0, 2.0, 0.0] and value == pytest.approx(4 / 3)
+    value, per_user = chr_at_k(TOP, CATS, 0, 3, form="normalized")
+    assert value == pytest.approx(4 / 9) and per_user[0].item() == pytest.approx(2 / 3)
+    value, _ = chr_at_k(TOP, CATS, 0, 2, form="count")
+    assert value == pytest.approx(2 / 3)
+
+
+def test_chr_all_categories_matches_single_category_calls():
+    all_ = chr_all_categories(TOP, CATS, 3, 3)
+    assert torch.allclose(all_, torch.tensor([4 / 3, 2 / 3, 1 / 3]))
+    norm = chr_all_categories(TOP, CATS, 3, 3, form="normalized")
+    assert torch.allclose(norm, all_ / 3)
+    for c in range(3):
+        assert all_[c].item() == pytest.approx(chr_at_k(TOP, CATS, c, 3)[0])
+
+
+def test_ncdcg_study_ideal_ignores_training_items():
+    idcg = 3 * (1 + 1 / math.log2(3) + 0.5)  # |I_c| = 3 positions
+    value, per_user = ncdcg_at_k(TOP, CATS, 0, 3)
+    expected = [3 * 1.5 / idcg, 3 * (1 / math.log2(3) + 0.5) / idcg, 0.0]
+    assert torch.allclose(per_user, torch.tensor(expected))
+    assert value == pytest.approx(sum(expected) / 3)
+
+
+def test_ncdcg_proper_ideal_removes_training_items():
+    train = Interactions(np.array([0, 2, 2, 2]), np.array([4, 0, 2, 4]), 3, 6)
+    _, per_user = ncdcg_at_k(TOP, CATS, 0, 3, exclude_train_from_ideal=train)
+    assert per_user[0].item() == pytest.approx(4.5 / (3 * (1 + 1 / math.log2(3))))  # ideal of 2 items
+    assert per_user[2].item() == 0.0  # owns every category item: empty ideal
+
+
+def test_rank_shift_by_hand():
+    before = torch.tensor([[0, 1, 3], [3, 0, 4]])
+    after = torch.tensor([[2, 0, 1], [0, 3, 1]])
+    out = rank_shift(before, after, torch.tensor([2, 4]))
+    # u0 item 2: absent (4) -> 1 = +3; u1 item 4: 3 -> absent (4) = -1; others absent in both
+    assert out == {"mean": 1.0, "median": 1.0, "n_pairs": 2, "entered": 1, "left": 1}
+
+
+def test_bad_k_and_shapes():
+    with pytest.raises(InvalidInput):
+        chr_at_k(TOP, CATS, 0, 0)
+    with pytest.raises(InvalidInput):
+        chr_at_k(TOP, CATS, 0, 4)
+    with pytest.raises(InvalidInput):
+        chr_at_k(TOP, CATS, 0, 2, form="other")
+    with pytest.raises(InvalidInput):
+        rank_shift(TOP, TOP[:2], torch.tensor([0]))
+    with pytest.raises(InvalidInput):
+        chr_at_k(torch.tensor([[7]]), CATS, 0, 1)

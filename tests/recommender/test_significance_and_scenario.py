@@ -1,0 +1,66 @@
+"""Paired tests, BH correction and the origin/target proposal, on hand-made numbers."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from advrec_common.errors import InvalidInput
+from services.recommender.metrics.significance import benjamini_hochberg, mark, paired_tests
+from services.recommender.scenario import propose_scenario
+
+
+def test_paired_t_by_hand():
+    out = paired_tests(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 3.0, 4.0, 6.0]))
+    # differences 1,1,1,2: mean 1.25, sd 0.5 -> t = 1.25 / (0.5 / 2) = 5
+    assert out["t_stat"] == pytest.approx(5.0)
+    assert out["t_pvalue"] == pytest.approx(2 * stats.t.sf(5.0, df=3))
+    assert out["diff"] == pytest.approx(1.25) and out["n"] == 4
+    assert 0 < out["wilcoxon_pvalue"] <= 1
+
+
+def test_identical_vectors_give_p_one_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = paired_tests(np.zeros(10), np.zeros(10))
+    assert out["t_pvalue"] == 1.0 and out["wilcoxon_pvalue"] == 1.0 and out["t_stat"] == 0.0
+
+
+def test_constant_shift_is_significant():
+    out = paired_tests(np.arange(6.0), np.arange(6.0) + 1)
+    assert out["t_pvalue"] == 0.0 and out["t_stat"] == np.inf
+    assert mark(out["t_pvalue"]) == "*" and mark(0.2) == ""
+
+
+def test_paired_tests_reject_bad_input():
+    with pytest.raises(InvalidInput):
+        paired_tests(np.zeros(3), np.zeros(4))
+    with pytest.raises(InvalidInput):
+        paired_tests(np.array([1.0, np.nan]), np.zeros(2))
+    with pytest.raises(InvalidInput):
+        paired_tests(np.zeros(1), np.zeros(1))
+
+
+def test_benjamini_hochberg_by_hand():
+    adj = benjamini_hochberg([0.01, 0.04, 0.03, 0.20])
+    assert np.allclose(adj, [0.04, 0.16 / 3, 0.16 / 3, 0.20])
+    with pytest.raises(InvalidInput):
+        benjamini_hochberg([1.5])
+
+
+def test_scenario_picks_low_exposure_origin_with_enough_items():
+    # items: cat0 = 0..5 (6 items), cat1 = 6..7 (2 items), cat2 = 8..13 (6 items)
+    cats = torch.tensor([0] * 6 + [1] * 2 + [2] * 6)
+    top = torch.tensor([[8, 9, 0], [10, 1, 2], [11, 12, 3]])  # cat2: 5, cat0: 4, cat1: 0
+    out = propose_scenario(top, cats, ["a", "b", "c"], k=3, min_items=5)
+    assert [row["name"] for row in out["table"]] == ["c", "a", "b"]
+    assert out["origin"]["name"] == "a"  # b is less exposed but has only 2 items
+    assert out["target"]["name"] == "c" and out["target"]["chr"] == pytest.approx(5 / 3)
+    low = propose_scenario(top, cats, ["a", "b", "c"], k=3, min_items=2)
+    assert low["origin"]["name"] == "b" and low["target"]["name"] == "c"
+    with pytest.raises(InvalidInput):
+        propose_scenario(top, cats, ["a", "b", "c"], k=3, min_items=50)
