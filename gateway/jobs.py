@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from advrec.pipeline import celery_executor
 from advrec.pipeline.record import RunRecord, list_runs, progress_of
-from advrec.pipeline.spec import PRESETS, EvaluationSpec, parse_spec
+from advrec.pipeline.spec import EvaluationSpec, parse_spec
 from advrec_common.errors import AdvrecError, InvalidInput, NotFound
 from advrec_common.settings import Settings
 from gateway.auth import require_api_key
@@ -37,13 +37,7 @@ class JobConflict(AdvrecError):
 
 def spec_from_body(body: dict[str, Any]) -> EvaluationSpec:
     """A spec document, or ``{"preset": NAME, ...top-level overrides}``, validated."""
-    data = copy.deepcopy(body)
-    if "preset" in data:
-        name = data.pop("preset")
-        if not isinstance(name, str) or name not in PRESETS:
-            raise InvalidInput(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        data = {**PRESETS[name](), **data}
-    return parse_spec(data)
+    return parse_spec(copy.deepcopy(body))
 
 
 def _confine(value: str, base: Path, roots: list[Path], field: str) -> str:

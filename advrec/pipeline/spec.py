@@ -191,7 +191,14 @@ def preset(name: str) -> EvaluationSpec:
 
 
 def parse_spec(data: dict[str, Any]) -> EvaluationSpec:
-    """Validate a spec document; every problem is reported at once as InvalidInput."""
+    """Validate a spec document, or ``{"preset": NAME, ...top-level overrides}``; every problem is
+    reported at once as InvalidInput."""
+    if "preset" in data:
+        data = dict(data)
+        name = data.pop("preset")
+        if not isinstance(name, str) or name not in PRESETS:
+            raise InvalidInput(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        data = {**PRESETS[name](), **data}
     try:
         return EvaluationSpec.model_validate(data)
     except ValidationError as exc:
@@ -213,9 +220,4 @@ def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
         raise InvalidInput(f"{path}: not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: a spec must be a mapping")
-    if "preset" in data:  # {"preset": "demo", ...top-level overrides}
-        name = data.pop("preset")
-        if name not in PRESETS:
-            raise InvalidInput(f"{path}: unknown preset {name!r}; known: {sorted(PRESETS)}")
-        data = {**PRESETS[name](), **data}
     return parse_spec(data)
