@@ -14,11 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from advrec.client import AdvrecClient
-from advrec.pipeline.spec import PRESETS
-from advrec_common.errors import InvalidInput
+from advrec.pipeline.spec import read_spec_document
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -30,18 +27,7 @@ def _client(args: argparse.Namespace) -> AdvrecClient:
 
 
 def _spec_body(text: str) -> dict[str, Any]:
-    if text in PRESETS:
-        return {"preset": text}
-    path = Path(text)
-    if not path.is_file():
-        raise InvalidInput(f"no spec file {path} (and not a preset: {sorted(PRESETS)})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{path}: a spec must be a mapping")
-    return data
+    return read_spec_document(text)
 
 
 def _print_status(st: dict[str, Any]) -> None:

@@ -206,11 +206,11 @@ def parse_spec(data: dict[str, Any]) -> EvaluationSpec:
         raise InvalidInput("invalid evaluation spec:\n" + "\n".join(lines)) from None
 
 
-def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
-    """A spec from a YAML/JSON file, or a preset name."""
+def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:
+    """The unvalidated spec document of a YAML/JSON file, or ``{"preset": NAME}``."""
     text = str(path_or_preset)
     if text in PRESETS:
-        return preset(text)
+        return {"preset": text}
     path = Path(text)
     if not path.is_file():
         raise InvalidInput(f"no spec file {path} (and not a preset: {sorted(PRESETS)})")
@@ -220,4 +220,9 @@ def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
         raise InvalidInput(f"{path}: not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: a spec must be a mapping")
-    return parse_spec(data)
+    return data
+
+
+def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
+    """A validated spec from a YAML/JSON file, or a preset name."""
+    return parse_spec(read_spec_document(path_or_preset))
