@@ -20,7 +20,8 @@ from advrec.pipeline.spec import read_spec_document
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
-def _client(args: argparse.Namespace) -> AdvrecClient:
+def client_from_args(args: argparse.Namespace) -> AdvrecClient:
+    """A client for --server/--api-key (or ADVREC_SERVER/ADVREC_API_KEY)."""
     server = args.server or os.environ.get("ADVREC_SERVER") or DEFAULT_SERVER
     key = args.api_key or os.environ.get("ADVREC_API_KEY")
     return AdvrecClient(server, key, timeout=args.timeout)
@@ -42,7 +43,7 @@ def _print_status(st: dict[str, Any]) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         job_id = c.submit(_spec_body(args.spec))
         if args.wait:
             return _wait_for(c, job_id, args)
@@ -51,7 +52,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         st = c.status(args.id)
     if args.json:
         print(json.dumps(st, indent=1))
@@ -83,12 +84,12 @@ def _wait_for(c: AdvrecClient, job_id: str, args: argparse.Namespace) -> int:
 
 
 def _wait(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         return _wait_for(c, args.id, args)
 
 
 def _results(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         res = c.results(args.id)
     text = json.dumps(res, indent=1)
     if args.output:
@@ -100,7 +101,7 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         if args.artifact:
             Path(args.output).write_bytes(c.artifact(args.id, args.artifact))
         else:
@@ -110,14 +111,14 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         st = c.cancel(args.id)
     print(f"{st['id']} {st['state']}")
     return 0
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         rows = c.list_jobs()
     for r in rows:
         p = r["progress"]
@@ -126,7 +127,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_from_args(args) as c:
         if args.path is not None and Path(args.path).is_dir():
             folder = Path(args.path)
             cats = folder / "categories.csv"

@@ -62,6 +62,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from advrec.pipeline.record import RunRecord
     from advrec.pipeline.report import format_summary
 
+    if args.server:  # a job of a gateway: the same files, fetched over HTTP
+        from advrec.commands.client import client_from_args
+
+        with client_from_args(args) as client:
+            results = client.results(args.run)
+            out = client.report(args.run, args.output or "report.html")
+        print(format_summary(results))
+        print(f"\nreport: {out}")
+        return 0
     settings = _settings(args)
     record = RunRecord.open(settings.runs_dir, args.run)
     report_dir = record.dir / "report"
@@ -109,9 +118,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         _common(p)
         p.set_defaults(func=fn)
-    p = sub.add_parser("report", help="print a local run's tables; -o copies its HTML report")
-    p.add_argument("run")
+    p = sub.add_parser("report", help="print a run's tables; -o copies its HTML report (--server: a gateway job)")
+    p.add_argument("run", help="local run id, or a job id with --server")
     p.add_argument("-o", "--output", help="write report.html here")
+    p.add_argument("--server", help="download from this gateway instead (key: --api-key or ADVREC_API_KEY)")
+    p.add_argument("--api-key", help="gateway API key (env ADVREC_API_KEY)")
+    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
     _common(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list local runs and their state")

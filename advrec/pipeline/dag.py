@@ -171,7 +171,8 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
     spatial = any("spatial" in RECOMMENDERS[r.name].needs for r in spec.recommenders)
     for i, ext in enumerate(spec.extractors):
         p.add(f"extractor/{ext.name}", "extractor", _extractor_params(spec, i))
-        p.add(f"features/{ext.name}", "features", {"image_size": ext.image_size, "spatial": spatial},
+        p.add(f"features/{ext.name}", "features",
+              {"image_size": ext.image_size, "spatial": spatial, "category_source": spec.scenario.category_source},
               ["dataset", f"extractor/{ext.name}"])
 
     def rec_params(rec) -> dict[str, Any]:

@@ -144,8 +144,8 @@ def _extractors(art: Artifacts, spec: dict[str, Any], origin: str | None) -> dic
         name = ext["name"]
         info = art.json(f"extractor/{name}", "extractor.json")
         rep = info.get("report") or None
-        class_names = art.json(f"features/{name}", "class_names.json")
-        classes = art.array(f"features/{name}", "classes")
+        class_names = art.json(f"features/{name}", "category_names.json")
+        classes = art.array(f"features/{name}", "categories")
         n_origin = int((classes == class_names.index(origin)).sum()) if origin in class_names else None
         out[name] = {
             "defense": ext.get("defense"), "source": info.get("source", ext.get("source")),

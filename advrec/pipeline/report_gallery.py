@@ -93,9 +93,9 @@ def build_gallery(art: Artifacts, results: dict[str, Any], n_users: int) -> dict
     ext, rec = ev["extractor"], ev["recommender"]
     cell = cell_name(ext, ev["method"], ev["eps"])
     ds = load_dataset(art.store, art.key("dataset"))
-    class_names = art.json(f"features/{ext}", "class_names.json")
+    class_names = art.json(f"features/{ext}", "category_names.json")
     origin = results["scenario"].get("origin")
-    is_origin = art.array(f"features/{ext}", "classes") == (class_names.index(origin) if origin in class_names else -1)
+    is_origin = art.array(f"features/{ext}", "categories") == (class_names.index(origin) if origin in class_names else -1)
     before = art.array(art.train_step(ext, rec), "topk")[:, :TOP_N]
     after = art.array(f"evaluate/{cell}/{rec}/{ev['mode']}", "topk")[:, :TOP_N]
     users, gains = gainers(before, after, is_origin, n_users)

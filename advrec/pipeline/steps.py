@@ -71,7 +71,24 @@ def load_features(store: ArtifactStore, key: str) -> dict[str, np.ndarray]:
     if (d / "spatial.npy").is_file():
         out["spatial"] = np.load(d / "spatial.npy", mmap_mode="r")
     out["class_names"] = json.loads((d / "class_names.json").read_text())
+    out["categories"] = np.load(d / "categories.npy")
+    out["category_names"] = json.loads((d / "category_names.json").read_text())
     return out
+
+
+def item_categories(ds: RecDataset, classes: np.ndarray, class_names: list[str], source: str) -> tuple[np.ndarray, list[str], str]:
+    """Items' categories for the study's metrics: (ids (I,), names, the source actually used)."""
+    labels = ds.catalog.categories
+    labelled = labels is not None and all(c is not None for c in labels)
+    if source == "auto":
+        source = "catalog" if labelled and set(labels) <= set(class_names) else "extractor"  # type: ignore[arg-type]
+    if source == "extractor":
+        return np.asarray(classes, dtype=np.int64), list(class_names), source
+    if not labelled:
+        raise InvalidInput("scenario.category_source 'catalog' needs a category label for every catalog item")
+    names = list(ds.catalog.category_names) or sorted(set(labels))  # type: ignore[arg-type]
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[c] for c in labels], dtype=np.int64), names, source  # type: ignore[union-attr]
 
 
 def catalog_images(ds: RecDataset, indices: np.ndarray | None = None, size: int | None = None) -> np.ndarray:
@@ -97,7 +114,7 @@ def _item_side(feats: dict[str, Any] | None, ds: RecDataset, needs: set[str], fe
         imgs = images if images is not None else catalog_images(ds)
         img_t = torch.as_tensor(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
     if "categories" in needs:
-        cat_t = torch.tensor(np.array(feats["classes"]), dtype=torch.int64)
+        cat_t = torch.tensor(np.array(feats["categories"]), dtype=torch.int64)
     return ItemSide(features=f, spatial=spatial_t, images=img_t, categories=cat_t)
 
 
@@ -196,7 +213,11 @@ def step_features(ctx: StepContext) -> None:
     if res.spatial is not None:
         np.save(ctx.out / "spatial.npy", res.spatial)
     _write_json(ctx.out / "class_names.json", list(model.class_names))
-    ctx.meta.update(seconds=time.perf_counter() - t0, n=len(res.features), dim=int(res.features.shape[1]))
+    cats, cat_names, source = item_categories(ds, res.classes, list(model.class_names), ctx.params["category_source"])
+    np.save(ctx.out / "categories.npy", cats)
+    _write_json(ctx.out / "category_names.json", cat_names)
+    ctx.meta.update(seconds=time.perf_counter() - t0, n=len(res.features), dim=int(res.features.shape[1]),
+                    category_source=source)
 
 
 def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items, device: str):
@@ -226,7 +247,8 @@ def step_train(ctx: StepContext) -> None:
     p = ctx.params
     ds = load_dataset(ctx.store, ctx.dep("dataset"))
     needs = RECOMMENDERS[p["recommender"]].needs
-    feats = load_features(ctx.store, ctx.dep("features/")) if "features/" in "".join(ctx.dep_keys) else None
+    # DVBPR learns from pixels: its clean model has no features dependency
+    feats = load_features(ctx.store, ctx.dep("features/")) if ctx.deps_of_kind("features/") else None
     items = _item_side(feats, ds, needs)
     t0 = time.perf_counter()
     model, report = _fit(p["recommender"], p["config"], p["seed"], ds, items, ctx.device)
@@ -254,14 +276,20 @@ def step_scenario(ctx: StepContext) -> None:
 
     p = ctx.params
     feats = load_features(ctx.store, ctx.dep("features/"))
-    names = feats["class_names"]
+    names = feats["category_names"]
     top = ctx.store.get_array(ctx.dep("train/"), "topk")
-    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats["classes"])), names,
+    # the target must be a class the extractor can be pushed toward
+    targetable = [n in feats["class_names"] for n in names]
+    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats["categories"])), names,
                                 k=p["select_k"], min_items=p["min_items"])
+    if not p.get("target") and not targetable[proposal["target"]["id"]]:
+        proposal["target"] = next(r for r in proposal["table"] if targetable[r["id"]] and r["id"] != proposal["origin"]["id"])
     origin, target = p.get("origin"), p.get("target")
     for label, value in (("origin", origin), ("target", target)):
         if value is not None and value not in names:
-            raise InvalidInput(f"scenario {label} {value!r} is not a class of the extractor; classes: {names[:20]}...")
+            raise InvalidInput(f"scenario {label} {value!r} is not a category; categories: {names[:20]}")
+    if target is not None and target not in feats["class_names"]:
+        raise InvalidInput(f"scenario target {target!r} is not a class of the extractor")
     chosen = {"origin": origin or proposal["origin"]["name"], "target": target or proposal["target"]["name"],
               "chosen_by": "spec" if origin and target else "automatic (clean CHR@K ranking, as the study)",
               "select_k": p["select_k"], "ranking": proposal["table"]}
@@ -284,11 +312,11 @@ def step_attack_shard(ctx: StepContext) -> None:
     model = load_extractor_artifact(ctx.store, ctx.dep("extractor/"))
     feats = load_features(ctx.store, ctx.dep("features/"))
     scen = _load_scenario(ctx.store, ctx.dep("scenario"))
-    names = list(model.class_names)
-    origin, target = names.index(scen["origin"]), names.index(scen["target"])
+    if scen["target"] not in model.class_names:
+        raise InvalidInput(f"target {scen['target']!r} is not a class of this extractor")
+    origin, target = feats["category_names"].index(scen["origin"]), list(model.class_names).index(scen["target"])
     lo, hi = p["items"]
-    classes = np.asarray(feats["classes"])
-    idx = lo + np.flatnonzero(classes[lo:hi] == origin)
+    idx = lo + np.flatnonzero(np.asarray(feats["categories"])[lo:hi] == origin)
     np.save(ctx.out / "items.npy", idx.astype(np.int64))
     if len(idx) == 0:
         ctx.meta.update(n=0, seconds=0.0)
@@ -414,9 +442,8 @@ def step_evaluate(ctx: StepContext) -> None:
         _, top_after = topk(model, None, max_k, exclude=ds.train, items=items_after)
         acc = _accuracy(model, ds, p["ks"], items=items_after)
     np.save(ctx.out / "topk.npy", top_after.cpu().numpy().astype(np.int64))
-    names = feats["class_names"]
-    origin = names.index(scen["origin"])
-    item_cat = torch.tensor(np.array(feats["classes"]), dtype=torch.int64)
+    origin = feats["category_names"].index(scen["origin"])
+    item_cat = torch.tensor(np.array(feats["categories"]), dtype=torch.int64)
     per_k = []
     for k in p["ks"]:
         if k > max_k:

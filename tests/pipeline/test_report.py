@@ -107,7 +107,8 @@ def fake_run(tmp_path_factory):
                        "eval_steps": 10, "epochs": 3}}})
         deps[f"features/{e}"] = _put(store, f"features/{e}", {
             "features.npy": rng.normal(size=(12, 4)).astype(np.float32), "classes.npy": ITEM_CLASS,
-            "probs.npy": np.full(12, 0.9, np.float32), "class_names.json": CLASSES})
+            "probs.npy": np.full(12, 0.9, np.float32), "class_names.json": CLASSES,
+            "categories.npy": ITEM_CLASS, "category_names.json": CLASSES})
         for r in RECS:
             acc = {"hr@5": 0.3, "hr@10": 0.5, "ndcg@5": 0.2, "ndcg@10": 0.25, "auc": 0.8 if e == "standard" else 0.7}
             deps[f"train/{e}/{r}"] = _put(store, f"train/{e}/{r}", {

@@ -77,6 +77,11 @@ def test_a_celery_job_matches_the_inprocess_run(make_stack, inprocess_results, t
         report = client.report(job, tmp_path / "report.html")
     assert differences(numbers(results), numbers(inprocess_results)) == []
     assert "<html" in report.read_text().lower()
+    # `advrec report JOB --server URL` downloads the same report
+    from advrec.cli import main
+
+    assert main(["report", job, "--server", stack.url, "--api-key", API_KEY, "-o", str(tmp_path / "cli.html")]) == 0
+    assert (tmp_path / "cli.html").read_bytes() == report.read_bytes()
     workers = {s.get("worker", "").split("@")[0].rsplit("-", 1)[0] for s in _record(stack, job)["steps"].values()
                if s["state"] == "done"}
     assert {"worker-extract", "worker-attack", "worker-recommend"} <= workers  # work went to every queue
