@@ -154,6 +154,11 @@ def _extractor_params(spec: EvaluationSpec, index: int) -> dict[str, Any]:
     return params
 
 
+def features_params(image_size: int | None, spatial: bool, category_source: str = "auto") -> dict[str, Any]:
+    """Parameters of a ``features`` step (one definition for the pipeline and the extractor service)."""
+    return {"image_size": image_size, "spatial": spatial, "category_source": category_source}
+
+
 def eps_label(eps: float) -> str:
     return f"eps{eps:g}"
 
@@ -172,8 +177,7 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
     for i, ext in enumerate(spec.extractors):
         p.add(f"extractor/{ext.name}", "extractor", _extractor_params(spec, i))
         p.add(f"features/{ext.name}", "features",
-              {"image_size": ext.image_size, "spatial": spatial, "category_source": spec.scenario.category_source},
-              ["dataset", f"extractor/{ext.name}"])
+              features_params(ext.image_size, spatial, spec.scenario.category_source), ["dataset", f"extractor/{ext.name}"])
 
     def rec_params(rec) -> dict[str, Any]:
         return {"recommender": rec.name, "config": rec.config, "seed": spec.seed, "max_k": max_k}

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 
-from advrec.pipeline.dag import STEP_QUEUES, Plan, Step
+from advrec.pipeline.dag import STEP_QUEUES, Plan, Step, features_params
 from advrec_common.datasets.images import decode_image, resize_image
 from advrec_common.errors import InvalidInput
 from advrec_common.http import (
@@ -95,7 +95,7 @@ def catalog_features(store: ArtifactStore, req: CatalogFeaturesRequest, device: 
     plan = Plan()
     plan.steps["dataset"] = _stored_step(store, "dataset", "dataset", req.dataset, "dataset")
     plan.steps["extractor/service"] = _stored_step(store, "extractor/service", "extractor", req.extractor, "extractor")
-    name = plan.add("features/service", "features", {"image_size": req.image_size, "spatial": req.spatial},
+    name = plan.add("features/service", "features", features_params(req.image_size, req.spatial, req.category_source),
                     ["dataset", "extractor/service"])
     step = plan[name]
     computed = execute_step(step, plan, store, device)

@@ -33,7 +33,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Tiny:
-    from advrec.pipeline.dag import Plan
+    from advrec.pipeline.dag import Plan, features_params
     from advrec.pipeline.executor import execute_step
     from advrec.pipeline.record import RunRecord
     from advrec.pipeline.spec import DatasetSpec
@@ -54,7 +54,7 @@ def tiny(tmp_path_factory) -> Tiny:
                                                 seed=0).model_dump(mode="json"))
     plan.add("extractor/tiny", "extractor", {"source": "checkpoint", "backbone": "small_cnn",
                                              "checkpoint": str(ckpt), "layout": "advrec"})
-    plan.add("features/tiny", "features", {"image_size": None, "spatial": False}, ["dataset", "extractor/tiny"])
+    plan.add("features/tiny", "features", features_params(None, False), ["dataset", "extractor/tiny"])
     plan.add("train/tiny/vbpr", "train",
              {"recommender": "vbpr", "config": {"k": 8, "epochs": 2, "batch_size": 64, "patience": 0}, "seed": 0,
               "max_k": 10},
