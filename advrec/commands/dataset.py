@@ -8,8 +8,6 @@ import warnings
 from pathlib import Path
 
 from advrec_common.datasets.demo import DemoConfig, make_demo_dataset
-from advrec_common.datasets.generic_layout import DroppedRowsWarning, load_generic_dataset
-from advrec_common.datasets.study_layout import load_study_dataset, write_study_dataset
 from advrec_common.datasets.types import RecDataset
 from advrec_common.errors import InvalidInput
 
@@ -43,6 +41,8 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InvalidInput(f"output folder {str(out)!r} is not empty")
+    from advrec_common.datasets.study_layout import write_study_dataset
+
     ds = make_demo_dataset(config)
     write_study_dataset(ds, out, image_format=args.format)
     print(format_summary(ds))
@@ -50,9 +50,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-LOADERS = {
-    "study": lambda args: load_study_dataset(args.path),
-    "generic": lambda args: load_generic_dataset(
+def _load_study(args: argparse.Namespace) -> RecDataset:
+    from advrec_common.datasets.study_layout import load_study_dataset  # imported on use: pulls in torch
+
+    return load_study_dataset(args.path)
+
+
+def _load_generic(args: argparse.Namespace) -> RecDataset:
+    from advrec_common.datasets.generic_layout import load_generic_dataset
+
+    return load_generic_dataset(
         args.path,
         _required(args.interactions, "--interactions"),
         args.categories,
@@ -62,8 +69,10 @@ LOADERS = {
         rating_col=args.rating_col,
         timestamp_col=args.timestamp_col,
         min_rating=args.min_rating,
-    ),
-}
+    )
+
+
+LOADERS = {"study": _load_study, "generic": _load_generic}
 
 
 def _required(value: str | None, flag: str) -> str:
@@ -74,7 +83,7 @@ def _required(value: str | None, flag: str) -> str:
 
 def _inspect(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DroppedRowsWarning)
+        warnings.simplefilter("always", UserWarning)  # the loaders warn about dropped rows
         ds = LOADERS[args.layout](args)
     for w in caught:
         print(f"advrec: warning: {w.message}", file=sys.stderr)

@@ -11,8 +11,6 @@ import argparse
 import time
 from typing import Any
 
-import torch
-
 from advrec_common.errors import AdvrecError, InvalidInput
 
 
@@ -48,6 +46,8 @@ def register(subparsers: Any) -> None:
 
 def _demo_inputs(args: argparse.Namespace, device: str):
     """(dataset, ItemSide, class names) from the demo dataset and the standard demo extractor."""
+    import torch
+
     try:
         from advrec_common.datasets.demo import DemoConfig, make_demo_dataset
         from services.extractor.demo_extractors import train_demo_extractor
@@ -76,6 +76,8 @@ def _demo_inputs(args: argparse.Namespace, device: str):
 
 def _popularity_row(ds: Any, ks: list[int]) -> str:
     """The non-personalised reference: rank every user's candidates by training popularity."""
+    import torch
+
     from services.recommender.metrics.accuracy import auc, hit_ratio, leave_one_out_ranks, n_candidates, ndcg
     from services.recommender.pairs import last_per_user
     from services.recommender.training import popularity_scores
@@ -89,6 +91,8 @@ def _popularity_row(ds: Any, ks: list[int]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from advrec_common.settings import get_settings, resolve_device
     from services.recommender.metrics.accuracy import evaluate_accuracy
     from services.recommender.metrics.category import chr_all_categories

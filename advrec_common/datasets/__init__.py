@@ -1,20 +1,42 @@
 """Datasets: catalogs of product images, interactions, k-core, leave-one-out, layouts and the demo."""
 
-from advrec_common.datasets.demo import DemoConfig, demo_attrs, demo_catalog, make_demo_dataset
-from advrec_common.datasets.demo_images import DEMO_CATEGORIES, draw_product, make_product_images
-from advrec_common.datasets.generic_layout import DroppedRowsWarning, load_generic_dataset
-from advrec_common.datasets.images import (
-    CatalogImageDataset,
-    decode_image,
-    load_catalog_images,
-    resize_image,
-    to_tensor,
-    to_uint8,
-)
-from advrec_common.datasets.kcore import kcore_filter
-from advrec_common.datasets.split import build_index, leave_one_out
-from advrec_common.datasets.study_layout import load_study_dataset, write_study_dataset
-from advrec_common.datasets.types import Catalog, Interactions, RecDataset
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use so that `import advrec_common.datasets` (and the CLI)
+# does not pull in torch
+_EXPORTS = {
+    "DemoConfig": "demo",
+    "demo_attrs": "demo",
+    "demo_catalog": "demo",
+    "make_demo_dataset": "demo",
+    "DEMO_CATEGORIES": "demo_images",
+    "draw_product": "demo_images",
+    "make_product_images": "demo_images",
+    "DroppedRowsWarning": "generic_layout",
+    "load_generic_dataset": "generic_layout",
+    "CatalogImageDataset": "images",
+    "decode_image": "images",
+    "load_catalog_images": "images",
+    "resize_image": "images",
+    "to_tensor": "images",
+    "to_uint8": "images",
+    "kcore_filter": "kcore",
+    "build_index": "split",
+    "leave_one_out": "split",
+    "load_study_dataset": "study_layout",
+    "write_study_dataset": "study_layout",
+    "Catalog": "types",
+    "Interactions": "types",
+    "RecDataset": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "DEMO_CATEGORIES",
