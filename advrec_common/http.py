@@ -176,3 +176,12 @@ def require_artifact(store: ArtifactStore, key: str, kind: str | tuple[str, ...]
     if meta.get("kind") not in kinds:
         raise InvalidInput(f"{label} {key} is a {meta.get('kind')!r} artifact, not {' or '.join(map(repr, kinds))}")
     return meta
+
+
+def service_app(service: str, description: str, router: APIRouter) -> FastAPI:
+    """A service's FastAPI app: its ``/v1`` router, health/readiness (store check), the error map."""
+    app = FastAPI(title=f"advrec {service}", version="1", description=description)
+    install_error_handlers(app)
+    app.include_router(health_router(service, {"store": store_ready}))
+    app.include_router(router)
+    return app

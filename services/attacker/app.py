@@ -24,15 +24,7 @@ from pydantic import ValidationError
 
 from advrec_common.datasets.images import decode_image, resize_image, to_tensor
 from advrec_common.errors import InvalidInput
-from advrec_common.http import (
-    ERROR_RESPONSES,
-    get_store,
-    health_router,
-    install_error_handlers,
-    read_upload,
-    require_artifact,
-    store_ready,
-)
+from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
 from advrec_common.schemas import AttackedImage, AttackInfo, AttackResponse, CatalogAttackRequest, Delivery
 from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
@@ -207,12 +199,12 @@ async def attack_catalog(
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="advrec attacker", version="1",
-                  description="Adversarial attacks on product images against a stored feature extractor: the "
-                              "registry, and attacked images with per-image measurements.")
-    install_error_handlers(app)
-    app.include_router(health_router("attacker", {"store": store_ready}))
-    app.include_router(router)
+    app = service_app(
+        "attacker",
+        "Adversarial attacks on product images against a stored feature extractor: the "
+        "registry, and attacked images with per-image measurements.",
+        router,
+    )
     return app
 
 

@@ -19,15 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from advrec.pipeline.dag import STEP_QUEUES, Plan, Step, features_params
 from advrec_common.datasets.images import decode_image, resize_image
 from advrec_common.errors import InvalidInput
-from advrec_common.http import (
-    ERROR_RESPONSES,
-    get_store,
-    health_router,
-    install_error_handlers,
-    read_upload,
-    require_artifact,
-    store_ready,
-)
+from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
 from advrec_common.schemas import (
     BackboneInfo,
     CatalogFeaturesRequest,
@@ -191,14 +183,13 @@ async def extract_catalog(
 
 def create_app() -> FastAPI:
     """The extractor FastAPI app (dependencies resolved per request; override ``get_settings`` in tests)."""
-    app = FastAPI(title="advrec extractor", version="1",
-                  description="Image feature extractors: list backbones, named weights and stored extractors; "
-                              "extract features of uploaded images (micro-batched) or of a whole catalog.")
+    app = service_app(
+        "extractor",
+        "Image feature extractors: list backbones, named weights and stored extractors; "
+        "extract features of uploaded images (micro-batched) or of a whole catalog.",
+        router,
+    )
     app.state.batcher = None
-    install_error_handlers(app)
-
-    app.include_router(health_router("extractor", {"store": store_ready}))
-    app.include_router(router)
     return app
 
 

@@ -28,15 +28,7 @@ from fastapi import Path as PathParam
 from advrec.pipeline.dag import STEP_QUEUES, Plan, Step
 from advrec_common.datasets.images import decode_image, resize_image
 from advrec_common.errors import InvalidInput, NotFound
-from advrec_common.http import (
-    ERROR_RESPONSES,
-    get_store,
-    health_router,
-    install_error_handlers,
-    read_upload,
-    require_artifact,
-    store_ready,
-)
+from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
 from advrec_common.schemas import (
     KEY_PATTERN,
     ImageRefreshResponse,
@@ -447,12 +439,12 @@ def job(job_id: str, settings: Settings = Depends(get_settings)) -> TrainJob:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="advrec recommender", version="1",
-                  description="Visual recommenders trained by the pipeline: top-K lists, what-if scoring with "
-                              "replaced item features, seller image refresh (per-model overlay), training jobs.")
-    install_error_handlers(app)
-    app.include_router(health_router("recommender", {"store": store_ready}))
-    app.include_router(router)
+    app = service_app(
+        "recommender",
+        "Visual recommenders trained by the pipeline: top-K lists, what-if scoring with "
+        "replaced item features, seller image refresh (per-model overlay), training jobs.",
+        router,
+    )
     return app
 
 
