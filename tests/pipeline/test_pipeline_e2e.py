@@ -126,3 +126,10 @@ def test_record_rejects_path_escape(tmp_path):
     with pytest.raises(InvalidInput):
         RunRecord(tmp_path, "../../etc")
     assert not Path(tmp_path / "etc").exists()
+
+
+def test_example_specs_validate():
+    root = Path(__file__).resolve().parents[2]
+    for spec_file in sorted((root / "examples").glob("*.yaml")):
+        spec = load_spec(spec_file)
+        assert plan(spec, n_items=spec.dataset.n_items)["report"].deps
