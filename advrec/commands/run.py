@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from advrec.pipeline.record import RunRecord
     from advrec.pipeline.report import format_summary
 
-    if args.server:  # a job of a gateway: the same files, fetched over HTTP
+    settings = _settings(args)
+    local = (settings.runs_dir / args.run / "record.json").is_file()
+    if args.server or (not local and os.environ.get("ADVREC_SERVER")):
+        # a job of a gateway: the same files, fetched over HTTP
         from advrec.commands.client import client_from_args
 
         with client_from_args(args) as client:
@@ -71,7 +75,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_summary(results))
         print(f"\nreport: {out}")
         return 0
-    settings = _settings(args)
     record = RunRecord.open(settings.runs_dir, args.run)
     report_dir = record.dir / "report"
     if not (report_dir / "results.json").is_file():
@@ -121,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="print a run's tables; -o copies its HTML report (--server: a gateway job)")
     p.add_argument("run", help="local run id, or a job id with --server")
     p.add_argument("-o", "--output", help="write report.html here")
-    p.add_argument("--server", help="download from this gateway instead (key: --api-key or ADVREC_API_KEY)")
+    p.add_argument("--server", help="read a gateway job instead; also used when RUN is not local and "
+                   "ADVREC_SERVER is set (key: --api-key or ADVREC_API_KEY)")
     p.add_argument("--api-key", help="gateway API key (env ADVREC_API_KEY)")
     p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
     _common(p)

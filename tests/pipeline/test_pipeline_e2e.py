@@ -133,3 +133,16 @@ def test_example_specs_validate():
     for spec_file in sorted((root / "examples").glob("*.yaml")):
         spec = load_spec(spec_file)
         assert plan(spec, n_items=spec.dataset.n_items)["report"].deps
+
+
+def test_cli_report_and_list_read_the_run(first_run, capsys, tmp_path):
+    from advrec.cli import main
+
+    home, _, record = first_run
+    assert main(["report", record.run_id, "--home", str(home), "-o", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "scenario:" in out and "CHR@" in out
+    assert (tmp_path / "r.html").read_bytes() == (record.dir / "report" / "report.html").read_bytes()
+    assert main(["list", "--home", str(home)]) == 0
+    assert record.run_id in capsys.readouterr().out
+    assert main(["report", "no-such-run", "--home", str(home)]) == 2  # a clear error, not a traceback
