@@ -177,8 +177,10 @@ def advance(run_id: str, settings: Settings | None = None) -> str:
             task_id = _send(producer, STEP_TASKS[row["queue"]], [run_id, row["name"]])
             st.update(state="queued", task_id=task_id, broker=bid(), queued_at=time.time())
         if all(st["state"] in FINISHED for st in steps.values()):
-            report_key = next(r["key"] for r in d["plan"] if r["kind"] == "report")
-            publish_report(store, report_key, record.dir)
+            # evaluations end with a report; a single-step job (e.g. a recommender training) has none
+            report_key = next((r["key"] for r in d["plan"] if r["kind"] == "report"), None)
+            if report_key is not None:
+                publish_report(store, report_key, record.dir)
             d.update(report_key=report_key, state="done", finished=time.time())
         elif d["state"] == "queued":
             d["state"] = "running"

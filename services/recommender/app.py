@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from advrec_common.store import ArtifactStore
 ModelKey = Annotated[str, PathParam(pattern=KEY_PATTERN, description="Key of a `train` artifact.")]
 DEFAULT_RANK_USERS = 5
 _OVERLAY_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 # -- lineage: which dataset / features / extractor a model came from ------------------------------
@@ -301,34 +303,25 @@ def plan_training(store: ArtifactStore, req: TrainRequest) -> Plan:
 
 
 def start_training(store: ArtifactStore, settings: Settings, req: TrainRequest) -> TrainJob:
-    """Record a run for the training and compute its train step in a background thread."""
-    from advrec.pipeline.executor import execute_step
+    """Record a training run and hand it to the Celery executor (queue ``recommend``).
+
+    The run record is the acceptance: if the broker is down the job stays ``queued`` and the
+    reconciler enqueues it once Redis answers again. Steps already stored are not recomputed.
+    """
+    from advrec.pipeline.celery_executor import advance
     from advrec.pipeline.record import RunRecord
 
     plan = plan_training(store, req)
     step = next(s for s in plan if s.kind == "train")
     record = RunRecord.create(settings.runs_dir, {"name": f"train-{req.recommender}",
-                                                  "train": req.model_dump(mode="json")}, executor="service-thread")
+                                                  "train": req.model_dump(mode="json")}, executor="celery")
     record.set_plan(plan.to_json())
-    for s in plan:
-        if s.kind != "train":
-            record.set_step(s.name, state="cached")
-    device = resolve_device(settings.device)
-
-    def run() -> None:
-        record.set_state("running")
-        record.set_step(step.name, state="running")
-        try:
-            did = execute_step(step, plan, store, device)
-        except Exception as exc:  # recorded for GET /v1/jobs/{id}
-            record.set_step(step.name, state="failed", error=f"{type(exc).__name__}: {exc}")
-            record.set_state("failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        record.set_step(step.name, state="done" if did else "cached")
-        record.set_state("done")
-
-    threading.Thread(target=run, name=f"train-{record.run_id}", daemon=True).start()
-    return TrainJob(job_id=record.run_id, state="queued", model=step.key)
+    try:
+        state = advance(record.run_id, settings)
+    except Exception as exc:  # broker unreachable: the reconciler will enqueue it
+        log.warning("training run %s recorded but not enqueued (%s)", record.run_id, exc)
+        state = "queued"
+    return TrainJob(job_id=record.run_id, state=state, model=step.key)
 
 
 def job_status(settings: Settings, job_id: str) -> TrainJob:

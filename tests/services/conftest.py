@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -31,6 +32,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+TEST_REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Tiny:
     from advrec.pipeline.dag import Plan, features_params
@@ -43,7 +47,9 @@ def tiny(tmp_path_factory) -> Tiny:
     from services.extractor.weights import save_extractor
 
     home = tmp_path_factory.mktemp("advrec-home")
-    settings = Settings(home=home, device="cpu")
+    # training jobs go to Celery: a broker DB of their own on the real Redis (flushed here)
+    settings = Settings(home=home, device="cpu", redis_url=TEST_REDIS_URL)
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     store = ArtifactStore(settings.store_dir)
     torch.manual_seed(0)
     extractor = build_model("small_cnn", [f"class{i}" for i in range(5)])
