@@ -67,7 +67,7 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     for d, k in dep_keys.items():
         if not store.has(k):
             raise RuntimeError(f"step {step.name}: dependency {d} is not computed")
-    _pin_threads()
+    _deterministic_torch()
     meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": dep_keys}
     with store.writing(step.key, meta) as out:
         ctx = StepContext(step, store, out, dep_keys, resolve_device(device), progress)
@@ -76,8 +76,12 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     return True
 
 
-def _pin_threads() -> None:
-    """Same CPU thread count in every process: float reductions then give identical numbers."""
+def _deterministic_torch() -> None:
+    """Same numbers in every process: a fixed CPU thread count and deterministic kernels.
+
+    Multi-threaded CPU backward passes of some ops (ACF's attention, DVBPR's CNN) otherwise vary
+    from run to run; ``warn_only`` keeps ops without a deterministic kernel running (with a warning).
+    """
     import os
 
     import torch
@@ -87,6 +91,9 @@ def _pin_threads() -> None:
     n = get_settings().torch_threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if not torch.are_deterministic_algorithms_enabled():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def publish_report(store: ArtifactStore, report_key: str, run_dir: Path) -> None:
