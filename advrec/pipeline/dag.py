@@ -29,7 +29,7 @@ STEP_VERSIONS: dict[str, str] = {
     "features": "1",
     "train": "1",
     "scenario": "1",
-    "attack_shard": "1",
+    "attack_shard": "2",
     "adversarial": "1",
     "evaluate": "1",
     "report": "1",

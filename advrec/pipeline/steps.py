@@ -301,10 +301,7 @@ def step_scenario(ctx: StepContext) -> None:
 def step_attack_shard(ctx: StepContext) -> None:
     """Attack the origin-category items of one catalog index range toward the target category."""
     from advrec_common.datasets.images import to_tensor, to_uint8
-    from services.attacker.attacks import run_attack
-    from services.attacker.budget import budget_for
-    from services.attacker.delivery import deliver
-    from services.attacker.measurements import measure_attack
+    from services.attacker.runner import attack_and_measure
     from services.attacker.spec import AttackSpec
 
     p = ctx.params
@@ -325,25 +322,19 @@ def step_attack_shard(ctx: StepContext) -> None:
     spec_fields = {k: p[k] for k in ("method", "eps", "norm", "steps", "step_size", "budget_space", "seed")
                    if p.get(k) is not None}
     spec = AttackSpec(**spec_fields, **p.get("params", {}))
-    clean_u8 = catalog_images(ds, idx, size=p.get("image_size"))
-    clean = to_tensor(clean_u8)
-    t0 = time.perf_counter()
-    adv = run_attack(model, clean, spec, target, device=ctx.device)
-    seconds = time.perf_counter() - t0
-    # projecting before rounding keeps the delivered 8-bit image within the budget
-    delivered = deliver(adv, p["delivery"], p["jpeg_quality"], clean=clean, budget=budget_for(spec, model.std))
-    clean_f = torch.as_tensor(np.asarray(feats["features"])[idx])
-    m = measure_attack(model, clean, delivered, target, clean_features=clean_f)
-    with torch.inference_mode():
-        out = model.forward_all(delivered, spatial="spatial" in feats)
-    np.save(ctx.out / "adv_features.npy", out.features.float().numpy())
+    clean = to_tensor(catalog_images(ds, idx, size=p.get("image_size")))
+    out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
+                             clean_features=torch.as_tensor(np.asarray(feats["features"])[idx]),
+                             spatial="spatial" in feats)
+    np.save(ctx.out / "adv_features.npy", out.features.numpy())
     if out.spatial is not None:
-        np.save(ctx.out / "adv_spatial.npy", out.spatial.float().numpy())
+        np.save(ctx.out / "adv_spatial.npy", out.spatial.numpy())
     probs = out.logits.softmax(-1)
     np.save(ctx.out / "adv_classes.npy", probs.argmax(-1).numpy().astype(np.int64))
     np.save(ctx.out / "adv_probs.npy", probs.max(-1).values.numpy().astype(np.float32))
-    np.save(ctx.out / "adv_images.npy", to_uint8(delivered) if p["delivery"] != "float" else
-            delivered.permute(0, 2, 3, 1).numpy())
+    np.save(ctx.out / "adv_images.npy", to_uint8(out.delivered) if p["delivery"] != "float" else
+            out.delivered.permute(0, 2, 3, 1).numpy())
+    seconds, m = out.seconds, out.measurement
     rows = m.to_table()
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]

@@ -74,6 +74,57 @@ def _check(images_u8: np.ndarray, item_ids: list[str], model: ImageModel, target
         raise InvalidInput(f"unknown delivery {delivery!r}; known: {sorted(DELIVERIES)}")
 
 
+@dataclass
+class AttackOutcome:
+    """delivered: (N,3,H,W) float [0,1]; features: (N,D) and spatial (N,D',h,w) | None of the delivered images."""
+
+    delivered: torch.Tensor
+    measurement: Any
+    features: torch.Tensor
+    spatial: torch.Tensor | None
+    logits: torch.Tensor
+    seconds: float
+
+
+def attack_and_measure(
+    model: ImageModel,
+    clean: torch.Tensor,
+    spec: AttackSpec,
+    target: int,
+    delivery: str = "png8",
+    jpeg_quality: int = 90,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    clean_features: torch.Tensor | None = None,
+    item_ids: list[str] | None = None,
+    lpips_weights: Path | None = None,
+    spatial: bool = False,
+    **extra: Any,
+) -> AttackOutcome:
+    """Attack ``clean`` (N,3,H,W) [0,1] toward ``target``, deliver within the budget, measure, re-extract.
+
+    The one attack core: the runner (stored attacks) and the pipeline's attack shards both call it.
+    """
+    t0 = time.perf_counter()
+    adv = run_attack(model, clean, spec, int(target), device=device, batch_size=batch_size, **extra)
+    seconds = time.perf_counter() - t0
+    # projecting before rounding keeps the delivered 8-bit image within the budget
+    delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]
+    m = measure_attack(model, clean, delivered, int(target), clean_features=clean_features,
+                       lpips_weights=lpips_weights, wall_time_s=seconds, item_ids=item_ids, batch_size=batch_size)
+    model.eval()
+    feats, maps, logits = [], [], []
+    with torch.inference_mode():
+        for i in range(0, delivered.shape[0], batch_size):
+            o = model.forward_all(delivered[i : i + batch_size].to(model.mean.device), spatial=spatial)
+            feats.append(o.features.float().cpu())
+            logits.append(o.logits.float().cpu())
+            if o.spatial is not None:
+                maps.append(o.spatial.float().cpu())
+    return AttackOutcome(delivered, m, torch.cat(feats), torch.cat(maps) if maps else None, torch.cat(logits), seconds)
+
+
 def _parse_cell(column: str, value: str) -> Any:
     if column in _STRING_COLUMNS:
         return value
@@ -129,16 +180,9 @@ def attack_items(
 
     clean = torch.from_numpy(images_u8.astype(np.float32)).permute(0, 3, 1, 2) / 255.0
     extra = {} if target_features is None else {"target_features": torch.as_tensor(target_features, dtype=torch.float32)}
-    t0 = time.perf_counter()
-    adv = run_attack(model, clean, spec, int(target), device=device, batch_size=batch_size, **extra)
-    seconds = time.perf_counter() - t0
-    delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]
-    m = measure_attack(model, clean, delivered, int(target), lpips_weights=lpips_weights, wall_time_s=seconds,
-                       item_ids=list(item_ids), batch_size=batch_size)
-    with torch.no_grad():
-        model.eval()
-        feats = torch.cat([model.features(delivered[i : i + batch_size].to(model.mean.device)).cpu()
-                           for i in range(0, delivered.shape[0], batch_size)])
+    out = attack_and_measure(model, clean, spec, int(target), delivery, jpeg_quality, device=device,
+                             batch_size=batch_size, item_ids=list(item_ids), lpips_weights=lpips_weights, **extra)
+    delivered, m, feats = out.delivered, out.measurement, out.features
     summary = {
         **m.summary(),
         "method": spec.method,
