@@ -420,7 +420,7 @@ async def refresh_image(
 
 
 @router.post("/models", response_model=TrainJob, status_code=202,
-             summary="Train a recommender as a job (the pipeline's train step; poll GET /v1/jobs/{job_id})")
+             summary="Train a recommender as a Celery job on the recommend queue (the pipeline's train step; poll GET /v1/jobs/{job_id})")
 def train(req: TrainRequest, settings: Settings = Depends(get_settings),
           store: ArtifactStore = Depends(get_store)) -> TrainJob:
     return start_training(store, settings, req)
