@@ -21,7 +21,17 @@ from typing import Any
 
 import httpx
 
-from advrec_common.errors import AdvrecError, InvalidInput, NotFound
+from advrec_common.errors import (
+    AdvrecError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unauthorized,
+    Unavailable,
+)
 
 TERMINAL = {"done", "failed", "cancelled"}
 DEFAULT_TIMEOUT = 30.0
@@ -31,18 +41,20 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 class ApiError(AdvrecError):
-    """The gateway answered with an error status (``status_code``; ``detail`` is its message)."""
+    """The gateway answered with an error status that has no more specific type (``status_code``)."""
 
-    def __init__(self, status_code: int, detail: str):
-        super().__init__(f"HTTP {status_code}: {detail}")
+    def __init__(self, status_code: int, detail: str, problems: list[dict[str, Any]] | None = None):
+        super().__init__(f"HTTP {status_code}: {detail}", problems=problems)
         self.status_code = status_code
-        self.detail = detail
 
 
-class GatewayUnreachable(AdvrecError):
+class GatewayUnreachable(Unavailable):
     """No HTTP answer at all (connection refused, DNS, timeout) after the transport's retries."""
 
-    status_code = 503
+
+# problem-details statuses -> the typed error the client raises (the server's hierarchy)
+_ERRORS: dict[int, type[AdvrecError]] = {c.status: c for c in (
+    InvalidInput, NotFound, Unauthorized, Forbidden, Conflict, PayloadTooLarge, QuotaExceeded, Unavailable)}
 
 
 class JobFailed(AdvrecError):
@@ -61,22 +73,26 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _detail(resp: httpx.Response) -> str:
+def _problem(resp: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
+    """(detail, problems) of an error answer (RFC 9457 body; plain text tolerated)."""
     try:
         body = resp.json()
-        return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
     except ValueError:
-        return resp.text[:500]
+        return resp.text[:500] or resp.reason_phrase, []
+    if not isinstance(body, dict):
+        return str(body), []
+    problems = body.get("errors") if isinstance(body.get("errors"), list) else []
+    return str(body.get("detail", body)), [p for p in problems if isinstance(p, dict)]
 
 
 def _decode(call: Call, resp: httpx.Response) -> Any:
-    """Typed error for an error status, else the decoded body."""
-    if resp.status_code == 404:
-        raise NotFound(_detail(resp))
-    if resp.status_code == 422:
-        raise InvalidInput(_detail(resp))
+    """The typed error of an error answer (with every listed problem), else the decoded body."""
     if resp.status_code >= 400:
-        raise ApiError(resp.status_code, _detail(resp))
+        detail, problems = _problem(resp)
+        cls = _ERRORS.get(resp.status_code)
+        if cls is None:
+            raise ApiError(resp.status_code, detail, problems)
+        raise cls(detail, problems=problems)
     return resp.content if call.expect == "bytes" else resp.json()
 
 

@@ -1,14 +1,18 @@
-"""HTTP plumbing shared by the three service apps: one error -> status map, health routers, uploads.
+"""HTTP plumbing shared by the three services and the gateway: one error body, one health shape.
 
 Domain code raises the typed errors of :mod:`advrec_common.errors`; :func:`install_error_handlers`
-turns each into a JSON :class:`~advrec_common.schemas.ErrorBody` with the status of
-:data:`ERROR_STATUS` (looked up along the exception's MRO, so a subclass inherits its parent's
-code). Nothing else in an app decides a status code.
+turns each into an RFC 9457 problem (:class:`~advrec_common.schemas.Problem`, media type
+``application/problem+json``) whose status is the error class's ``status``. Request-validation
+errors become 422 problems listing every field, HTTP errors keep their status, and anything
+unexpected is a 500 problem that never shows a traceback or a server path.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -16,122 +20,118 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from advrec_common.errors import (
+    PROBLEM_TYPE_PREFIX,
     AdvrecError,
-    BadCheckpoint,
-    BadImage,
+    Forbidden,
     InvalidInput,
-    MissingWeights,
     NotFound,
+    PayloadTooLarge,
+    Unauthorized,
 )
-from advrec_common.schemas import ErrorBody, Health, Readiness
+from advrec_common.schemas import Health, Problem
 from advrec_common.settings import Settings, get_settings
 from advrec_common.store import ArtifactStore
+from advrec_common.validation import loc_path
+
+log = logging.getLogger(__name__)
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# HTTP errors raised by the framework itself (routing, methods) as advrec problem types
+_HTTP_TYPES: dict[int, type[AdvrecError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge}
 
 
-class PayloadTooLarge(InvalidInput):
-    """An upload larger than ``Settings.max_upload_bytes`` (HTTP 413)."""
+def problem_response(status: int, title: str, detail: str, type_: str, instance: str | None = None,
+                     errors: list[dict[str, str]] | None = None,
+                     headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """A problem-details response."""
+    body = Problem(type=type_, title=title, status=status, detail=detail, instance=instance, errors=errors or [])
+    return JSONResponse(status_code=status, content=body.model_dump(), media_type=PROBLEM_MEDIA_TYPE,
+                        headers=dict(headers) if headers else None)
 
 
-class Overloaded(AdvrecError):
-    """The service's queue is full; retry later (HTTP 503)."""
-
-
-class Unavailable(AdvrecError):
-    """A backend the request needs (queue broker, worker) is not reachable (HTTP 503)."""
-
-
-# The one place that maps domain errors to HTTP status codes (most specific class wins).
-ERROR_STATUS: dict[type[BaseException], int] = {
-    AdvrecError: 400,
-    InvalidInput: 422,
-    BadImage: 422,
-    BadCheckpoint: 422,
-    PayloadTooLarge: 413,
-    NotFound: 404,
-    MissingWeights: 404,
-    Overloaded: 503,
-    Unavailable: 503,
-}
-
-
-def status_for(exc: BaseException) -> int:
-    """HTTP status of an exception: the entry of its nearest class in :data:`ERROR_STATUS` (else 500)."""
-    for cls in type(exc).__mro__:
-        if cls in ERROR_STATUS:
-            return ERROR_STATUS[cls]
-    return 500
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    """A JSON error body ``{"error": <type>, "detail": <message>}`` with the mapped status."""
-    body = ErrorBody(error=type(exc).__name__, detail=str(exc))
-    headers = {"Retry-After": "1"} if isinstance(exc, Overloaded) else None
-    return JSONResponse(status_code=status_for(exc), content=body.model_dump(), headers=headers)
+def error_response(exc: AdvrecError, instance: str | None = None) -> JSONResponse:
+    """The problem-details response of an advrec error (``Retry-After`` for retryable ones)."""
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry)} if retry else None
+    return problem_response(exc.status, exc.title, exc.detail, exc.problem_type, instance, exc.problems, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every :class:`AdvrecError` (and request-validation errors) to its status code."""
+    """Every error of ``app`` answers with a problem-details body (see the module docstring)."""
 
-    async def domain_error(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AdvrecError)
+        return error_response(exc, request.url.path)
 
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        body = ErrorBody(error="InvalidInput", detail="; ".join(lines) or "invalid request")
-        return JSONResponse(status_code=422, content=body.model_dump())
+        rows = [{"loc": loc_path(e.get("loc", ())), "msg": str(e.get("msg", "invalid"))} for e in exc.errors()]
+        detail = "; ".join(f"{r['loc']}: {r['msg']}" for r in rows) or "invalid request"
+        return error_response(InvalidInput(detail, problems=rows), request.url.path)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        body = ErrorBody(error=name, detail=str(exc.detail))
-        return JSONResponse(status_code=exc.status_code, content=body.model_dump(), headers=exc.headers)
+        cls = _HTTP_TYPES.get(exc.status_code)
+        title, type_ = (cls.title, PROBLEM_TYPE_PREFIX + cls.slug) if cls else ("HTTP error", "about:blank")
+        return problem_response(exc.status_code, title, str(exc.detail), type_, request.url.path,
+                                headers=exc.headers)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem_response(500, "Internal error", f"unexpected {type(exc).__name__}; see the server log",
+                                "urn:advrec:problem:internal", request.url.path)
 
     app.add_exception_handler(AdvrecError, domain_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
 
 
-# Response documentation for routes (OpenAPI): the error body for every mapped status.
-ERROR_RESPONSES: dict[int | str, dict] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (404, "Unknown artifact key, user, item or weight name"),
-        (413, "Upload larger than the configured limit"),
-        (422, "Invalid input: bad parameters, shapes, NaN, corrupt or too-large image"),
-        (503, "Overloaded or a backend is unreachable; retry later"),
-    )
+_STATUS_TEXT: dict[int, str] = {
+    400: "Malformed request", 401: "Missing credentials", 403: "Credentials not allowed here",
+    404: "Unknown id: artifact, user, item, job, dataset or weight name", 409: "Not in a state that allows this",
+    413: "Upload or catalog above the configured limits",
+    422: "Invalid input (every problem listed in `errors`)", 429: "A quota is used up; retry later",
+    502: "Bad answer from an internal service", 503: "Overloaded, or a backend is unreachable; retry later",
+    504: "An internal service timed out",
 }
 
-ReadyCheck = Callable[["Settings"], Awaitable[str | None] | str | None]
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries (problem-details body) for the given statuses."""
+    return {c: {"model": Problem, "description": _STATUS_TEXT[c],
+                "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for c in codes}
+
+
+ERROR_RESPONSES = error_responses(404, 413, 422, 503)
+
+ReadyCheck = Callable[[Settings], Awaitable[str | None] | str | None]
 
 
 def store_ready(settings: Settings) -> str | None:
-    """Readiness check: the artifact store directory exists and is writable."""
-    import os
-
+    """Readiness check: the artifact store directory exists (or can be created) and is writable."""
     root = settings.store_dir
-    if not root.is_dir():
-        return f"store {root} does not exist"
-    return None if os.access(root, os.W_OK) else f"store {root} is not writable"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"store cannot be created: {exc.strerror}"
+    return None if os.access(root, os.W_OK) else "store is not writable"
 
 
-def health_router(service: str, checks: Mapping[str, ReadyCheck] | None = None) -> APIRouter:
-    """``GET /healthz`` (process is up) and ``GET /readyz`` (each ``check(settings)`` returns None when OK,
-    else why not; 503 unless all pass)."""
+def health_router(service: str, checks: Mapping[str, ReadyCheck] | None = None,
+                  settings_dep: Callable[..., Settings] = get_settings) -> APIRouter:
+    """``GET /healthz`` (the process answers) and ``GET /readyz`` (each ``check(settings)`` returns None
+    when OK, else why not; 503 unless all pass). The same :class:`Health` shape everywhere."""
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
     async def healthz() -> Health:
         return Health(service=service, status="ok")
 
-    @router.get(
-        "/readyz",
-        response_model=Readiness,
-        summary="Readiness: the store and backends are usable",
-        responses={503: {"model": Readiness, "description": "Not ready"}},
-    )
-    async def readyz(settings: Settings = Depends(get_settings)) -> JSONResponse:
+    @router.get("/readyz", response_model=Health, summary="Readiness: the store and backends are usable",
+                responses={503: {"model": Health, "description": "Not ready"}})
+    async def readyz(settings: Settings = Depends(settings_dep)) -> JSONResponse:
         results: dict[str, str] = {}
         for name, check in (checks or {}).items():
             try:
@@ -142,7 +142,7 @@ def health_router(service: str, checks: Mapping[str, ReadyCheck] | None = None) 
                 out = f"{type(exc).__name__}: {exc}"
             results[name] = "ok" if out is None else str(out)
         ready = all(v == "ok" for v in results.values())
-        body = Readiness(service=service, status="ready" if ready else "not ready", checks=results)
+        body = Health(service=service, status="ready" if ready else "not ready", checks=results)
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     return router
@@ -166,8 +166,8 @@ def get_store(settings: Settings = Depends(get_settings)) -> ArtifactStore:
 
 
 def require_artifact(store: ArtifactStore, key: str, kind: str | tuple[str, ...], label: str) -> dict:
-    """meta.json of artifact ``key``; InvalidInput for a malformed key or an artifact of another kind,
-    NotFound when absent (a key is 64 hex characters, so it can never escape the store)."""
+    """meta.json of artifact ``key``; InvalidInput for an artifact of another kind, NotFound when absent
+    (a key is 64 hex characters, so it can never escape the store)."""
     kinds = (kind,) if isinstance(kind, str) else kind
     try:
         meta = store.meta(key)
@@ -179,7 +179,7 @@ def require_artifact(store: ArtifactStore, key: str, kind: str | tuple[str, ...]
 
 
 def service_app(service: str, description: str, router: APIRouter) -> FastAPI:
-    """A service's FastAPI app: its ``/v1`` router, health/readiness (store check), the error map."""
+    """A service's FastAPI app: its ``/v1`` router, health/readiness (store check), the error model."""
     app = FastAPI(title=f"advrec {service}", version="1", description=description)
     install_error_handlers(app)
     app.include_router(health_router(service, {"store": store_ready}))

@@ -21,21 +21,30 @@ class _Model(BaseModel):
 
 
 # -- shared --------------------------------------------------------------------------------------
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx body: the error type and a message that says what to fix."""
+class ProblemItem(BaseModel):
+    """One individual mistake: where (e.g. a spec path ``attacks[0].params.cw_steps``) and what."""
 
-    error: str = Field(description="Error type, e.g. NotFound, InvalidInput, BadImage, PayloadTooLarge.")
-    detail: str
+    loc: str = Field(description="Where: a spec path, a request field, a file:line.")
+    msg: str = Field(description="What is wrong and how to fix it.")
+
+
+class Problem(BaseModel):
+    """Every 4xx/5xx body of every advrec service and the gateway (RFC 9457 problem details,
+    media type ``application/problem+json``), with every individual mistake in ``errors``."""
+
+    type: str = Field(description="Problem type URI, e.g. urn:advrec:problem:invalid-input.")
+    title: str = Field(description="Short summary of the problem type, e.g. 'Invalid input'.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong, for this occurrence, and what to fix.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemItem] = Field(default_factory=list, description="Every individual mistake (may be empty).")
 
 
 class Health(BaseModel):
-    service: str
-    status: Literal["ok"] = "ok"
+    """Liveness (``/healthz``: status 'ok') and readiness (``/readyz``: 'ready' or 'not ready') of a process."""
 
-
-class Readiness(BaseModel):
     service: str
-    status: Literal["ready", "not ready"]
+    status: Literal["ok", "ready", "not ready"]
     checks: dict[str, str] = Field(default_factory=dict, description="check name -> 'ok' or why not")
 
 

@@ -2,29 +2,28 @@
 
 Run it with ``uvicorn --factory gateway.app:create_app`` (``advrec stack up`` does). Settings
 come from the environment (``ADVREC_*``) unless passed to :func:`create_app`, and reach every
-route through a dependency. Domain errors (``advrec_common.errors``) map to HTTP statuses in
-:func:`_domain_error`; broker outages map to 503.
+route through a dependency. Errors answer with the problem-details body every advrec service uses
+(:mod:`advrec_common.http`); broker outages are 503 problems.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
 from advrec import __version__
-from advrec_common.errors import AdvrecError
+from advrec_common.errors import Unavailable
+from advrec_common.http import error_response, health_router, install_error_handlers, store_ready
 from advrec_common.settings import Settings, get_settings
 from gateway import datasets, jobs, proxy
 from gateway.deps import get_app_settings
-from gateway.schemas import Health
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,22 @@ Every `/v1` route needs an `X-API-Key` header (401 without, 403 with an unknown 
 """
 
 
-def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
-    code = getattr(exc, "status_code", 400)
-    return JSONResponse({"detail": str(exc)}, status_code=code)
+def _broker_down(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(Unavailable(f"the job queue is unavailable ({type(exc).__name__}); retry later"),
+                          request.url.path)
 
 
-def _broker_down(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": f"the job queue is unavailable: {type(exc).__name__}"}, status_code=503)
+def redis_ready(settings: Settings) -> str | None:
+    """Readiness check: the broker answers a PING."""
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return None
 
 
 def _reconcile(settings: Settings) -> None:
@@ -77,36 +85,11 @@ def create_app(settings: Settings | None = None, *, reconcile_on_start: bool = T
     app = FastAPI(title="advrec gateway", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   max_body_size=settings.max_upload_bytes)
     app.state.settings = settings
-    app.add_exception_handler(AdvrecError, _domain_error)
+    install_error_handlers(app)
     app.add_exception_handler(OperationalError, _broker_down)
     app.add_exception_handler(redis.RedisError, _broker_down)
-
-    @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness (no auth)")
-    def healthz() -> dict:
-        return {"status": "ok", "checks": {}}
-
-    @app.get("/readyz", response_model=Health, tags=["health"], summary="Readiness: Redis and the store folder",
-             responses={503: {"model": Health, "description": "a dependency is not ready"}})
-    def readyz(s: Settings = Depends(get_app_settings)) -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            client = redis.Redis.from_url(s.redis_url, socket_timeout=2, socket_connect_timeout=2)
-            client.ping()
-            client.close()
-            checks["redis"] = "ok"
-        except redis.RedisError as exc:
-            checks["redis"] = f"unreachable: {exc}"
-        try:
-            s.store_dir.mkdir(parents=True, exist_ok=True)
-            probe = s.store_dir / f".readyz-{uuid.uuid4().hex}"
-            probe.write_text("ok")
-            probe.unlink()
-            checks["store"] = "ok"
-        except OSError as exc:
-            checks["store"] = f"not writable: {exc}"
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
-
+    app.include_router(health_router("gateway", {"redis": redis_ready, "store": store_ready},
+                                     settings_dep=get_app_settings))
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(proxy.router)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fastapi import Depends, HTTPException, Security
+from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader
 
+from advrec_common.errors import Forbidden, Unauthorized
 from advrec_common.settings import Settings
 from gateway.deps import get_app_settings
 
@@ -39,6 +40,6 @@ def require_api_key(
 ) -> None:
     """Dependency of every protected route: 401 without a key, 403 with a wrong one."""
     if not key:
-        raise HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
+        raise Unauthorized("missing X-API-Key header")
     if not key_accepted(key, settings.api_key_hashes):
-        raise HTTPException(403, "invalid API key")
+        raise Forbidden("invalid API key")

@@ -26,21 +26,18 @@ from fastapi import APIRouter, Depends, File, UploadFile
 
 from advrec_common.datasets.generic_layout import GENERIC_IMAGE_SUFFIXES, load_generic_dataset
 from advrec_common.datasets.images import decode_image
-from advrec_common.errors import AdvrecError, BadImage, InvalidInput, NotFound
+from advrec_common.errors import BadImage, InvalidInput, NotFound, PayloadTooLarge
+from advrec_common.http import error_responses
 from advrec_common.settings import Settings
 from gateway.auth import require_api_key
 from gateway.deps import get_app_settings
-from gateway.schemas import DatasetInfo, error_responses
+from gateway.schemas import DatasetInfo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(require_api_key)],
                    responses=error_responses(400, 401, 403, 404, 413, 422))
 
 DATASET_ID_RE = re.compile(r"^ds-[0-9a-f]{16}$")
 TABLE_SUFFIXES = (".csv", ".tsv")
-
-
-class TooLarge(AdvrecError):
-    status_code = 413
 
 
 def _datasets_dir(settings: Settings) -> Path:
@@ -64,7 +61,7 @@ def files_from_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
     infos = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")
              and not PurePosixPath(i.filename).name.startswith(".")]
     if sum(i.file_size for i in infos) > max_bytes:
-        raise TooLarge(f"archive: uncompressed size exceeds the limit of {max_bytes} bytes")
+        raise PayloadTooLarge(f"archive: uncompressed size exceeds the limit of {max_bytes} bytes")
     names = [PurePosixPath(i.filename) for i in infos]
     for n in names:
         if n.is_absolute() or ".." in n.parts:

@@ -12,11 +12,12 @@ from fastapi.responses import FileResponse
 from advrec.pipeline import celery_executor
 from advrec.pipeline.record import RunRecord, list_runs, progress_of
 from advrec.pipeline.spec import EvaluationSpec, parse_spec
-from advrec_common.errors import AdvrecError, InvalidInput, NotFound
+from advrec_common.errors import Conflict, InvalidInput, NotFound
+from advrec_common.http import error_responses
 from advrec_common.settings import Settings
 from gateway.auth import require_api_key
 from gateway.deps import get_app_settings
-from gateway.schemas import JobStatus, JobSummary, error_responses
+from gateway.schemas import JobStatus, JobSummary
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
                    responses=error_responses(400, 401, 403, 404, 422, 503))
@@ -27,12 +28,6 @@ SPEC_EXAMPLE = {
     "attacks": [{"method": "fgsm", "eps": [8]}],
     "recommenders": [{"name": "vbpr"}],
 }
-
-
-class JobConflict(AdvrecError):
-    """The job is not in a state that has the requested thing (e.g. results before done)."""
-
-    status_code = 409
 
 
 def spec_from_body(body: dict[str, Any]) -> EvaluationSpec:
@@ -117,7 +112,7 @@ def _report_file(settings: Settings, job_id: str, relpath: str) -> Path:
     rec = _open(settings, job_id)
     state = rec.read()["state"]
     if state != "done":
-        raise JobConflict(f"job {job_id} is {state}; results exist once it is done")
+        raise Conflict(f"job {job_id} is {state}; results exist once it is done")
     root = (rec.dir / "report").resolve()
     path = (root / relpath).resolve()
     if not path.is_relative_to(root) or not path.is_file():

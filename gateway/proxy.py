@@ -11,10 +11,11 @@ from __future__ import annotations
 import httpx
 from fastapi import APIRouter, Depends, Request, Response
 
+from advrec_common.errors import Unavailable
+from advrec_common.http import error_response, error_responses, problem_response
 from advrec_common.settings import Settings
 from gateway.auth import require_api_key
 from gateway.deps import get_app_settings
-from gateway.schemas import error_responses
 
 SERVICES: dict[str, str] = {"extractor": "extractor_url", "attacker": "attacker_url", "recommender": "recommender_url"}
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
@@ -48,12 +49,14 @@ async def forward(request: Request, base_url: str, path: str) -> Response:
         upstream = await clients.for_method(request.method).request(
             request.method, url, params=request.query_params, headers=headers, content=await request.body())
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        return Response(f'{{"detail": "service unavailable: {type(exc).__name__}"}}', 503,
-                        media_type="application/json")
+        return error_response(Unavailable(f"the service is unavailable ({type(exc).__name__}); retry later"),
+                              request.url.path)
     except httpx.TimeoutException:
-        return Response('{"detail": "service timed out"}', 504, media_type="application/json")
+        return problem_response(504, "Gateway timeout", "the service timed out", "urn:advrec:problem:gateway-timeout",
+                                request.url.path)
     except httpx.HTTPError as exc:
-        return Response(f'{{"detail": "bad gateway: {type(exc).__name__}"}}', 502, media_type="application/json")
+        return problem_response(502, "Bad gateway", f"bad answer from the service ({type(exc).__name__})",
+                                "urn:advrec:problem:bad-gateway", request.url.path)
     keep = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
     return Response(upstream.content, upstream.status_code, headers=keep)
 

@@ -47,20 +47,3 @@ class DatasetInfo(BaseModel):
     bytes: int = Field(description="total size of the stored files")
     created: float
     spec: dict[str, Any] = Field(description="the `dataset` block to put in an evaluation spec")
-
-
-class Health(BaseModel):
-    status: str
-    checks: dict[str, str] = Field(default_factory=dict)
-
-
-class ErrorBody(BaseModel):
-    detail: str | list[Any] = Field(description="what went wrong")
-
-
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the given error statuses."""
-    text = {400: "malformed body (not JSON / not multipart)", 401: "missing X-API-Key", 403: "unknown API key", 404: "unknown id", 409: "job not finished",
-            413: "body above the upload limit", 422: "invalid input (every problem listed)",
-            502: "bad upstream answer", 503: "queue or service unavailable", 504: "service timed out"}
-    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}

@@ -5,7 +5,7 @@ item, then keeps collecting for at most ``max_wait_ms`` or until ``max_batch`` i
 splits what it collected by ``group`` (items of one group can be stacked: same model, same image
 size) and runs ``run_batch(group, items)`` once per group in a worker thread, so the event loop
 keeps accepting requests while the GPU (or CPU) works. The queue is bounded: when ``max_queue``
-items are already waiting, :meth:`submit` raises :class:`~advrec_common.http.Overloaded` (503)
+items are already waiting, :meth:`submit` raises :class:`~advrec_common.errors.Overloaded` (503)
 instead of letting latency grow without limit.
 """
 
@@ -17,8 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from advrec_common.errors import InvalidInput
-from advrec_common.http import Overloaded
+from advrec_common.errors import InvalidInput, Overloaded
 
 T = TypeVar("T")
 R = TypeVar("R")

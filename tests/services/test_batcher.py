@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from advrec_common.http import Overloaded
+from advrec_common.errors import Overloaded
 from services.extractor.batcher import MicroBatcher
 
 

@@ -132,7 +132,7 @@ def test_top_errors(recommender_client, tiny, case, status):
         key = "..%2F..%2Fetc"
     r = recommender_client.get(f"/v1/models/{key}/users/{user}/top", params={"k": k})
     assert r.status_code == status, r.text
-    assert r.json()["error"] in ("NotFound", "InvalidInput")
+    assert r.json()["title"] in ("Not found", "Invalid input")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from advrec.client import AdvrecClient
+from advrec_common.errors import Conflict
 
 from .conftest import API_KEY, TINY_SPEC
 
@@ -134,7 +135,7 @@ def test_c_cancel_stops_work(make_stack):
         assert after["state"] == "cancelled"
         assert not (stack.home / "runs" / job / "report").exists()
         assert any(s["state"] in ("pending", "cancelled") for s in after["steps"].values())
-        with pytest.raises(Exception, match="409"):
+        with pytest.raises(Conflict, match="results exist once it is done"):
             client.results(job)
 
 
