@@ -54,6 +54,29 @@ def artifact_key(step: str, params: Mapping[str, Any], inputs: Sequence[str] = (
     return hashlib.sha256(blob).hexdigest()
 
 
+def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, then a rename.
+
+    Readers see the old file or the new one, never a partial write. The one atomic-write helper of
+    advrec (records, overlays, model files, study outputs).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes (used to key checkpoints and datasets by content)."""
     h = hashlib.sha256()
@@ -126,24 +149,3 @@ class ArtifactStore:
         for shard in (self.root / "objects").iterdir():
             out.extend(p.name for p in shard.iterdir() if (p / "meta.json").is_file())
         return sorted(out)
-
-    # -- small typed helpers -------------------------------------------------------------------
-    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> Path:
-        """Store named numpy arrays as ``<name>.npy`` files (no-op if the key exists)."""
-        if not self.has(key):
-            with self.writing(key, meta) as d:
-                for name, arr in arrays.items():
-                    np.save(d / f"{name}.npy", np.asarray(arr), allow_pickle=False)
-        return self.open(key)
-
-    def get_array(self, key: str, name: str, mmap: bool = False) -> np.ndarray:
-        return np.load(self.open(key) / f"{name}.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
-
-    def put_json(self, key: str, name: str, obj: Any, meta: Mapping[str, Any] | None = None) -> Path:
-        if not self.has(key):
-            with self.writing(key, meta) as d:
-                (d / f"{name}.json").write_text(json.dumps(obj, indent=1))
-        return self.open(key)
-
-    def get_json(self, key: str, name: str) -> Any:
-        return json.loads((self.open(key) / f"{name}.json").read_text())

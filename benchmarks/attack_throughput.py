@@ -16,10 +16,10 @@ import time
 import torch
 import torchattacks
 
+from advrec_common.vision.backbones import build_model
 from services.attacker.attacks import ATTACKS, run_attack
 from services.attacker.attacks.projected_gradient import projected_gradient, targeted_ce
 from services.attacker.spec import AttackSpec
-from services.extractor.backbones import build_model
 
 DEFAULT_METHODS = "fgsm,bim,pgd,mifgsm,apgd,square,spsa,feature_match,cw"
 

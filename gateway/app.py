@@ -22,7 +22,7 @@ from advrec import __version__
 from advrec_common.errors import Unavailable
 from advrec_common.http import error_response, health_router, install_error_handlers, store_ready
 from advrec_common.settings import Settings, get_settings
-from gateway import datasets, jobs, proxy
+from gateway import datasets, jobs, models, proxy
 from gateway.deps import get_app_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ Measure whether adversarially robust image feature extractors protect visual rec
 * **jobs**: submit an evaluation spec (or a preset), follow its per-step progress, cancel it,
   download `results.json`, `report.html` and the other report files.
 * **datasets**: upload your catalog (images + interactions) and reference it in a spec.
+* **models**: train a recommender on stored artifacts as a job (`POST /v1/models`).
 * **extractor / attacker / recommender**: the internal services, proxied.
 
 Every `/v1` route needs an `X-API-Key` header (401 without, 403 with an unknown key).
@@ -92,5 +93,6 @@ def create_app(settings: Settings | None = None, *, reconcile_on_start: bool = T
                                      settings_dep=get_app_settings))
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(models.router)
     app.include_router(proxy.router)
     return app

@@ -53,18 +53,17 @@ def build_specs(methods: list[str], eps_list: list[float], budget_space: str) ->
     """The AttackSpecs of a demo run: the study's settings (C&W once, unbounded, as in the study)."""
     from pydantic import ValidationError
 
-    from services.attacker.attacks import ATTACKS
-    from services.attacker.spec import AttackSpec
+    from services.attacker.spec import METHODS, AttackSpec
 
     specs = []
     for m in methods:
-        if m not in ATTACKS or m == "score":
+        if m not in METHODS or m == "score":
             raise InvalidInput(f"unknown or unsupported demo method {m!r}; choose from {list(ALL_METHODS)}")
         try:
             if m == "cw":
                 specs.append(AttackSpec(method="cw", eps=0, norm="l2"))
                 continue
-            space = budget_space if "normalized" in ATTACKS[m].budget_spaces else "pixel"
+            space = budget_space if "normalized" in METHODS[m].budget_spaces else "pixel"
             specs += [AttackSpec(method=m, eps=e, budget_space=space) for e in eps_list]
         except ValidationError as exc:
             raise InvalidInput(f"bad attack settings for {m}: {exc.errors()[0]['msg']}") from None

@@ -21,7 +21,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run(spec, args: argparse.Namespace) -> int:
     from advrec.pipeline.executor import run_inprocess
-    from advrec.pipeline.report import format_summary
+    from advrec.report import format_summary
     from advrec_common.store import ArtifactStore
 
     settings = _settings(args)
@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from advrec.pipeline.record import RunRecord
-    from advrec.pipeline.report import format_summary
+    from advrec.report import format_summary
 
     settings = _settings(args)
     local = (settings.runs_dir / args.run / "record.json").is_file()

@@ -45,18 +45,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from advrec.pipeline.celery_executor import reconcile
-
     s = get_settings()
     if args.home or args.redis_url:
         s = s.model_copy(update={k: v for k, v in (("home", Path(args.home) if args.home else None),
                                                     ("redis_url", args.redis_url)) if v is not None})
-    print(json.dumps(reconcile(s)))
+    print(json.dumps(Stack.reconcile_now(s)))
     return 0
 
 
 def _hash_key(args: argparse.Namespace) -> int:
-    from gateway.auth import hash_key
+    from advrec_common.apikeys import hash_key
 
     print(hash_key(args.key))
     return 0

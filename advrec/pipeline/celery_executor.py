@@ -5,8 +5,8 @@ Lifecycle of a run (the record on disk, :class:`RunRecord`, is the job database)
 ``submit`` creates the record (``executor="celery"``) and enqueues ``orchestrate.start``;
 ``start`` plans the run (the dataset step runs there) and calls ``advance``; ``advance``, under
 the record lock, marks every pending step whose dependencies are finished as ``cached`` (its
-artifact is stored) or ``queued`` (sent to ``<service>.run_step`` on the step's queue); each
-``run_step`` claims its step (``running``, with an attempt count and a heartbeat), computes it
+artifact is stored) or ``queued`` (sent as the one ``advrec.run_step`` task to the step's queue);
+each ``run_step`` claims its step (``running``, with an attempt count and a heartbeat), computes it
 with :func:`execute_step`, marks it ``done`` and calls ``advance`` again. When every step is
 finished the report is published and the run is ``done``.
 
@@ -32,10 +32,10 @@ from celery.signals import worker_ready
 
 from advrec.pipeline.dag import Plan
 from advrec.pipeline.executor import CancelledRun, execute_step, plan_run, publish_report
+from advrec.pipeline.queue import HEARTBEAT_S, MAX_ATTEMPTS, RUN_STEP, STALE_AFTER_S, app, celery_for
 from advrec.pipeline.record import TERMINAL, RunRecord, list_runs
 from advrec.pipeline.spec import EvaluationSpec, parse_spec
 from advrec_common.errors import NotFound
-from advrec_common.queue import HEARTBEAT_S, MAX_ATTEMPTS, STALE_AFTER_S, STEP_TASKS, app, celery_for
 from advrec_common.settings import Settings, get_settings
 from advrec_common.store import ArtifactStore
 
@@ -63,10 +63,15 @@ def broker_id(settings: Settings | None = None) -> str:
         client.close()
 
 
-def _send(producer: Celery, task: str, args: list[Any]) -> str:
+def _send(producer: Celery, task: str, args: list[Any], queue: str | None = None) -> str:
     task_id = uuid.uuid4().hex
-    producer.send_task(task, args=args, task_id=task_id)
+    producer.send_task(task, args=args, task_id=task_id, **({"queue": queue} if queue else {}))
     return task_id
+
+
+def send_step(producer: Celery, run_id: str, step_name: str, queue: str) -> str:
+    """Enqueue the one step task for ``step_name`` on its step's ``queue``; returns the task id."""
+    return _send(producer, RUN_STEP, [run_id, step_name], queue=queue)
 
 
 @contextmanager
@@ -174,7 +179,7 @@ def advance(run_id: str, settings: Settings | None = None) -> str:
             if store.has(row["key"]):
                 st["state"] = "cached"
                 continue
-            task_id = _send(producer, STEP_TASKS[row["queue"]], [run_id, row["name"]])
+            task_id = send_step(producer, run_id, row["name"], row["queue"])
             st.update(state="queued", task_id=task_id, broker=bid(), queued_at=time.time())
         if all(st["state"] in FINISHED for st in steps.values()):
             # evaluations end with a report; a single-step job (e.g. a recommender training) has none
@@ -190,7 +195,7 @@ def advance(run_id: str, settings: Settings | None = None) -> str:
 
 def run_step(run_id: str, step_name: str, task_id: str | None = None, worker: str | None = None,
              settings: Settings | None = None) -> str:
-    """Compute one step of a run (the body of every ``<service>.run_step`` task).
+    """Compute one step of a run (the body of the ``advrec.run_step`` task).
 
     Returns what happened: ``done``/``cached`` (computed/reused), ``skipped`` (run terminal or
     cancelled, step already finished, or another live delivery is running it), ``failed``
@@ -329,7 +334,7 @@ def reconcile(settings: Settings | None = None) -> dict[str, int]:
                 lost = (st["state"] == "queued" and st.get("broker") != bid) or (
                     st["state"] == "running" and now - st.get("heartbeat", 0) > STALE_AFTER_S)
                 if lost:
-                    st.update(state="queued", task_id=_send(producer, STEP_TASKS[queues[name]], [run_id, name]),
+                    st.update(state="queued", task_id=send_step(producer, run_id, name, queues[name]),
                               broker=bid, queued_at=now)
                     summary["requeued"] += 1
 
@@ -353,8 +358,9 @@ def reconcile_task() -> dict[str, int]:
     return reconcile()
 
 
-@app.task(name="orchestrate.run_step", bind=True)
-def orchestrate_run_step(self, run_id: str, step_name: str) -> str:
+@app.task(name=RUN_STEP, bind=True)
+def run_step_task(self, run_id: str, step_name: str) -> str:
+    """Compute step ``step_name`` of run ``run_id`` (whatever queue delivered it); returns its outcome."""
     return run_step(run_id, step_name, task_id=self.request.id, worker=self.request.hostname)
 
 

@@ -1,7 +1,9 @@
 """The study as a DAG of steps: the one definition both executors run.
 
-Every step is a pure function of its parameters and its dependencies' outputs, and its output is
-an artifact whose key is ``artifact_key(kind, params, [dependency keys], STEP_VERSIONS[kind])``.
+Every step is a pure function of its parameters and its inputs' outputs, and its output is an
+artifact whose key is ``artifact_key(kind, params, [input keys], STEP_VERSIONS[kind])``. A step
+names its inputs by role (``{"dataset": "dataset", "features": "features/std", "shards": [...]}``):
+the step function asks for ``ctx.input("features")``, never for a name prefix.
 Keys are therefore known before anything runs: an executor skips every step whose artifact is
 already stored, so a rerun, a larger grid or a resumed crash only computes what is missing.
 
@@ -20,13 +22,17 @@ from typing import Any
 
 from advrec.pipeline.spec import EvaluationSpec
 from advrec_common.store import artifact_key, file_digest
+from services.extractor.artifacts import FEATURES_VERSION, features_params
+from services.recommender.kinds import RECOMMENDER_NEEDS, uses_extractor
+
+Inputs = dict[str, "str | list[str]"]
 
 # Bump a kind's version when its code changes the numbers it produces: its artifacts (and
 # everything downstream, through the keys) are then recomputed instead of reused.
 STEP_VERSIONS: dict[str, str] = {
     "dataset": "1",
     "extractor": "1",
-    "features": "1",
+    "features": FEATURES_VERSION,  # the extractor service computes the same key
     "train": "1",
     "scenario": "1",
     "attack_shard": "2",
@@ -49,24 +55,36 @@ STEP_QUEUES: dict[str, str] = {
 }
 
 
+def _flatten(inputs: Inputs) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in inputs.values():
+        out.extend([v] if isinstance(v, str) else v)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Step:
-    """One node: ``kind`` names the function, ``deps`` name other steps of the same plan."""
+    """One node: ``kind`` names the function; ``inputs`` maps roles to other steps of the plan."""
 
     name: str
     kind: str
     params: dict[str, Any]
-    deps: tuple[str, ...]
+    inputs: Inputs
     key: str
     queue: str
 
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """Every input step, in role order (the order their keys enter this step's key)."""
+        return _flatten(self.inputs)
+
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "params": self.params, "deps": list(self.deps), "key": self.key,
-                "queue": self.queue}
+        return {"name": self.name, "kind": self.kind, "params": self.params, "inputs": self.inputs,
+                "deps": list(self.deps), "key": self.key, "queue": self.queue}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Step:
-        return cls(d["name"], d["kind"], d["params"], tuple(d["deps"]), d["key"], d["queue"])
+        return cls(d["name"], d["kind"], d["params"], d["inputs"], d["key"], d["queue"])
 
 
 @dataclass
@@ -75,14 +93,22 @@ class Plan:
 
     steps: dict[str, Step] = field(default_factory=dict)
 
-    def add(self, name: str, kind: str, params: dict[str, Any], deps: list[str] | tuple[str, ...] = ()) -> str:
+    def add(self, name: str, kind: str, params: dict[str, Any], inputs: Inputs | None = None) -> str:
+        """Plan step ``name`` (a no-op if planned already); returns the name."""
+        inputs = dict(inputs or {})
+        deps = _flatten(inputs)
         missing = [d for d in deps if d not in self.steps]
         if missing:
             raise ValueError(f"step {name} depends on unplanned {missing}")
         if name in self.steps:
             return name
         key = artifact_key(kind, params, [self.steps[d].key for d in deps], STEP_VERSIONS[kind])
-        self.steps[name] = Step(name, kind, params, tuple(deps), key, STEP_QUEUES[kind])
+        self.steps[name] = Step(name, kind, params, inputs, key, STEP_QUEUES[kind])
+        return name
+
+    def add_stored(self, name: str, kind: str, key: str, params: dict[str, Any] | None = None) -> str:
+        """A step whose artifact is already stored under ``key`` (e.g. a dataset of an earlier run)."""
+        self.steps[name] = Step(name, kind, dict(params or {}), {}, key, STEP_QUEUES[kind])
         return name
 
     def __iter__(self) -> Iterator[Step]:
@@ -154,77 +180,73 @@ def _extractor_params(spec: EvaluationSpec, index: int) -> dict[str, Any]:
     return params
 
 
-def features_params(image_size: int | None, spatial: bool, category_source: str = "auto") -> dict[str, Any]:
-    """Parameters of a ``features`` step (one definition for the pipeline and the extractor service)."""
-    return {"image_size": image_size, "spatial": spatial, "category_source": category_source}
-
-
 def eps_label(eps: float) -> str:
     return f"eps{eps:g}"
 
 
+def cell_name(extractor: str, method: str, eps: float) -> str:
+    """An attack cell's name: ``<extractor>/<method>/eps<eps>``."""
+    return f"{extractor}/{method}/{eps_label(eps)}"
+
+
+def train_name(ext_name: str, rec_name: str) -> str:
+    """``train/<ext>/<rec>``, or ``train/-/<rec>`` for a recommender that learns from pixels (DVBPR)
+    and so does not see the extractor: one clean model serves every extractor."""
+    return f"train/{ext_name}/{rec_name}" if uses_extractor(rec_name) else f"train/-/{rec_name}"
+
+
 def plan(spec: EvaluationSpec, n_items: int) -> Plan:
     """Every step of the evaluation, in dependency order; ``n_items`` = catalog size."""
-    from services.recommender.models import RECOMMENDERS
-
     p = Plan()
     p.add("dataset", "dataset", dataset_params(spec))
     max_k = max(*spec.ks, spec.scenario.select_k)  # the clean lists also serve the scenario choice
     first_ext = spec.extractors[0].name
     first_rec = spec.recommenders[0].name
 
-    spatial = any("spatial" in RECOMMENDERS[r.name].needs for r in spec.recommenders)
+    spatial = any("spatial" in RECOMMENDER_NEEDS[r.name] for r in spec.recommenders)
     for i, ext in enumerate(spec.extractors):
         p.add(f"extractor/{ext.name}", "extractor", _extractor_params(spec, i))
         p.add(f"features/{ext.name}", "features",
-              features_params(ext.image_size, spatial, spec.scenario.category_source), ["dataset", f"extractor/{ext.name}"])
+              features_params(ext.image_size, spatial, spec.scenario.category_source),
+              {"dataset": "dataset", "extractor": f"extractor/{ext.name}"})
 
     def rec_params(rec) -> dict[str, Any]:
-        return {"recommender": rec.name, "config": rec.config, "seed": spec.seed, "max_k": max_k}
-
-    def uses_features(rec_name: str) -> bool:
-        return bool(RECOMMENDERS[rec_name].needs & {"features", "spatial"})
+        return {"recommender": rec.name, "config": rec.config_params(), "seed": spec.seed, "max_k": max_k}
 
     for ext in spec.extractors:
         for rec in spec.recommenders:
-            # a recommender that learns from pixels (DVBPR) does not see the extractor: one clean model for all
-            deps = ["dataset", f"features/{ext.name}"] if uses_features(rec.name) else ["dataset"]
-            p.add(f"train/{ext.name}/{rec.name}" if uses_features(rec.name) else f"train/-/{rec.name}", "train",
-                  rec_params(rec), deps)
+            inputs = {"dataset": "dataset", "features": f"features/{ext.name}"} if uses_extractor(rec.name) \
+                else {"dataset": "dataset"}
+            p.add(train_name(ext.name, rec.name), "train", rec_params(rec), inputs)
 
-    def train_name(ext_name: str, rec_name: str) -> str:
-        return f"train/{ext_name}/{rec_name}" if uses_features(rec_name) else f"train/-/{rec_name}"
-
-    scen_rec = next((r.name for r in spec.recommenders if uses_features(r.name)), first_rec)
+    scen_rec = next((r.name for r in spec.recommenders if uses_extractor(r.name)), first_rec)
     p.add("scenario", "scenario", {**spec.scenario.model_dump(mode="json"), "recommender": scen_rec},
-          ["dataset", f"features/{first_ext}", train_name(first_ext, scen_rec)])
+          {"dataset": "dataset", "features": f"features/{first_ext}", "train": train_name(first_ext, scen_rec)})
 
     n_shards = max(1, -(-n_items // spec.shard_size))
     for ext in spec.extractors:
         for atk in spec.attacks:
             for eps in atk.eps:
-                cell = f"{ext.name}/{atk.method}/{eps_label(eps)}"
-                attack_params = {
-                    **atk.model_dump(mode="json", exclude={"eps"}),
-                    "eps": eps,
-                    "seed": spec.seed,
-                    "image_size": ext.image_size,
-                }
+                cell = cell_name(ext.name, atk.method, eps)
+                attack_params = {**atk.attack_params(), "eps": eps, "seed": spec.seed, "image_size": ext.image_size}
                 shards = []
                 for s in range(n_shards):
                     lo, hi = s * spec.shard_size, min(n_items, (s + 1) * spec.shard_size)
                     shards.append(p.add(f"attack/{cell}/shard{s}", "attack_shard", {**attack_params, "items": [lo, hi]},
-                                        ["dataset", f"extractor/{ext.name}", f"features/{ext.name}", "scenario"]))
+                                        {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
+                                         "features": f"features/{ext.name}", "scenario": "scenario"}))
                 p.add(f"adversarial/{cell}", "adversarial", {"n_shards": n_shards},
-                      ["dataset", f"features/{ext.name}", "scenario", *shards])
+                      {"dataset": "dataset", "features": f"features/{ext.name}", "scenario": "scenario",
+                       "shards": shards})
                 for rec in spec.recommenders:
                     for mode in spec.modes:
                         p.add(f"evaluate/{cell}/{rec.name}/{mode}", "evaluate",
                               {**rec_params(rec), "mode": mode, "ks": spec.ks},
-                              ["dataset", f"features/{ext.name}", "scenario", train_name(ext.name, rec.name),
-                               f"adversarial/{cell}"])
+                              {"dataset": "dataset", "features": f"features/{ext.name}", "scenario": "scenario",
+                               "train": train_name(ext.name, rec.name), "adversarial": f"adversarial/{cell}"})
     evals = [s.name for s in p if s.kind == "evaluate"]
-    p.add("report", "report", {"spec": json.loads(spec.model_dump_json()), "gallery_users": spec.gallery_users},
-          [s.name for s in p if s.kind in ("dataset", "extractor", "features", "train", "scenario", "adversarial")]
-          + evals)
+    p.add("report", "report", {"spec": json.loads(spec.model_dump_json()),
+                               "gallery_users": spec.gallery_users},
+          {"steps": [s.name for s in p if s.kind in ("dataset", "extractor", "features", "train", "scenario",
+                                                      "adversarial")] + evals})
     return p

@@ -9,47 +9,16 @@ from __future__ import annotations
 import shutil
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advrec.pipeline.context import ProgressFn, StepContext
 from advrec.pipeline.dag import Plan, Step, dataset_step, plan
 from advrec.pipeline.record import RunRecord
 from advrec.pipeline.spec import EvaluationSpec
+from advrec.pipeline.steps import STEP_FUNCTIONS
 from advrec_common.settings import resolve_device
 from advrec_common.store import ArtifactStore
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class StepContext:
-    """What a step function sees: its params, its dependencies' keys, the store, a scratch dir."""
-
-    step: Step
-    store: ArtifactStore
-    out: Path
-    dep_keys: dict[str, str]
-    device: str = "cpu"
-    progress: ProgressFn | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.step.params
-
-    def dep(self, name: str) -> str:
-        """Key of the dependency called ``name`` (exact) or the only one starting with ``name``."""
-        if name in self.dep_keys:
-            return self.dep_keys[name]
-        hits = [k for n, k in self.dep_keys.items() if n.startswith(name)]
-        if len(hits) != 1:
-            raise KeyError(f"step {self.step.name}: no unique dependency {name!r} in {list(self.dep_keys)}")
-        return hits[0]
-
-    def deps_of_kind(self, prefix: str) -> dict[str, str]:
-        return {n: k for n, k in self.dep_keys.items() if n.startswith(prefix)}
 
 
 class CancelledRun(Exception):
@@ -59,18 +28,17 @@ class CancelledRun(Exception):
 def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: str = "auto",
                  progress: ProgressFn | None = None) -> bool:
     """Compute ``step`` unless its artifact exists; returns True if it computed, False if reused."""
-    from advrec.pipeline.steps import STEP_FUNCTIONS
-
     if store.has(step.key):
         return False
-    dep_keys = {d: plan_[d].key for d in step.deps} if plan_ is not None else {}
-    for d, k in dep_keys.items():
+    keys = {d: plan_[d].key for d in step.deps} if plan_ is not None else {}
+    for d, k in keys.items():
         if not store.has(k):
-            raise RuntimeError(f"step {step.name}: dependency {d} is not computed")
+            raise RuntimeError(f"step {step.name}: input {d} is not computed")
     _deterministic_torch()
-    meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": dep_keys}
+    roles = {role: (keys[v] if isinstance(v, str) else [keys[n] for n in v]) for role, v in step.inputs.items()}
+    meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": roles}
     with store.writing(step.key, meta) as out:
-        ctx = StepContext(step, store, out, dep_keys, resolve_device(device), progress)
+        ctx = StepContext(step, store, out, keys, resolve_device(device), progress)
         STEP_FUNCTIONS[step.kind](ctx)
         meta["result"] = ctx.meta  # written to meta.json when the block exits
     return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import time
 import uuid
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from advrec_common.errors import InvalidInput, NotFound
+from advrec_common.store import atomic_write
 
 TERMINAL = {"done", "failed", "cancelled"}
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -63,9 +63,7 @@ class RunRecord:
         return json.loads(self.path.read_text())
 
     def _write(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data, indent=1))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

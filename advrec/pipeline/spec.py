@@ -10,9 +10,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from advrec_common.errors import InvalidInput
+from advrec_common.errors import InvalidInput, invalid
+from advrec_common.validation import validation_problems
+from services.attacker.spec import METHODS, AttackParams, AttackSpec
+from services.recommender.config import RecConfig
+from services.recommender.kinds import RECOMMENDER_NEEDS
 
 SPEC_VERSION = 1
 DEMO_DEFENSES = ("standard", "pgd_at", "free_at")
@@ -76,7 +88,7 @@ class ExtractorSpec(_Strict):
 
 
 class AttackGridSpec(_Strict):
-    """One attack method over a list of budgets; every other field is passed to the attack."""
+    """One attack method over a list of budgets; ``params`` holds the method's own knobs."""
 
     method: str
     eps: list[float] = Field(default_factory=lambda: [4.0, 8.0], min_length=1)
@@ -86,7 +98,15 @@ class AttackGridSpec(_Strict):
     budget_space: Literal["pixel", "normalized"] = "pixel"
     delivery: Literal["png8", "float", "jpeg"] = "png8"
     jpeg_quality: int = Field(90, ge=1, le=95)
-    params: dict[str, Any] = Field(default_factory=dict, description="extra AttackSpec fields (e.g. cw_steps)")
+    params: AttackParams = Field(default_factory=AttackParams,
+                                 description="the method's own knobs (e.g. cw_steps, random_start, queries)")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown attack {v!r}; known: {sorted(METHODS)}")
+        return v
 
     @field_validator("eps")
     @classmethod
@@ -94,6 +114,38 @@ class AttackGridSpec(_Strict):
         if any(e < 0 or e != e for e in v):
             raise ValueError("eps must be >= 0 (in /255 units)")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _valid_attacks(self) -> AttackGridSpec:
+        """Every (method, eps) is a valid :class:`AttackSpec` (norm, budget space, eps = 0 ...)."""
+        if self.method in METHODS:
+            for eps in self.eps:
+                try:
+                    self.attack_spec(eps, seed=0)
+                except ValidationError as exc:
+                    raise ValueError("; ".join(msg for _, msg in validation_problems(exc))) from None
+        return self
+
+    @field_serializer("params")
+    def _params_as_given(self, params: AttackParams) -> dict[str, Any]:
+        # only the fields the spec set: dumps (records, artifact parameters, keys) stay as written
+        return params.model_dump(mode="json", exclude_unset=True)
+
+    def attack_params(self) -> dict[str, Any]:
+        """The grid entry as artifact parameters (``params`` without unset fields: stable keys)."""
+        return self.model_dump(mode="json", exclude={"eps"})
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AttackGridSpec:
+        """The grid entry of one cell's artifact parameters (:meth:`attack_params` + ``eps``)."""
+        fields = {k: params[k] for k in cls.model_fields if k in params and k != "eps"}
+        return cls.model_validate({**fields, "eps": [params["eps"]]})
+
+    def attack_spec(self, eps: float, seed: int) -> AttackSpec:
+        """The attacker's :class:`AttackSpec` of one budget of this grid entry."""
+        return AttackSpec(method=self.method, eps=eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
+                          budget_space=self.budget_space, seed=seed,
+                          **self.params.model_dump(exclude_unset=True))
 
 
 class ScenarioSpec(_Strict):
@@ -114,8 +166,26 @@ class ScenarioSpec(_Strict):
 
 
 class RecommenderSpec(_Strict):
+    """One recommender and its training settings (``config``: the recommender's :class:`RecConfig`)."""
+
     name: str
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: RecConfig = Field(default_factory=RecConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in RECOMMENDER_NEEDS:
+            raise ValueError(f"unknown recommender {v!r}; known: {sorted(RECOMMENDER_NEEDS)}")
+        return v
+
+    @field_serializer("config")
+    def _config_as_given(self, config: RecConfig) -> dict[str, Any]:
+        # only the fields the spec set: dumps (records, artifact parameters, keys) stay as written
+        return config.model_dump(mode="json", exclude_unset=True)
+
+    def config_params(self) -> dict[str, Any]:
+        """The config as artifact parameters: only the fields the spec set (stable keys)."""
+        return self.model_dump(mode="json")["config"]
 
 
 class EvaluationSpec(_Strict):
@@ -149,15 +219,6 @@ class EvaluationSpec(_Strict):
         recs = [r.name for r in self.recommenders]
         if len(set(recs)) != len(recs):
             raise ValueError(f"recommender names must be unique: {recs}")
-        from services.attacker.attacks import ATTACKS
-        from services.recommender.models import RECOMMENDERS
-
-        for a in self.attacks:
-            if a.method not in ATTACKS:
-                raise ValueError(f"unknown attack {a.method!r}; known: {sorted(ATTACKS)}")
-        for r in recs:
-            if r not in RECOMMENDERS:
-                raise ValueError(f"unknown recommender {r!r}; known: {sorted(RECOMMENDERS)}")
         return self
 
 
@@ -213,8 +274,7 @@ def parse_spec(data: dict[str, Any]) -> EvaluationSpec:
     try:
         return EvaluationSpec.model_validate(data)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '<spec>'}: {e['msg']}" for e in exc.errors()]
-        raise InvalidInput("invalid evaluation spec:\n" + "\n".join(lines)) from None
+        raise invalid(validation_problems(exc), "invalid evaluation spec") from None
 
 
 def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from advrec.pipeline.queue import QUEUES
 from advrec_common.errors import InvalidInput
-from advrec_common.queue import QUEUES
 
 SERVICE_PORTS: dict[str, int] = {"extractor": 8001, "attacker": 8002, "recommender": 8003}
 
@@ -77,7 +77,7 @@ class Stack:
             return list(self.config.api_key_hashes)
         if os.environ.get("ADVREC_API_KEY_HASHES"):
             return list(json.loads(os.environ["ADVREC_API_KEY_HASHES"]))
-        from gateway.auth import hash_key
+        from advrec_common.apikeys import hash_key
 
         return [hash_key(self.local_key())]
 
@@ -131,7 +131,7 @@ class Stack:
         if unknown:
             raise InvalidInput(f"unknown queues {sorted(unknown)}; known: {list(QUEUES)}")
         name = name or "worker-" + "-".join(queues)
-        argv = [sys.executable, "-m", "celery", "-A", "advrec_common.queue", "worker", "-Q", ",".join(queues),
+        argv = [sys.executable, "-m", "celery", "-A", "advrec.pipeline.queue", "worker", "-Q", ",".join(queues),
                 "--pool=solo", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO", "-E"]
         if "orchestrate" in queues:  # embedded beat: periodic reconcile
             argv += ["-B", "-s", str(self.dir / "celerybeat-schedule")]
@@ -209,6 +209,13 @@ class Stack:
             alive = proc.poll() is None if proc is not None and proc.pid == pid else _alive(pid)
             out[name] = {"pid": pid, "alive": alive, "log": str(self.dir / f"{name}.log")}
         return out
+
+    @staticmethod
+    def reconcile_now(settings: Any) -> dict[str, int]:
+        """Re-drive every unfinished job of a stack home now (what the periodic reconciler does)."""
+        from advrec.pipeline.celery_executor import reconcile
+
+        return reconcile(settings)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to process ``name`` (tests kill workers with SIGKILL) and forget it."""

@@ -174,3 +174,11 @@ class CatalogImageDataset(torch.utils.data.Dataset):
         index = int(self.indices[position])
         image = _catalog_image(self.catalog, index, self.size, self.max_pixels)
         return to_tensor(image[None])[0], index
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,3,H,W) float in [0,1] -> (B,3,size,size): bicubic with antialiasing, clamped to [0,1]."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True,
+                                           align_corners=False).clamp_(0, 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,18 +55,6 @@ class Catalog:
             return self.index_of(item_id)
         except KeyError:
             raise NotFound(f"unknown item id {item_id!r}") from None
-
-    def subset(self, indices: Sequence[int]) -> Catalog:
-        """A catalog of the given items, in that order."""
-        idx = list(indices)
-        return Catalog(
-            item_ids=[self.item_ids[i] for i in idx],
-            image_paths=None if self.image_paths is None else [self.image_paths[i] for i in idx],
-            images=None if self.images is None else self.images[idx],
-            categories=None if self.categories is None else [self.categories[i] for i in idx],
-            category_names=list(self.category_names),
-            attributes=None if self.attributes is None else [self.attributes[i] for i in idx],
-        )
 
 
 @dataclass

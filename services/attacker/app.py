@@ -1,9 +1,7 @@
 """Attacker service: the attack registry and adversarial images of uploads or catalog items.
 
-Run: ``uvicorn services.attacker.app:app --port 8002``. A thin HTTP layer over
-:func:`services.attacker.attacks.run_attack`, :func:`services.attacker.delivery.deliver` (with
-the clean image and budget, so 8-bit deliveries stay inside the budget) and
-:func:`services.attacker.measurements.measure_attack`.
+Run: ``uvicorn services.attacker.app:app --port 8002``. A thin HTTP layer over the one attack core
+:func:`services.attacker.core.attack_and_measure` (attack, deliver within the budget, measure).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import base64
 import io
 import json
 import threading
-import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -22,14 +19,17 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, UploadFile
 from PIL import Image
 from pydantic import ValidationError
 
-from advrec_common.datasets.images import decode_image, resize_image, to_tensor
+from advrec_common.datasets.artifact import load_dataset_artifact
+from advrec_common.datasets.images import decode_image, load_catalog_images, resize_image, to_tensor
 from advrec_common.errors import InvalidInput
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
 from advrec_common.schemas import AttackedImage, AttackInfo, AttackResponse, CatalogAttackRequest, Delivery
 from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
-
-# importing the spec first also loads the attack registry (importing attacks first hits a circular import)
+from advrec_common.vision.artifact import load_extractor_artifact
+from services.attacker.attacks import ATTACKS
+from services.attacker.core import attack_and_measure
+from services.attacker.delivery import to_u8
 from services.attacker.spec import AttackSpec
 
 MAX_IMAGES_PER_REQUEST = 64
@@ -49,8 +49,6 @@ def parse_spec(spec: dict[str, Any]):
 
 
 def load_extractor(store: ArtifactStore, key: str):
-    from advrec.pipeline.steps import load_extractor_artifact
-
     require_artifact(store, key, "extractor", "extractor")
     return load_extractor_artifact(store, key)
 
@@ -82,22 +80,15 @@ def _stack(images: list[np.ndarray], image_size: int | None) -> np.ndarray:
 def attack_images(model, images_u8: np.ndarray, spec_fields: dict[str, Any], target: str | None, delivery: str,
                   jpeg_quality: int, device: str) -> tuple[Any, list[dict[str, Any]], dict[str, Any], float]:
     """images (N,H,W,3) uint8 -> (spec, per-image rows with the encoded delivered image, summary, seconds)."""
-    from services.attacker.attacks import run_attack
-    from services.attacker.budget import budget_for
-    from services.attacker.delivery import deliver, to_u8
-    from services.attacker.measurements import measure_attack
-
     spec = parse_spec(spec_fields)
     target_idx = _target_index(model, target)
     clean = to_tensor(images_u8)
     with _ATTACK_LOCK:
-        t0 = time.perf_counter()
-        adv = run_attack(model, clean, spec, target_idx, device=device)
-        seconds = time.perf_counter() - t0
-        delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]
         with torch.inference_mode():
             clean_features = model.features(clean)
-        m = measure_attack(model, clean, delivered, target_idx, clean_features=clean_features)
+        out = attack_and_measure(model, clean, spec, target_idx, delivery, jpeg_quality, device=device,
+                                 clean_features=clean_features)
+    delivered, m = out.delivered, out.measurement
     rows = []
     delivered_u8 = to_u8(delivered) if delivery != "float" else None
     for i, meas in enumerate(m.to_table()):
@@ -108,7 +99,7 @@ def attack_images(model, images_u8: np.ndarray, spec_fields: dict[str, Any], tar
             enc, b64 = "float32", base64.b64encode(arr.tobytes()).decode()
         rows.append({"encoding": enc, "image_b64": b64, "height": int(clean.shape[2]), "width": int(clean.shape[3]),
                      "measurements": _plain(meas)})
-    return spec, rows, _plain(m.summary()), seconds
+    return spec, rows, _plain(m.summary()), out.seconds
 
 
 def _plain(obj: Any) -> Any:
@@ -137,11 +128,9 @@ router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, tags=["attacker"])
 
 @router.get("/attacks", response_model=list[AttackInfo], summary="Registered attacks and their parameters")
 def attacks() -> list[AttackInfo]:
-    from services.attacker.attacks import ATTACKS
-
     params = AttackSpec.model_json_schema()["properties"]
-    return [AttackInfo(name=name, norms=list(cls.norms), budget_spaces=list(cls.budget_spaces),
-                       unbounded_ok=cls.unbounded_ok, needs_labels=cls.needs_labels, parameters=params)
+    return [AttackInfo(name=name, norms=list(cls.info().norms), budget_spaces=list(cls.info().budget_spaces),
+                       unbounded_ok=cls.info().unbounded_ok, needs_labels=cls.info().needs_labels, parameters=params)
             for name, cls in sorted(ATTACKS.items())]
 
 
@@ -185,14 +174,12 @@ async def attack_catalog(
     settings: Settings = Depends(get_settings),
     store: ArtifactStore = Depends(get_store),
 ) -> AttackResponse:
-    from advrec.pipeline.steps import catalog_images, load_dataset
-
     parse_spec(req.spec)
     require_artifact(store, req.dataset, "dataset", "dataset")
     model = await asyncio.to_thread(load_extractor, store, req.extractor)
-    ds = await asyncio.to_thread(load_dataset, store, req.dataset)
-    idx = np.asarray([ds.catalog.index_of(i) for i in req.items], dtype=np.int64)
-    batch = await asyncio.to_thread(catalog_images, ds, idx, req.image_size)
+    ds = await asyncio.to_thread(load_dataset_artifact, store, req.dataset)
+    idx = [ds.catalog.index_of(i) for i in req.items]
+    batch = await asyncio.to_thread(load_catalog_images, ds.catalog, idx, req.image_size)
     out = await asyncio.to_thread(attack_images, model, batch, req.spec, req.target, req.delivery, req.jpeg_quality,
                                   resolve_device(settings.device))
     return _response(*out, req.target, req.delivery, [{"item_id": i} for i in req.items])

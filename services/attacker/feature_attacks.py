@@ -17,17 +17,14 @@ from typing import ClassVar
 import torch
 
 from advrec_common.errors import InvalidInput
+from advrec_common.vision.model import ModelOutput
 from services.attacker.attacks.base import Attack
 from services.attacker.attacks.projected_gradient import LossFn, projected_gradient
-from services.extractor.backbones import ModelOutput
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _FeatureAttack(Attack):
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
-    budget_spaces: ClassVar[tuple[str, ...]] = ("pixel", "normalized")
-    needs_labels: ClassVar[bool] = False
 
     def loss(self) -> LossFn:
         raise NotImplementedError

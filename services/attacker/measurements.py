@@ -21,8 +21,8 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from advrec_common.errors import InvalidInput
+from advrec_common.vision.model import ImageModel
 from services.attacker.perceptual import LpipsNet, lpips_distance
-from services.extractor.backbones import ImageModel
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""What to attack with: :class:`AttackSpec` (pydantic, so a YAML file, a CLI flag and an HTTP body
-validate the same way) and the study's presets.
+"""What to attack with, as pure data: :data:`METHODS` (each attack's capabilities), :class:`AttackSpec`
+(pydantic, so a YAML file, a CLI flag and an HTTP body validate the same way, without torch) and the
+study's presets. The attack classes (:mod:`services.attacker.attacks`) read their capabilities here.
 
 Units: ``eps`` and ``step_size`` are in 1/255 units of a [0,1] image. For ``norm="l2"`` the
 radius is ``eps/255`` in the L2 norm of the whole (3,H,W) perturbation in [0,1] units.
@@ -7,12 +8,45 @@ radius is ``eps/255`` in the L2 norm of the whole (3,H,W) perturbation in [0,1] 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Norm = Literal["linf", "l2"]
 BudgetSpace = Literal["pixel", "normalized"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What an attack method supports: norms, budget spaces, eps = 0 (no budget), class labels."""
+
+    norms: tuple[str, ...] = ("linf",)
+    budget_spaces: tuple[str, ...] = ("pixel",)
+    unbounded_ok: bool = False
+    needs_labels: bool = True  # False: feature-level attacks that ignore class labels
+
+
+_SIGN = ("pixel", "normalized")  # sign-gradient attacks also run the study's normalised-space budget
+METHODS: dict[str, MethodInfo] = {
+    "fgsm": MethodInfo(budget_spaces=_SIGN),
+    "bim": MethodInfo(budget_spaces=_SIGN),
+    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN),
+    "mifgsm": MethodInfo(budget_spaces=_SIGN),
+    "cw": MethodInfo(norms=("l2",), unbounded_ok=True),
+    "apgd": MethodInfo(norms=("linf", "l2")),
+    "square": MethodInfo(norms=("linf", "l2")),
+    "spsa": MethodInfo(),
+    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False),
+    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False),
+}
+
+
+def method_info(method: str) -> MethodInfo:
+    """Capabilities of ``method`` (ValueError naming the known methods otherwise)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attack method {method!r}; known: {sorted(METHODS)}")
+    return METHODS[method]
 
 # per-method defaults used when ``steps`` / ``queries`` is None (see AttackSpec.resolved_steps)
 DEFAULT_STEPS: dict[str, int] = {
@@ -28,50 +62,52 @@ DEFAULT_STEPS: dict[str, int] = {
 DEFAULT_QUERIES: dict[str, int] = {"square": 1000, "spsa": 128}
 
 
-class AttackSpec(BaseModel):
-    """One attack configuration; validated on construction (unknown methods and bad values fail here)."""
+class AttackParams(BaseModel):
+    """The method-specific knobs of an attack (the evaluation spec's ``attacks[].params``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field(description="Registry name, see services.attacker.attacks.ATTACKS.")
-    eps: float = Field(ge=0, description="Budget in 1/255 units (0 = unbounded, only for 'cw').")
-    norm: Norm = "linf"
-    steps: int | None = Field(default=None, gt=0, description="Iterations; None = the method's default.")
-    step_size: float | None = Field(
-        default=None, gt=0, description="Step in 1/255 units; None = eps/6 (study) for PGD-like, eps for FGSM."
-    )
     random_start: bool = True
+    targeted: bool = True
+    cw_binary_steps: int = Field(default=5, gt=0, le=100)
+    cw_c: float = Field(default=1e-2, gt=0, allow_inf_nan=False)
+    cw_confidence: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    cw_steps: int = Field(default=1000, gt=0, le=100_000)
+    cw_lr: float = Field(default=5e-3, gt=0, allow_inf_nan=False)
+    decay: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="MI-FGSM momentum decay.")
+    queries: int | None = Field(
+        default=None, gt=0, le=1_000_000,
+        description="Square: queries per image (1000). SPSA: samples per gradient estimate (128).",
+    )
+
+
+class AttackSpec(AttackParams):
+    """One attack configuration; validated on construction (unknown methods and bad values fail here)."""
+
+    method: str = Field(description="Attack method, one of METHODS (the registry services.attacker.attacks.ATTACKS).")
+    eps: float = Field(ge=0, allow_inf_nan=False, description="Budget in 1/255 units (0 = unbounded, only for 'cw').")
+    norm: Norm = "linf"
+    steps: int | None = Field(default=None, gt=0, le=100_000, description="Iterations; None = the method's default.")
+    step_size: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="Step in 1/255 units; None = eps/6 (study) for PGD-like, eps for FGSM.",
+    )
     budget_space: BudgetSpace = Field(
         default="pixel",
         description="'pixel': eps/255 on [0,1] images. 'normalized': eps/255 on the normalised tensor, no [0,1] "
         "clip inside the iterations (the study's code; ~0.23x the pixel budget with ImageNet std).",
-    )
-    targeted: bool = True
-    cw_binary_steps: int = Field(default=5, gt=0)
-    cw_c: float = Field(default=1e-2, gt=0)
-    cw_confidence: float = Field(default=0.0, ge=0)
-    cw_steps: int = Field(default=1000, gt=0)
-    cw_lr: float = Field(default=5e-3, gt=0)
-    decay: float = Field(default=1.0, ge=0, description="MI-FGSM momentum decay.")
-    queries: int | None = Field(
-        default=None, gt=0, description="Square: queries per image (1000). SPSA: samples per gradient estimate (128)."
     )
     seed: int = 0
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from services.attacker.attacks import ATTACKS
-
-        if v not in ATTACKS:
-            raise ValueError(f"unknown attack method {v!r}; known: {sorted(ATTACKS)}")
+        method_info(v)
         return v
 
     @model_validator(mode="after")
     def _fits_method(self) -> AttackSpec:
-        from services.attacker.attacks import ATTACKS
-
-        cls = ATTACKS[self.method]
+        cls = METHODS[self.method]
         if self.norm not in cls.norms:
             raise ValueError(f"{self.method} supports norm {list(cls.norms)}, not {self.norm!r}")
         if self.budget_space not in cls.budget_spaces:
@@ -110,7 +146,7 @@ class AttackSpec(BaseModel):
         return f"{self.method}-{self.norm}-eps{self.eps:g}" + ("-norm" if self.budget_space == "normalized" else "")
 
 
-def _study_presets() -> dict[str, AttackSpec]:
+def study_presets() -> dict[str, AttackSpec]:
     """The study's attacks (VAR, study-protocol.md section 3) in this project's pixel convention; add
     ``budget_space="normalized"`` (``spec.model_copy(update=...)``) to reproduce the seed code's budget."""
     cw = {"cw_binary_steps": 5, "cw_c": 1e-2, "cw_confidence": 0.0, "cw_steps": 1000, "cw_lr": 5e-3}
@@ -121,12 +157,3 @@ def _study_presets() -> dict[str, AttackSpec]:
         "pgd_eps8": AttackSpec(method="pgd", eps=8, steps=10, random_start=True),
         "cw": AttackSpec(method="cw", eps=0, norm="l2", **cw),
     }
-
-
-def __getattr__(name: str) -> dict[str, AttackSpec]:
-    # STUDY_PRESETS is built on first use: validating a spec needs the attack registry, which imports
-    # this module, so building it at import time would be circular
-    if name == "STUDY_PRESETS":
-        globals()[name] = presets = _study_presets()
-        return presets
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,9 @@
 """Extractor service: backbones, named weights, stored extractors, micro-batched feature extraction.
 
-Run: ``uvicorn services.extractor.app:app --port 8001``. A thin HTTP layer: images are decoded
-by :func:`advrec_common.datasets.images.decode_image`, features come from
-:func:`services.extractor.extraction.extract_features` (the code the pipeline's ``features``
-step runs), catalog features are the pipeline's ``features`` step itself.
+Run: ``uvicorn services.extractor.app:app --port 8001``. A thin HTTP layer over the extractor
+domain: images are decoded by :func:`advrec_common.datasets.images.decode_image`, features come
+from :func:`services.extractor.extraction.extract_features`, catalog features are written by
+:func:`services.extractor.artifacts.write_catalog_features` under the same key the pipeline uses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 
-from advrec.pipeline.dag import STEP_QUEUES, Plan, Step, features_params
+from advrec_common.datasets.artifact import load_dataset_artifact
 from advrec_common.datasets.images import decode_image, resize_image
 from advrec_common.errors import InvalidInput
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
@@ -31,22 +31,14 @@ from advrec_common.schemas import (
 )
 from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
+from advrec_common.vision.artifact import extractor_info, load_extractor_artifact
+from advrec_common.vision.backbones import BACKBONES
+from services.extractor.artifacts import features_key, features_params, write_catalog_features
 from services.extractor.batcher import MicroBatcher
 
 MAX_IMAGES_PER_REQUEST = 256
-# micro-batcher knobs: Settings.extract_max_batch / extract_max_wait_ms / extract_max_queue when the
-# settings class defines them (ADVREC_EXTRACT_MAX_BATCH, ...), else these defaults
-BATCHER_DEFAULTS = {"extract_max_batch": 32, "extract_max_wait_ms": 5.0, "extract_max_queue": 1024}
-
-
-def _knob(settings: Settings, name: str) -> Any:
-    return getattr(settings, name, BATCHER_DEFAULTS[name])
-
-
 def load_extractor(store: ArtifactStore, key: str):
     """The :class:`ImageModel` of extractor artifact ``key`` (loaded once per key, LRU)."""
-    from advrec.pipeline.steps import load_extractor_artifact
-
     require_artifact(store, key, "extractor", "extractor")
     return load_extractor_artifact(store, key)
 
@@ -69,30 +61,26 @@ def get_batcher(request: Request, settings: Settings = Depends(get_settings)) ->
     """The app's one micro-batcher (created on first use with the settings' knobs)."""
     state = request.app.state
     if getattr(state, "batcher", None) is None:
-        state.batcher = MicroBatcher(_run_batch, max_batch=int(_knob(settings, "extract_max_batch")),
-                                     max_wait_ms=float(_knob(settings, "extract_max_wait_ms")),
-                                     max_queue=int(_knob(settings, "extract_max_queue")))
+        state.batcher = MicroBatcher(_run_batch, max_batch=settings.extract_max_batch,
+                                     max_wait_ms=settings.extract_max_wait_ms, max_queue=settings.extract_max_queue)
     return state.batcher
 
 
-def _stored_step(store: ArtifactStore, name: str, kind: str, key: str, label: str) -> Step:
-    meta = require_artifact(store, key, kind, label)
-    return Step(name, kind, meta.get("params", {}), (), key, STEP_QUEUES[kind])
-
-
 def catalog_features(store: ArtifactStore, req: CatalogFeaturesRequest, device: str) -> CatalogFeaturesResponse:
-    """Run (or reuse) the pipeline's ``features`` step for (dataset, extractor): same key as a pipeline run."""
-    from advrec.pipeline.executor import execute_step
-
-    plan = Plan()
-    plan.steps["dataset"] = _stored_step(store, "dataset", "dataset", req.dataset, "dataset")
-    plan.steps["extractor/service"] = _stored_step(store, "extractor/service", "extractor", req.extractor, "extractor")
-    name = plan.add("features/service", "features", features_params(req.image_size, req.spatial, req.category_source),
-                    ["dataset", "extractor/service"])
-    step = plan[name]
-    computed = execute_step(step, plan, store, device)
-    result = store.meta(step.key).get("result", {})
-    return CatalogFeaturesResponse(features=step.key, computed=computed, n_items=int(result.get("n", 0)),
+    """Compute (or reuse) the features of a dataset under an extractor: the same key as a pipeline run."""
+    require_artifact(store, req.dataset, "dataset", "dataset")
+    require_artifact(store, req.extractor, "extractor", "extractor")
+    params = features_params(req.image_size, req.spatial, req.category_source)
+    key = features_key(req.dataset, req.extractor, params)
+    computed = not store.has(key)
+    if computed:
+        meta = {"step": "features/service", "kind": "features", "params": params,
+                "deps": {"dataset": req.dataset, "extractor": req.extractor}}
+        with store.writing(key, meta) as out:
+            meta["result"] = write_catalog_features(out, load_dataset_artifact(store, req.dataset),
+                                                    load_extractor(store, req.extractor), params, device)
+    result = store.meta(key).get("result", {})
+    return CatalogFeaturesResponse(features=key, computed=computed, n_items=int(result.get("n", 0)),
                                    dim=int(result.get("dim", 0)))
 
 
@@ -107,8 +95,6 @@ router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 @router.get("/backbones", response_model=list[BackboneInfo], tags=["extractor"], summary="Registered backbones")
 def backbones() -> list[BackboneInfo]:
-    from services.extractor.backbones import BACKBONES
-
     return [BackboneInfo(name=n) for n in sorted(BACKBONES)]
 
 
@@ -133,7 +119,7 @@ def extractors(store: ArtifactStore = Depends(get_store)) -> list[ExtractorInfo]
         meta = store.meta(key)
         if meta.get("kind") != "extractor":
             continue
-        info = store.get_json(key, "extractor")
+        info = extractor_info(store, key)
         out.append(ExtractorInfo(key=key, backbone=info["backbone"], source=info.get("source"),
                                  n_classes=len(info.get("class_names", [])), feature_dim=info.get("feature_dim"),
                                  step=meta.get("step")))

@@ -16,9 +16,10 @@ from pathlib import Path
 from advrec_common.datasets.demo import make_product_images
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore, artifact_key
-from services.extractor.backbones import ImageModel
+from advrec_common.vision.model import ImageModel
+from advrec_common.vision.model_file import save_model_file
 from services.extractor.training import Progress, TrainConfig, TrainReport, train_extractor
-from services.extractor.weights import load_extractor, save_extractor
+from services.extractor.weights import load_extractor
 
 DEMO_BACKBONE = "tiny_cnn"
 DEMO_IMAGE_SIZE = 64
@@ -95,7 +96,8 @@ def train_demo_extractor(
     )
     meta = {"step": "extractor.train", "defense": defense, "backbone": DEMO_BACKBONE, "image_size": image_size,
             "clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
+    model.input_size = image_size  # the size it was trained at
     with store.writing(key, meta) as d:
-        save_extractor(model, Path(d) / MODEL_FILE, train_report=report.model_dump(mode="json"))
+        save_model_file(model, Path(d) / MODEL_FILE, train_report=report.model_dump(mode="json"))
         (Path(d) / REPORT_FILE).write_text(report.model_dump_json(indent=1))
     return model, report, key

@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from advrec_common.datasets.images import CatalogImageDataset
+from advrec_common.datasets.images import CatalogImageDataset, resize_batch
 from advrec_common.datasets.types import Catalog
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.settings import resolve_device
 from advrec_common.store import file_digest
-from services.extractor.backbones import ImageModel
+from advrec_common.vision.model import ImageModel
 
 Progress = Callable[[dict[str, Any]], None]
 CLASSES_HEADER = ("ImageID", "ClassNum", "ClassStr", "Prob")
@@ -113,13 +112,6 @@ def _catalog_batches(
     return len(catalog), gen()
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,3,H,W) in [0,1] -> (B,3,size,size), bicubic with antialiasing, clamped to [0,1]."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-
-
 def _autocast(device: str):
     if not device.startswith("cuda"):
         return nullcontext()
@@ -166,7 +158,7 @@ def extract_features(
             for x in batches:
                 x = x.to(device, non_blocking=True)
                 if image_size is not None and not isinstance(images, Catalog):
-                    x = _resize(x, image_size)
+                    x = resize_batch(x, image_size)
                 if on_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):

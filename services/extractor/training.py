@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from advrec_common.errors import InvalidInput
 from advrec_common.settings import resolve_device
-from services.extractor.backbones import ImageModel, build_model
+from advrec_common.vision.backbones import build_model
+from advrec_common.vision.model import ImageModel
 
 Progress = Callable[[dict[str, Any]], None]
 

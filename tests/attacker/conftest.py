@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.extractor.backbones import build_model
+from advrec_common.vision.backbones import build_model
 
 torch.set_num_threads(1)  # the CI box is small and shared; one thread is much faster there
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from advrec_common.errors import InvalidInput, NotFound
-from services.attacker.runner import attack_items, load_attack, png_name
+from services.attacker.artifacts import png_name
+from services.attacker.runner import attack_items, load_attack
 from services.attacker.spec import AttackSpec
 
 MODEL_KEY = "0" * 64

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.attacker.attacks import ATTACKS
-from services.attacker.spec import STUDY_PRESETS, AttackSpec
+from services.attacker.spec import AttackSpec, study_presets
 
 
 @pytest.mark.parametrize(
@@ -38,12 +38,12 @@ def test_defaults_follow_the_study():
 
 
 def test_study_presets():
-    assert {k: (s.method, s.eps) for k, s in STUDY_PRESETS.items()} == {
+    assert {k: (s.method, s.eps) for k, s in study_presets().items()} == {
         "fgsm_eps4": ("fgsm", 4), "fgsm_eps8": ("fgsm", 8), "pgd_eps4": ("pgd", 4), "pgd_eps8": ("pgd", 8), "cw": ("cw", 0),
     }
-    cw = STUDY_PRESETS["cw"]
+    cw = study_presets()["cw"]
     assert (cw.cw_binary_steps, cw.cw_c, cw.cw_confidence, cw.cw_steps, cw.cw_lr) == (5, 1e-2, 0, 1000, 5e-3)
-    assert STUDY_PRESETS["pgd_eps8"].resolved_steps == 10 and STUDY_PRESETS["pgd_eps8"].random_start
+    assert study_presets()["pgd_eps8"].resolved_steps == 10 and study_presets()["pgd_eps8"].random_start
 
 
 def test_registry_has_the_required_attacks():
@@ -54,3 +54,20 @@ def test_registry_has_the_required_attacks():
 def test_spec_round_trips_through_json():
     spec = AttackSpec(method="pgd", eps=8, norm="l2", budget_space="normalized", seed=3)
     assert AttackSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_registry_and_spec_data_name_the_same_methods():
+    """The attack spec is pure data; the registry of attack classes must cover exactly its methods."""
+    from services.attacker.attacks import ATTACKS
+    from services.attacker.spec import METHODS
+
+    assert set(ATTACKS) == set(METHODS)
+    assert all(cls.info() is METHODS[name] for name, cls in ATTACKS.items())
+
+
+def test_spec_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, services.attacker.spec; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

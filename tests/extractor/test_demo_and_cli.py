@@ -11,10 +11,10 @@ from PIL import Image
 
 from advrec.cli import main
 from advrec_common.errors import InvalidInput, NotFound
-from services.extractor.backbones import build_model
+from advrec_common.vision.backbones import build_model
+from advrec_common.vision.model_file import save_model_file
 from services.extractor.demo_extractors import DEMO_DEFENSES, demo_extractor_key, train_demo_extractor
 from services.extractor.extraction import read_study_outputs
-from services.extractor.weights import save_extractor
 
 
 def test_demo_extractor_is_stored_and_reused(store):
@@ -54,7 +54,7 @@ def test_cli_train_demo_prints_a_table(tmp_path, capsys):
 
 def test_cli_extract_writes_study_outputs(tmp_path, capsys):
     torch.manual_seed(0)
-    ckpt = save_extractor(build_model("small_cnn", ["a", "b", "c"]), tmp_path / "m.pt")
+    ckpt = save_model_file(build_model("small_cnn", ["a", "b", "c"]), tmp_path / "m.pt")
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -13,14 +13,14 @@ from PIL import Image
 
 from advrec_common.datasets.types import Catalog
 from advrec_common.errors import BadImage, InvalidInput, NotFound
-from services.extractor.backbones import build_model
+from advrec_common.vision.backbones import build_model
+from advrec_common.vision.model_file import save_model_file
 from services.extractor.extraction import (
     ExtractorRuntime,
     extract_features,
     read_study_outputs,
     write_study_outputs,
 )
-from services.extractor.weights import save_extractor
 
 NAMES = ["shirt", "bag", "hat, cap"]  # a comma in a class name must survive the CSV
 
@@ -148,7 +148,7 @@ def test_study_outputs_are_validated_before_writing(tmp_path, model, images):
 
 
 def test_runtime_caches_models_by_checkpoint_sha256(tmp_path, model, images):
-    path = save_extractor(model, tmp_path / "m.pt")
+    path = save_model_file(model, tmp_path / "m.pt")
     runtime = ExtractorRuntime(device="cpu", max_models=1)
     key = runtime.load(path, "small_cnn")
     assert key == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -157,7 +157,7 @@ def test_runtime_caches_models_by_checkpoint_sha256(tmp_path, model, images):
     np.testing.assert_allclose(runtime.extract(key, images).features,
                                extract_features(model, images, device="cpu").features, rtol=1e-6, atol=1e-7)
     torch.manual_seed(5)
-    other = save_extractor(build_model("small_cnn", NAMES), tmp_path / "o.pt")
+    other = save_model_file(build_model("small_cnn", NAMES), tmp_path / "o.pt")
     key2 = runtime.load(other, "small_cnn")
     assert key2 != key and runtime.keys() == [key2]  # LRU evicted the first
     with pytest.raises(NotFound):

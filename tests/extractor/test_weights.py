@@ -11,15 +11,15 @@ import torch
 import torchvision
 
 from advrec_common.errors import BadCheckpoint, InvalidInput, MissingWeights, NotFound
-from services.extractor.backbones import IMAGENET_MEAN, build_model
+from advrec_common.vision.backbones import build_model
+from advrec_common.vision.model import IMAGENET_MEAN
+from advrec_common.vision.model_file import read_train_report, save_model_file
 from services.extractor.weights import (
     LAYOUTS,
     NAMED_WEIGHTS,
     detect_layout,
     load_extractor,
-    read_train_report,
     resolve_named_weights,
-    save_extractor,
 )
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # not ImageNet's: proves the normaliser is read
@@ -87,7 +87,7 @@ def test_each_layout_round_trips_exactly(tmp_path, net, layout):
 def test_advrec_layout_round_trip_keeps_report_and_writes_atomically(tmp_path):
     torch.manual_seed(1)
     model = build_model("small_cnn", ["a", "b", "c"], mean=MEAN, std=STD).eval()
-    path = save_extractor(model, tmp_path / "m.pt", train_report={"method": "pgd_at", "robust_accuracy": 0.5})
+    path = save_model_file(model, tmp_path / "m.pt", train_report={"method": "pgd_at", "robust_accuracy": 0.5})
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]  # no temporary file left behind
     assert detect_layout(torch.load(path, weights_only=True)) == "advrec"
     back = load_extractor(path, "small_cnn")
@@ -167,7 +167,7 @@ def test_nan_state_dict_is_rejected_and_nothing_is_written(tmp_path, net):
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
     with pytest.raises(BadCheckpoint, match="non-finite"):
-        save_extractor(model, tmp_path / "out.pt")
+        save_model_file(model, tmp_path / "out.pt")
     assert sorted(os.listdir(tmp_path)) == ["nan.pt"]
 
 

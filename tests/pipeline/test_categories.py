@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from advrec.pipeline.steps import item_categories
 from advrec_common.datasets.types import Catalog, Interactions, RecDataset
 from advrec_common.errors import InvalidInput
+from services.extractor.artifacts import item_categories
 
 
 def _ds(labels):

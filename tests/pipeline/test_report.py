@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from markupsafe import escape
 
+from advrec.pipeline.context import StepContext
 from advrec.pipeline.dag import Step, eps_label
-from advrec.pipeline.executor import StepContext
-from advrec.pipeline.report import build_report, format_summary
+from advrec.pipeline.steps import step_report
+from advrec.report import format_summary
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore, artifact_key
 
@@ -146,9 +147,10 @@ def fake_run(tmp_path_factory):
 
 def _run(store, deps, spec, out, **params) -> StepContext:
     out.mkdir()
-    step = Step("report", "report", {"spec": spec, "gallery_users": 1, **params}, tuple(deps), "0" * 64, "orchestrate")
+    step = Step("report", "report", {"spec": spec, "gallery_users": 1, **params}, {"steps": list(deps)}, "0" * 64,
+                "orchestrate")
     ctx = StepContext(step, store, out, dict(deps))
-    build_report(ctx)
+    step_report(ctx)
     return ctx
 
 

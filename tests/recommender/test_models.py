@@ -111,3 +111,10 @@ def test_fit_and_load_errors(synth, tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"name": "vbpr"}')
     with pytest.raises(BadCheckpoint):
         load_recommender(tmp_path / "bad")
+
+
+def test_torch_free_needs_table_matches_the_model_classes():
+    from services.recommender.kinds import RECOMMENDER_NEEDS
+    from services.recommender.models import RECOMMENDERS
+
+    assert {n: set(v) for n, v in RECOMMENDER_NEEDS.items()} == {n: set(c.needs) for n, c in RECOMMENDERS.items()}

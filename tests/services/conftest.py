@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from tests.redis_server import redis_url as private_redis_url
 
 N_ITEMS, N_USERS, SIZE = 30, 20, 32
 
@@ -32,44 +33,40 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-TEST_REDIS_URL = "redis://127.0.0.1:6379/9"
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Tiny:
-    from advrec.pipeline.dag import Plan, features_params
+    from advrec.pipeline.dag import Plan
     from advrec.pipeline.executor import execute_step
-    from advrec.pipeline.record import RunRecord
     from advrec.pipeline.spec import DatasetSpec
     from advrec_common.settings import Settings
     from advrec_common.store import ArtifactStore
-    from services.extractor.backbones import build_model
-    from services.extractor.weights import save_extractor
+    from advrec_common.vision.backbones import build_model
+    from advrec_common.vision.model_file import save_model_file
+    from services.extractor.artifacts import features_params
 
     home = tmp_path_factory.mktemp("advrec-home")
     # training jobs go to Celery: a broker DB of their own on the real Redis (flushed here)
-    settings = Settings(home=home, device="cpu", redis_url=TEST_REDIS_URL)
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    settings = Settings(home=home, device="cpu", redis_url=private_redis_url(9))
     store = ArtifactStore(settings.store_dir)
     torch.manual_seed(0)
     extractor = build_model("small_cnn", [f"class{i}" for i in range(5)])
-    ckpt = save_extractor(extractor.eval(), home / "tiny_cnn.pt")
+    ckpt = save_model_file(extractor.eval(), home / "tiny_cnn.pt")
 
     plan = Plan()
     plan.add("dataset", "dataset", DatasetSpec(kind="demo", n_items=N_ITEMS, n_users=N_USERS, image_size=SIZE,
                                                 seed=0).model_dump(mode="json"))
     plan.add("extractor/tiny", "extractor", {"source": "checkpoint", "backbone": "small_cnn",
                                              "checkpoint": str(ckpt), "layout": "advrec"})
-    plan.add("features/tiny", "features", features_params(None, False), ["dataset", "extractor/tiny"])
+    plan.add("features/tiny", "features", features_params(None, False),
+             {"dataset": "dataset", "extractor": "extractor/tiny"})
     plan.add("train/tiny/vbpr", "train",
              {"recommender": "vbpr", "config": {"k": 8, "epochs": 2, "batch_size": 64, "patience": 0}, "seed": 0,
               "max_k": 10},
-             ["dataset", "features/tiny"])
+             {"dataset": "dataset", "features": "features/tiny"})
     for step in plan:
         execute_step(step, plan, store, "cpu")
-    # as a pipeline run does: the run record holds the plan (how services find a model's inputs)
-    record = RunRecord.create(settings.runs_dir, {"name": "tiny"})
-    record.set_plan(plan.to_json())
     keys = {s.name.split("/")[0]: s.key for s in plan}
     return Tiny(home=home, settings=settings, store=store, keys=keys)
 

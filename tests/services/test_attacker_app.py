@@ -14,10 +14,11 @@ from tests.services.conftest import png_bytes, store_snapshot
 
 
 def _images(tiny, idx):
-    from advrec.pipeline.steps import catalog_images, load_dataset
+    from advrec_common.datasets.artifact import load_dataset_artifact
+    from advrec_common.datasets.images import load_catalog_images
 
-    ds = load_dataset(tiny.store, tiny.keys["dataset"])
-    return ds, catalog_images(ds, np.asarray(idx))
+    ds = load_dataset_artifact(tiny.store, tiny.keys["dataset"])
+    return ds, load_catalog_images(ds.catalog, list(idx))
 
 
 def _decode(b64: str) -> np.ndarray:

@@ -13,10 +13,11 @@ from tests.services.conftest import png_bytes, store_snapshot
 
 
 def _catalog_images(tiny, n):
-    from advrec.pipeline.steps import catalog_images, load_dataset
+    from advrec_common.datasets.artifact import load_dataset_artifact
+    from advrec_common.datasets.images import load_catalog_images
 
-    ds = load_dataset(tiny.store, tiny.keys["dataset"])
-    return catalog_images(ds, np.arange(n))
+    ds = load_dataset_artifact(tiny.store, tiny.keys["dataset"])
+    return load_catalog_images(ds.catalog, list(range(n)))
 
 
 def _files(images):
@@ -36,7 +37,7 @@ def test_listings(extractor_client, tiny):
 
 
 def test_extract_matches_extract_features(extractor_client, tiny):
-    from advrec.pipeline.steps import load_extractor_artifact
+    from advrec_common.vision.artifact import load_extractor_artifact
     from services.extractor.extraction import extract_features
 
     images = _catalog_images(tiny, 3)
@@ -58,8 +59,8 @@ def test_extract_matches_extract_features(extractor_client, tiny):
 
 def test_concurrent_requests_are_micro_batched(tiny):
     """8 concurrent one-image requests -> fewer forwards than requests (counted on the model itself)."""
-    from advrec.pipeline.steps import load_extractor_artifact
     from advrec_common.settings import get_settings
+    from advrec_common.vision.artifact import load_extractor_artifact
     from services.extractor import app as module
 
     app = module.create_app()

@@ -1,21 +1,19 @@
-"""Recommender service: model listing, top-K vs scoring.topk, what-if scores, image refresh, training jobs, errors."""
+"""Recommender service: model listing, top-K vs scoring.topk, what-if scores, image refresh, errors."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 import pytest
-import redis
 import torch
 
-from advrec.pipeline.celery_executor import run_step
 from tests.services.conftest import png_bytes, store_snapshot
 
 
 def _loaded(tiny):
-    from advrec.pipeline.steps import load_dataset, load_features
+    from advrec_common.datasets.artifact import load_dataset_artifact as load_dataset
+    from services.extractor.artifacts import load_features
     from services.recommender.models.base import Recommender
 
     model = Recommender.load(tiny.store.open(tiny.keys["train"]) / "model.pt")
@@ -65,7 +63,7 @@ def test_score_with_replaced_features_equals_model_score(recommender_client, tin
             "items": [{"item_id": ds.catalog.item_ids[i], "features": new[j].tolist()} for j, i in enumerate(items)]}
     r = recommender_client.post(f"/v1/models/{tiny.keys['train']}/score", json=body)
     assert r.status_code == 200, r.text
-    F = np.array(feats["features"])
+    F = np.array(feats.features)
     F[items] = new
     ref = model.score(torch.tensor(users), ItemSide(features=torch.as_tensor(F)))
     base = model.score(torch.tensor(users))
@@ -82,13 +80,13 @@ def test_score_with_replaced_features_equals_model_score(recommender_client, tin
 
 
 def test_image_refresh_changes_that_items_score_and_top(recommender_client, tiny):
-    from advrec.pipeline.steps import catalog_images
+    from advrec_common.datasets.images import load_catalog_images
 
     _clear_overlay(tiny)
     model, ds, _ = _loaded(tiny)
     key, item = tiny.keys["train"], 7
     # the new image: another item's picture, so the extractor gives clearly different features
-    new_image = catalog_images(ds, np.asarray([20]))[0]
+    new_image = load_catalog_images(ds.catalog, [20])[0]
     users = [ds.user_ids[0], ds.user_ids[1]]
     r = recommender_client.post(f"/v1/models/{key}/items/{ds.catalog.item_ids[item]}/image",
                                 files={"image": ("new.png", png_bytes(new_image), "image/png")},
@@ -154,7 +152,6 @@ def test_score_errors_change_nothing(recommender_client, tiny, case, status):
     elif case == "duplicate":
         body["items"] = [item, item]
     before = store_snapshot(tiny.home)
-    import json
 
     r = recommender_client.post(f"/v1/models/{tiny.keys['train']}/score", content=json.dumps(body, allow_nan=True),
                                 headers={"content-type": "application/json"})
@@ -185,37 +182,3 @@ def test_image_refresh_errors_write_no_overlay(recommender_client, tiny, case, s
                                 files={"image": ("x.png", payload, "image/png")}, params=params)
     assert r.status_code == status, r.text
     assert store_snapshot(tiny.home) == before and not (tiny.home / "overlays").exists()
-
-
-def test_training_job_reuses_pipeline_key_and_trains_new_config(recommender_client, tiny):
-    base = {"dataset": tiny.keys["dataset"], "features": tiny.keys["features"], "recommender": "vbpr",
-            "config": {"k": 8, "epochs": 2, "batch_size": 64, "patience": 0}, "seed": 0, "max_k": 10}
-    r = recommender_client.post("/v1/models", json=base)
-    assert r.status_code == 202, r.text
-    assert r.json()["model"] == tiny.keys["train"]  # same parameters -> the pipeline's artifact key
-    new = recommender_client.post("/v1/models", json={**base, "seed": 1}).json()
-    assert new["model"] != tiny.keys["train"]
-    job = recommender_client.get(f"/v1/jobs/{new['job_id']}").json()
-    assert job["state"] in ("queued", "running") and not tiny.store.has(new["model"])
-    # the job went to the `recommend` queue; run the message as a worker would (tests/stack runs real workers)
-    broker = redis.Redis.from_url(tiny.settings.redis_url)
-    message = json.loads(broker.rpop("recommend"))
-    assert message["headers"]["task"] == "recommender.run_step"
-    run_id, step_name = json.loads(base64.b64decode(message["body"]))[0]  # Celery protocol 2: [args, kwargs, embed]
-    assert run_id == new["job_id"]
-    assert run_step(run_id, step_name, settings=tiny.settings) == "done"
-    job = recommender_client.get(f"/v1/jobs/{new['job_id']}").json()
-    assert job["state"] == "done", job
-    assert tiny.store.has(new["model"])
-    listed = {m["key"]: m for m in recommender_client.get("/v1/models").json()}
-    assert listed[new["model"]]["dataset"] == tiny.keys["dataset"]
-
-
-@pytest.mark.parametrize(("change", "status"), [({"recommender": "nope"}, 404), ({"features": None}, 422),
-                                                 ({"dataset": "e" * 64}, 404), ({"features": "../x"}, 422)])
-def test_training_errors(recommender_client, tiny, change, status):
-    body = {"dataset": tiny.keys["dataset"], "features": tiny.keys["features"], "recommender": "vbpr", **change}
-    before = store_snapshot(tiny.home)
-    assert recommender_client.post("/v1/models", json=body).status_code == status
-    assert store_snapshot(tiny.home) == before
-    assert recommender_client.get("/v1/jobs/no-such-job").status_code == 404

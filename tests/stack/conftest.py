@@ -1,17 +1,16 @@
-"""Fixtures of the stack tests: the real Redis (DB 5, flushed per session), real worker processes."""
+"""Fixtures of the stack tests: a real, private Redis (tests/redis_server.py), real worker processes."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from advrec_common.settings import Settings
+from tests.redis_server import free_port
+from tests.redis_server import redis_url as private_redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
 API_KEY = "test-key-0123456789"
 
 # The tiny evaluation every end-to-end test runs (seconds on CPU).
@@ -25,27 +24,15 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """The real Redis, DB 5, emptied once per test session (started if none answers)."""
-    import redis
-
-    from advrec.stack.launcher import Stack, StackConfig
-
-    Stack(StackConfig(home=Path("/tmp"), redis_url=REDIS_URL)).ensure_redis()
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return REDIS_URL
+    """DB 5 of this session's private Redis."""
+    return private_redis_url(5)
 
 
 @pytest.fixture
 def api_key_hash() -> str:
-    from gateway.auth import hash_key
+    from advrec_common.apikeys import hash_key
 
     return hash_key(API_KEY)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth import hash_key, key_accepted
+from advrec_common.apikeys import hash_key, key_accepted
 
 pytestmark = pytest.mark.stack
 

@@ -1,10 +1,10 @@
-"""The Celery configuration: reliability settings, JSON only, routing by task name."""
+"""The Celery configuration: reliability settings, JSON only, one step task routed by the step's queue."""
 
 from __future__ import annotations
 
 import pytest
 
-from advrec_common.queue import QUEUES, STEP_TASKS, celery_config, make_celery
+from advrec.pipeline.queue import QUEUES, RUN_STEP, celery_config, make_celery
 from advrec_common.settings import Settings
 
 pytestmark = pytest.mark.stack
@@ -21,25 +21,32 @@ def test_reliability_settings_and_broker_from_settings():
 
 
 @pytest.mark.parametrize("queue", QUEUES)
-def test_every_step_task_is_routed_to_its_queue(queue):
+def test_the_one_step_task_goes_to_the_queue_its_step_names(queue):
+    from advrec.pipeline.celery_executor import send_step
+
+    sent: list[dict] = []
+
+    class Producer:
+        def send_task(self, name, args, task_id, **options):
+            sent.append({"name": name, "args": args, **options})
+
+    send_step(Producer(), "run-1", "attack/x/shard0", queue)
+    assert sent == [{"name": RUN_STEP, "args": ["run-1", "attack/x/shard0"], "queue": queue}]
     app = make_celery(Settings(redis_url="redis://127.0.0.1:6379/5"))
-    route = app.amqp.router.route({}, STEP_TASKS[queue])
-    assert route["queue"].name == queue
+    assert app.amqp.router.route({"queue": queue}, RUN_STEP)["queue"].name == queue
 
 
-def test_every_dag_queue_has_a_step_task():
+def test_every_dag_queue_is_consumed_and_orchestration_is_routed():
     from advrec.pipeline.dag import STEP_QUEUES
 
-    assert set(STEP_QUEUES.values()) <= set(STEP_TASKS)
+    assert set(STEP_QUEUES.values()) <= set(QUEUES)
+    app = make_celery(Settings(redis_url="redis://127.0.0.1:6379/5"))
+    assert app.amqp.router.route({}, "orchestrate.start")["queue"].name == "orchestrate"
 
 
-def test_task_modules_register_the_tasks():
+def test_one_task_module_registers_every_task():
     import advrec.pipeline.celery_executor  # noqa: F401
-    import services.attacker.tasks  # noqa: F401
-    import services.extractor.tasks  # noqa: F401
-    import services.recommender.tasks  # noqa: F401
-    from advrec_common.queue import app
+    from advrec.pipeline.queue import app
 
-    names = set(app.tasks)
-    assert {"extractor.run_step", "attacker.run_step", "recommender.run_step", "orchestrate.run_step",
-            "orchestrate.start", "orchestrate.reconcile"} <= names
+    names = {n for n in app.tasks if not n.startswith("celery.")}
+    assert names == {RUN_STEP, "orchestrate.start", "orchestrate.reconcile"}

@@ -12,13 +12,14 @@ import redis
 
 from advrec.pipeline import celery_executor as ce
 from advrec.pipeline.dag import Plan
+from advrec.pipeline.queue import MAX_ATTEMPTS, STALE_AFTER_S
 from advrec.pipeline.record import RunRecord
-from advrec_common.queue import MAX_ATTEMPTS, STALE_AFTER_S
 from advrec_common.settings import Settings
+from tests.redis_server import redis_url as private_redis_url
 
 pytestmark = pytest.mark.stack
 
-URL = "redis://127.0.0.1:6379/7"  # its own DB: nothing consumes these messages
+URL = private_redis_url(7)  # its own DB: nothing consumes these messages
 
 
 @pytest.fixture
@@ -29,8 +30,8 @@ def env(tmp_path, redis_url):
     plan = Plan()
     plan.add("dataset", "dataset", {"n": 1})
     plan.add("extractor/a", "extractor", {"e": 1})
-    plan.add("features/a", "features", {"f": 1}, ["dataset", "extractor/a"])
-    plan.add("train/a/vbpr", "train", {"t": 1}, ["dataset", "features/a"])
+    plan.add("features/a", "features", {"f": 1}, {"dataset": "dataset", "extractor": "extractor/a"})
+    plan.add("train/a/vbpr", "train", {"t": 1}, {"dataset": "dataset", "features": "features/a"})
     rec = RunRecord.create(settings.runs_dir, {"name": "r"}, executor="celery")
     rec.set_plan(plan.to_json())
     rec.set_state("running")

@@ -17,16 +17,17 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+from advrec_common.apikeys import hash_key
 from advrec_common.settings import Settings
 from gateway.app import create_app
-from gateway.auth import hash_key
+from tests.redis_server import redis_url as private_redis_url
 
 from .conftest import API_KEY
 
 pytestmark = pytest.mark.stack
 
 # its own Redis DB: jobs it submits must never reach the workers of the end-to-end tests
-REDIS_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = private_redis_url(6)
 _HOME = Path(tempfile.mkdtemp(prefix="advrec-schemathesis-"))
 atexit.register(shutil.rmtree, _HOME, True)
 APP = create_app(Settings(home=_HOME, redis_url=REDIS_URL, api_key_hashes=[hash_key(API_KEY)], device="cpu",

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from advrec_common.errors import InvalidInput
+from advrec_common.vision.model import ImageModel
 from services.attacker.attacks.apgd import APGD
 from services.attacker.attacks.base import Attack
 from services.attacker.attacks.bim import BIM
@@ -23,7 +24,6 @@ from services.attacker.attacks.spsa import SPSA
 from services.attacker.attacks.square import Square
 from services.attacker.feature_attacks import FeatureMatch, ScoreAttack
 from services.attacker.spec import AttackSpec
-from services.extractor.backbones import ImageModel
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (FGSM, BIM, PGD, MIFGSM, CarliniWagnerL2, APGD, Square, SPSA, FeatureMatch, ScoreAttack)
@@ -108,7 +108,7 @@ def run_attack(
     dev = torch.device(device)
     with _attack_mode(model, dev, spec.seed):
         attack = cls(model, spec, dev, **extra)
-        labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.needs_labels)
+        labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.info().needs_labels)
         out = [
             attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev)).to(images.device)
             for i in range(0, images.shape[0], batch_size)

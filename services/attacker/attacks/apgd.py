@@ -40,7 +40,6 @@ class _TargetedAPGD(torchattacks.APGD):
 
 class APGD(TorchattacksAttack):
     name: ClassVar[str] = "apgd"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
 
     def build(self) -> Any:
         s = self.spec

@@ -12,19 +12,22 @@ from typing import Any, ClassVar
 
 import torch
 
+from advrec_common.errors import InvalidInput
+from advrec_common.vision.model import ImageModel
 from services.attacker.budget import Budget, budget_for
-from services.attacker.spec import AttackSpec
-from services.extractor.backbones import ImageModel
+from services.attacker.spec import METHODS, AttackSpec, MethodInfo
 
 
 class Attack:
-    """Base class; subclasses set ``name`` and the supported norms / budget spaces."""
+    """Base class; subclasses set ``name`` (a key of :data:`~services.attacker.spec.METHODS`, which
+    holds what the method supports) and implement :meth:`perturb`."""
 
     name: ClassVar[str] = "attack"
-    norms: ClassVar[tuple[str, ...]] = ("linf",)
-    budget_spaces: ClassVar[tuple[str, ...]] = ("pixel",)
-    unbounded_ok: ClassVar[bool] = False  # may eps be 0 (= no budget)?
-    needs_labels: ClassVar[bool] = True  # False: feature-level attacks that ignore class labels
+
+    @classmethod
+    def info(cls) -> MethodInfo:
+        """The method's capabilities (norms, budget spaces, eps = 0, labels), from the spec data."""
+        return METHODS[cls.name]
 
     def __init__(self, model: ImageModel, spec: AttackSpec, device: str | torch.device = "cpu", **extra: Any):
         self.model = model
@@ -38,8 +41,6 @@ class Attack:
     def check_extra(self) -> None:
         """Validate keyword tensors (feature attacks); plain attacks accept none."""
         if self.extra:
-            from advrec_common.errors import InvalidInput
-
             raise InvalidInput(f"attack {self.name!r} takes no extra arguments, got {sorted(self.extra)}")
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

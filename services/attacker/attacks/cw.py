@@ -28,8 +28,6 @@ def _import_foolbox():  # noqa: ANN202 - module object
 
 class CarliniWagnerL2(Attack):
     name: ClassVar[str] = "cw"
-    norms: ClassVar[tuple[str, ...]] = ("l2",)
-    unbounded_ok: ClassVar[bool] = True
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         fb = _import_foolbox()

@@ -11,7 +11,6 @@ from services.attacker.attacks.sign_gradient import SignGradientAttack
 
 class PGD(SignGradientAttack):
     name: ClassVar[str] = "pgd"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
 
     def build(self) -> Any:
         s = self.spec

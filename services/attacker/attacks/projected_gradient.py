@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from services.extractor.backbones import ImageModel, ModelOutput
+from advrec_common.vision.model import ImageModel, ModelOutput
 
 LossFn = Callable[[ModelOutput, torch.Tensor], torch.Tensor]
 

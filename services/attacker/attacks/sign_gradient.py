@@ -17,7 +17,6 @@ from services.attacker.attacks.projected_gradient import projected_gradient, tar
 class SignGradientAttack(TorchattacksAttack):
     """A torchattacks attack in pixel space, our engine in normalised space."""
 
-    budget_spaces: ClassVar[tuple[str, ...]] = ("pixel", "normalized")
     random_start: ClassVar[bool | None] = None  # None: from the spec; False: never (FGSM, BIM, MI-FGSM)
     momentum: ClassVar[bool] = False
 

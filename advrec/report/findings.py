@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from advrec.pipeline.report_collect import (
+from advrec.report.collect import (
     attack_keys,
     attack_label,
     attack_summary,

@@ -2,8 +2,10 @@
 
 Queues: ``extract`` (extractor training, feature extraction; GPU), ``attack`` (attacks; GPU),
 ``recommend`` (recommender training and evaluation), ``orchestrate`` (planning, advancing the
-DAG, the report). Routing is configuration (:data:`TASK_ROUTES`, by task-name prefix), never
-decided in a task body.
+DAG, the report). One task, :data:`RUN_STEP` (``advrec.run_step``), runs any DAG step; each
+message is routed to the queue its step declares (``Step.queue``, :data:`~advrec.pipeline.dag.STEP_QUEUES`)
+at send time. Orchestration tasks route by name (:data:`TASK_ROUTES`). A task body never decides
+where it runs.
 
 Reliability (see docs/stack.md): messages are acknowledged only after a task finished
 (``task_acks_late``) and are re-queued when the worker process dies (``task_reject_on_worker_lost``);
@@ -13,7 +15,7 @@ reconciler (``orchestrate.reconcile``) re-drives any run the broker forgot.
 
 GPU workers: never touch CUDA in a prefork parent (the forked children cannot re-initialise
 it); start GPU workers with ``--pool=solo`` (or ``--pool=threads --concurrency=1``), one per GPU.
-Task modules import torch lazily, inside the step functions, so the worker parent stays CUDA-free.
+Step functions touch CUDA only when they run, so the worker parent stays CUDA-free.
 """
 
 from __future__ import annotations
@@ -27,28 +29,13 @@ from advrec_common.settings import Settings, get_settings
 
 QUEUES: tuple[str, ...] = ("extract", "attack", "recommend", "orchestrate")
 
-# The task that runs one DAG step for each queue (``Step.queue`` -> task name).
-STEP_TASKS: dict[str, str] = {
-    "extract": "extractor.run_step",
-    "attack": "attacker.run_step",
-    "recommend": "recommender.run_step",
-    "orchestrate": "orchestrate.run_step",
-}
+# The one task that runs a DAG step; its messages carry the step's queue (see send_step).
+RUN_STEP = "advrec.run_step"
 
-# Routing by task name: every task of a service goes to that service's queue.
-TASK_ROUTES: dict[str, dict[str, str]] = {
-    "extractor.*": {"queue": "extract"},
-    "attacker.*": {"queue": "attack"},
-    "recommender.*": {"queue": "recommend"},
-    "orchestrate.*": {"queue": "orchestrate"},
-}
+# Orchestration tasks (start, reconcile) by name; step messages name their queue when sent.
+TASK_ROUTES: dict[str, dict[str, str]] = {"orchestrate.*": {"queue": "orchestrate"}}
 
-TASK_MODULES: tuple[str, ...] = (
-    "advrec.pipeline.celery_executor",
-    "services.extractor.tasks",
-    "services.attacker.tasks",
-    "services.recommender.tasks",
-)
+TASK_MODULES: tuple[str, ...] = ("advrec.pipeline.celery_executor",)
 
 # Redis re-delivers an unacknowledged message only after this many seconds (a worker killed with
 # SIGKILL never acknowledges). It must exceed the longest single step, or a step still running
@@ -106,5 +93,5 @@ def celery_for(redis_url: str) -> Celery:
     return make_celery(Settings(redis_url=redis_url))
 
 
-# The app the workers run (``celery -A advrec_common.queue worker``) and the tasks register on.
+# The app the workers run (``celery -A advrec.pipeline.queue worker``) and the tasks register on.
 app = make_celery()

@@ -15,8 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from advrec.pipeline.report_collect import Artifacts, cell_name, finite, is_significant, per_k, summary_k
-from advrec.pipeline.report_plots import Figure, figure_png
+from advrec.report.collect import RunArtifacts, finite, is_significant, per_k, summary_k
+from advrec.report.plots import Figure, figure_png
+from advrec_common.datasets.artifact import load_dataset_artifact
+from advrec_common.datasets.images import load_catalog_images
+from services.attacker.artifacts import load_adversarial
+from services.extractor.artifacts import load_features
+from services.recommender.artifacts import load_topk
 
 TOP_N = 5
 N_EXAMPLES = 3
@@ -27,13 +32,6 @@ def png_b64(image: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def as_uint8(images: np.ndarray) -> np.ndarray:
-    """(N,H,W,3) uint8 or float in [0,1] -> uint8 (rounded)."""
-    if images.dtype == np.uint8:
-        return images
-    return np.round(np.clip(images.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def choose_cell(results: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
@@ -82,31 +80,30 @@ def _perturbation_figure(clean: np.ndarray, adv: np.ndarray, ids: list[str]) -> 
     return figure_png(fig), info
 
 
-def build_gallery(art: Artifacts, results: dict[str, Any], n_users: int) -> dict[str, Any] | None:
-    """Gallery data with inline images (``None`` without a dataset dependency, evaluations or users)."""
-    from advrec.pipeline.steps import catalog_images, load_dataset
-
+def build_gallery(art: RunArtifacts, results: dict[str, Any], n_users: int) -> dict[str, Any] | None:
+    """Gallery data with inline images (``None`` without a dataset input, evaluations or users)."""
     chosen = choose_cell(results)
-    if n_users <= 0 or chosen is None or "dataset" not in art.dep_keys:
+    if n_users <= 0 or chosen is None or art.dataset is None:
         return None
     ev, significant = chosen
     ext, rec = ev["extractor"], ev["recommender"]
-    cell = cell_name(ext, ev["method"], ev["eps"])
-    ds = load_dataset(art.store, art.key("dataset"))
-    class_names = art.json(f"features/{ext}", "category_names.json")
+    cell = (ext, ev["method"], float(ev["eps"]))
+    ds = load_dataset_artifact(art.store, art.dataset)
+    feats = load_features(art.store, art.features[ext], arrays=False)
     origin = results["scenario"].get("origin")
-    is_origin = art.array(f"features/{ext}", "categories") == (class_names.index(origin) if origin in class_names else -1)
-    before = art.array(art.train_step(ext, rec), "topk")[:, :TOP_N]
-    after = art.array(f"evaluate/{cell}/{rec}/{ev['mode']}", "topk")[:, :TOP_N]
+    names = feats.category_names
+    is_origin = feats.categories == (names.index(origin) if origin in names else -1)
+    before = load_topk(art.store, art.train[ext, rec])[:, :TOP_N]
+    after = load_topk(art.store, art.evaluate[cell, rec, ev["mode"]])[:, :TOP_N]
     users, gains = gainers(before, after, is_origin, n_users)
-    adv_dir = art.dir(f"adversarial/{cell}")
-    attacked = np.load(adv_dir / "items.npy")
-    adv_images = as_uint8(np.load(adv_dir / "adv_images.npy")) if len(attacked) else None
+    adv = load_adversarial(art.store, art.adversarial[cell])
+    attacked = adv.items
+    adv_images = adv.images_u8() if len(attacked) else None
     adv_row = {int(i): r for r, i in enumerate(attacked)}
 
     shown = np.unique(np.concatenate([before[users].ravel(), after[users].ravel()]))
     # one at a time: file catalogs may hold images of different sizes (the page shows them all alike)
-    clean = {i: catalog_images(ds, [i])[0] for i in shown.tolist()}
+    clean = {i: load_catalog_images(ds.catalog, [i])[0] for i in shown.tolist()}
     ids = ds.catalog.item_ids
 
     def tile(i: int, adversarial: bool) -> dict[str, Any]:
@@ -123,9 +120,9 @@ def build_gallery(art: Artifacts, results: dict[str, Any], n_users: int) -> dict
     examples = list(dict.fromkeys(seen + [int(i) for i in attacked]))[:N_EXAMPLES]
     perturbations, pert_info = None, []
     if examples and adv_images is not None:
-        ex_clean = catalog_images(ds, np.asarray(examples))
+        ex_clean = load_catalog_images(ds.catalog, examples)
         if ex_clean.shape[1:] != adv_images.shape[1:]:  # the extractor attacked resized images
-            ex_clean = catalog_images(ds, np.asarray(examples), size=adv_images.shape[1])
+            ex_clean = load_catalog_images(ds.catalog, examples, size=adv_images.shape[1])
         ex_adv = adv_images[[adv_row[i] for i in examples]]
         perturbations, pert_info = _perturbation_figure(ex_clean, ex_adv, [ids[i] for i in examples])
     return {"extractor": ext, "method": ev["method"], "eps": ev["eps"], "recommender": rec, "mode": ev["mode"],

@@ -9,9 +9,9 @@ from typing import Any
 
 import jinja2
 
-from advrec.pipeline.report_findings import QUESTIONS
-from advrec.pipeline.report_plots import caption
-from advrec.pipeline.report_tables import Row, fmt
+from advrec.report.findings import QUESTIONS
+from advrec.report.plots import caption
+from advrec.report.tables import Row, fmt
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}

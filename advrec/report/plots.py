@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # before anything could import pyplot
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from advrec.pipeline.report_collect import (  # noqa: E402
+from advrec.report.collect import (  # noqa: E402
     attack_keys,
     attack_label,
     attack_summary,

@@ -1,25 +1,28 @@
 """Gather every number of a run from its artifacts into one JSON-ready dict (``results.json``).
 
-Nothing here computes a metric: each figure is copied from the artifact that produced it
-(``steps.py`` is the format contract), together with the configuration it belongs to
+Nothing here computes a metric: each figure is copied from the artifact that produced it (read
+through the producing domain's artifact module), together with the configuration it belongs to
 (extractor, attack method, budget, recommender, mode, K). Findings, tables, plots and the HTML
 page are all derived from this one dict.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from advrec import __version__
-from advrec.pipeline.dag import eps_label
-from advrec_common.errors import InvalidInput, NotFound
+from advrec_common.datasets.artifact import dataset_name
+from advrec_common.errors import InvalidInput
 from advrec_common.store import ArtifactStore
+from advrec_common.vision.artifact import extractor_info
+from services.attacker.artifacts import load_adversarial
+from services.extractor.artifacts import load_features
+from services.recommender.artifacts import load_metrics, load_scenario, train_info
 
 SCHEMA_VERSION = 1
 ALPHA = 0.05  # significance level of the study's `*` mark (paired t-test p <= 0.05)
@@ -94,42 +97,33 @@ def cells(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], float]]:
                 yield ext["name"], atk, float(eps)
 
 
-def cell_name(extractor: str, method: str, eps: float) -> str:
-    """The DAG's cell name: ``<extractor>/<method>/eps<eps>`` (see :func:`advrec.pipeline.dag.plan`)."""
-    return f"{extractor}/{method}/{eps_label(eps)}"
+Cell = tuple[str, str, float]  # (extractor, method, eps)
 
 
-class Artifacts:
-    """Reads the report's dependency artifacts by step name."""
+@dataclass
+class RunArtifacts:
+    """The report's inputs by role: the artifact keys of one run's steps.
 
-    def __init__(self, store: ArtifactStore, dep_keys: dict[str, str]):
-        self.store = store
-        self.dep_keys = dep_keys
+    ``train`` is keyed by (extractor, recommender) (a pixel recommender's one model is listed under
+    every extractor, with ``uses_extractor`` False), ``adversarial`` by cell, ``evaluate`` by
+    (cell, recommender, mode).
+    """
 
-    def key(self, step: str) -> str:
-        if step not in self.dep_keys:
-            raise NotFound(f"report: the artifact of step {step!r} is not among the report's dependencies")
-        return self.dep_keys[step]
-
-    def dir(self, step: str) -> Path:
-        return self.store.open(self.key(step))
-
-    def json(self, step: str, name: str) -> Any:
-        return json.loads((self.dir(step) / name).read_text())
-
-    def array(self, step: str, name: str) -> np.ndarray:
-        return np.load(self.dir(step) / f"{name}.npy", allow_pickle=False)
-
-    def train_step(self, extractor: str, recommender: str) -> str:
-        """``train/<ext>/<rec>``, or the extractor-independent ``train/-/<rec>`` (pixel models)."""
-        own = f"train/{extractor}/{recommender}"
-        return own if own in self.dep_keys else f"train/-/{recommender}"
+    store: ArtifactStore
+    scenario: str
+    extractors: dict[str, str]
+    features: dict[str, str]
+    train: dict[tuple[str, str], str]
+    adversarial: dict[Cell, str]
+    evaluate: dict[tuple[Cell, str, str], str]
+    dataset: str | None = None
+    uses_extractor: dict[str, bool] = field(default_factory=dict)
 
 
 # -- collection -------------------------------------------------------------------------------------
 
 
-def _check_spec(spec: Any) -> dict[str, Any]:
+def check_spec(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise InvalidInput("report: params['spec'] must be the evaluation spec as a JSON object")
     missing = [k for k in ("extractors", "attacks", "recommenders", "ks", "modes") if not spec.get(k)]
@@ -138,14 +132,14 @@ def _check_spec(spec: Any) -> dict[str, Any]:
     return spec
 
 
-def _extractors(art: Artifacts, spec: dict[str, Any], origin: str | None) -> dict[str, Any]:
+def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for ext in spec["extractors"]:
         name = ext["name"]
-        info = art.json(f"extractor/{name}", "extractor.json")
+        info = extractor_info(art.store, art.extractors[name])
         rep = info.get("report") or None
-        class_names = art.json(f"features/{name}", "category_names.json")
-        classes = art.array(f"features/{name}", "categories")
+        feats = load_features(art.store, art.features[name], arrays=False)
+        class_names, classes = feats.category_names, feats.categories
         n_origin = int((classes == class_names.index(origin)).sum()) if origin in class_names else None
         out[name] = {
             "defense": ext.get("defense"), "source": info.get("source", ext.get("source")),
@@ -157,14 +151,13 @@ def _extractors(art: Artifacts, spec: dict[str, Any], origin: str | None) -> dic
     return out
 
 
-def _clean(art: Artifacts, spec: dict[str, Any]) -> list[dict[str, Any]]:
+def _clean(art: RunArtifacts, spec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for ext in spec["extractors"]:
         for rec in spec["recommenders"]:
-            step = art.train_step(ext["name"], rec["name"])
-            train = art.json(step, "train.json")
+            train = train_info(art.store, art.train[ext["name"], rec["name"]])
             rows.append({"extractor": ext["name"], "recommender": rec["name"],
-                         "uses_extractor": not step.startswith("train/-/"),
+                         "uses_extractor": art.uses_extractor.get(rec["name"], True),
                          "accuracy": flat_accuracy(train.get("accuracy")), "fit_seconds": train.get("fit_seconds")})
     return rows
 
@@ -174,23 +167,22 @@ def _attack_entry(ext: str, atk: dict[str, Any], eps: float) -> dict[str, Any]:
             "steps": atk.get("steps"), "budget_space": atk.get("budget_space"), "delivery": atk.get("delivery")}
 
 
-def collect_results(store: ArtifactStore, dep_keys: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
     """The run's numbers with their configurations (the ``results.json`` document, minus findings)."""
-    spec = _check_spec(spec)
-    art = Artifacts(store, dep_keys)
-    scenario = art.json("scenario", "scenario.json")
+    spec = check_spec(spec)
+    store = art.store
+    scenario = load_scenario(store, art.scenario)
     dataset = None
-    if "dataset" in dep_keys:
-        dataset = {"name": art.json("dataset", "items.json").get("name"),
-                   **store.meta(dep_keys["dataset"]).get("result", {})}
+    if art.dataset is not None:
+        dataset = {"name": dataset_name(store, art.dataset), **store.meta(art.dataset).get("result", {})}
     attacks, evaluations = [], []
     for ext, atk, eps in cells(spec):
-        cell = cell_name(ext, atk["method"], eps)
-        summary = art.json(f"adversarial/{cell}", "summary.json")
+        cell = (ext, atk["method"], eps)
+        summary = load_adversarial(store, art.adversarial[cell], arrays=False).summary
         attacks.append({**_attack_entry(ext, atk, eps), "summary": summary})
         for rec in spec["recommenders"]:
             for mode in spec["modes"]:
-                m = art.json(f"evaluate/{cell}/{rec['name']}/{mode}", "metrics.json")
+                m = load_metrics(store, art.evaluate[cell, rec["name"], mode])
                 evaluations.append({
                     "extractor": ext, "method": atk["method"], "eps": eps, "recommender": rec["name"], "mode": mode,
                     "n_attacked": m.get("n_attacked"), "per_k": m.get("per_k", []),

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from advrec.pipeline.report_collect import (
+from advrec.report.collect import (
     SUMMARY_ALIASES,
     attack_keys,
     attack_label,
