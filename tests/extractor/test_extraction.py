@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 
 import numpy as np
@@ -15,12 +14,10 @@ from advrec_common.datasets.types import Catalog
 from advrec_common.errors import BadImage, InvalidInput, NotFound
 from services.extractor.backbones import build_model
 from services.extractor.extraction import (
-    ExtractorRuntime,
     extract_features,
     read_study_outputs,
     write_study_outputs,
 )
-from services.extractor.weights import save_extractor
 
 NAMES = ["shirt", "bag", "hat, cap"]  # a comma in a class name must survive the CSV
 
@@ -145,20 +142,3 @@ def test_study_outputs_are_validated_before_writing(tmp_path, model, images):
     assert not (tmp_path / "x").exists()
     with pytest.raises(NotFound):
         read_study_outputs(tmp_path / "x")
-
-
-def test_runtime_caches_models_by_checkpoint_sha256(tmp_path, model, images):
-    path = save_extractor(model, tmp_path / "m.pt")
-    runtime = ExtractorRuntime(device="cpu", max_models=1)
-    key = runtime.load(path, "small_cnn")
-    assert key == hashlib.sha256(path.read_bytes()).hexdigest()
-    first = runtime.get(key)
-    assert runtime.load(path, "small_cnn") == key and runtime.get(key) is first
-    np.testing.assert_allclose(runtime.extract(key, images).features,
-                               extract_features(model, images, device="cpu").features, rtol=1e-6, atol=1e-7)
-    torch.manual_seed(5)
-    other = save_extractor(build_model("small_cnn", NAMES), tmp_path / "o.pt")
-    key2 = runtime.load(other, "small_cnn")
-    assert key2 != key and runtime.keys() == [key2]  # LRU evicted the first
-    with pytest.raises(NotFound):
-        runtime.get(key)
