@@ -171,7 +171,11 @@ def read_interactions(
         rating=None if ri is None else np.asarray(ratings, dtype=np.float32),
         time=time_arr,
     )
-    return parsed, table.problems
+    return parsed, _in_file_order(table.problems)
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def read_categories(
@@ -198,7 +202,7 @@ def read_categories(
             table.problem(line, f"item {item!r} already has category {out[item]!r} (line {seen_at[item]}); "
                                 f"{category!r} is used", "warning")
         out[item], seen_at[item] = category, line
-    return out, table.problems
+    return out, _in_file_order(table.problems)
 
 
 def index_images(images_dir: str | Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:

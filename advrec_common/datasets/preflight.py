@@ -96,6 +96,10 @@ def _examples(ids: list[str]) -> str:
     return shown + (f" and {len(ids) - EXAMPLES} more" if len(ids) > EXAMPLES else "")
 
 
+def _by_count(counts: Counter[str]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _image_problems(
     images_dir: Path, items: list[str], images: dict[str, Path], max_pixels: int, require_uniform_size: bool,
     report: PreflightReport,
@@ -112,12 +116,12 @@ def _image_problems(
             continue
         sizes[f"{header.width}x{header.height}"] += 1
         modes[header.mode] += 1
-    report.image_sizes = dict(sizes.most_common())
-    report.image_modes = dict(modes.most_common())
+    report.image_sizes = _by_count(sizes)
+    report.image_modes = _by_count(modes)
     if require_uniform_size and len(sizes) > 1:
         problems.append(Problem(
             file=str(images_dir),
-            message=f"images differ in size ({', '.join(f'{k}: {v}' for k, v in sizes.most_common())}); set "
+            message=f"images differ in size ({', '.join(f'{k}: {v}' for k, v in report.image_sizes.items())}); set "
                     f"{IMAGE_SIZE_SPEC_PATH} in the spec to load every image at one square size",
         ))
     return problems
