@@ -43,12 +43,14 @@ class Problem(BaseModel):
     """One thing wrong with a user's file: ``file:line: message``.
 
     ``line`` is 1-based (None for the whole file or folder). ``severity`` is ``error`` when loading
-    would fail, ``warning`` when loading would go on with something dropped or missing.
+    would fail, ``warning`` when loading would go on with something dropped or missing. ``code`` is
+    ``not_found`` for a missing file or folder (the loader raises NotFound), else ``invalid``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     severity: Literal["error", "warning"] = "error"
+    code: Literal["invalid", "not_found"] = "invalid"
     file: str
     line: int | None = None
     message: str
@@ -165,7 +167,7 @@ def read_table(
     if delimiter is not None and delimiter not in DELIMITERS:
         return Problem(file=str(path), message=f"delimiter must be one of {list(DELIMITERS)}, got {delimiter!r}")
     if not path.is_file():
-        return Problem(file=str(path), message="file does not exist")
+        return Problem(file=str(path), code="not_found", message="file does not exist")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -287,8 +287,8 @@ def raise_first(problems: list[Problem]) -> None:
         return
     first = errors[0]
     more = f" (and {len(errors) - 1} more problem(s); the dataset check lists them all)" if len(errors) > 1 else ""
-    if first.message == "file does not exist":
-        raise NotFound(f"{first.file} does not exist{more}")
+    if first.code == "not_found":
+        raise NotFound(f"{first}{more}")
     raise InvalidInput(f"{first}{more}")
 
 

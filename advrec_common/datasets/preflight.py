@@ -188,7 +188,7 @@ def check_generic_dataset(
         images, duplicates = index_images(images_dir)
     except NotFound:
         images, duplicates = {}, {}
-        problems.append(Problem(file=str(images_dir), message="image folder does not exist"))
+        problems.append(Problem(file=str(images_dir), code="not_found", message="image folder does not exist"))
     report.images = len(images) + sum(len(ps) - 1 for ps in duplicates.values())
 
     parsed, read_problems = read_interactions(interactions, columns)

@@ -1,10 +1,11 @@
 """Batch feature extraction: images -> features, predicted class, its probability (and spatial maps).
 
 In-memory arrays are cut into batches; a :class:`Catalog` is streamed through
-:func:`~advrec_common.datasets.images.iter_catalog_batches` (one batch of decoded images at a time,
-outputs preallocated), so peak memory does not grow with the catalog (``benchmarks/catalog_memory.py``
-measures it). Images are brought to the model's size with the project's one convention
-(:data:`~advrec_common.datasets.images.Fit`: shorter side + center crop by default). CPU runs exact fp32; on CUDA the forward runs channels_last under autocast (bf16 when
+:func:`~advrec_common.datasets.images.iter_catalog_batches` (one batch of decoded images at a
+time, outputs preallocated), so peak memory does not grow with the catalog
+(``benchmarks/catalog_memory.py`` measures it). Images are brought to the model's size with the
+project's one convention (:data:`~advrec_common.datasets.images.Fit`: shorter side + center crop
+by default). CPU runs exact fp32; on CUDA the forward runs channels_last under autocast (bf16 when
 supported, else fp16) and features are returned as float32. The study's on-disk outputs
 (``features.npy`` + ``classes.csv``) are written by :func:`write_study_outputs`.
 """
