@@ -1,8 +1,11 @@
 """Batch feature extraction: images -> features, predicted class, its probability (and spatial maps).
 
-In-memory arrays are cut into batches; a :class:`Catalog` is streamed through a ``DataLoader``
-(one decoded image per item, outputs preallocated), so memory stays bounded for 100k-item
-catalogs. CPU runs exact fp32; on CUDA the forward runs channels_last under autocast (bf16 when
+In-memory arrays are cut into batches; a :class:`Catalog` is streamed through
+:func:`~advrec_common.datasets.images.iter_catalog_batches` (one batch of decoded images at a
+time, outputs preallocated), so peak memory does not grow with the catalog
+(``benchmarks/catalog_memory.py`` measures it). Images are brought to the model's size with the
+project's one convention (:data:`~advrec_common.datasets.images.Fit`: shorter side + center crop
+by default). CPU runs exact fp32; on CUDA the forward runs channels_last under autocast (bf16 when
 supported, else fp16) and features are returned as float32. The study's on-disk outputs
 (``features.npy`` + ``classes.csv``) are written by :func:`write_study_outputs`.
 """
@@ -10,10 +13,7 @@ supported, else fp16) and features are returned as float32. The study's on-disk 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
-import threading
-from collections import OrderedDict
+import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from advrec_common.datasets.images import CatalogImageDataset, resize_batch
+from advrec_common.datasets.images import FITS, Fit, iter_catalog_batches, resize_batch
 from advrec_common.datasets.types import Catalog
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.settings import resolve_device
-from advrec_common.store import file_digest
+from advrec_common.store import atomic_write
 from advrec_common.vision.model import ImageModel
 
 Progress = Callable[[dict[str, Any]], None]
@@ -86,28 +86,16 @@ def _array_batches(images: np.ndarray | torch.Tensor, batch_size: int) -> tuple[
 
 
 def _catalog_batches(
-    catalog: Catalog, batch_size: int, image_size: int | None, num_workers: int, pin: bool
+    catalog: Catalog, batch_size: int, image_size: int | None, fit: Fit, num_workers: int, pin: bool
 ) -> tuple[int, Iterator[torch.Tensor]]:
-    loader = torch.utils.data.DataLoader(
-        CatalogImageDataset(catalog, size=image_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin,
-    )
+    """(N, iterator of (B,3,H,W) float batches in [0,1]); one batch of the catalog decoded at a time."""
+    batches = iter_catalog_batches(catalog, None, image_size, batch_size, fit=fit, workers=num_workers)
 
     def gen() -> Iterator[torch.Tensor]:
-        it = iter(loader)
-        while True:
-            try:
-                x, _ = next(it)
-            except StopIteration:
-                return
-            except RuntimeError as exc:  # default_collate on images of different sizes
-                if "stack expects each tensor to be equal size" in str(exc):
-                    raise InvalidInput("catalog images differ in size; pass image_size to resize them") from None
-                raise
-            yield x
+        for _, images in batches:
+            # the same conversion as the array path, so both give bit-equal features
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+            yield x.pin_memory() if pin else x
 
     return len(catalog), gen()
 
@@ -128,23 +116,29 @@ def extract_features(
     device: str = "auto",
     spatial: bool = False,
     image_size: int | None = None,
+    fit: Fit = "crop",
     num_workers: int = 0,
     progress: Progress | None = None,
 ) -> ExtractionResult:
     """Features, predicted class and its probability for every image, in input order.
 
     images: uint8 (N,H,W,3) array, float (N,3,H,W) array/tensor in [0,1], or a :class:`Catalog`
-    (streamed). ``image_size`` resizes every image to a square (catalog: PIL bicubic; arrays:
-    torch bicubic + antialias). ``spatial`` also returns the last feature map (for ACF).
+    (streamed, ``batch_size`` decoded images at a time, decoded by ``num_workers`` threads).
+    ``image_size`` brings every image to image_size x image_size by ``fit`` (``crop``: shorter side +
+    center crop; ``pad``; ``stretch``), with PIL bicubic for a catalog and torch bicubic + antialias
+    for arrays; without it a catalog's images must share one size (InvalidInput naming
+    ``extractors[].image_size`` otherwise). ``spatial`` also returns the last feature map (for ACF).
     """
     if batch_size < 1 or num_workers < 0:
         raise InvalidInput(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
     if image_size is not None and image_size < 1:
         raise InvalidInput(f"image_size must be positive, got {image_size}")
+    if fit not in FITS:
+        raise InvalidInput(f"fit must be one of {list(FITS)}, got {fit!r}")
     device = resolve_device(device)
     on_cuda = device.startswith("cuda")
     if isinstance(images, Catalog):
-        n, batches = _catalog_batches(images, batch_size, image_size, num_workers, pin=on_cuda)
+        n, batches = _catalog_batches(images, batch_size, image_size, fit, num_workers, pin=on_cuda)
     else:
         n, batches = _array_batches(images, batch_size)
     was_training = model.training
@@ -158,7 +152,7 @@ def extract_features(
             for x in batches:
                 x = x.to(device, non_blocking=True)
                 if image_size is not None and not isinstance(images, Catalog):
-                    x = resize_batch(x, image_size)
+                    x = resize_batch(x, image_size, fit)
                 if on_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):
@@ -200,19 +194,6 @@ class StudyOutputs:
     result: ExtractionResult
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_study_outputs(
     result: ExtractionResult, class_names: Sequence[str], item_ids: Sequence[str], out_dir: str | Path
 ) -> Path:
@@ -234,20 +215,22 @@ def write_study_outputs(
         raise InvalidInput("features contain NaN or infinite values")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    features = np.ascontiguousarray(result.features, dtype=np.float32)
-    _atomic_write(out / "features.npy", lambda fh: np.save(fh, features, allow_pickle=False))
+    atomic_write(out / "features.npy", _npy(result.features), fsync=True)
     if result.spatial is not None:
-        smap = np.ascontiguousarray(result.spatial, dtype=np.float32)
-        _atomic_write(out / "spatial.npy", lambda fh: np.save(fh, smap, allow_pickle=False))
-
-    def rows(fh: Any) -> None:
-        w = csv.writer(fh)
-        w.writerow(CLASSES_HEADER)
-        names = np.asarray(list(class_names), dtype=object)[result.classes]
-        w.writerows(zip(item_ids, result.classes.tolist(), names.tolist(), result.probs.tolist(), strict=True))
-
-    _atomic_write(out / "classes.csv", rows, mode="w")
+        atomic_write(out / "spatial.npy", _npy(result.spatial), fsync=True)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(CLASSES_HEADER)
+    names = np.asarray(list(class_names), dtype=object)[result.classes]
+    w.writerows(zip(item_ids, result.classes.tolist(), names.tolist(), result.probs.tolist(), strict=True))
+    atomic_write(out / "classes.csv", buf.getvalue(), fsync=True)
     return out
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
 
 
 def read_study_outputs(out_dir: str | Path) -> StudyOutputs:
@@ -277,61 +260,3 @@ def read_study_outputs(out_dir: str | Path) -> StudyOutputs:
         result=ExtractionResult(features=features.astype(np.float32, copy=False), classes=classes, probs=probs,
                                 spatial=spatial),
     )
-
-
-# -- models kept loaded for a service ----------------------------------------------------------------
-class ExtractorRuntime:
-    """Loaded extractors keyed by checkpoint SHA-256 (LRU, at most ``max_models``), thread-safe."""
-
-    def __init__(self, device: str = "auto", max_models: int = 4):
-        if max_models < 1:
-            raise InvalidInput("max_models must be >= 1")
-        self.device = resolve_device(device)
-        self.max_models = max_models
-        self._models: OrderedDict[str, ImageModel] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def load(
-        self, path: str | Path, backbone: str, layout: str = "auto", class_names: Sequence[str] | None = None
-    ) -> str:
-        """Load (or reuse) a checkpoint; returns its key, the SHA-256 of the file."""
-        from services.extractor.weights import load_extractor
-
-        path = Path(path)
-        if not path.is_file():
-            raise NotFound(f"checkpoint file {str(path)!r} does not exist")
-        key = file_digest(path)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return key
-        model = load_extractor(path, backbone, layout=layout, class_names=class_names).to(self.device).eval()
-        with self._lock:
-            self._models[key] = model
-            self._models.move_to_end(key)
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-        return key
-
-    def add(self, key: str, model: ImageModel) -> str:
-        """Register an in-memory model under ``key`` (e.g. a freshly trained one)."""
-        with self._lock:
-            self._models[key] = model.to(self.device).eval()
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-        return key
-
-    def get(self, key: str) -> ImageModel:
-        with self._lock:
-            if key not in self._models:
-                raise NotFound(f"extractor {key} is not loaded")
-            self._models.move_to_end(key)
-            return self._models[key]
-
-    def keys(self) -> list[str]:
-        with self._lock:
-            return list(self._models)
-
-    def extract(self, key: str, images: np.ndarray | torch.Tensor | Catalog, **kwargs: Any) -> ExtractionResult:
-        """:func:`extract_features` with the loaded model ``key`` on this runtime's device."""
-        return extract_features(self.get(key), images, device=self.device, **kwargs)

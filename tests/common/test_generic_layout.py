@@ -1,4 +1,4 @@
-"""The generic layout: images by item id, a headed CSV/TSV, categories, k-core, split."""
+"""The generic layout: images by item id, interaction files as they come, categories, k-core, split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advrec_common.datasets.generic_layout import DroppedRowsWarning, load_generic_dataset
+from advrec_common.datasets.generic_layout import (
+    CategoryColumns,
+    DroppedRowsWarning,
+    InteractionColumns,
+    load_generic_dataset,
+)
 from advrec_common.errors import InvalidInput, NotFound
 
 
@@ -67,7 +72,7 @@ def test_tsv_with_custom_columns_and_no_timestamp(shop: Path) -> None:
 
 
 def test_errors(shop: Path) -> None:
-    with pytest.raises(InvalidInput, match="no 'customer' column"):
+    with pytest.raises(InvalidInput, match=r"ratings.csv:1: no 'customer' column"):
         load_generic_dataset(shop / "images", shop / "ratings.csv", user_col="customer")
     with pytest.raises(NotFound):
         load_generic_dataset(shop / "images", shop / "missing.csv")
@@ -78,3 +83,89 @@ def test_errors(shop: Path) -> None:
         load_generic_dataset(shop / "images", shop / "bad.csv")
     with pytest.raises(InvalidInput, match="no interactions left"), pytest.warns(DroppedRowsWarning):
         load_generic_dataset(shop / "images", shop / "ratings.csv", kcore=5)
+
+
+def _same_split(a, b) -> None:
+    assert a.user_ids == b.user_ids and a.catalog.item_ids == b.catalog.item_ids
+    for x, y in ((a.train, b.train), (a.test, b.test)):
+        assert x.user.tolist() == y.user.tolist() and x.item.tolist() == y.item.tolist()
+
+
+def test_excel_export_with_bom_semicolons_named_columns_and_epoch_ms(shop: Path) -> None:
+    """The reported file: user_id;product_id;ts in milliseconds, UTF-8 BOM, ';' in a .csv."""
+    with pytest.warns(DroppedRowsWarning):
+        reference = load_generic_dataset(shop / "images", shop / "ratings.csv", shop / "categories.csv")
+    rows = (shop / "ratings.csv").read_text().splitlines()[1:]
+    lines = ["user_id;product_id;stars;ts"] + [
+        ";".join([u, i, r, str(int(t) * 1000 + 1_700_000_000_000)]) for u, i, r, t in (x.split(",") for x in rows)
+    ]
+    (shop / "export.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    (shop / "cats.csv").write_bytes(b"\xef\xbb\xbfSKU\tDept\nA1\tshoe\nB2\tbag\nC3\tshoe\n")
+    columns = InteractionColumns(user="user_id", item="product_id", rating="stars", timestamp="ts")
+    with pytest.warns(DroppedRowsWarning):
+        ds = load_generic_dataset(shop / "images", shop / "export.csv", shop / "cats.csv", columns=columns,
+                                  category_columns=CategoryColumns(item="sku", category="dept"))
+    _same_split(ds, reference)
+    assert ds.catalog.categories == reference.catalog.categories
+    assert ds.test.timestamp.tolist() == [1_700_000_000 + 300, 1_700_000_000 + 50]  # ms -> s
+
+
+def test_iso_timestamps_with_and_without_time_zone(shop: Path) -> None:
+    (shop / "iso.csv").write_text(
+        "user,item,timestamp\n"
+        "u1,A1,2024-03-05T10:00:00+02:00\n"  # 08:00 UTC
+        "u1,B2,2024-03-05T09:00:00Z\n"  # the latest: test
+        "u1,C3,2024-03-05 08:30\n"  # naive: UTC
+        "u2,A1,2024-03-04\n"
+        "u2,C3,2024-03-01\n"
+    )
+    ds = load_generic_dataset(shop / "images", shop / "iso.csv")
+    test = {ds.user_ids[u]: ds.catalog.item_ids[i] for u, i in zip(ds.test.user, ds.test.item, strict=True)}
+    assert test == {"u1": "B2", "u2": "A1"}
+    assert ds.test.timestamp.dtype == np.int64
+
+
+def test_rating_threshold_on_a_named_column(shop: Path) -> None:
+    (shop / "stars.csv").write_text("who,what,stars\nx,A1,5\nx,B2,2\nx,C3,4\ny,B2,4\n")
+    ds = load_generic_dataset(shop / "images", shop / "stars.csv",
+                              columns=InteractionColumns(user="who", item="what", rating="stars", min_rating=4))
+    assert ds.catalog.item_ids == ["A1", "B2", "C3"] and len(ds.train) + len(ds.test) == 3  # x-B2 (2) dropped
+    with pytest.raises(InvalidInput, match=r"stars.csv:1: min_rating needs a rating column"):
+        load_generic_dataset(shop / "images", shop / "stars.csv",
+                             columns=InteractionColumns(user="who", item="what", min_rating=4))
+    with pytest.raises(InvalidInput, match="not both"):
+        load_generic_dataset(shop / "images", shop / "stars.csv", columns=InteractionColumns(), user_col="who")
+
+
+def test_header_names_match_after_stripping_and_case_folding(shop: Path) -> None:
+    (shop / "caps.csv").write_text(" User |ITEM\nx|A1\nx|B2\n")
+    assert load_generic_dataset(shop / "images", shop / "caps.csv").catalog.item_ids == ["A1", "B2"]
+    (shop / "twice.csv").write_text("User,USER,item\nx,y,A1\n")
+    with pytest.raises(InvalidInput, match=r"twice.csv:1: the user column 'user' is ambiguous"):
+        load_generic_dataset(shop / "images", shop / "twice.csv")
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "message"),
+    [
+        ("user,item\nu1,A1\nu2\n", 3, "2 fields|1 fields"),
+        ("user,item\nu1,A1\n,B2\n", 3, "empty user"),
+        ("user,item,timestamp\nu1,A1,1\nu1,B2,yesterday\n", 3, "timestamp 'yesterday'"),
+        ("user,item,rating\nu1,A1,5\nu1,B2,great\n", 3, "rating 'great'"),
+        ("user;item,x\nu1;A1,1\n", 1, "cannot tell the delimiter"),
+        ("customer,item\nu1,A1\n", 1, "no 'user' column"),
+        (b"user,item\nu1,A1\nu\xe9,B2\n", 3, "not UTF-8"),
+        ("user,item\n\n\nu1,A1,,,x\n", 4, "5 fields"),
+    ],
+)
+def test_every_error_names_the_file_and_line(shop: Path, content: str | bytes, line: int, message: str) -> None:
+    path = shop / "bad.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InvalidInput, match=rf"^{path}:{line}: .*({message})"):
+        load_generic_dataset(shop / "images", path)
+
+
+def test_several_images_for_one_used_item_is_an_error(shop: Path) -> None:
+    Image.new("RGB", (6, 6)).save(shop / "images" / "A1.png")
+    with pytest.raises(InvalidInput, match=r"item 'A1' has several images \(A1.jpg, A1.png\)"):
+        load_generic_dataset(shop / "images", shop / "ratings.csv")

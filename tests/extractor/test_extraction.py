@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 
 import numpy as np
@@ -11,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from advrec_common.datasets.images import load_catalog_images
 from advrec_common.datasets.types import Catalog
 from advrec_common.errors import BadImage, InvalidInput, NotFound
 from advrec_common.vision.backbones import build_model
-from advrec_common.vision.model_file import save_model_file
 from services.extractor.extraction import (
-    ExtractorRuntime,
     extract_features,
     read_study_outputs,
     write_study_outputs,
@@ -79,6 +77,37 @@ def test_resize_option(tmp_path, model, images):
     assert cat.spatial.shape == (2, 128, 4, 4)
     # PIL bicubic (catalog) and torch bicubic (arrays) differ slightly, not grossly
     np.testing.assert_allclose(cat.features, res.features, atol=0.1)
+
+
+def test_streamed_catalog_equals_one_whole_batch(tmp_path, model):
+    rng = np.random.default_rng(4)
+    shapes = [(40, 20), (20, 40), (32, 32), (17, 50), (64, 48), (30, 30), (25, 25)]
+    cat = _png_catalog(tmp_path, [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in shapes])
+    for fit in ("crop", "pad"):
+        whole = load_catalog_images(cat, size=24, fit=fit)
+        one_batch = extract_features(model, whole, batch_size=len(whole), device="cpu", spatial=True)
+        streamed = extract_features(model, cat, batch_size=3, image_size=24, fit=fit, device="cpu", spatial=True,
+                                    num_workers=2)
+        np.testing.assert_allclose(streamed.features, one_batch.features, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(streamed.spatial, one_batch.spatial, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(streamed.classes, one_batch.classes)
+    with pytest.raises(InvalidInput, match=r"extractors\[\]\.image_size"):
+        extract_features(model, cat, device="cpu")  # mixed sizes at native size
+
+
+def test_arrays_and_catalog_share_the_fit_geometry(tmp_path, model):
+    wide = np.zeros((2, 20, 40, 3), np.uint8)
+    wide[:, :, :10], wide[:, :, 10:] = (250, 30, 30), (30, 30, 250)  # a red stripe that crop cuts off
+    cat = _png_catalog(tmp_path, wide, ids=["a", "b"])
+    feats = {}
+    for fit in ("crop", "pad", "stretch"):
+        feats[fit] = extract_features(model, wide, image_size=16, fit=fit, device="cpu").features
+        from_files = extract_features(model, cat, image_size=16, fit=fit, device="cpu").features
+        np.testing.assert_allclose(from_files, feats[fit], atol=0.01)  # PIL and torch bicubic differ slightly
+    for a, b in (("crop", "pad"), ("crop", "stretch"), ("pad", "stretch")):
+        assert np.abs(feats[a] - feats[b]).max() > 0.05, (a, b)  # ... while the geometries differ clearly
+    with pytest.raises(InvalidInput, match="fit must be one of"):
+        extract_features(model, wide, image_size=16, fit="squash", device="cpu")
 
 
 def test_resnet50_spatial_map_at_224():
@@ -145,20 +174,3 @@ def test_study_outputs_are_validated_before_writing(tmp_path, model, images):
     assert not (tmp_path / "x").exists()
     with pytest.raises(NotFound):
         read_study_outputs(tmp_path / "x")
-
-
-def test_runtime_caches_models_by_checkpoint_sha256(tmp_path, model, images):
-    path = save_model_file(model, tmp_path / "m.pt")
-    runtime = ExtractorRuntime(device="cpu", max_models=1)
-    key = runtime.load(path, "small_cnn")
-    assert key == hashlib.sha256(path.read_bytes()).hexdigest()
-    first = runtime.get(key)
-    assert runtime.load(path, "small_cnn") == key and runtime.get(key) is first
-    np.testing.assert_allclose(runtime.extract(key, images).features,
-                               extract_features(model, images, device="cpu").features, rtol=1e-6, atol=1e-7)
-    torch.manual_seed(5)
-    other = save_model_file(build_model("small_cnn", NAMES), tmp_path / "o.pt")
-    key2 = runtime.load(other, "small_cnn")
-    assert key2 != key and runtime.keys() == [key2]  # LRU evicted the first
-    with pytest.raises(NotFound):
-        runtime.get(key)
