@@ -50,11 +50,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from advrec.pipeline.spec import load_spec
+    from advrec.pipeline.preflight import preflight
+    from advrec.pipeline.spec import read_spec_document
 
-    spec = load_spec(args.spec)  # invalid specs fail here, before any work starts
+    settings = _settings(args)
+    checked = preflight(read_spec_document(args.spec), device=args.device or settings.device,
+                        max_pixels=settings.max_image_pixels)
+    for loc, msg in checked.warnings:
+        print(f"advrec: warning: {loc}: {msg}")
+    spec = checked.raise_for_problems(f"{args.spec}: invalid evaluation spec")  # before any work starts
     if args.validate:
-        print(f"spec {spec.name!r} is valid")
+        facts = ", ".join(f"{k} {v}" for k, v in checked.facts.items() if isinstance(v, int))
+        print(f"spec {spec.name!r} is valid" + (f" ({facts})" if facts else ""))
         return 0
     return _run(spec, args)
 

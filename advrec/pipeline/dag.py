@@ -144,7 +144,7 @@ def _dir_fingerprint(path: Path) -> str:
 def dataset_params(spec: EvaluationSpec) -> dict[str, Any]:
     """Parameters of the dataset step, with content fingerprints of on-disk inputs."""
     ds = spec.dataset
-    params: dict[str, Any] = ds.model_dump(mode="json")
+    params: dict[str, Any] = ds.step_params()
     if ds.kind == "study":
         root = Path(ds.root)  # type: ignore[arg-type]
         params["fingerprint"] = {

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from advrec_common.datasets.generic_layout import CategoryColumns, InteractionColumns
 from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
 from services.attacker.spec import METHODS, AttackParams, AttackSpec
@@ -49,7 +50,11 @@ class DatasetSpec(_Strict):
     images_dir: Path | None = None
     interactions: Path | None = None
     categories: Path | None = None
-    kcore: int = Field(0, ge=0)
+    columns: InteractionColumns = Field(default_factory=InteractionColumns,
+                                        description="which interactions columns hold user, item, time, rating")
+    category_columns: CategoryColumns = Field(default_factory=CategoryColumns,
+                                              description="which categories columns hold the item and its label")
+    kcore: int = Field(0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _paths_for_kind(self) -> DatasetSpec:
@@ -58,6 +63,18 @@ class DatasetSpec(_Strict):
         if self.kind == "generic" and (self.images_dir is None or self.interactions is None):
             raise ValueError("dataset.kind 'generic' needs dataset.images_dir and dataset.interactions")
         return self
+
+    @field_serializer("columns", "category_columns")
+    def _columns_as_given(self, columns: InteractionColumns | CategoryColumns) -> dict[str, Any]:
+        return columns.model_dump(mode="json", exclude_unset=True)
+
+    def step_params(self) -> dict[str, Any]:
+        """The dataset step's parameters: the column settings only for file catalogs (stable keys)."""
+        params = self.model_dump(mode="json")
+        if self.kind != "generic":
+            params.pop("columns")
+            params.pop("category_columns")
+        return params
 
 
 class ExtractorSpec(_Strict):

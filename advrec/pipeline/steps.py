@@ -77,9 +77,15 @@ def step_dataset(ctx: StepContext) -> None:
 
         ds = load_study_dataset(p["root"])
     else:
-        from advrec_common.datasets.generic_layout import load_generic_dataset
+        from advrec_common.datasets.generic_layout import (
+            CategoryColumns,
+            InteractionColumns,
+            load_generic_dataset,
+        )
 
-        ds = load_generic_dataset(p["images_dir"], p["interactions"], p.get("categories"), kcore=p.get("kcore", 0))
+        ds = load_generic_dataset(p["images_dir"], p["interactions"], p.get("categories"), kcore=p.get("kcore", 0),
+                                  columns=InteractionColumns.model_validate(p.get("columns", {})),
+                                  category_columns=CategoryColumns.model_validate(p.get("category_columns", {})))
     # the executor reads n_items from the artifact's meta.json to plan the attack shards
     ctx.meta.update(write_dataset_artifact(ctx.out, ds))
 
