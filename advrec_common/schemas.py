@@ -123,7 +123,7 @@ class AttackInfo(BaseModel):
     parameters: dict[str, Any] = Field(description="JSON schema of AttackSpec's fields.")
 
 
-Delivery = Literal["png8", "float", "jpeg"]
+Delivery = Literal["png8", "png8_truncate", "float", "jpeg"]
 
 
 class CatalogAttackRequest(_Model):

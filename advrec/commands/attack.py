@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--origin", default="sandal", help="Category whose items are attacked.")
     demo.add_argument("--target", default="sneaker", help="Category the attack pushes them toward.")
     demo.add_argument("--defenses", default=",".join(DEFENSES), help="Demo extractors to attack.")
-    demo.add_argument("--delivery", choices=["png8", "float", "jpeg"], default="png8")
+    demo.add_argument("--delivery", choices=["png8", "png8_truncate", "float", "jpeg"], default="png8")
     demo.add_argument("--budget-space", choices=["pixel", "normalized"], default="pixel")
     demo.add_argument("--max-items", type=int, default=None, help="Attack at most this many origin items.")
     demo.add_argument("--store", default=None, help="Artifact store folder (default: the settings' store).")

@@ -33,12 +33,14 @@ STEP_VERSIONS: dict[str, str] = {
     "dataset": "1",
     "extractor": "1",
     "features": FEATURES_VERSION,  # the extractor service computes the same key
-    "train": "1",
-    "scenario": "1",
-    "attack_shard": "2",
-    "adversarial": "1",
-    "evaluate": "1",
-    "report": "1",
+    "train": "2",  # R replicates per model
+    "scenario": "2",  # ranks categories over every replicate's clean lists
+    "attack_shard": "3",  # per-image eligibility, float-domain success, changed flags
+    "adversarial": "2",  # SR over eligible images, float SR, all-zero flag
+    "placebo": "1",
+    "oracle": "1",
+    "evaluate": "2",  # per-replicate metrics, replicate-level tests
+    "report": "2",
 }
 
 # Which Celery queue runs each kind (GPU workers serve extract/attack).
@@ -50,6 +52,8 @@ STEP_QUEUES: dict[str, str] = {
     "scenario": "recommend",
     "attack_shard": "attack",
     "adversarial": "attack",
+    "placebo": "attack",
+    "oracle": "recommend",
     "evaluate": "recommend",
     "report": "orchestrate",
 }
@@ -211,7 +215,8 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
               {"dataset": "dataset", "extractor": f"extractor/{ext.name}"})
 
     def rec_params(rec) -> dict[str, Any]:
-        return {"recommender": rec.name, "config": rec.config_params(), "seed": spec.seed, "max_k": max_k}
+        return {"recommender": rec.name, "config": rec.config_params(), "seed": spec.seed,
+                "replicates": spec.replicates, "max_k": max_k}
 
     for ext in spec.extractors:
         for rec in spec.recommenders:
@@ -223,8 +228,23 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
     p.add("scenario", "scenario", {**spec.scenario.model_dump(mode="json"), "recommender": scen_rec},
           {"dataset": "dataset", "features": f"features/{first_ext}", "train": train_name(first_ext, scen_rec)})
 
+    def evaluations(prefix: str, ext_name: str, perturbation: str, control: str,
+                    recommenders: list[Any]) -> None:
+        for rec in recommenders:
+            for mode in spec.modes:
+                p.add(f"{prefix}/{rec.name}/{mode}", "evaluate",
+                      {**rec_params(rec), "mode": mode, "ks": spec.ks, "control": control},
+                      {"dataset": "dataset", "features": f"features/{ext_name}", "scenario": "scenario",
+                       "train": train_name(ext_name, rec.name), "perturbation": perturbation})
+
     n_shards = max(1, -(-n_items // spec.shard_size))
     for ext in spec.extractors:
+        if "oracle" in spec.controls:
+            oracle = p.add(f"oracle/{ext.name}", "oracle", {"spatial": spatial},
+                           {"features": f"features/{ext.name}", "scenario": "scenario"})
+            # the oracle moves features: a recommender that learns from pixels has nothing it could move
+            evaluations(f"evaluate/{ext.name}/oracle", ext.name, oracle, "oracle",
+                        [r for r in spec.recommenders if uses_extractor(r.name)])
         for atk in spec.attacks:
             for eps in atk.eps:
                 cell = cell_name(ext.name, atk.method, eps)
@@ -235,18 +255,20 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
                     shards.append(p.add(f"attack/{cell}/shard{s}", "attack_shard", {**attack_params, "items": [lo, hi]},
                                         {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
                                          "features": f"features/{ext.name}", "scenario": "scenario"}))
-                p.add(f"adversarial/{cell}", "adversarial", {"n_shards": n_shards},
-                      {"dataset": "dataset", "features": f"features/{ext.name}", "scenario": "scenario",
-                       "shards": shards})
-                for rec in spec.recommenders:
-                    for mode in spec.modes:
-                        p.add(f"evaluate/{cell}/{rec.name}/{mode}", "evaluate",
-                              {**rec_params(rec), "mode": mode, "ks": spec.ks},
-                              {"dataset": "dataset", "features": f"features/{ext.name}", "scenario": "scenario",
-                               "train": train_name(ext.name, rec.name), "adversarial": f"adversarial/{cell}"})
+                adversarial = p.add(f"adversarial/{cell}", "adversarial", {"n_shards": n_shards},
+                                    {"dataset": "dataset", "features": f"features/{ext.name}",
+                                     "scenario": "scenario", "shards": shards})
+                evaluations(f"evaluate/{cell}", ext.name, adversarial, "attack", spec.recommenders)
+                if "placebo" in spec.controls:
+                    placebo = p.add(f"placebo/{cell}", "placebo",
+                                    {"draws": spec.replicates, "seed": spec.seed, "image_size": ext.image_size,
+                                     "delivery": atk.delivery, "jpeg_quality": atk.jpeg_quality, "spatial": spatial},
+                                    {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
+                                     "features": f"features/{ext.name}", "adversarial": adversarial})
+                    evaluations(f"evaluate/{cell}/placebo", ext.name, placebo, "placebo", spec.recommenders)
     evals = [s.name for s in p if s.kind == "evaluate"]
     p.add("report", "report", {"spec": json.loads(spec.model_dump_json()),
                                "gallery_users": spec.gallery_users},
           {"steps": [s.name for s in p if s.kind in ("dataset", "extractor", "features", "train", "scenario",
-                                                      "adversarial")] + evals})
+                                                      "adversarial", "placebo", "oracle")] + evals})
     return p

@@ -6,6 +6,7 @@ and the body of ``POST /v1/jobs``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,7 +114,9 @@ class AttackGridSpec(_Strict):
     steps: int | None = Field(None, ge=1)
     step_size: float | None = Field(None, gt=0)
     budget_space: Literal["pixel", "normalized"] = "pixel"
-    delivery: Literal["png8", "float", "jpeg"] = "png8"
+    delivery: Literal["png8", "png8_truncate", "float", "jpeg"] = Field(
+        "png8", description="png8: 8-bit, rounded inside the budget; png8_truncate: the study's truncation; "
+        "float: lossless; jpeg: JPEG at jpeg_quality")
     jpeg_quality: int = Field(90, ge=1, le=95)
     params: AttackParams = Field(default_factory=AttackParams,
                                  description="the method's own knobs (e.g. cw_steps, random_start, queries)")
@@ -128,13 +131,23 @@ class AttackGridSpec(_Strict):
     @field_validator("eps")
     @classmethod
     def _eps_ok(cls, v: list[float]) -> list[float]:
-        if any(e < 0 or e != e for e in v):
-            raise ValueError("eps must be >= 0 (in /255 units)")
+        if any(not math.isfinite(e) or e < 0 for e in v):
+            raise ValueError("eps must be finite and >= 0 (in /255 units)")
+        small = [e for e in v if 0 < e < 1]
+        if small:
+            raise ValueError(f"eps is in 1/255 units (8 means 8/255), so {small[0]:g} is a fraction of one grey "
+                             f"level and changes nothing once delivered; did you mean {small[0] * 255:g}?")
         return sorted(set(v))
 
     @model_validator(mode="after")
     def _valid_attacks(self) -> AttackGridSpec:
-        """Every (method, eps) is a valid :class:`AttackSpec` (norm, budget space, eps = 0 ...)."""
+        """Every (method, eps) is a valid :class:`AttackSpec` (norm, budget space, eps = 0 ...), and the
+        delivery can carry the budget (never a silent zero perturbation)."""
+        if self.budget_space == "normalized" and self.delivery in ("png8", "jpeg"):
+            raise ValueError(
+                f"budget_space 'normalized' allows about eps x 0.23 grey levels per channel (< 1 level at eps 4): "
+                f"delivery {self.delivery!r} rounds inside that budget and erases the attack. Use delivery "
+                "'png8_truncate' (the study's 8-bit quantisation) or 'float'")
         if self.method in METHODS:
             for eps in self.eps:
                 try:
@@ -218,6 +231,12 @@ class EvaluationSpec(_Strict):
     scenario: ScenarioSpec = Field(default_factory=ScenarioSpec)
     modes: list[Literal["retrain", "deployment"]] = Field(default_factory=lambda: ["retrain", "deployment"], min_length=1)
     seed: int = 0
+    replicates: int = Field(3, ge=1, le=50, description="retrain seeds seed..seed+R-1: every trained model "
+                            "(clean, attacked, controls) is trained R times; effects are tested across them")
+    controls: list[Literal["placebo", "oracle"]] = Field(
+        default_factory=lambda: ["placebo", "oracle"],
+        description="placebo: random perturbations of each attack's delivered size; oracle: origin items' "
+        "features set to the target category's mean feature (the most moving features can do)")
     shard_size: int = Field(256, ge=1, description="items per attack shard")
     gallery_users: int = Field(1, ge=0, le=20)
 

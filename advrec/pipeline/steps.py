@@ -25,7 +25,16 @@ from advrec_common.datasets.types import RecDataset
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import load_extractor_artifact, write_extractor_artifact
-from services.attacker.artifacts import load_adversarial, merge_shards, read_shard, write_shard
+from services.attacker.artifacts import (
+    Perturbation,
+    load_adversarial,
+    load_perturbation,
+    merge_shards,
+    read_shard,
+    write_oracle,
+    write_placebo,
+    write_shard,
+)
 from services.extractor.artifacts import FeatureSet, load_features, write_catalog_features
 from services.recommender.artifacts import (
     load_model,
@@ -127,6 +136,22 @@ def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items
     return model, report
 
 
+def _fit_replicates(rec_name: str, config: dict[str, Any], seeds: list[int], ds: RecDataset,
+                    items: list[ItemSide], device: str, progress: Any = None) -> list[tuple[Any, Any]]:
+    """One fitted model per seed; replicate r trains on ``items[r]`` with seed ``seeds[r]``."""
+    out = []
+    for r, (seed, side) in enumerate(zip(seeds, items, strict=True)):
+        out.append(_fit(rec_name, config, seed, ds, side, device))
+        if progress is not None:
+            progress({"done": r + 1, "total": len(seeds), "unit": "models"})
+    return out
+
+
+def _seeds(p: dict[str, Any]) -> list[int]:
+    """The replicates' seeds: seed, seed+1, ..., seed+R-1."""
+    return [int(p["seed"]) + r for r in range(int(p.get("replicates", 1)))]
+
+
 def _accuracy(model, ds: RecDataset, ks: list[int], items: ItemSide | None = None) -> dict[str, Any]:
     from services.recommender.metrics.accuracy import evaluate_accuracy
 
@@ -136,6 +161,12 @@ def _accuracy(model, ds: RecDataset, ks: list[int], items: ItemSide | None = Non
 def _means(acc: dict[str, Any]) -> dict[str, float]:
     """Scalar means of an accuracy result (drops the per-user vectors)."""
     return {k: float(v) for k, v in acc.get("means", acc).items() if isinstance(v, int | float | np.floating)}
+
+
+def _average(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of numeric dicts (keys present in every one)."""
+    keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
+    return {k: float(np.mean([d[k] for d in dicts])) for k in sorted(keys)}
 
 
 def _ks_for(max_k: int) -> list[int]:
@@ -149,7 +180,7 @@ def _dump(obj: Any) -> Any:
 
 
 def step_train(ctx: StepContext) -> None:
-    """Train a recommender on clean features; store the model, top-K lists and accuracy."""
+    """Train a recommender R times (its seeds) on clean features; store the models, lists and accuracy."""
     import time
 
     from services.recommender.scoring import topk
@@ -161,17 +192,20 @@ def step_train(ctx: StepContext) -> None:
     feats_key = ctx.input("features") if ctx.has_input("features") else None
     feats = load_features(ctx.store, feats_key) if feats_key else None
     items = _item_side(feats, ds, needs)
+    seeds = _seeds(p)
     t0 = time.perf_counter()
-    model, report = _fit(p["recommender"], p["config"], p["seed"], ds, items, ctx.device)
+    fitted = _fit_replicates(p["recommender"], p["config"], seeds, ds, [items] * len(seeds), ctx.device, ctx.progress)
     fit_seconds = time.perf_counter() - t0
-    _, top = topk(model, None, min(p["max_k"], ds.n_items), exclude=ds.train)
-    acc = _accuracy(model, ds, _ks_for(p["max_k"]))
+    k = min(p["max_k"], ds.n_items)
+    tops = np.stack([topk(model, None, k, exclude=ds.train)[1].cpu().numpy() for model, _ in fitted])
+    accs = [_means(_accuracy(model, ds, _ks_for(p["max_k"]))) for model, _ in fitted]
     lineage = {"dataset": ctx.input("dataset"), "features": feats_key, "extractor": None, "image_size": None}
     if feats_key:
         fmeta = ctx.store.meta(feats_key)
         lineage.update(extractor=fmeta.get("deps", {}).get("extractor"), image_size=fmeta["params"].get("image_size"))
-    write_train_artifact(ctx.out, model, top.cpu().numpy(),
-                         {"fit_seconds": fit_seconds, "report": _dump(report), "accuracy": _means(acc)}, lineage)
+    info = {"fit_seconds": fit_seconds, "seeds": seeds, "reports": [_dump(r) for _, r in fitted],
+            "accuracy": _average(accs), "accuracy_per_replicate": accs}
+    write_train_artifact(ctx.out, [m for m, _ in fitted], tops, info, lineage)
 
 
 def step_scenario(ctx: StepContext) -> None:
@@ -181,7 +215,8 @@ def step_scenario(ctx: StepContext) -> None:
     p = ctx.params
     feats = load_features(ctx.store, ctx.input("features"), arrays=False)
     names = feats.category_names
-    top = load_topk(ctx.store, ctx.input("train"))
+    tops = load_topk(ctx.store, ctx.input("train"))
+    top = tops.reshape(-1, tops.shape[-1])  # every replicate's lists: the ranking averages over seeds
     # the target must be a class the extractor can be pushed toward
     targetable = [n in feats.class_names for n in names]
     proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
@@ -242,9 +277,105 @@ def step_adversarial(ctx: StepContext) -> None:
     merge_shards(ctx.out, feats.features, feats.spatial, shards, seconds, len(ds.catalog))
 
 
+def step_placebo(ctx: StepContext) -> None:
+    """R placebo draws of an attack cell: its delivered perturbations shuffled per image, re-extracted."""
+    from services.attacker.controls import perturbation_size, placebo_images
+    from services.extractor.extraction import extract_features
+
+    p = ctx.params
+    ds = _dataset(ctx)
+    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
+    feats = load_features(ctx.store, ctx.input("features"))
+    adv = load_adversarial(ctx.store, ctx.input("adversarial"))
+    items, draws = adv.items, int(p["draws"])
+    dim = feats.features.shape[1]
+    if len(items) == 0 or adv.images is None:
+        empty = np.zeros((draws, 0, dim), np.float32)
+        write_placebo(ctx.out, items, empty, None, np.zeros((draws, 0, 1, 1, 3), np.uint8), {"n": 0})
+        return
+    clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=p.get("image_size"))
+    images = placebo_images(clean, adv.images, draws, int(p["seed"]), p["delivery"], int(p["jpeg_quality"]))
+    rows, maps, sizes = [], [], []
+    for r in range(draws):
+        x = images[r] if images.dtype == np.uint8 else np.ascontiguousarray(images[r].transpose(0, 3, 1, 2))
+        res = extract_features(model, x, device=ctx.device, spatial=bool(p["spatial"]))
+        rows.append(res.features)
+        if res.spatial is not None:
+            maps.append(res.spatial)
+        sizes.append(perturbation_size(clean, images[r]))
+        ctx.report_progress(r + 1, draws, "draws")
+    features = np.stack(rows)
+    clean_rows = np.asarray(feats.features)[items]
+    summary = {"n": int(len(items)), "draws": draws, **_average(sizes),
+               "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)),
+               "attack_linf_255": adv.summary.get("linf_255"), "attack_l2_255": adv.summary.get("l2_255"),
+               "attack_feat_mse": adv.summary.get("feat_mse")}
+    write_placebo(ctx.out, items, features, np.stack(maps) if maps else None, images, summary)
+
+
+def step_oracle(ctx: StepContext) -> None:
+    """The positive control: origin items' features set to the target category's mean feature."""
+    from services.attacker.controls import oracle_rows
+
+    feats = load_features(ctx.store, ctx.input("features"))
+    scen = load_scenario(ctx.store, ctx.input("scenario"))
+    names = feats.category_names
+    if scen["origin"] not in names or scen["target"] not in names:
+        missing = [n for n in (scen["origin"], scen["target"]) if n not in names]
+        raise InvalidInput(f"oracle: {missing} is not a category of the catalog's items under this extractor")
+    origin, target = names.index(scen["origin"]), names.index(scen["target"])
+    cats = np.asarray(feats.categories)
+    items, rows = oracle_rows(feats.features, cats, origin, target)
+    spatial = None
+    if ctx.params.get("spatial") and feats.spatial is not None:
+        spatial = oracle_rows(feats.spatial, cats, origin, target)[1]
+    summary = {"n": int(len(items)), "n_target_items": int((cats == target).sum()),
+               "feat_mse": float(np.mean((rows - np.asarray(feats.features)[items]) ** 2)) if len(items) else 0.0}
+    write_oracle(ctx.out, items, rows, spatial, summary)
+
+
+def _perturbed(clean: ItemSide, pert: Perturbation, draw: int, needs: frozenset[str]) -> ItemSide:
+    """The clean item side with the perturbation's rows of one draw replaced (only the fields ``needs``)."""
+    if len(pert.items) == 0:
+        return clean
+    idx = torch.as_tensor(pert.items, dtype=torch.long)
+    changes: dict[str, torch.Tensor] = {}
+    if "features" in needs and pert.features is not None:
+        f = clean.features.clone()
+        f[idx] = torch.as_tensor(pert.features[draw], dtype=torch.float32)
+        changes["features"] = f
+    if "spatial" in needs and pert.spatial is not None:
+        sp = clean.spatial.clone()
+        sp[idx] = torch.as_tensor(pert.spatial[draw], dtype=torch.float32).flatten(2).transpose(1, 2)
+        changes["spatial"] = sp
+    if "images" in needs and pert.images is not None:
+        im = clean.images.clone()
+        im[idx] = torch.as_tensor(pert.images[draw]).permute(0, 3, 1, 2)
+        changes["images"] = im
+    return clean.replace(**changes) if changes else clean
+
+
+def _exposure(top_before: torch.Tensor, top_after: torch.Tensor, item_cat: torch.Tensor, origin: int,
+              k: int) -> dict[str, tuple[float, float, np.ndarray, np.ndarray]]:
+    """metric -> (value before, value after, per-user before, per-user after) of the origin category."""
+    from services.recommender.metrics.category import chr_at_k, ncdcg_at_k
+
+    fns = {"chr": lambda t: chr_at_k(t, item_cat, origin, k, form="normalized"),
+           "chr_count": lambda t: chr_at_k(t, item_cat, origin, k, form="count"),
+           "ncdcg": lambda t: ncdcg_at_k(t, item_cat, origin, k)}
+    out = {}
+    for metric, fn in fns.items():
+        v0, u0 = fn(top_before)
+        v1, u1 = fn(top_after)
+        out[metric] = (float(v0), float(v1), np.asarray(u0, dtype=np.float64), np.asarray(u1, dtype=np.float64))
+    return out
+
+
 def step_evaluate(ctx: StepContext) -> None:
-    """Re-rank with attacked features (retrain or deployment) and measure the origin category's exposure."""
-    from services.recommender.metrics.category import chr_at_k, ncdcg_at_k, rank_shift
+    """Re-rank every replicate with the perturbed item side (retrain or deployment); measure the origin
+    category's exposure per replicate, the effect across replicates and the study's test over users."""
+    from services.recommender.metrics.category import rank_shift
+    from services.recommender.metrics.effects import replicate_effect, user_effect_interval
     from services.recommender.metrics.significance import paired_tests
     from services.recommender.scoring import topk
 
@@ -254,45 +385,53 @@ def step_evaluate(ctx: StepContext) -> None:
     scen = load_scenario(ctx.store, ctx.input("scenario"))
     train_key = ctx.input("train")
     needs = RECOMMENDER_NEEDS[p["recommender"]]
-    adv = load_adversarial(ctx.store, ctx.input("adversarial"))
-    attacked_idx = adv.items
-    images = None
-    if "images" in needs:
-        images = np.array(load_catalog_images(ds.catalog))
-        if len(attacked_idx):
-            images[attacked_idx] = adv.images_u8()
-    items_after = _item_side(feats, ds, needs, features=adv.features if "features" in needs else None,
-                             spatial=adv.spatial if "spatial" in needs else None, images=images)
+    pert = load_perturbation(ctx.store, ctx.input("perturbation"))
+    clean = _item_side(feats, ds, needs)
+    seeds = _seeds(p)
+    sides = [_perturbed(clean, pert, pert.draw(r), needs) for r in range(len(seeds))]
     max_k = min(p["max_k"], ds.n_items)
-    top_before = torch.as_tensor(load_topk(ctx.store, train_key))
+    tops_before = torch.as_tensor(load_topk(ctx.store, train_key))
+    if tops_before.shape[0] != len(seeds):
+        raise InvalidInput(f"the clean model has {tops_before.shape[0]} replicates, the evaluation {len(seeds)}")
+    tops_after, accs = [], []
     if p["mode"] == "retrain":
-        model, _ = _fit(p["recommender"], p["config"], p["seed"], ds, items_after, ctx.device)
-        _, top_after = topk(model, None, max_k, exclude=ds.train)
-        acc = _accuracy(model, ds, p["ks"])
+        for model, _ in _fit_replicates(p["recommender"], p["config"], seeds, ds, sides, ctx.device, ctx.progress):
+            tops_after.append(topk(model, None, max_k, exclude=ds.train)[1].cpu())
+            accs.append(_means(_accuracy(model, ds, p["ks"])))
     else:
-        model = load_model(ctx.store, train_key)
-        _, top_after = topk(model, None, max_k, exclude=ds.train, items=items_after)
-        acc = _accuracy(model, ds, p["ks"], items=items_after)
+        for r, side in enumerate(sides):
+            model = load_model(ctx.store, train_key, r)
+            tops_after.append(topk(model, None, max_k, exclude=ds.train, items=side)[1].cpu())
+            accs.append(_means(_accuracy(model, ds, p["ks"], items=side)))
+            ctx.report_progress(r + 1, len(sides), "models")
     origin = feats.category_names.index(scen["origin"])
     item_cat = torch.tensor(np.array(feats.categories), dtype=torch.int64)
     per_k = []
     for k in p["ks"]:
         if k > max_k:
             continue
+        reps = [_exposure(tops_before[r], tops_after[r], item_cat, origin, k) for r in range(len(seeds))]
         row: dict[str, Any] = {"k": k}
-        for metric, fn in (("chr", lambda t, kk: chr_at_k(t, item_cat, origin, kk, form="normalized")),
-                           ("chr_count", lambda t, kk: chr_at_k(t, item_cat, origin, kk, form="count")),
-                           ("ncdcg", lambda t, kk: ncdcg_at_k(t, item_cat, origin, kk))):
-            v0, u0 = fn(top_before, k)
-            v1, u1 = fn(top_after.cpu(), k)
-            test = paired_tests(np.asarray(u0, dtype=np.float64), np.asarray(u1, dtype=np.float64))
-            row[metric] = {"before": float(v0), "after": float(v1), "t_pvalue": test["t_pvalue"],
-                           "wilcoxon_pvalue": test["wilcoxon_pvalue"]}
+        for metric in reps[0]:
+            before = [rep[metric][0] for rep in reps]
+            after = [rep[metric][1] for rep in reps]
+            u0 = np.mean([rep[metric][2] for rep in reps], axis=0)  # per user, averaged over replicates
+            u1 = np.mean([rep[metric][3] for rep in reps], axis=0)
+            users = paired_tests(u0, u1)
+            lo, hi = user_effect_interval(u1 - u0)
+            row[metric] = {**replicate_effect(before, after), "before_per_replicate": before,
+                           "after_per_replicate": after, "user_t_pvalue": users["t_pvalue"],
+                           "user_wilcoxon_pvalue": users["wilcoxon_pvalue"], "user_ci_low": lo, "user_ci_high": hi,
+                           "n_users": users["n"]}
         per_k.append(row)
-    shift = rank_shift(top_before, top_after.cpu(), torch.as_tensor(attacked_idx)) if len(attacked_idx) else None
-    write_evaluation(ctx.out, top_after.cpu().numpy(), {
-        "mode": p["mode"], "recommender": p["recommender"], "origin": scen["origin"], "target": scen["target"],
-        "n_attacked": int(len(attacked_idx)), "per_k": per_k, "accuracy_after": _means(acc),
+    shift = None
+    if len(pert.items):
+        shifts = [rank_shift(tops_before[r], tops_after[r], torch.as_tensor(pert.items)) for r in range(len(seeds))]
+        shift = _average(shifts)
+    write_evaluation(ctx.out, torch.stack(tops_after).numpy(), {
+        "mode": p["mode"], "control": p.get("control", "attack"), "recommender": p["recommender"],
+        "origin": scen["origin"], "target": scen["target"], "n_perturbed": int(len(pert.items)),
+        "n_replicates": len(seeds), "seeds": seeds, "per_k": per_k, "accuracy_after": _average(accs),
         "rank_shift": shift,
     })
 
@@ -307,15 +446,30 @@ def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, An
         return keys[name]
 
     exts, recs = [e["name"] for e in spec["extractors"]], [r["name"] for r in spec["recommenders"]]
+    modes = spec["modes"]
     cells = [(e, a["method"], float(eps)) for e in exts for a in spec["attacks"] for eps in a["eps"]]
+    controls = spec.get("controls") or []
+    evaluate: dict[tuple[str, Any, str, str], str] = {}
+    for c in cells:
+        for r in recs:
+            for m in modes:
+                evaluate["attack", c, r, m] = key(f"evaluate/{cell_name(*c)}/{r}/{m}")
+                if "placebo" in controls:
+                    evaluate["placebo", c, r, m] = key(f"evaluate/{cell_name(*c)}/placebo/{r}/{m}")
+    if "oracle" in controls:
+        for e in exts:
+            for r in recs:
+                if uses_extractor(r):
+                    for m in modes:
+                        evaluate["oracle", (e, "oracle", 0.0), r, m] = key(f"evaluate/{e}/oracle/{r}/{m}")
     return RunArtifacts(
         store=store, scenario=key("scenario"), dataset=keys.get("dataset"),
         extractors={e: key(f"extractor/{e}") for e in exts}, features={e: key(f"features/{e}") for e in exts},
         train={(e, r): key(train_name(e, r)) for e in exts for r in recs},
         adversarial={c: key(f"adversarial/{cell_name(*c)}") for c in cells},
-        evaluate={(c, r, m): key(f"evaluate/{cell_name(*c)}/{r}/{m}") for c in cells for r in recs
-                  for m in spec["modes"]},
-        uses_extractor={r: uses_extractor(r) for r in recs},
+        placebo={c: key(f"placebo/{cell_name(*c)}") for c in cells} if "placebo" in controls else {},
+        oracle={e: key(f"oracle/{e}") for e in exts} if "oracle" in controls else {},
+        evaluate=evaluate, uses_extractor={r: uses_extractor(r) for r in recs},
     )
 
 
@@ -336,6 +490,8 @@ STEP_FUNCTIONS: dict[str, Callable[[StepContext], None]] = {
     "scenario": step_scenario,
     "attack_shard": step_attack_shard,
     "adversarial": step_adversarial,
+    "placebo": step_placebo,
+    "oracle": step_oracle,
     "evaluate": step_evaluate,
     "report": step_report,
 }

@@ -31,10 +31,13 @@ def build_report(art: RunArtifacts, spec: dict[str, Any], gallery_users: int, ou
     from advrec.report.gallery import build_gallery, gallery_meta
     from advrec.report.html import render_html
     from advrec.report.plots import build_plots
-    from advrec.report.tables import build_tables, write_csv
+    from advrec.report.stats import annotate
+    from advrec.report.tables import build_tables, long_rows, write_csv, write_parquet
 
     t0 = time.perf_counter()
     results = collect_results(art, spec)
+    results["tests"] = annotate(results, summary_k(results))
+    results = json_clean(results)
     results["findings"] = json_clean(derive_findings(results))
     gallery = build_gallery(art, results, int(gallery_users))
     results["gallery"] = json_clean(gallery_meta(gallery))
@@ -44,6 +47,9 @@ def build_report(art: RunArtifacts, spec: dict[str, Any], gallery_users: int, ou
     (out / "tables").mkdir()
     for name, rows in tables.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
+    long = long_rows(results)
+    write_csv(out / "tables" / "long.csv", long)
+    write_parquet(out / "tables" / "long.parquet", long)
     _dump(out / "results.json", results)
     _dump(out / "findings.json", {"schema_version": results["schema_version"], "k": k, "alpha": results["alpha"],
                                   "origin": results["scenario"].get("origin"),

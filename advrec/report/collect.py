@@ -2,8 +2,9 @@
 
 Nothing here computes a metric: each figure is copied from the artifact that produced it (read
 through the producing domain's artifact module), together with the configuration it belongs to
-(extractor, attack method, budget, recommender, mode, K). Findings, tables, plots and the HTML
-page are all derived from this one dict.
+(extractor, attack method, budget, control, recommender, mode, K). The tests across a run
+(multiplicity correction, paired success-rate comparisons, correlations) are :mod:`.stats`;
+findings, tables, plots and the HTML page are derived from this one dict.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from advrec_common.datasets.artifact import dataset_name
 from advrec_common.errors import InvalidInput
 from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import extractor_info
-from services.attacker.artifacts import load_adversarial
+from services.attacker.artifacts import load_adversarial, load_perturbation
 from services.extractor.artifacts import load_features
 from services.recommender.artifacts import load_metrics, load_scenario, train_info
 
-SCHEMA_VERSION = 1
-ALPHA = 0.05  # significance level of the study's `*` mark (paired t-test p <= 0.05)
+SCHEMA_VERSION = 2
+ALPHA = 0.05  # false discovery rate of the verdicts (Benjamini-Hochberg over every test of the run)
 
 # the extractor's training report fields worth keeping in results.json
 _EXTRACTOR_REPORT_FIELDS = ("method", "clean_accuracy", "robust_accuracy", "eval_eps", "eval_steps", "epochs",
                             "train_seconds", "n_train", "n_val")
+CONTROLS = ("attack", "placebo", "oracle")
+# metrics whose tests enter the family (chr_count is chr times K: the same hypothesis)
+TESTED_METRICS = ("chr", "ncdcg")
 
 
 # -- small shared helpers --------------------------------------------------------------------------
@@ -44,13 +48,9 @@ def finite(x: Any) -> float | None:
 
 
 def is_significant(p: Any, alpha: float = ALPHA) -> bool:
-    """The study's rule: a p-value marks a change when p <= alpha (missing/NaN never does)."""
+    """p <= alpha (missing/NaN never is)."""
     v = finite(p)
     return v is not None and v <= alpha
-
-
-def mark(p: Any, alpha: float = ALPHA) -> str:
-    return "*" if is_significant(p, alpha) else ""
 
 
 def headline_k(ks: list[int]) -> int:
@@ -105,8 +105,9 @@ class RunArtifacts:
     """The report's inputs by role: the artifact keys of one run's steps.
 
     ``train`` is keyed by (extractor, recommender) (a pixel recommender's one model is listed under
-    every extractor, with ``uses_extractor`` False), ``adversarial`` by cell, ``evaluate`` by
-    (cell, recommender, mode).
+    every extractor, with ``uses_extractor`` False), ``adversarial``/``placebo`` by cell,
+    ``oracle`` by extractor, ``evaluate`` by (control, cell, recommender, mode) where the cell of an
+    oracle evaluation is ``(extractor, "oracle", 0.0)``.
     """
 
     store: ArtifactStore
@@ -115,7 +116,9 @@ class RunArtifacts:
     features: dict[str, str]
     train: dict[tuple[str, str], str]
     adversarial: dict[Cell, str]
-    evaluate: dict[tuple[Cell, str, str], str]
+    evaluate: dict[tuple[str, Cell, str, str], str]
+    placebo: dict[Cell, str] = field(default_factory=dict)
+    oracle: dict[str, str] = field(default_factory=dict)
     dataset: str | None = None
     uses_extractor: dict[str, bool] = field(default_factory=dict)
 
@@ -132,21 +135,42 @@ def check_spec(spec: Any) -> dict[str, Any]:
     return spec
 
 
+def _origin_recognition(feats: Any, origin: str | None) -> float | None:
+    """Share of the origin category's items that the extractor classifies as the origin class.
+
+    None where it is not informative: the origin is not one of the extractor's classes, or the
+    categories are the extractor's own classes (then it is 1 by construction).
+    """
+    names, cats, classes = feats.category_names, np.asarray(feats.categories), np.asarray(feats.classes)
+    if origin not in names or origin not in feats.class_names:
+        return None
+    own_classes = list(names) == list(feats.class_names) and np.array_equal(cats, classes)
+    members = cats == names.index(origin)
+    if own_classes or not members.any():
+        return None
+    return float((classes[members] == feats.class_names.index(origin)).mean())
+
+
 def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for ext in spec["extractors"]:
         name = ext["name"]
         info = extractor_info(art.store, art.extractors[name])
         rep = info.get("report") or None
-        feats = load_features(art.store, art.features[name], arrays=False)
+        feats = load_features(art.store, art.features[name])
         class_names, classes = feats.category_names, feats.categories
         n_origin = int((classes == class_names.index(origin)).sum()) if origin in class_names else None
+        recognition = _origin_recognition(feats, origin)
         out[name] = {
             "defense": ext.get("defense"), "source": info.get("source", ext.get("source")),
             "backbone": info.get("backbone", ext.get("backbone")),
             "report": {f: rep.get(f) for f in _EXTRACTOR_REPORT_FIELDS if f in rep} if rep else None,
             "n_classes": len(info.get("class_names") or class_names), "feature_dim": info.get("feature_dim"),
             "n_items": int(classes.shape[0]), "n_origin_items": n_origin,
+            "category_source": art.store.meta(art.features[name]).get("result", {}).get("category_source"),
+            "origin_recognition": recognition,
+            # an extractor that does not see most origin items as the origin class is a weak comparison
+            "weak": recognition is not None and recognition < 0.5,
         }
     return out
 
@@ -158,7 +182,8 @@ def _clean(art: RunArtifacts, spec: dict[str, Any]) -> list[dict[str, Any]]:
             train = train_info(art.store, art.train[ext["name"], rec["name"]])
             rows.append({"extractor": ext["name"], "recommender": rec["name"],
                          "uses_extractor": art.uses_extractor.get(rec["name"], True),
-                         "accuracy": flat_accuracy(train.get("accuracy")), "fit_seconds": train.get("fit_seconds")})
+                         "accuracy": flat_accuracy(train.get("accuracy")), "fit_seconds": train.get("fit_seconds"),
+                         "n_replicates": len(train.get("seeds") or [0])})
     return rows
 
 
@@ -167,8 +192,35 @@ def _attack_entry(ext: str, atk: dict[str, Any], eps: float) -> dict[str, Any]:
             "steps": atk.get("steps"), "budget_space": atk.get("budget_space"), "delivery": atk.get("delivery")}
 
 
+def _success_by_item(art: RunArtifacts, cell: Cell) -> dict[str, tuple[bool, bool]]:
+    """item id -> (eligible, success) of an attack cell's images."""
+    table = load_adversarial(art.store, art.adversarial[cell], arrays=False).table
+    return {str(r["item"]): (r.get("clean_is_target") is not True, bool(r.get("success")))
+            for r in table if r.get("success") is not None}
+
+
+def sr_pairs(art: RunArtifacts, spec: dict[str, Any], base: str) -> list[dict[str, Any]]:
+    """Per defended extractor and attack setting, the paired success counts against ``base`` over the
+    items attacked and eligible under both: b = succeeded under base only, c = under the defense only."""
+    out = []
+    exts = [e["name"] for e in spec["extractors"] if e["name"] != base]
+    for ext in exts:
+        for atk in spec["attacks"]:
+            for eps in atk["eps"]:
+                c0, c1 = (base, atk["method"], float(eps)), (ext, atk["method"], float(eps))
+                s0, s1 = _success_by_item(art, c0), _success_by_item(art, c1)
+                both = [i for i in s0 if i in s1 and s0[i][0] and s1[i][0]]
+                b = sum(1 for i in both if s0[i][1] and not s1[i][1])
+                c = sum(1 for i in both if s1[i][1] and not s0[i][1])
+                out.append({"baseline": base, "extractor": ext, "method": atk["method"], "eps": float(eps),
+                            "n_paired": len(both), "base_only": b, "defense_only": c,
+                            "both": sum(1 for i in both if s0[i][1] and s1[i][1])})
+    return out
+
+
 def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
-    """The run's numbers with their configurations (the ``results.json`` document, minus findings)."""
+    """The run's numbers with their configurations (the ``results.json`` document, minus the run-wide
+    tests and findings)."""
     spec = check_spec(spec)
     store = art.store
     scenario = load_scenario(store, art.scenario)
@@ -178,25 +230,32 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
     attacks, evaluations = [], []
     for ext, atk, eps in cells(spec):
         cell = (ext, atk["method"], eps)
-        summary = load_adversarial(store, art.adversarial[cell], arrays=False).summary
-        attacks.append({**_attack_entry(ext, atk, eps), "summary": summary})
-        for rec in spec["recommenders"]:
-            for mode in spec["modes"]:
-                m = load_metrics(store, art.evaluate[cell, rec["name"], mode])
-                evaluations.append({
-                    "extractor": ext, "method": atk["method"], "eps": eps, "recommender": rec["name"], "mode": mode,
-                    "n_attacked": m.get("n_attacked"), "per_k": m.get("per_k", []),
-                    "accuracy_after": flat_accuracy(m.get("accuracy_after")), "rank_shift": m.get("rank_shift"),
-                })
+        entry = {**_attack_entry(ext, atk, eps), "summary": load_adversarial(store, art.adversarial[cell],
+                                                                             arrays=False).summary}
+        if cell in art.placebo:
+            entry["placebo"] = load_perturbation(store, art.placebo[cell]).summary
+        attacks.append(entry)
+    oracles = [{"extractor": e, "summary": load_perturbation(store, k).summary} for e, k in art.oracle.items()]
+    for (control, cell, rec, mode), key in art.evaluate.items():
+        m = load_metrics(store, key)
+        evaluations.append({
+            "extractor": cell[0], "method": cell[1], "eps": cell[2], "control": control, "recommender": rec,
+            "mode": mode, "n_perturbed": m.get("n_perturbed", m.get("n_attacked")),
+            "n_replicates": m.get("n_replicates", 1), "per_k": m.get("per_k", []),
+            "accuracy_after": flat_accuracy(m.get("accuracy_after")), "rank_shift": m.get("rank_shift"),
+        })
+    extractors = _extractors(art, spec, scenario.get("origin"))
+    names = [e["name"] for e in spec["extractors"]]
+    base = next((n for n in names if extractors[n].get("defense") == "standard"), names[0])
     return json_clean({
         "schema_version": SCHEMA_VERSION, "advrec_version": __version__, "alpha": ALPHA,
-        "headline_k": headline_k(spec["ks"]), "spec": spec, "dataset": dataset,
-        "scenario": scenario, "extractors": _extractors(art, spec, scenario.get("origin")),
-        "clean": _clean(art, spec), "attacks": attacks, "evaluations": evaluations,
+        "headline_k": headline_k(spec["ks"]), "spec": spec, "dataset": dataset, "baseline": base,
+        "scenario": scenario, "extractors": extractors, "clean": _clean(art, spec), "attacks": attacks,
+        "oracles": oracles, "evaluations": evaluations, "sr_pairs": sr_pairs(art, spec, base),
     })
 
 
-# -- lookups used by findings, tables and plots ----------------------------------------------------
+# -- lookups used by stats, findings, tables and plots ---------------------------------------------
 
 
 def per_k(evaluation: dict[str, Any], k: int) -> dict[str, Any] | None:
@@ -219,8 +278,7 @@ def summary_k(results: dict[str, Any]) -> int:
 
 def baseline_extractor(results: dict[str, Any]) -> str:
     """The undefended reference: the first extractor with defense 'standard', else the first one."""
-    names = [e["name"] for e in results["spec"]["extractors"]]
-    return next((n for n in names if results["extractors"][n].get("defense") == "standard"), names[0])
+    return results["baseline"]
 
 
 def attack_keys(results: dict[str, Any]) -> list[tuple[str, float]]:
@@ -228,29 +286,54 @@ def attack_keys(results: dict[str, Any]) -> list[tuple[str, float]]:
     return [(a["method"], float(e)) for a in results["spec"]["attacks"] for e in a["eps"]]
 
 
-def attack_summary(results: dict[str, Any], extractor: str, method: str, eps: float) -> dict[str, Any]:
+def attack_entry(results: dict[str, Any], extractor: str, method: str, eps: float) -> dict[str, Any]:
     for a in results["attacks"]:
         if a["extractor"] == extractor and a["method"] == method and a["eps"] == eps:
-            return a["summary"]
+            return a
     return {}
+
+
+def attack_summary(results: dict[str, Any], extractor: str, method: str, eps: float) -> dict[str, Any]:
+    return attack_entry(results, extractor, method, eps).get("summary", {})
+
+
+def evaluations_of(results: dict[str, Any], control: str, extractor: str, method: str | None = None,
+                   eps: float | None = None) -> list[dict[str, Any]]:
+    """The evaluations of one control in one cell (oracle: of one extractor), in plan order."""
+    return [e for e in results["evaluations"] if e["control"] == control and e["extractor"] == extractor
+            and (control == "oracle" or (e["method"], e["eps"]) == (method, eps))]
+
+
+def matching(results: dict[str, Any], ev: dict[str, Any], control: str) -> dict[str, Any] | None:
+    """The evaluation of ``control`` with the same extractor, recommender and mode as ``ev`` (and the
+    same attack cell for a placebo)."""
+    for e in results["evaluations"]:
+        if (e["control"], e["extractor"], e["recommender"], e["mode"]) != (control, ev["extractor"],
+                                                                            ev["recommender"], ev["mode"]):
+            continue
+        if control == "oracle" or (e["method"], e["eps"]) == (ev["method"], ev["eps"]):
+            return e
+    return None
 
 
 # names the attacker's measurement table may use for one quantity (first present wins)
 SUMMARY_ALIASES: dict[str, tuple[str, ...]] = {
-    "SR %": ("success", "success_rate"),
-    "flip %": ("flipped", "flip", "flip_rate"),
-    "feature MSE": ("feat_mse", "feature_mse"),
-    "feature L2": ("feat_l2", "feature_l2"),
-    "feature cosine dist": ("feat_cos", "feat_cosine", "feature_cosine"),
+    "SR %": ("success",),
+    "float SR %": ("float_success",),
+    "already target %": ("clean_target_rate",),
+    "n eligible": ("n_eligible",),
+    "flip %": ("flipped",),
+    "feature MSE": ("feat_mse",),
+    "feature L2": ("feat_l2",),
+    "feature cosine dist": ("feat_cos",),
     "PSNR": ("psnr",),
     "SSIM": ("ssim",),
     "LPIPS": ("lpips",),
-    "Linf /255": ("linf_255", "linf255"),
-    "L2 /255": ("l2_255", "l2255"),
-    "Linf": ("linf",),
-    "L2": ("l2",),
+    "Linf /255": ("linf_255",),
+    "L2 /255": ("l2_255",),
     "images/s": ("images_per_s",),
     "n attacked": ("n_attacked",),
+    "n changed": ("n_changed",),
 }
 
 
@@ -265,5 +348,6 @@ def summary_value(summary: dict[str, Any], label: str) -> float | None:
 
 def summary_extra_keys(summary: dict[str, Any]) -> list[str]:
     """Numeric summary fields that no alias covers (kept in attacks.csv under their own name)."""
-    known = {n for names in SUMMARY_ALIASES.values() for n in names} | {"n_catalog", "attack_seconds"}
+    known = {n for names in SUMMARY_ALIASES.values() for n in names} | {
+        "n_catalog", "attack_seconds", "success_all", "all_zero", "linf", "l2"}
     return sorted(k for k, v in summary.items() if k not in known and finite(v) is not None)

@@ -1,13 +1,16 @@
-"""The study's three questions, answered from the measured numbers (never from expectations).
+"""The study's questions, answered from the measured numbers (never from expectations).
 
-(a) Did the attacks raise the origin category's CHR@K?  Per defense and attack setting: how many
-    recommender x mode cells rose significantly (paired t-test p <= alpha, after > before).
-(b) Did the robust extractors lower the attack's success rate?  SR of each defended extractor vs
-    the undefended baseline, with a two-sided Fisher exact test on the success counts.
-(c) Did they prevent the CHR rise?  Is the CHR change under each defended extractor still
-    significant, cell by cell, compared with the baseline?
-(d) (the study's reading) Does the CHR change follow the feature loss rather than the SR?
-    Spearman correlations over every attacked cell.
+Every answer decides on Benjamini-Hochberg adjusted p-values at the run's false discovery rate
+(:mod:`.stats`), counts both ways ("rose in a of n cells, fell in b, unchanged in c") and quotes
+effect sizes with their 95 % intervals across replicates.
+
+(o) Could moving features move the origin's exposure at all? The oracle (positive control).
+(a) Did the attack raise the origin category's CHR@K? Per defense and attack setting, across the
+    recommender x mode cells; with each cell's placebo and the attack's share of the oracle.
+(b) Did the robust extractors lower the attack's success rate? Paired on the same images (McNemar).
+(c) Did they prevent the rise? The baseline's significant rises, cell by cell, under each defense.
+(d) (the study's reading) Does the exposure change follow the feature loss rather than the SR?
+    Spearman over distinct attack cells, per mode.
 
 Each finding is a dict with ``id``, ``question``, ``answer`` (yes / no / partly / n/a), a
 ``statement`` generated from the numbers, and the numbers themselves.
@@ -17,16 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-from scipy import stats
-
 from advrec.report.collect import (
     attack_keys,
     attack_label,
     attack_summary,
     baseline_extractor,
+    evaluations_of,
     finite,
-    is_significant,
+    matching,
     per_k,
     summary_k,
     summary_value,
@@ -37,7 +38,7 @@ Finding = dict[str, Any]
 
 def _p(p: Any) -> str:
     v = finite(p)
-    return "p=n/a" if v is None else f"p={v:.2g}"
+    return "n/a" if v is None else f"{v:.2g}"
 
 
 def _v(x: Any) -> str:
@@ -50,192 +51,215 @@ def _sr(x: Any) -> str:
     return "n/a" if v is None else f"{v:.0f}%"
 
 
-def _cells(results: dict[str, Any], ext: str, method: str, eps: float, k: int) -> list[dict[str, Any]]:
-    """CHR@k of every recommender x mode cell of one attack setting under one extractor."""
-    out = []
-    for e in results["evaluations"]:
-        if (e["extractor"], e["method"], e["eps"]) != (ext, method, eps):
-            continue
-        row = per_k(e, k)
-        if row is None or "chr" not in row:
-            continue
-        c = row["chr"]
-        before, after = finite(c.get("before")), finite(c.get("after"))
-        up = before is not None and after is not None and after > before
-        down = before is not None and after is not None and after < before
-        sig = is_significant(c.get("t_pvalue"), results["alpha"])
-        out.append({"recommender": e["recommender"], "mode": e["mode"], "before": before, "after": after,
-                    "t_pvalue": finite(c.get("t_pvalue")), "wilcoxon_pvalue": finite(c.get("wilcoxon_pvalue")),
-                    "rose": up and sig, "fell": down and sig, "change": (after - before) if up or down else 0.0})
-    return out
+def _chr(e: dict[str, Any] | None, k: int) -> dict[str, Any] | None:
+    row = per_k(e, k) if e else None
+    return (row or {}).get("chr")
 
 
-def _strongest(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The significant rise with the smallest p, else the largest (possibly non-significant) change."""
-    rising = [c for c in cells if c["rose"]]
-    if rising:
-        return min(rising, key=lambda c: (c["t_pvalue"], -c["change"]))
-    return max(cells, key=lambda c: c["change"], default=None)
+def effect_text(m: dict[str, Any] | None) -> str:
+    """'+0.0123 [+0.004, +0.021], adj. p=0.01' (or n/a)."""
+    if not m:
+        return "n/a"
+    eff, lo, hi = finite(m.get("effect")), finite(m.get("ci_low")), finite(m.get("ci_high"))
+    if eff is None:
+        return "n/a"
+    ci = f" [{lo:+.3g}, {hi:+.3g}]" if lo is not None and hi is not None else ""
+    return f"{eff:+.3g}{ci}, adj. p={_p(m.get('p_adjusted'))}"
 
 
-def _cell_ref(c: dict[str, Any]) -> str:
-    return f"{c['recommender']} {c['mode']}"
+def direction(m: dict[str, Any] | None) -> str:
+    """'rose' / 'fell' (significant at the run's FDR) or 'unchanged'."""
+    if not m or not m.get("significant"):
+        return "unchanged"
+    eff = finite(m.get("effect")) or 0.0
+    return "rose" if eff > 0 else "fell" if eff < 0 else "unchanged"
+
+
+def _counts(ms: list[dict[str, Any] | None]) -> dict[str, int]:
+    dirs = [direction(m) for m in ms]
+    return {"rose": dirs.count("rose"), "fell": dirs.count("fell"), "unchanged": dirs.count("unchanged"),
+            "n": len(dirs)}
+
+
+def _count_text(c: dict[str, int]) -> str:
+    return f"rose in {c['rose']} of {c['n']} cells, fell in {c['fell']}, unchanged in {c['unchanged']}"
+
+
+def _cell_name(e: dict[str, Any]) -> str:
+    return f"{e['recommender']} {e['mode']}"
+
+
+def _oracle_share(results: dict[str, Any], e: dict[str, Any], k: int) -> float | None:
+    """The attack's effect as a fraction of the oracle's in the same extractor/recommender/mode."""
+    att, ora = _chr(e, k), _chr(matching(results, e, "oracle"), k)
+    a, o = finite((att or {}).get("effect")), finite((ora or {}).get("effect"))
+    if a is None or o is None or o == 0 or not (ora or {}).get("significant"):
+        return None
+    return a / o
+
+
+def finding_oracle(results: dict[str, Any], ext: str, k: int, origin: str) -> Finding | None:
+    evs = evaluations_of(results, "oracle", ext)
+    if not evs:
+        return None
+    ms = [_chr(e, k) for e in evs]
+    c = _counts(ms)
+    best = max(zip(evs, ms, strict=True), key=lambda em: finite((em[1] or {}).get("effect")) or float("-inf"))
+    detail = f"largest: {_cell_name(best[0])} {effect_text(best[1])}"
+    if c["rose"]:
+        answer = "yes"
+        text = (f"Yes: setting the '{origin}' items' features to the target category's mean under the {ext} "
+                f"extractor raised CHR@{k}: {_count_text(c)} ({detail}). Features can move this category.")
+    else:
+        answer = "no"
+        text = (f"No: even the oracle (the '{origin}' items' features set to the target's mean) did not raise "
+                f"CHR@{k} significantly under the {ext} extractor: {_count_text(c)} ({detail}). Moving these "
+                f"items' features toward the target did not raise their exposure with {evs[0].get('n_replicates', 1)} "
+                "replicates, so an attack's 'no' under this extractor is weak evidence of robustness.")
+    return {"id": "o", "question": f"Could moving the features raise CHR@{k} of the origin under {ext}?",
+            "answer": answer, "statement": text, "extractor": ext, "k": k, **c}
 
 
 def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int) -> Finding | None:
-    cells = _cells(results, ext, method, eps, k)
-    if not cells:
+    evs = evaluations_of(results, "attack", ext, method, eps)
+    if not evs:
         return None
     origin = results["scenario"].get("origin")
-    n_up, n_down = sum(c["rose"] for c in cells), sum(c["fell"] for c in cells)
-    best = _strongest(cells)
     label = attack_label(method, eps)
-    detail = f"{_cell_ref(best)}: {_v(best['before'])} -> {_v(best['after'])}, {_p(best['t_pvalue'])}"
-    if n_up:
-        text = (f"Yes: {label} raised CHR@{k} of '{origin}' significantly in {n_up} of {len(cells)} recommender x "
-                f"mode cells under the {ext} extractor (strongest: {detail}).")
-    else:
-        text = (f"No: {label} did not raise CHR@{k} of '{origin}' significantly in any of the {len(cells)} "
-                f"recommender x mode cells under the {ext} extractor (largest change: {detail}).")
-    if n_down:
-        text += f" It lowered it significantly in {n_down} cell(s)."
-    return {"id": "a", "question": f"Did {label} raise CHR@{k} of the origin category?", "answer": "yes" if n_up else "no",
-            "statement": text, "extractor": ext, "method": method, "eps": eps, "k": k, "n_cells": len(cells),
-            "n_rose": n_up, "n_fell": n_down, "strongest": best}
+    ms = [_chr(e, k) for e in evs]
+    c = _counts(ms)
+    parts = []
+    for e, m in zip(evs, ms, strict=True):
+        plac = _chr(matching(results, e, "placebo"), k)
+        share = _oracle_share(results, e, k)
+        extra = f"; placebo {effect_text(plac)}" if plac else ""
+        extra += f"; {share:.0%} of the oracle's" if share is not None else ""
+        parts.append(f"{_cell_name(e)} {effect_text(m)}{extra}")
+    beyond = sum(1 for e in evs if ((_chr(e, k) or {}).get("beyond_placebo") or {}).get("significant"))
+    answer = "yes" if c["rose"] else "no"
+    text = (f"{answer.capitalize()}: under the {ext} extractor, {label} changed CHR@{k} of '{origin}': {_count_text(c)} "
+            f"at FDR {results['alpha']:.0%}; in {beyond} of {c['n']} the change exceeded its placebo's significantly. "
+            f"Effects across replicates: " + "; ".join(parts) + ".")
+    return {"id": "a", "question": f"Did {label} raise CHR@{k} of the origin category under {ext}?",
+            "answer": answer, "statement": text, "extractor": ext, "method": method, "eps": eps, "k": k,
+            "beyond_placebo": beyond, **c}
 
 
-def _success_count(summary: dict[str, Any]) -> tuple[int, int] | None:
-    n = finite(summary.get("n_attacked"))
-    sr = summary_value(summary, "SR %")
-    if not n or sr is None:
-        return None
-    return int(round(sr / 100.0 * n)), int(n)
-
-
-def finding_b(results: dict[str, Any], base: str, ext: str, method: str, eps: float) -> Finding:
+def finding_b(results: dict[str, Any], pair: dict[str, Any]) -> Finding:
+    base, ext, method, eps = pair["baseline"], pair["extractor"], pair["method"], pair["eps"]
     label = attack_label(method, eps)
-    s0, s1 = attack_summary(results, base, method, eps), attack_summary(results, ext, method, eps)
-    sr0, sr1 = summary_value(s0, "SR %"), summary_value(s1, "SR %")
-    c0, c1 = _success_count(s0), _success_count(s1)
+    sr0 = summary_value(attack_summary(results, base, method, eps), "SR %")
+    sr1 = summary_value(attack_summary(results, ext, method, eps), "SR %")
     q = f"Did the {ext} extractor lower the success rate of {label}?"
     out: Finding = {"id": "b", "question": q, "extractor": ext, "baseline": base, "method": method, "eps": eps,
-                    "sr_baseline": sr0, "sr": sr1, "n_baseline": c0[1] if c0 else None, "n": c1[1] if c1 else None}
-    if c0 is None or c1 is None or sr0 is None or sr1 is None:
-        return {**out, "answer": "n/a", "p_fisher": None,
-                "statement": f"{label}: no attacked images under {base if c0 is None else ext}; SR cannot be compared."}
-    p = float(stats.fisher_exact([[c0[0], c0[1] - c0[0]], [c1[0], c1[1] - c1[0]]])[1])
-    nums = f"from {_sr(sr0)} ({c0[1]} images, {base}) to {_sr(sr1)} ({c1[1]} images, {ext})"
-    test = f"Fisher exact {_p(p)}"
-    if sr1 < sr0 and is_significant(p, results["alpha"]):
-        answer, text = "yes", f"Yes: {ext} lowered the SR of {label} {nums} ({test})."
-    elif sr1 < sr0:
-        answer, text = "no", f"No: under {ext} the SR of {label} fell only {nums}, not significantly ({test})."
+                    "sr_baseline": sr0, "sr": sr1, **{k: pair.get(k) for k in ("n_paired", "base_only", "defense_only",
+                                                                               "p_value", "p_adjusted")}}
+    weak = results["extractors"].get(ext, {}).get("weak")
+    caveat = (f" Caveat: the {ext} extractor classifies fewer than half of the origin items as the origin class "
+              f"({_sr(100 * (results['extractors'][ext].get('origin_recognition') or 0))}), so it attacks images "
+              "it already misreads.") if weak else ""
+    if pair["n_paired"] == 0:
+        return {**out, "answer": "n/a", "statement": f"{label}: no image was attacked and eligible under both "
+                f"{base} and {ext}; their success rates cannot be compared on the same images.{caveat}"}
+    nums = (f"SR {_sr(sr0)} under {base} vs {_sr(sr1)} under {ext}; on the {pair['n_paired']} images eligible under "
+            f"both, {pair['base_only']} fooled only {base}, {pair['defense_only']} only {ext} "
+            f"(exact McNemar adj. p={_p(pair.get('p_adjusted'))})")
+    if pair.get("significant") and pair["base_only"] > pair["defense_only"]:
+        answer, text = "yes", f"Yes: {ext} lowered the success rate of {label}: {nums}."
+    elif pair["base_only"] > pair["defense_only"]:
+        answer, text = "no", f"No: under {ext} fewer images were fooled by {label}, but not significantly: {nums}."
     else:
-        answer, text = "no", f"No: {ext} did not lower the SR of {label}: it went {nums} ({test})."
-    return {**out, "answer": answer, "statement": text, "p_fisher": p}
+        answer, text = "no", f"No: {ext} did not lower the success rate of {label}: {nums}."
+    return {**out, "answer": answer, "statement": text + caveat, "weak_defense": bool(weak)}
 
 
 def finding_c(results: dict[str, Any], base: str, ext: str, method: str, eps: float, k: int) -> Finding | None:
-    base_cells, cells = _cells(results, base, method, eps, k), _cells(results, ext, method, eps, k)
-    if not base_cells or not cells:
+    base_evs = evaluations_of(results, "attack", base, method, eps)
+    if not base_evs or not evaluations_of(results, "attack", ext, method, eps):
         return None
     label = attack_label(method, eps)
     origin = results["scenario"].get("origin")
-    n0, n1 = sum(c["rose"] for c in base_cells), sum(c["rose"] for c in cells)
+    risen = [e for e in base_evs if direction(_chr(e, k)) == "rose"]
     q = f"Did the {ext} extractor prevent the CHR@{k} rise under {label}?"
     out: Finding = {"id": "c", "question": q, "extractor": ext, "baseline": base, "method": method, "eps": eps, "k": k,
-                    "n_cells": len(cells), "n_rose_baseline": n0, "n_rose": n1}
-    counts = f"significant rises: {n1} of {len(cells)} cells under {ext} vs {n0} of {len(base_cells)} under {base}"
-    if n0 == 0:
+                    "n_risen_baseline": len(risen)}
+    if not risen:
         return {**out, "answer": "n/a", "statement": f"Nothing to prevent: {label} raised CHR@{k} of '{origin}' "
-                f"significantly in no cell under {base} ({counts})."}
-    b = _strongest(base_cells)
-    same = next((c for c in cells if (c["recommender"], c["mode"]) == (b["recommender"], b["mode"])), None)
-    sr0 = summary_value(attack_summary(results, base, method, eps), "SR %")
-    sr1 = summary_value(attack_summary(results, ext, method, eps), "SR %")
-    sr_verb = "fell" if (sr0 is not None and sr1 is not None and sr1 < sr0) else "went"
-    text = (f"{label} raised CHR@{k} of '{origin}' from {_v(b['before'])} to {_v(b['after'])} ({_p(b['t_pvalue'])}) "
-            f"under the {base} extractor ({_cell_ref(b)}); under {ext} SR {sr_verb} from {_sr(sr0)} to {_sr(sr1)}")
-    if same is not None and same["rose"]:
-        text += f" yet CHR@{k} still rose to {_v(same['after'])} ({_p(same['t_pvalue'])})"
-    elif same is not None and same["after"] is not None and same["before"] is not None and same["after"] > same["before"]:
-        text += f" and CHR@{k} rose only to {_v(same['after'])}, not significantly ({_p(same['t_pvalue'])})"
-    elif same is not None:
-        text += f" and CHR@{k} did not rise ({_v(same['before'])} -> {_v(same['after'])}, {_p(same['t_pvalue'])})"
-    if n1 == 0:
-        answer, verdict = "yes", "the defense prevented every significant rise"
-    elif n1 < n0:
-        answer, verdict = "partly", "the defense prevented some of the significant rises, not all"
+                f"significantly in none of the {len(base_evs)} cells under {base} (FDR {results['alpha']:.0%})."}
+    parts, still = [], 0
+    for e in risen:
+        twin = next((d for d in evaluations_of(results, "attack", ext, method, eps)
+                     if (d["recommender"], d["mode"]) == (e["recommender"], e["mode"])), None)
+        m = _chr(twin, k)
+        still += direction(m) == "rose"
+        parts.append(f"{_cell_name(e)}: {base} {effect_text(_chr(e, k))} -> {ext} {effect_text(m)}")
+    if still == 0:
+        answer, verdict = "yes", "none of the baseline's significant rises remains significant"
+    elif still < len(risen):
+        answer, verdict = "partly", f"{len(risen) - still} of the baseline's {len(risen)} significant rises are gone"
     else:
-        answer, verdict = "no", "the defense did not prevent the rise"
-    text = f"{answer.capitalize()}: {text}; {counts}: {verdict}."
-    return {**out, "answer": answer, "statement": text, "baseline_cell": b, "cell": same}
+        answer, verdict = "no", f"every one of the baseline's {len(risen)} significant rises remains"
+    text = f"{answer.capitalize()}: under {ext}, {verdict} (FDR {results['alpha']:.0%}): " + "; ".join(parts) + "."
+    return {**out, "answer": answer, "statement": text, "n_still_risen": still}
 
 
-def finding_d(results: dict[str, Any], k: int) -> Finding | None:
-    """Spearman correlation of the CHR@k change with feature MSE and with SR over every attacked cell."""
-    change, fl, sr = [], [], []
-    for e in results["evaluations"]:
-        row = per_k(e, k)
-        s = attack_summary(results, e["extractor"], e["method"], e["eps"])
-        if row is None or "chr" not in row:
-            continue
-        b, a = finite(row["chr"].get("before")), finite(row["chr"].get("after"))
-        f, r = summary_value(s, "feature MSE"), summary_value(s, "SR %")
-        if None in (a, b, f, r):
-            continue
-        change.append(a - b)
-        fl.append(f)
-        sr.append(r)
-    if len(change) < 4 or np.ptp(change) == 0:
+def finding_d(results: dict[str, Any], k: int, mode: str) -> Finding | None:
+    rows = {c["with"]: c for c in results.get("correlations", []) if c["mode"] == mode and c["k"] == k}
+    fl, sr = rows.get("feature_mse"), rows.get("sr")
+    if not fl or not sr:
         return None
+    q = f"Does the CHR@{k} change follow the feature loss rather than the success rate ({mode})?"
+    n = fl["n"]
+    if fl.get("p_value") is None and sr.get("p_value") is None:
+        return {"id": "d", "question": q, "answer": "n/a", "mode": mode, "k": k, "n": n,
+                "statement": f"n/a ({mode}): {n} distinct attack cells (at least 4 with varying values are needed "
+                             "for a rank correlation)."}
 
-    def rho(x: list[float]) -> tuple[float | None, float | None]:
-        if np.ptp(x) == 0:
-            return None, None
-        res = stats.spearmanr(change, x)
-        return finite(res.statistic), finite(res.pvalue)
+    def txt(c: dict[str, Any]) -> str:
+        return "n/a" if c.get("rho") is None else f"rho={c['rho']:.2f}, adj. p={_p(c.get('p_adjusted'))}"
 
-    (r_fl, p_fl), (r_sr, p_sr) = rho(fl), rho(sr)
+    r_fl, r_sr = finite(fl.get("rho")), finite(sr.get("rho"))
     stronger = r_fl is not None and (r_sr is None or abs(r_fl) > abs(r_sr))
-    yes = stronger and is_significant(p_fl, results["alpha"])
-    fl_txt = "n/a" if r_fl is None else f"rho={r_fl:.2f}, {_p(p_fl)}"
-    sr_txt = "n/a (SR constant)" if r_sr is None else f"rho={r_sr:.2f}, {_p(p_sr)}"
-    text = (f"{'Yes' if yes else 'No'}: across {len(change)} attacked recommender cells, the CHR@{k} change "
-            f"correlates with the feature MSE ({fl_txt}) {'more' if stronger else 'not more'} than with the SR "
-            f"({sr_txt}) (Spearman).")
-    return {"id": "d", "question": f"Does the CHR@{k} change follow the feature loss rather than the success rate?",
-            "answer": "yes" if yes else "no", "statement": text, "k": k, "n_cells": len(change),
-            "rho_feature_mse": r_fl, "p_feature_mse": p_fl, "rho_sr": r_sr, "p_sr": p_sr}
+    yes = stronger and bool(fl.get("significant"))
+    text = (f"{'Yes' if yes else 'No'} ({mode}): over {n} distinct attack cells, the mean CHR@{k} effect correlates "
+            f"with the feature MSE ({txt(fl)}) {'more' if stronger else 'not more'} than with the SR ({txt(sr)}) "
+            "(Spearman).")
+    return {"id": "d", "question": q, "answer": "yes" if yes else "no", "statement": text, "mode": mode, "k": k,
+            "n": n, "rho_feature_mse": r_fl, "rho_sr": r_sr}
 
 
 def derive_findings(results: dict[str, Any]) -> list[Finding]:
-    """Every finding (a, b, c, d) in a fixed, deterministic order."""
+    """Every finding (o, a, b, c, d) in a fixed, deterministic order."""
     k = summary_k(results)
     base = baseline_extractor(results)
+    origin = results["scenario"].get("origin")
     extractors = [e["name"] for e in results["spec"]["extractors"]]
     defended = [n for n in extractors if n != base]
     out: list[Finding] = []
+    for ext in extractors:
+        f = finding_oracle(results, ext, k, origin)
+        if f:
+            out.append(f)
     for ext in extractors:
         for method, eps in attack_keys(results):
             f = finding_a(results, ext, method, eps, k)
             if f:
                 out.append(f)
-    for ext in defended:
-        for method, eps in attack_keys(results):
-            out.append(finding_b(results, base, ext, method, eps))
+    out += [finding_b(results, pair) for pair in results.get("sr_pairs", [])]
     for ext in defended:
         for method, eps in attack_keys(results):
             f = finding_c(results, base, ext, method, eps, k)
             if f:
                 out.append(f)
-    d = finding_d(results, k)
-    if d:
-        out.append(d)
+    for mode in results["spec"]["modes"]:
+        d = finding_d(results, k, mode)
+        if d:
+            out.append(d)
     return out
 
 
 QUESTIONS = {
+    "o": "(o) Control: could moving the features raise the origin category's CHR@K at all (the oracle)?",
     "a": "(a) Did the attacks raise the origin category's CHR@K?",
     "b": "(b) Did the robust extractors lower the attacks' success rate?",
     "c": "(c) Did the robust extractors prevent the CHR rise?",

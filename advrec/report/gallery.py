@@ -1,8 +1,8 @@
 """The before/after gallery (the study's example figure): users' top-5 before and after an attack,
 and attacked items with their perturbation magnified.
 
-Cell: the first evaluation (spec order) whose CHR@K rose significantly; if none did, the one with
-the largest rise (the page says so). Users: the ``n_users`` whose top-5 gained the most
+Cell: the first attack evaluation (spec order) whose CHR@K rose significantly (at the run's FDR);
+if none did, the one with the largest rise (the page says so). Lists: replicate 0's. Users: the ``n_users`` whose top-5 gained the most
 origin-category items, ties broken by the lower user index (deterministic).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from advrec.report.collect import RunArtifacts, finite, is_significant, per_k, summary_k
+from advrec.report.collect import RunArtifacts, finite, per_k, summary_k
 from advrec.report.plots import Figure, figure_png
 from advrec_common.datasets.artifact import load_dataset_artifact
 from advrec_common.datasets.images import load_catalog_images
@@ -39,11 +39,13 @@ def choose_cell(results: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
     k = summary_k(results)
     best, best_rise = None, -np.inf
     for e in results["evaluations"]:
+        if e["control"] != "attack":
+            continue
         c = (per_k(e, k) or {}).get("chr") or {}
         b, a = finite(c.get("before")), finite(c.get("after"))
         if a is None or b is None:
             continue
-        if a > b and is_significant(c.get("t_pvalue"), results["alpha"]):
+        if a > b and c.get("significant"):
             return e, True
         if a - b > best_rise:
             best, best_rise = e, a - b
@@ -93,8 +95,9 @@ def build_gallery(art: RunArtifacts, results: dict[str, Any], n_users: int) -> d
     origin = results["scenario"].get("origin")
     names = feats.category_names
     is_origin = feats.categories == (names.index(origin) if origin in names else -1)
-    before = load_topk(art.store, art.train[ext, rec])[:, :TOP_N]
-    after = load_topk(art.store, art.evaluate[cell, rec, ev["mode"]])[:, :TOP_N]
+    # replicate 0 (the model the recommender service serves) before and after
+    before = load_topk(art.store, art.train[ext, rec])[0, :, :TOP_N]
+    after = load_topk(art.store, art.evaluate["attack", cell, rec, ev["mode"]])[0, :, :TOP_N]
     users, gains = gainers(before, after, is_origin, n_users)
     adv = load_adversarial(art.store, art.adversarial[cell])
     attacked = adv.items

@@ -33,8 +33,16 @@ _TEMPLATE = """<!DOCTYPE html>
 <h1>advrec report: {{ spec.name }}</h1>
 <p>Do adversarially robust image feature extractors protect visual recommenders?
 Origin category <b>{{ scenario.origin }}</b> pushed toward target <b>{{ scenario.target }}</b>
-(chosen by: {{ scenario.chosen_by }}). Headline K = {{ k }}; <code>*</code> = paired t-test p &le; {{ alpha }} against the same
-extractor's clean run. advrec {{ version }}, results schema {{ schema }}.</p>
+(chosen by: {{ scenario.chosen_by }}). Headline K = {{ k }}. Every model was trained {{ spec.replicates }} time(s)
+(seeds {{ spec.seed }}..{{ spec.seed + spec.replicates - 1 }}); an effect is the mean over those replicates of
+(after - before) with its 95% interval across them, tested with a paired t-test across replicates; every verdict
+decides on Benjamini-Hochberg adjusted p-values at a false discovery rate of {{ alpha }} over the
+{{ tests.n_tests }} tests of this run ({{ tests.n_significant }} significant). Each attack is shown beside its
+<b>placebo</b> (the same perturbations in random directions) and the <b>oracle</b> (the origin items' features set to
+the target category's mean: the most moving features can do). advrec {{ version }}, results schema {{ schema }}.</p>
+{% for name, e in extractors.items() %}{% if e.weak %}<p class="sig">Weak extractor: the {{ name }} extractor classifies
+only {{ (100 * e.origin_recognition) | num }}% of the origin items as the origin class; its comparisons attack images
+it already misreads.</p>{% endif %}{% endfor %}
 
 <h2>Setup</h2>
 <dl class="kv">
@@ -43,13 +51,14 @@ extractor's clean run. advrec {{ version }}, results schema {{ schema }}.</p>
 <dt>extractors</dt><dd>{% for name, e in extractors.items() %}<b>{{ name }}</b> ({{ e.backbone }},
 {{ e.defense or e.source }}{% if e.report %}, clean acc {{ e.report.clean_accuracy | num }},
 robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | num }}{% endif %};
-{{ e.n_origin_items }} origin items){% if not loop.last %}; {% endif %}{% endfor %}</dd>
+{{ e.n_origin_items }} origin items; categories from {{ e.category_source or 'n/a' }}){% if not loop.last %}; {% endif %}{% endfor %}</dd>
 <dt>attacks</dt><dd>{% for a in spec.attacks %}{{ a.method }} eps {{ a.eps | map('num') | join(', ') }} ({{ a.norm }},
 {{ a.budget_space }} budget, {{ a.delivery }} delivery{% if a.steps %}, {{ a.steps }} steps{% endif %}){% if not loop.last %};
 {% endif %}{% endfor %}</dd>
 <dt>recommenders</dt><dd>{{ spec.recommenders | map(attribute='name') | join(', ') }}</dd>
 <dt>modes, K</dt><dd>{{ spec.modes | join(', ') }}; K = {{ spec.ks | join(', ') }}</dd>
-<dt>seed</dt><dd>{{ spec.seed }}</dd>
+<dt>seed, replicates</dt><dd>{{ spec.seed }}, {{ spec.replicates }}</dd>
+<dt>controls</dt><dd>{{ spec.controls | join(', ') or 'none' }}</dd>
 </dl>
 
 <h2>Findings</h2>
@@ -66,13 +75,13 @@ robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | nu
 <h2>Tables</h2>
 {% for name, rows in tables.items() %}<h3>{{ name }}.csv</h3>
 {% if rows %}<div class="scroll"><table><tr>{% for c in rows[0] %}<th{% if loop.index <= 4 %} class="l"{% endif %}>{{ c }}</th>{% endfor %}</tr>
-{% for r in rows %}<tr>{% for c, v in r.items() %}<td{% if loop.index <= 4 %} class="l"{% endif %}{% if v.endswith('*') %} class="sig"{% endif %}>{{ v }}</td>{% endfor %}</tr>
+{% for r in rows %}<tr>{% for c, v in r.items() %}<td{% if loop.index <= 4 %} class="l"{% endif %}{% if c.endswith('significant') and v == 'yes' %} class="sig"{% endif %}>{{ v | cell }}</td>{% endfor %}</tr>
 {% endfor %}</table></div>{% else %}<p>(empty)</p>{% endif %}{% endfor %}
 
 <h2>Gallery</h2>
 {% if gallery %}<p>{{ gallery.method | upper }} eps {{ gallery.eps }} under the <b>{{ gallery.extractor }}</b> extractor,
-{{ gallery.recommender }} ({{ gallery.mode }}){% if gallery.significant %}: the first cell whose CHR@{{ gallery.k }} rose
-significantly{% else %}: no cell rose significantly; this is the cell with the largest CHR@{{ gallery.k }} rise{% endif %}.
+{{ gallery.recommender }} ({{ gallery.mode }}, replicate 0){% if gallery.significant %}: the first cell whose CHR@{{ gallery.k }}
+rose significantly{% else %}: no cell rose significantly; this is the cell with the largest CHR@{{ gallery.k }} rise{% endif %}.
 Red frame = origin-category item ({{ scenario.origin }}); "adv" = the attacked image the recommender saw.</p>
 {% for u in gallery.users %}<h3>user {{ u.user }}: top-{{ gallery.top_n }} gained {{ u.gain }} origin item(s)</h3>
 {% for label, tiles in (('before', u.before), ('after', u.after)) %}<div class="tiles"><b style="width:50px">{{ label }}</b>
@@ -94,11 +103,12 @@ def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: di
     """The whole page as one string."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True)
     env.filters["num"] = lambda v: fmt(v, 3) or "n/a"
+    env.filters["cell"] = lambda v: "" if v is None else (fmt(v) if isinstance(v, float) else v)
     template = env.from_string(_TEMPLATE)
     return template.render(
         css=_CSS, spec=results["spec"], scenario=results["scenario"], dataset=results.get("dataset"),
         extractors=results["extractors"], findings=results["findings"], questions=QUESTIONS, plots=plots,
         caption=caption, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
-        version=results["advrec_version"], schema=results["schema_version"],
+        version=results["advrec_version"], schema=results["schema_version"], tests=results.get("tests") or {},
         spec_json=json.dumps(results["spec"], indent=1),
     )

@@ -22,7 +22,8 @@ from advrec.report.collect import (  # noqa: E402
     attack_label,
     attack_summary,
     finite,
-    is_significant,
+    per_k,
+    summary_k,
     summary_value,
 )
 
@@ -51,12 +52,12 @@ def _grid(nrows: int, ncols: int, w: float = 3.4, h: float = 2.5, top: float = 0
 def chr_vs_k(results: dict[str, Any], mode: str) -> str | None:
     """CHR@K vs K of the origin category: rows = recommenders, columns = extractors.
 
-    Black: before (clean); one line per attack setting after the attack; stars mark the Ks where
-    the paired t-test gives p <= alpha.
+    Black: before (clean, mean over replicates); one line per attack setting after the attack; stars
+    mark the Ks where the effect is significant at the run's FDR (replicate test, BH-adjusted).
     """
     exts = [e["name"] for e in results["spec"]["extractors"]]
     recs = [r["name"] for r in results["spec"]["recommenders"]]
-    evs = [e for e in results["evaluations"] if e["mode"] == mode and e.get("per_k")]
+    evs = [e for e in results["evaluations"] if e["mode"] == mode and e.get("per_k") and e["control"] == "attack"]
     if not evs:
         return None
     fig, axes = _grid(len(recs), len(exts))
@@ -76,7 +77,7 @@ def chr_vs_k(results: dict[str, Any], mode: str) -> str | None:
                 ks, after = [r["k"] for r in rows], [finite(r["chr"]["after"]) for r in rows]
                 ax.plot(ks, after, "-o", ms=3, color=colors(c % 10), label=attack_label(method, eps))
                 sig = [(k, a) for k, a, r in zip(ks, after, rows, strict=True)
-                       if is_significant(r["chr"].get("t_pvalue"), results["alpha"])]
+                       if r["chr"].get("significant")]
                 if sig:
                     ax.plot(*zip(*sig, strict=True), "*", ms=10, color=colors(c % 10))
             ax.set_xticks(sorted({r["k"] for e in cell for r in e["per_k"]}))
@@ -85,7 +86,50 @@ def chr_vs_k(results: dict[str, Any], mode: str) -> str | None:
             ax.set_ylabel("CHR@K", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"CHR@K of '{results['scenario'].get('origin')}' ({mode}; * = p <= {results['alpha']:g})", fontsize=10)
+    fig.suptitle(f"CHR@K of '{results['scenario'].get('origin')}' ({mode}; * = significant at FDR "
+                 f"{results['alpha']:g})", fontsize=10)
+    return figure_png(fig)
+
+
+def effects(results: dict[str, Any], mode: str, k: int) -> str | None:
+    """CHR@k effect (after - before) with its 95% interval across replicates: rows = recommenders,
+    columns = extractors; per panel the oracle, then each attack setting beside its placebo. Filled
+    markers: significant at the run's FDR."""
+    exts = [e["name"] for e in results["spec"]["extractors"]]
+    recs = [r["name"] for r in results["spec"]["recommenders"]]
+    evs = [e for e in results["evaluations"] if e["mode"] == mode]
+    if not evs:
+        return None
+    settings = attack_keys(results)
+    slots = [("oracle", None)] + [(c, s) for s in settings for c in ("attack", "placebo")]
+    colors = {"oracle": "#2a7", "attack": "#b33", "placebo": "#888"}
+    fig, axes = _grid(len(recs), len(exts), w=max(3.4, 0.45 * len(slots) + 1), h=2.6)
+    for i, rec in enumerate(recs):
+        for j, ext in enumerate(exts):
+            ax = axes[i][j]
+            ax.axhline(0, color="k", lw=0.6)
+            labels = []
+            for x, (control, setting) in enumerate(slots):
+                e = next((e for e in evs if (e["recommender"], e["extractor"], e["control"]) == (rec, ext, control)
+                          and (control == "oracle" or (e["method"], e["eps"]) == setting)), None)
+                labels.append("oracle" if control == "oracle" else
+                              attack_label(*setting) + (" plc" if control == "placebo" else ""))
+                m = ((per_k(e, k) if e else None) or {}).get("chr") or {}
+                eff, lo, hi = finite(m.get("effect")), finite(m.get("ci_low")), finite(m.get("ci_high"))
+                if eff is None:
+                    continue
+                if lo is not None and hi is not None:
+                    ax.plot([x, x], [lo, hi], color=colors[control], lw=1.5)
+                ax.plot([x], [eff], "o", ms=6, color=colors[control],
+                        markerfacecolor=colors[control] if m.get("significant") else "white")
+            ax.set_xticks(range(len(slots)))
+            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6)
+            ax.set_title(f"{ext} / {rec}", fontsize=9)
+            ax.set_ylabel(f"CHR@{k} effect", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.subplots_adjust(bottom=0.3)
+    fig.suptitle(f"Effect on CHR@{k} of '{results['scenario'].get('origin')}' ({mode}): mean over replicates, 95% "
+                 "interval; filled = significant", fontsize=10)
     return figure_png(fig)
 
 
@@ -113,7 +157,9 @@ def vs_budget(results: dict[str, Any], label: str) -> str | None:
 
 def build_plots(results: dict[str, Any]) -> dict[str, str]:
     """Plot name -> base64 PNG (plots without data are left out)."""
-    plots: dict[str, str | None] = {f"chr_vs_k_{mode}": chr_vs_k(results, mode) for mode in results["spec"]["modes"]}
+    k = summary_k(results)
+    plots: dict[str, str | None] = {f"effects_{mode}": effects(results, mode, k) for mode in results["spec"]["modes"]}
+    plots.update({f"chr_vs_k_{mode}": chr_vs_k(results, mode) for mode in results["spec"]["modes"]})
     plots["sr_vs_budget"] = vs_budget(results, "SR %")
     plots["feature_mse_vs_budget"] = vs_budget(results, "feature MSE")
     return {k: v for k, v in plots.items() if v}
@@ -126,7 +172,11 @@ PLOT_CAPTIONS = {
 
 
 def caption(name: str) -> str:
+    if name.startswith("effects_"):
+        return (f"Effect of each perturbation on the origin category's CHR@K ({name[8:]} mode): the oracle (green), "
+                "each attack (red) beside its placebo (grey); bars: 95% interval across replicates; filled: "
+                "significant at the run's FDR.")
     if name.startswith("chr_vs_k_"):
         return (f"CHR@K of the origin category before (black) and after each attack, {name[9:]} mode; "
-                "stars: paired t-test p <= alpha.")
+                "stars: significant at the run's FDR.")
     return PLOT_CAPTIONS.get(name, name)

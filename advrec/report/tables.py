@@ -1,8 +1,9 @@
-"""The study's tables as rows of strings (written as CSV, rendered in HTML), and the CLI summary.
+"""The report's tables (written as CSV, rendered in HTML), the long export, and the CLI summary.
 
-Values are formatted with 4 significant digits (p-values 3); a ``*`` follows a CHR/nCDCG "after"
-value whose paired t-test p <= alpha, like the study's ``score^*``. Full precision is in
-``results.json``.
+Every CSV is tidy enough for ``pandas.read_csv`` without cleanup: numbers are plain numbers (4
+significant digits in the study-shaped tables, full precision in ``long.csv``), significance is its
+own yes/no column, never a mark glued to a number, and every header states its unit and K.
+``long.csv`` / ``long.parquet`` hold one row per evaluation x K x metric.
 """
 
 from __future__ import annotations
@@ -13,95 +14,155 @@ from typing import Any
 
 from advrec.report.collect import (
     SUMMARY_ALIASES,
+    TESTED_METRICS,
+    attack_entry,
     attack_keys,
     attack_label,
     attack_summary,
     finite,
-    mark,
+    matching,
     per_k,
     summary_extra_keys,
     summary_k,
     summary_value,
 )
 
-Row = dict[str, str]
+Row = dict[str, Any]
 
 # attack-summary columns shown in the category tables (the rest are in attacks.csv)
-CATEGORY_ATTACK_COLUMNS = ("SR %", "feature MSE", "PSNR", "SSIM")
+CATEGORY_ATTACK_COLUMNS = ("SR %", "feature MSE")
 _ACCURACY_ORDER = ("hr", "ndcg", "precision", "recall", "auc", "n_users")
+METRIC_UNITS = {
+    "chr": "share of the top-K slots held by origin items (CHR@K, normalised)",
+    "chr_count": "origin items per top-K list (the study code's CHR@K = K x CHR@K)",
+    "ncdcg": "normalised category DCG of the origin items (nCDCG@K)",
+}
+_METRIC_LABEL = {"chr": "CHR", "chr_count": "CHR count", "ncdcg": "nCDCG"}
 
 
 def fmt(x: Any, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits ('' when missing): for HTML and text."""
     v = finite(x)
     return "" if v is None else f"{v:.{digits}g}"
 
 
-def fmt_p(p: Any) -> str:
-    return fmt(p, 3)
+def num(x: Any, digits: int = 4) -> float | None:
+    """A number rounded to ``digits`` significant digits for a CSV cell (None -> empty)."""
+    v = finite(x)
+    return None if v is None else float(f"{v:.{digits}g}")
 
 
-def _metric_columns(row: Row, prefix: str, metric: dict[str, Any] | None, alpha: float, clean: bool) -> None:
-    m = metric or {}
-    row[f"{prefix} before"] = fmt(m.get("before"))
-    row[f"{prefix} after"] = "" if clean else fmt(m.get("after")) + mark(m.get("t_pvalue"), alpha)
-    row[f"{prefix} p (t)"] = "" if clean else fmt_p(m.get("t_pvalue"))
-    row[f"{prefix} p (Wilcoxon)"] = "" if clean else fmt_p(m.get("wilcoxon_pvalue"))
+def yes_no(flag: Any) -> str:
+    return "yes" if flag else "no"
+
+
+def control_label(e: dict[str, Any]) -> str:
+    if e["control"] == "oracle":
+        return "oracle"
+    label = attack_label(e["method"], e["eps"])
+    return f"{label} placebo" if e["control"] == "placebo" else label
 
 
 def _clean_accuracy(results: dict[str, Any], ext: str, rec: str) -> dict[str, float]:
     return next((c["accuracy"] for c in results["clean"] if (c["extractor"], c["recommender"]) == (ext, rec)), {})
 
 
-def _category_row(results: dict[str, Any], ev: dict[str, Any], ks: list[int], clean: bool) -> Row:
-    ext, rec = ev["extractor"], ev["recommender"]
-    row: Row = {"defense": ext, "attack": "clean" if clean else ev["method"],
-                "eps": "" if clean else f"{ev['eps']:g}", "recommender": rec}
-    summary = {} if clean else attack_summary(results, ext, ev["method"], ev["eps"])
-    for col in CATEGORY_ATTACK_COLUMNS:
-        row[col] = fmt(summary_value(summary, col))
-    acc_before = _clean_accuracy(results, ext, rec)
-    for k in ks:
-        r = per_k(ev, k) or {}
-        _metric_columns(row, f"CHR@{k}", r.get("chr"), results["alpha"], clean)
-        _metric_columns(row, f"nCDCG@{k}", r.get("ncdcg"), results["alpha"], clean)
-        for name, label in (("hr", "HR"), ("ndcg", "nDCG")):
-            row[f"{label}@{k} before"] = fmt(acc_before.get(f"{name}@{k}"))
-            row[f"{label}@{k} after"] = "" if clean else fmt(ev["accuracy_after"].get(f"{name}@{k}"))
-    return row
+def _order(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Evaluations in the study's order: per defense, its oracle, then each attack setting (attack then
+    placebo), recommenders in spec order."""
+    recs = [r["name"] for r in results["spec"]["recommenders"]]
+    settings = attack_keys(results)
+
+    def key(e: dict[str, Any]) -> tuple:
+        exts = [x["name"] for x in results["spec"]["extractors"]]
+        setting = -1 if e["control"] == "oracle" else settings.index((e["method"], e["eps"]))
+        return (exts.index(e["extractor"]), setting, ("oracle", "attack", "placebo").index(e["control"]),
+                recs.index(e["recommender"]))
+
+    return sorted(results["evaluations"], key=key)
 
 
 def category_rows(results: dict[str, Any], mode: str) -> list[Row]:
-    """Rows defense x (clean, attack x eps) x recommender for one mode, in the study's order.
+    """Rows defense x (oracle, attack x eps, its placebo) x recommender for one mode.
 
-    Each defense starts with its clean rows (the "before" values, identical for every attack of
-    that defense), then each attack of the spec in order and each budget.
+    Per K and metric: the replicate mean before and after, the effect (after - before) with its 95 %
+    interval across replicates, the replicate test's raw and BH-adjusted p, whether it is significant
+    at the run's FDR, and the study's own test (paired over users) for reference.
     """
     ks = sorted({r["k"] for e in results["evaluations"] for r in e.get("per_k", [])})
-    evs = [e for e in results["evaluations"] if e["mode"] == mode]
     rows: list[Row] = []
-    for ext in (e["name"] for e in results["spec"]["extractors"]):
-        mine = [e for e in evs if e["extractor"] == ext]
-        first_per_rec: dict[str, dict[str, Any]] = {}
-        for e in mine:
-            first_per_rec.setdefault(e["recommender"], e)
-        rows += [_category_row(results, e, ks, clean=True) for e in first_per_rec.values()]
-        for method, eps in attack_keys(results):
-            rows += [_category_row(results, e, ks, clean=False) for e in mine if (e["method"], e["eps"]) == (method, eps)]
+    for e in _order(results):
+        if e["mode"] != mode:
+            continue
+        row: Row = {"defense": e["extractor"], "perturbation": control_label(e), "control": e["control"],
+                    "eps (/255)": "" if e["control"] == "oracle" else e["eps"], "recommender": e["recommender"],
+                    "replicates": e.get("n_replicates")}
+        summary = attack_summary(results, e["extractor"], e["method"], e["eps"]) if e["control"] == "attack" else {}
+        for col in CATEGORY_ATTACK_COLUMNS:
+            row[col] = num(summary_value(summary, col))
+        for k in ks:
+            r = per_k(e, k) or {}
+            for metric in TESTED_METRICS:
+                m = r.get(metric) or {}
+                lab = f"{_METRIC_LABEL[metric]}@{k}"
+                row[f"{lab} before"] = num(m.get("before"))
+                row[f"{lab} after"] = num(m.get("after"))
+                row[f"{lab} effect"] = num(m.get("effect"))
+                row[f"{lab} 95% CI low"] = num(m.get("ci_low"))
+                row[f"{lab} 95% CI high"] = num(m.get("ci_high"))
+                row[f"{lab} p (replicates)"] = num(m.get("p_value"), 3)
+                row[f"{lab} p adjusted"] = num(m.get("p_adjusted"), 3)
+                row[f"{lab} significant"] = yes_no(m.get("significant"))
+                row[f"{lab} study p (users)"] = num(m.get("user_t_pvalue"), 3)
+        rows.append(row)
+    return rows
+
+
+def long_rows(results: dict[str, Any]) -> list[Row]:
+    """One row per evaluation x K x metric, full precision, for pandas."""
+    rows: list[Row] = []
+    for e in _order(results):
+        for r in e.get("per_k", []):
+            for metric in ("chr", "chr_count", "ncdcg"):
+                m = r.get(metric)
+                if not isinstance(m, dict):
+                    continue
+                bp = m.get("beyond_placebo") or {}
+                rows.append({
+                    "extractor": e["extractor"], "defense": results["extractors"][e["extractor"]].get("defense"),
+                    "control": e["control"], "method": None if e["control"] == "oracle" else e["method"],
+                    "eps_255": None if e["control"] == "oracle" else e["eps"], "recommender": e["recommender"],
+                    "mode": e["mode"], "k": r["k"], "metric": metric, "unit": METRIC_UNITS[metric],
+                    "before": finite(m.get("before")), "after": finite(m.get("after")),
+                    "delta": finite(m.get("effect")), "ci_low": finite(m.get("ci_low")),
+                    "ci_high": finite(m.get("ci_high")), "p_value": finite(m.get("p_value")),
+                    "p_adjusted": finite(m.get("p_adjusted")), "significant": bool(m.get("significant")),
+                    "user_p_value": finite(m.get("user_t_pvalue")), "user_p_adjusted": finite(m.get("user_p_adjusted")),
+                    "beyond_placebo_delta": finite(bp.get("effect")),
+                    "beyond_placebo_p_adjusted": finite(bp.get("p_adjusted")),
+                    "n_replicates": e.get("n_replicates"), "n_perturbed": e.get("n_perturbed"),
+                })
     return rows
 
 
 def attack_rows(results: dict[str, Any]) -> list[Row]:
-    """One row per extractor x attack x eps: SR, flip rate, feature loss, image quality, norms, speed."""
+    """One row per extractor x attack x eps: SR (over eligible images, and in the float domain), flip
+    rate, feature loss, image quality, norms, the placebo's size, the all-zero flag, speed."""
     extra = sorted({k for a in results["attacks"] for k in summary_extra_keys(a["summary"])})
     rows = []
     for a in results["attacks"]:
         s = a["summary"]
-        row: Row = {"defense": a["extractor"], "attack": a["method"], "eps": f"{a['eps']:g}", "norm": a["norm"] or "",
+        row: Row = {"defense": a["extractor"], "attack": a["method"], "eps (/255)": a["eps"], "norm": a["norm"] or "",
                     "budget space": a["budget_space"] or "", "delivery": a["delivery"] or ""}
-        row.update({label: fmt(summary_value(s, label)) for label in SUMMARY_ALIASES})
-        row.update({key: fmt(s.get(key)) for key in extra})
+        row.update({label: num(summary_value(s, label)) for label in SUMMARY_ALIASES})
+        row["delivered perturbation all zero"] = yes_no(s.get("all_zero"))
+        pl = a.get("placebo") or {}
+        row["placebo Linf /255"] = num(pl.get("linf_255"))
+        row["placebo L2 /255"] = num(pl.get("l2_255"))
+        row["placebo feature MSE"] = num(pl.get("feat_mse"))
+        row.update({key: num(s.get(key)) for key in extra})
         rows.append(row)
-    measured = [c for c in SUMMARY_ALIASES if any(r[c] for r in rows)]
+    measured = [c for c in SUMMARY_ALIASES if any(r[c] is not None for r in rows)]
     drop = set(SUMMARY_ALIASES) - set(measured)  # quantities this attacker did not measure
     return [{c: v for c, v in r.items() if c not in drop} for r in rows]
 
@@ -113,31 +174,29 @@ def _accuracy_sort_key(name: str) -> tuple[int, int, str]:
 
 
 def clean_rows(results: dict[str, Any]) -> list[Row]:
-    """HR/nDCG/AUC (and whatever else was measured) of each clean recommender per extractor."""
+    """HR/nDCG/AUC (mean over replicates) of each clean recommender per extractor."""
     names = sorted({n for c in results["clean"] for n in c["accuracy"]}, key=_accuracy_sort_key)
     rows = []
     for c in results["clean"]:
         row: Row = {"defense": c["extractor"], "recommender": c["recommender"],
                     "uses extractor": "yes" if c["uses_extractor"] else "no (pixels)",
-                    "fit seconds": fmt(c.get("fit_seconds"), 3)}
-        row.update({n: fmt(c["accuracy"].get(n)) for n in names})
+                    "replicates": c.get("n_replicates"), "fit seconds (all replicates)": num(c.get("fit_seconds"), 3)}
+        row.update({n: num(c["accuracy"].get(n)) for n in names})
         rows.append(row)
     return rows
 
 
 def scenario_rows(results: dict[str, Any]) -> list[Row]:
-    """The clean ranking of categories the scenario was chosen from (whatever shape it was stored in)."""
-    ranking = results["scenario"].get("ranking") or []
-    if isinstance(ranking, dict):
-        ranking = [{"category": k, "value": v} for k, v in ranking.items()]
+    """The clean ranking of categories the scenario was chosen from, with its K and unit."""
+    scen = results["scenario"]
+    k = scen.get("select_k")
     rows: list[Row] = []
-    for i, r in enumerate(ranking):
-        if isinstance(r, dict):
-            rows.append({"rank": str(i + 1), **{str(k): fmt(v) if finite(v) is not None else str(v)
-                                                 for k, v in r.items()}})
-        else:
-            values = r if isinstance(r, list | tuple) else [r]
-            rows.append({"rank": str(i + 1), **{f"col{j}": str(v) for j, v in enumerate(values)}})
+    for i, r in enumerate(scen.get("ranking") or []):
+        if not isinstance(r, dict):
+            continue
+        rows.append({"rank": i + 1, "category": r.get("name", r.get("category")), "id": r.get("id"),
+                     f"CHR@{k} (origin items per top-{k} list, all replicates)": num(r.get("chr")),
+                     "items": r.get("n_items")})
     return rows
 
 
@@ -151,14 +210,26 @@ def build_tables(results: dict[str, Any]) -> dict[str, list[Row]]:
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:
-    """Rows -> CSV with the union of their columns (first-seen order)."""
+    """Rows -> CSV with the union of their columns (first-seen order); None is an empty cell."""
     fields: dict[str, None] = {}
     for r in rows:
         fields.update(dict.fromkeys(r))
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields), restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+
+
+def write_parquet(path: Path, rows: list[Row]) -> None:
+    """Rows -> Parquet (pyarrow), with the same columns and types as the CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields: dict[str, None] = {}
+    for r in rows:
+        fields.update(dict.fromkeys(r))
+    table = pa.Table.from_pylist([{f: r.get(f) for f in fields} for r in rows]) if rows else pa.table({})
+    pq.write_table(table, path)
 
 
 # -- the plain-text summary the CLI prints ---------------------------------------------------------
@@ -174,38 +245,61 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def _arrow(m: dict[str, Any] | None, alpha: float) -> str:
-    if not m:
+def effect_cell(m: dict[str, Any] | None) -> str:
+    """'+0.012 [-0.003, +0.027]*' (* = significant at the run's FDR)."""
+    if not m or finite(m.get("effect")) is None:
         return ""
-    return f"{fmt(m.get('before'))} -> {fmt(m.get('after'))}{mark(m.get('t_pvalue'), alpha)}"
+    lo, hi = finite(m.get("ci_low")), finite(m.get("ci_high"))
+    ci = f" [{lo:+.2g}, {hi:+.2g}]" if lo is not None and hi is not None else ""
+    return f"{m['effect']:+.3g}{ci}{'*' if m.get('significant') else ''}"
 
 
 def format_summary(results: dict[str, Any]) -> str:
-    """Compact per-mode tables (defense | attack | eps | SR% | featMSE | rec | CHR@K | nCDCG@K) + findings."""
+    """Compact per-mode tables of CHR@K effects with intervals, controls beside the attacks, + findings."""
     k = summary_k(results)
     scen = results["scenario"]
-    alpha = results["alpha"]
+    reps = max((e.get("n_replicates") or 1 for e in results["evaluations"]), default=1)
     parts = [f"scenario: push '{scen.get('origin')}' toward '{scen.get('target')}'; chosen by: {scen.get('chosen_by')}",
-             f"K = {k}; * = paired t-test p <= {alpha:g} against the same extractor's clean run"]
+             f"K = {k}; effect = CHR@{k} after - before (share of top-{k} slots held by origin items), mean over "
+             f"{reps} replicate(s) with its 95% interval; * = significant at FDR {results['alpha']:g} "
+             "(Benjamini-Hochberg over every test of the run)"]
     for mode in results["spec"]["modes"]:
         rows = []
         for ext in (e["name"] for e in results["spec"]["extractors"]):
+            oracle_by_rec = {e["recommender"]: e for e in results["evaluations"]
+                             if (e["control"], e["extractor"], e["mode"]) == ("oracle", ext, mode)}
             for method, eps in attack_keys(results):
                 s = attack_summary(results, ext, method, eps)
                 first = True
                 for ev in results["evaluations"]:
-                    if (ev["mode"], ev["extractor"], ev["method"], ev["eps"]) != (mode, ext, method, eps):
+                    if (ev["control"], ev["mode"], ev["extractor"], ev["method"], ev["eps"]) != (
+                            "attack", mode, ext, method, eps):
                         continue
                     r = per_k(ev, k) or {}
-                    lead = [ext, attack_label(method, eps), f"{eps:g}", fmt(summary_value(s, "SR %"), 3),
-                            fmt(summary_value(s, "feature MSE"), 3)] if first else [""] * 5
-                    rows.append([*lead, ev["recommender"], _arrow(r.get("chr"), alpha), _arrow(r.get("ncdcg"), alpha)])
+                    plac = per_k(matching(results, ev, "placebo") or {}, k) or {}
+                    ora = per_k(oracle_by_rec.get(ev["recommender"]) or {}, k) or {}
+                    lead = [ext, attack_label(method, eps), fmt(summary_value(s, "SR %"), 3),
+                            fmt(summary_value(s, "feature MSE"), 3)] if first else [""] * 4
+                    rows.append([*lead, ev["recommender"], fmt((r.get("chr") or {}).get("before")),
+                                 effect_cell(r.get("chr")), effect_cell(plac.get("chr")),
+                                 effect_cell(ora.get("chr"))])
                     first = False
-        header = ["defense", "attack", "eps", "SR%", "featMSE", "recommender", f"CHR@{k} before -> after",
-                  f"nCDCG@{k} before -> after"]
+        header = ["defense", "attack", "SR%", "featMSE", "recommender", f"CHR@{k} before", "attack effect",
+                  "placebo effect", "oracle effect"]
         parts.append(f"\n== {mode} ==\n" + text_table(header, rows))
+    weak = [n for n, e in results["extractors"].items() if e.get("weak")]
+    if weak:
+        parts.append(f"\nweak extractor(s): {', '.join(weak)} classify fewer than half of the origin items as the "
+                     "origin class; their comparisons attack images they already misread.")
+    zero = [f"{a['extractor']} {attack_label(a['method'], a['eps'])}" for a in results["attacks"]
+            if a["summary"].get("all_zero")]
+    if zero:
+        parts.append(f"all-zero delivered perturbation (the delivery erased the attack): {', '.join(zero)}")
     findings = results.get("findings") or []
     if findings:
         parts.append("\nfindings:")
         parts += [f"  ({f['id']}) {f['statement']}" for f in findings]
     return "\n".join(parts)
+
+
+__all__ = ["attack_entry", "build_tables", "format_summary", "long_rows", "write_csv", "write_parquet"]

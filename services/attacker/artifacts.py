@@ -167,18 +167,37 @@ def read_shard(d: Path) -> Shard:
 
 
 def summarize_attack_table(rows: list[dict[str, Any]], seconds: float, n_catalog: int) -> dict[str, Any]:
-    """Means of the per-image measurements (SR and flip rate in %, over the attacked images)."""
+    """Means of the per-image measurements, with the success rates defined as in the report.
+
+    ``success`` (SR, %) and ``float_success`` (SR of the float attack output before delivery, %) are
+    over the *eligible* images: those not already classified as the target before the attack
+    (``clean_target_rate``, %, says how many were; ``success_all`` is SR over every image). ``flipped``
+    is over every image. ``n_changed`` counts images whose delivered perturbation is non-zero;
+    ``all_zero`` flags a cell whose delivery erased every perturbation.
+    """
     n = len(rows)
     out: dict[str, Any] = {"n_attacked": n, "n_catalog": n_catalog, "attack_seconds": seconds,
                            "images_per_s": (n / seconds) if seconds > 0 else None}
     if n == 0:
         return out
+    flags = {"success", "float_success", "clean_is_target", "changed", "flipped"}
     for col in rows[0]:
         vals = [r[col] for r in rows if isinstance(r.get(col), bool | int | float) and r.get(col) is not None]
-        if col in _ID_COLUMNS or not vals:
+        if col in _ID_COLUMNS or col in flags or col == "target" or not vals:
             continue
-        mean = float(np.mean([float(v) for v in vals]))
-        out[col] = 100.0 * mean if col in ("success", "flipped") else mean
+        out[col] = float(np.mean([float(v) for v in vals]))
+    eligible = [r for r in rows if r.get("clean_is_target") is not True]
+
+    def pct(col: str, over: list[dict[str, Any]]) -> float | None:
+        vals = [bool(r[col]) for r in over if r.get(col) is not None]
+        return 100.0 * float(np.mean(vals)) if vals else None
+
+    out.update(
+        n_eligible=len(eligible), success=pct("success", eligible), float_success=pct("float_success", eligible),
+        success_all=pct("success", rows), clean_target_rate=pct("clean_is_target", rows),
+        flipped=pct("flipped", rows), n_changed=sum(1 for r in rows if r.get("changed", True)),
+    )
+    out["all_zero"] = out["n_changed"] == 0
     return out
 
 
@@ -246,3 +265,71 @@ def load_adversarial(store: ArtifactStore, key: str, *, arrays: bool = True) -> 
         images=opt("adv_images"), classes=opt("adv_classes"), probs=opt("adv_probs"),
         table=json.loads((d / "table.json").read_text()), summary=json.loads((d / "summary.json").read_text()),
     )
+
+
+# -- controls and the one view the evaluation reads -------------------------------------------------
+def write_placebo(out: Path, items: np.ndarray, features: np.ndarray, spatial: np.ndarray | None,
+                  images: np.ndarray, summary: dict[str, Any]) -> None:
+    """Fill a ``placebo`` directory: ``items.npy`` (M,), ``features.npy`` (R,M,D), ``spatial.npy``
+    (R,M,D',h,w) when extracted, ``images.npy`` (R,M,H,W,3) and ``summary.json``."""
+    np.save(out / "items.npy", np.asarray(items, dtype=np.int64))
+    np.save(out / "features.npy", features.astype(np.float32))
+    if spatial is not None:
+        np.save(out / "spatial.npy", spatial.astype(np.float32))
+    np.save(out / "images.npy", images)
+    _write_json(out / "summary.json", summary)
+
+
+def write_oracle(out: Path, items: np.ndarray, features: np.ndarray, spatial: np.ndarray | None,
+                 summary: dict[str, Any]) -> None:
+    """Fill an ``oracle`` directory: ``items.npy`` (M,), ``features.npy`` (1,M,D), ``spatial.npy``
+    (1,M,D',h,w) when the catalog has spatial features, and ``summary.json``."""
+    np.save(out / "items.npy", np.asarray(items, dtype=np.int64))
+    np.save(out / "features.npy", features[None].astype(np.float32))
+    if spatial is not None:
+        np.save(out / "spatial.npy", spatial[None].astype(np.float32))
+    _write_json(out / "summary.json", summary)
+
+
+@dataclass
+class Perturbation:
+    """What one evaluation cell replaces in the catalog's item side: the rows of ``items`` (M,), with,
+    per draw, features (R',M,D), spatial maps (R',M,D',h,w) and images (R',M,H,W,3) uint8 (None where
+    the kind has none: the oracle moves features only). Replicate r uses draw ``min(r, R'-1)``: the
+    attack and the oracle have one draw, a placebo one per replicate."""
+
+    kind: str
+    items: np.ndarray
+    features: np.ndarray | None
+    spatial: np.ndarray | None
+    images: np.ndarray | None
+    summary: dict[str, Any]
+
+    @property
+    def n_draws(self) -> int:
+        arrays = [a for a in (self.features, self.spatial, self.images) if a is not None]
+        return int(arrays[0].shape[0]) if arrays else 1
+
+    def draw(self, replicate: int) -> int:
+        return min(int(replicate), self.n_draws - 1)
+
+
+def load_perturbation(store: ArtifactStore, key: str) -> Perturbation:
+    """The rows an ``adversarial``, ``placebo`` or ``oracle`` artifact replaces (see :class:`Perturbation`)."""
+    kind = store.meta(key).get("kind")
+    d = store.open(key)
+    if kind == "adversarial":
+        adv = load_adversarial(store, key)
+        idx = adv.items
+        return Perturbation("attack", idx, adv.features[idx][None],
+                            None if adv.spatial is None else adv.spatial[idx][None],
+                            None if adv.images is None else adv.images_u8()[None], adv.summary)
+
+    def opt(name: str) -> np.ndarray | None:
+        return np.load(d / f"{name}.npy", allow_pickle=False) if (d / f"{name}.npy").is_file() else None
+
+    images = opt("images")
+    if images is not None and images.dtype != np.uint8:
+        images = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    return Perturbation(str(kind), np.load(d / "items.npy"), opt("features"), opt("spatial"), images,
+                        json.loads((d / "summary.json").read_text()))

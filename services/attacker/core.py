@@ -58,7 +58,8 @@ def attack_and_measure(
     # projecting before rounding keeps the delivered 8-bit image within the budget
     delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]
     m = measure_attack(model, clean, delivered, target, clean_features=clean_features,
-                       lpips_weights=lpips_weights, wall_time_s=seconds, item_ids=item_ids, batch_size=batch_size)
+                       lpips_weights=lpips_weights, wall_time_s=seconds, item_ids=item_ids, batch_size=batch_size,
+                       float_adv=adv if target is not None else None)
     model.eval()
     feats, maps, logits = [], [], []
     with torch.inference_mode():

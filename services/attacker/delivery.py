@@ -1,7 +1,12 @@
 """Delivery: what the recommender's extractor actually receives after an adversary uploads an image.
 
-* ``png8``  -- 8-bit quantisation, as a lossless PNG upload would store it. Rounding (not the
-  study's truncation, quirk Q2; ``rounding="truncate"`` reproduces it).
+* ``png8``  -- 8-bit quantisation, as a lossless PNG upload would store it: rounded onto the 8-bit
+  grid *inside* the budget (below).
+* ``png8_truncate`` -- the study's quantisation (quirk Q2): ``(x*255).astype(uint8)`` of the float
+  adversarial image, i.e. truncation toward zero with no projection back into the budget, so a
+  sub-level perturbation becomes -1 level where it was negative (a 1e-4-level tolerance keeps
+  exact clean pixels from being shifted by float error). With the study's normalised budget
+  (~0.9 grey level per channel at eps 4) this is what gives its attacks any effect at all.
 * ``float`` -- lossless float (TAaMR's setting).
 * ``jpeg``  -- PIL JPEG encode/decode at ``jpeg_quality`` (a channel an adversary does not control).
 
@@ -28,7 +33,7 @@ from PIL import Image
 from advrec_common.errors import InvalidInput
 from services.attacker.budget import Budget
 
-DeliveryMode = Literal["png8", "float", "jpeg"]
+DeliveryMode = Literal["png8", "png8_truncate", "float", "jpeg"]
 Rounding = Literal["round", "truncate"]
 _SLACK = 1e-4  # grey levels of float error tolerated when deciding which grid points are in budget
 
@@ -105,8 +110,14 @@ def _make_jpeg(quality: int) -> Callable[..., torch.Tensor]:
     return run
 
 
+def _png8_truncate(adv: torch.Tensor, clean: torch.Tensor | None, budget: Budget | None,
+                   rounding: Rounding) -> torch.Tensor:
+    return _quantize(adv, "truncate") / 255.0
+
+
 DELIVERIES: dict[str, Callable[[int], Callable[..., torch.Tensor]]] = {
     "png8": lambda q: _png8,
+    "png8_truncate": lambda q: _png8_truncate,
     "float": lambda q: _float,
     "jpeg": _make_jpeg,
 }

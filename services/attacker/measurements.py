@@ -1,6 +1,9 @@
 """What an attack did, per image and on average: classifier outcome, feature loss, visual distance.
 
-* success: adversarial image now classified as the target (targeted; SR = mean, the study's "SR");
+* success: adversarial image now classified as the target (targeted). The success rate (SR) is
+  taken over the *eligible* images, those not already classified as the target before the attack
+  (``clean_target_rate`` says how many were); ``float_success`` is the same for the attack's float
+  output before delivery (8-bit rounding, JPEG) so a delivery that erases an attack shows;
 * flipped: class differs from the clean class (untargeted flip rate);
 * feature loss between clean and adversarial features: L2, MSE, RMSE (the study's FL), cosine distance;
 * perturbation size of the *delivered* image: L-inf and L2 in [0,1] units and in 1/255 units;
@@ -47,6 +50,7 @@ class AttackMeasurement:
     ssim: np.ndarray
     lpips: np.ndarray | None
     lpips_status: str
+    float_adv_class: np.ndarray | None = None  # class of the float adversarial image, before delivery
     wall_time_s: float | None = None
     images_per_s: float | None = None
     item_ids: list[str] | None = None
@@ -68,7 +72,10 @@ class AttackMeasurement:
                 "adv_class_name": self.class_names[int(self.adv_class[i])],
                 "adv_prob": float(self.adv_prob[i]),
                 "target": None if self.target is None else int(self.target[i]),
+                "clean_is_target": None if self.target is None else bool(self.clean_class[i] == self.target[i]),
                 "success": None if self.success is None else bool(self.success[i]),
+                "float_success": None if self.float_success is None else bool(self.float_success[i]),
+                "changed": bool(self.linf[i] > 0),
                 "flipped": bool(self.flipped[i]),
                 "linf": float(self.linf[i]),
                 "linf_255": float(self.linf[i] * 255),
@@ -85,6 +92,18 @@ class AttackMeasurement:
             rows.append(row)
         return rows
 
+    @property
+    def eligible(self) -> np.ndarray | None:
+        """(N,) bool: images not already classified as the target before the attack (None: untargeted)."""
+        return None if self.target is None else self.clean_class != self.target
+
+    @property
+    def float_success(self) -> np.ndarray | None:
+        """(N,) bool: the float adversarial image (before delivery) is classified as the target."""
+        if self.target is None or self.float_adv_class is None:
+            return None
+        return self.float_adv_class == self.target
+
     def summary(self) -> dict[str, Any]:
         """Run-level means (JSON-safe: non-finite values become None)."""
 
@@ -94,10 +113,14 @@ class AttackMeasurement:
             finite = a[np.isfinite(a)]
             return float(finite.mean()) if finite.size else None
 
+        eligible = self.eligible
         out = {
             "n": len(self),
-            "success_rate": None if self.success is None else float(self.success.mean()),
-            # share already classified as the target before the attack (SR includes them)
+            "n_eligible": None if eligible is None else int(eligible.sum()),
+            # over the images not already classified as the target (None when every image already was)
+            "success_rate": _rate(self.success, eligible),
+            "float_success_rate": _rate(self.float_success, eligible),
+            "success_rate_all": None if self.success is None else float(self.success.mean()),
             "clean_target_rate": None if self.target is None else float((self.clean_class == self.target).mean()),
             "flip_rate": float(self.flipped.mean()),
             "feat_l2": mean(self.feat_l2),
@@ -119,6 +142,12 @@ class AttackMeasurement:
             **self.extra,
         }
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _rate(hits: np.ndarray | None, eligible: np.ndarray | None) -> float | None:
+    if hits is None or eligible is None or not eligible.any():
+        return None
+    return float(hits[eligible].mean())
 
 
 def _batched_outputs(model: ImageModel, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,8 +177,10 @@ def measure_attack(
     wall_time_s: float | None = None,
     item_ids: list[str] | None = None,
     batch_size: int = 128,
+    float_adv: torch.Tensor | None = None,
 ) -> AttackMeasurement:
-    """clean, delivered: (N,3,H,W) in [0,1]; target: class or (N,) classes or None; clean_features (N,D) optional."""
+    """clean, delivered: (N,3,H,W) in [0,1]; target: class or (N,) classes or None; clean_features (N,D)
+    optional; ``float_adv`` (N,3,H,W): the attack's output before delivery (for the float-domain SR)."""
     if clean.shape != delivered.shape or clean.ndim != 4 or clean.shape[1] != 3 or clean.shape[0] == 0:
         raise InvalidInput(f"clean {tuple(clean.shape)} and delivered {tuple(delivered.shape)} must be equal (N,3,H,W), N>0")
     n = clean.shape[0]
@@ -170,6 +201,9 @@ def measure_attack(
         if tgt.shape != (n,) or tgt.min() < 0 or tgt.max() >= model.num_classes:
             raise InvalidInput(f"target must be a class index in [0,{model.num_classes}) or ({n},) of them")
 
+    float_cls = None
+    if float_adv is not None:
+        float_cls = _batched_outputs(model, float_adv.detach().float().cpu(), batch_size)[1].argmax(1).numpy()
     diff_f = feats_adv - feats_clean
     feat_mse = diff_f.pow(2).mean(1)
     delta = (delivered - clean).flatten(1)
@@ -194,6 +228,7 @@ def measure_attack(
         ssim=structural_similarity_index_measure(delivered, clean, data_range=1.0, reduction="none").numpy(),
         lpips=None if lp is None else lp.numpy(),
         lpips_status=status,
+        float_adv_class=float_cls,
         wall_time_s=wall_time_s,
         images_per_s=None if not wall_time_s else n / wall_time_s,
         item_ids=item_ids,

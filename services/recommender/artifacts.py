@@ -1,12 +1,14 @@
 """The recommender domain's artifact formats: trained models, the scenario, evaluations.
 
-* ``train``: ``model.pt/`` (a saved :class:`Recommender`: ``state.pt`` + ``config.json``),
-  ``topk.npy`` (U,K) int64 clean top-K lists (training items excluded), ``train.json`` (fit seconds,
-  fit report, accuracy means) and ``lineage.json`` (the dataset / features / extractor keys and the
-  image size the model's item side came from; absent in artifacts written before it existed).
+* ``train``: R replicates (seeds seed..seed+R-1) of one model: ``model.pt/`` (replicate 0, the
+  one the recommender service serves: ``state.pt`` + ``config.json``), ``model.r<r>/`` for the
+  others, ``topk.npy`` (R,U,K) int64 clean top-K lists (training items excluded), ``train.json``
+  (fit seconds, fit reports, accuracy means per replicate and over them) and ``lineage.json`` (the
+  dataset / features / extractor keys and the image size the item side came from).
 * ``scenario``: ``scenario.json`` (origin and target categories, how they were chosen, the ranking).
-* ``evaluate``: ``topk.npy`` (the lists after the attack) and ``metrics.json`` (per-K category
-  metrics with their tests, accuracy after, rank shift).
+* ``evaluate``: ``topk.npy`` (R,U,K) lists after the perturbation, per replicate, and
+  ``metrics.json`` (per-K category metrics per replicate with their effects and tests, accuracy
+  after, rank shift).
 """
 
 from __future__ import annotations
@@ -40,28 +42,42 @@ def _json_default(o: Any) -> Any:
 
 
 # -- train -----------------------------------------------------------------------------------------
-def write_train_artifact(out: Path, model: Recommender, top: np.ndarray, info: dict[str, Any],
+def _model_dir(replicate: int) -> str:
+    return MODEL_DIR if replicate == 0 else f"model.r{replicate}"
+
+
+def write_train_artifact(out: Path, models: list[Recommender], tops: np.ndarray, info: dict[str, Any],
                          lineage: dict[str, Any]) -> None:
-    """Fill a ``train`` artifact directory."""
-    model.save(out / MODEL_DIR)
-    np.save(out / TOPK_FILE, np.asarray(top, dtype=np.int64))
+    """Fill a ``train`` artifact directory: one model per replicate, their (R,U,K) lists."""
+    tops = np.asarray(tops, dtype=np.int64)
+    if tops.ndim != 3 or tops.shape[0] != len(models):
+        raise ValueError(f"expected (R,U,K) lists for {len(models)} replicates, got {tops.shape}")
+    for r, model in enumerate(models):
+        model.save(out / _model_dir(r))
+    np.save(out / TOPK_FILE, tops)
     _dump(out / TRAIN_FILE, info)
     _dump(out / LINEAGE_FILE, lineage)
 
 
-@lru_cache(maxsize=8)
-def _model_cached(root: str, key: str) -> Recommender:
-    return Recommender.load(ArtifactStore(root).open(key) / MODEL_DIR, device="cpu")
+@lru_cache(maxsize=16)
+def _model_cached(root: str, key: str, replicate: int) -> Recommender:
+    return Recommender.load(ArtifactStore(root).open(key) / _model_dir(replicate), device="cpu")
 
 
-def load_model(store: ArtifactStore, key: str) -> Recommender:
-    """The fitted recommender of a ``train`` artifact (CPU, eval mode; cached per store and key)."""
-    return _model_cached(str(store.root), key)
+def load_model(store: ArtifactStore, key: str, replicate: int = 0) -> Recommender:
+    """Replicate ``replicate`` of a ``train`` artifact (CPU, eval mode; cached per store, key, replicate)."""
+    return _model_cached(str(store.root), key, int(replicate))
+
+
+def n_replicates(store: ArtifactStore, key: str) -> int:
+    """How many replicates a ``train`` artifact holds."""
+    return int(load_topk(store, key).shape[0])
 
 
 def load_topk(store: ArtifactStore, key: str) -> np.ndarray:
-    """(U,K) int64 top-K lists of a ``train`` or ``evaluate`` artifact."""
-    return np.load(store.open(key) / TOPK_FILE, allow_pickle=False)
+    """(R,U,K) int64 top-K lists of a ``train`` or ``evaluate`` artifact (one per replicate)."""
+    top = np.load(store.open(key) / TOPK_FILE, allow_pickle=False)
+    return top[None] if top.ndim == 2 else top
 
 
 def train_info(store: ArtifactStore, key: str) -> dict[str, Any]:
@@ -85,8 +101,9 @@ def load_scenario(store: ArtifactStore, key: str) -> dict[str, Any]:
 
 
 # -- evaluate --------------------------------------------------------------------------------------
-def write_evaluation(out: Path, top_after: np.ndarray, metrics: dict[str, Any]) -> None:
-    np.save(out / TOPK_FILE, np.asarray(top_after, dtype=np.int64))
+def write_evaluation(out: Path, tops_after: np.ndarray, metrics: dict[str, Any]) -> None:
+    """Fill an ``evaluate`` directory: (R,U,K) lists after the perturbation and the metrics."""
+    np.save(out / TOPK_FILE, np.asarray(tops_after, dtype=np.int64))
     _dump(out / METRICS_FILE, metrics)
 
 

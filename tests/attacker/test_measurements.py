@@ -65,7 +65,28 @@ def test_success_flip_and_feature_loss(random_model, images):
     assert np.allclose(m.feat_mse, mse.numpy(), rtol=1e-5) and np.allclose(m.feat_rmse, mse.sqrt().numpy(), rtol=1e-5)
     cos = 1 - torch.nn.functional.cosine_similarity(f_other, f_clean, dim=1)
     assert np.allclose(m.feat_cos, cos.clamp_min(0).numpy(), atol=1e-6)
-    assert m.summary()["success_rate"] == 1.0
+    eligible = (clean_cls != other_cls).numpy()
+    assert m.summary()["success_rate"] == (1.0 if eligible.any() else None)
+    assert m.summary()["n_eligible"] == int(eligible.sum())
+
+
+def test_success_rate_counts_only_images_not_already_the_target():
+    """Hand-made: 4 images, target t; one was already t before the attack (not eligible)."""
+    from services.attacker.artifacts import summarize_attack_table
+
+    rows = [
+        {"item": "a", "clean_is_target": True, "success": True, "float_success": True, "changed": True, "flipped": False},
+        {"item": "b", "clean_is_target": False, "success": True, "float_success": True, "changed": True, "flipped": True},
+        {"item": "c", "clean_is_target": False, "success": False, "float_success": True, "changed": True, "flipped": False},
+        {"item": "d", "clean_is_target": False, "success": True, "float_success": True, "changed": False, "flipped": True},
+    ]
+    s = summarize_attack_table(rows, seconds=2.0, n_catalog=10)
+    assert s["n_attacked"] == 4 and s["n_eligible"] == 3
+    assert s["success"] == pytest.approx(200 / 3) and s["success_all"] == 75.0 and s["clean_target_rate"] == 25.0
+    assert s["float_success"] == 100.0  # the float output succeeded where the delivered image did not (c)
+    assert s["n_changed"] == 3 and s["all_zero"] is False
+    erased = summarize_attack_table([{**r, "changed": False} for r in rows], 1.0, 10)
+    assert erased["all_zero"] is True
 
 
 def test_lpips_is_unavailable_without_weights_never_faked(random_model, images, tmp_path):

@@ -51,16 +51,27 @@ def test_runs_end_to_end(first_run):
     data = record.read()
     assert data["state"] == "done", data["error"]
     results = json.loads((record.dir / "report" / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     evals = results["evaluations"]
     assert {e["mode"] for e in evals} == {"retrain", "deployment"}
+    assert {e["control"] for e in evals} == {"attack", "placebo", "oracle"}
     for e in evals:
         ks = [row["k"] for row in e["per_k"]]
-        assert ks == [5, 10]
+        assert ks == [5, 10] and e["n_replicates"] == 3
         for row in e["per_k"]:
-            assert 0.0 <= row["chr"]["before"] <= 1.0
-            assert 0.0 <= row["chr_count"]["before"] <= row["k"]
+            m = row["chr"]
+            assert 0.0 <= m["before"] <= 1.0 and 0.0 <= row["chr_count"]["before"] <= row["k"]
+            assert len(m["before_per_replicate"]) == 3
+            assert m["effect"] == pytest.approx(m["after"] - m["before"], abs=1e-12)
+            assert m["p_adjusted"] is None or m["p_adjusted"] >= m["p_value"]  # BH never lowers a p-value
+    assert results["tests"]["n_tests"] > 0
     assert (record.dir / "report" / "report.html").is_file()
+    import pandas as pd
+
+    long = pd.read_csv(record.dir / "report" / "tables" / "long.csv")
+    parquet = pd.read_parquet(record.dir / "report" / "tables" / "long.parquet")
+    assert len(long) == len(parquet) == sum(3 * len(e["per_k"]) for e in evals)  # chr, chr_count, ncdcg
+    assert long["delta"].dtype.kind == "f" and long["significant"].dtype == bool
     assert list_runs(home / "runs")[0]["run_id"] == record.run_id
 
 
@@ -118,7 +129,8 @@ def test_presets_validate_and_plan_the_study_grid():
     spec = load_spec("demo")
     p = plan(spec, n_items=600)
     cells = [s for s in p if s.kind == "adversarial"]
-    assert len(cells) == 3 * 2 * 2  # three defenses x FGSM/PGD x eps 4, 8
+    assert len(cells) == len(spec.extractors) * sum(len(a.eps) for a in spec.attacks)
+    assert {s.kind for s in p} >= {"placebo", "oracle"}
     assert load_spec("study").attacks[-1].method == "cw"
 
 
