@@ -4,9 +4,12 @@ Each is a content-addressed artifact: key = hash of (defense config, data parame
 code version); the artifact directory holds ``model.pt`` (advrec layout) and ``report.json``. A
 second request for the same key loads the stored model instead of training again.
 
-Tuning (``tiny_cnn`` at 64x64, 40 images per class, eps 8/255): each defense trains in seconds to
-tens of seconds on 2 CPU cores, and PGD-AT's robust accuracy under PGD-10 at 8/255 is far above
-the standard model's (which is close to zero) -- the contrast the study is about.
+Settings (``tiny_cnn`` at 64x64, 80 images per class, defenses trained at eps 4/255 like the
+study's Madry linf_4 and Free-AT eps 4): each trains in 15-40 CPU-seconds. Measured on the held-out
+fifth (seed 0): clean accuracy 1.00 (standard), 1.00 (PGD-AT), 0.99 (Free-AT) -- the defenses are
+within ten points of the standard model, so a comparison between them is fair -- and robust
+accuracy under PGD-10 at 4/255 of 0.71, 0.98 and 0.96. (With 40 images per class and eps 8 they
+were 0.84 / 0.65 / 0.69 clean: defenses too weak to compare.)
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ from services.extractor.weights import load_extractor
 
 DEMO_BACKBONE = "tiny_cnn"
 DEMO_IMAGE_SIZE = 64
-DEMO_N_PER_CLASS = 40
+DEMO_N_PER_CLASS = 80
 DEMO_VAL_FRACTION = 0.2
-DEMO_TRAIN_VERSION = "1"
+DEMO_TRAIN_VERSION = "2"
 MODEL_FILE, REPORT_FILE = "model.pt", "report.json"
 
-_COMMON = {"batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eps": 8.0, "eval_steps": 10}
+# the study's defenses are trained at eps 4/255 (Madry linf_4, Free-AT eps 4); robustness is evaluated there
+_COMMON = {"batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eps": 4.0, "eval_steps": 10}
 DEMO_DEFENSES: dict[str, TrainConfig] = {
     "standard": TrainConfig(method="standard", epochs=6, **_COMMON),
-    "pgd_at": TrainConfig(method="pgd_at", epochs=6, pgd_steps=3, **_COMMON),
-    "free_at": TrainConfig(method="free_at", epochs=12, replays=4, **_COMMON),
+    "pgd_at": TrainConfig(method="pgd_at", epochs=8, pgd_steps=3, **_COMMON),
+    "free_at": TrainConfig(method="free_at", epochs=16, replays=4, **_COMMON),
 }
 
 

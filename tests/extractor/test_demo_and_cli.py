@@ -39,14 +39,14 @@ def test_demo_extractor_is_stored_and_reused(store):
 
 def test_demo_defenses_are_tuned_as_documented():
     assert DEMO_DEFENSES["pgd_at"].method == "pgd_at" and DEMO_DEFENSES["free_at"].method == "free_at"
-    assert {c.eps for c in DEMO_DEFENSES.values()} == {8.0} and {c.eval_steps for c in DEMO_DEFENSES.values()} == {10}
+    assert {c.eps for c in DEMO_DEFENSES.values()} == {4.0} and {c.eval_steps for c in DEMO_DEFENSES.values()} == {10}
 
 
 def test_cli_train_demo_prints_a_table(tmp_path, capsys):
     assert main(["extractor", "train-demo", "--defense", "standard", "--n-per-class", "3",
                  "--store", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
-    assert "robust_acc(PGD-10,eps=8/255)" in out and out.count("standard") == 1
+    assert "robust_acc(PGD-10,eps=4/255)" in out and out.count("standard") == 1
     assert main(["extractor", "train-demo", "--defense", "standard", "--n-per-class", "3",
                  "--store", str(tmp_path / "s")]) == 0
     assert "(stored)" in capsys.readouterr().out
