@@ -16,6 +16,7 @@ from torch import Tensor
 
 from advrec_common.datasets.types import Interactions
 from advrec_common.errors import InvalidInput, NotFound
+from services.recommender.allocator import retain_freed_memory
 from services.recommender.items import ItemSide
 from services.recommender.pairs import PairIndex, as_index
 
@@ -53,6 +54,7 @@ def score_blocks(model: Scorer, users: Tensor, items: ItemSide | None = None,
 
     The item state is computed once; a block is one ``score_with_state`` call (no concatenation).
     """
+    retain_freed_memory()
     step = int(batch_size or model.config.score_batch)
     state = model.item_state(items)
     for s in range(0, users.numel(), step):

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from advrec_common.datasets.types import Interactions
 from advrec_common.errors import InvalidInput
+from services.recommender.allocator import retain_freed_memory
 from services.recommender.config import RecConfig
 from services.recommender.items import ItemSide
 from services.recommender.metrics.accuracy import auc, hit_ratio, masked_ranks, n_candidates
@@ -158,6 +159,7 @@ def fit_models(
     of each user with >= 2 of them is held out and not trained on. ``progress`` gets
     ``{epoch, loss, val_metric}`` per epoch (plus ``replicate`` when there are several).
     """
+    retain_freed_memory()
     lead = models[0]
     config = lead.config
     for m in models[1:]:
