@@ -5,11 +5,12 @@ owns rows ``r*n .. r*n+n-1``. A *dense* parameter is ``(R, ...)``. Gradients are
 model into :attr:`TableOptimizer.grad` (``index_add_`` of per-pair rows) and the model names, per
 row table, the row indices it touched (duplicates allowed).
 
-:class:`RowAdagrad` is ``torch.optim.Adagrad`` (``lr_decay=0``, ``weight_decay=0``, ``eps=1e-10``) with
-its update written out: ``acc += g*g; w += -lr * g / (sqrt(acc) + eps)`` element-wise. A row without
-gradient is left exactly unchanged by that update (``acc + 0 = acc`` and ``w + (-0) = w``), so updating
-only the touched rows is *exact*, not an approximation; small tables (or big batches) take the dense
-path, which gives bit-identical results. :class:`DenseAdam` is ``torch.optim.Adam``'s single-tensor
+:class:`RowAdagrad` is ``torch.optim.Adagrad(fused=True)`` (``lr_decay=0``, ``weight_decay=0``,
+``eps=1e-10``): ``acc += g*g; w -= lr * g / (sqrt(acc) + eps)`` element-wise, in torch's fused CPU
+kernel (one pass; it rounds like the unfused update to within 1 ulp). A row without gradient is left
+exactly unchanged by that update (``acc + 0 = acc``, ``w - 0 = w``), so updating only the touched
+rows is *exact*, not an approximation; small tables (or big batches) take the dense path, which
+gives bit-identical results. :class:`DenseAdam` is ``torch.optim.Adam``'s single-tensor
 update over whole tables (Adam's moments decay for untouched rows, so a lazy Adam would change the
 numbers; this one does not).
 """
@@ -22,8 +23,10 @@ import torch
 from torch import Tensor
 
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
-# a row table takes the dense path when the touched-row candidates reach this fraction of its rows
+# a row table takes the dense path when the touched-row candidates reach this fraction of its rows,
+# or when it is so small that a dense pass costs less than the sparse path's extra operations
 DENSE_FRACTION = 0.5
+DENSE_NUMEL = 1 << 15
 
 
 class TableOptimizer:
@@ -37,15 +40,28 @@ class TableOptimizer:
         raise NotImplementedError
 
 
-def touched_rows(indices: Sequence[Tensor], n_rows: int) -> Tensor | None:
+def touched_rows(indices: Sequence[Tensor], n_rows: int, numel: int | None = None) -> Tensor | None:
     """Sorted distinct rows among ``indices`` (flat), or None when a dense update is cheaper."""
     total = sum(int(ix.numel()) for ix in indices)
-    if total >= DENSE_FRACTION * n_rows:
+    if total >= DENSE_FRACTION * n_rows or (numel is not None and numel <= DENSE_NUMEL):
         return None
     counts = torch.bincount(indices[0], minlength=n_rows)
     for ix in indices[1:]:
         counts += torch.bincount(ix, minlength=n_rows)
     return counts.nonzero().squeeze(1)
+
+
+_STEP = torch.tensor(1.0)  # with lr_decay = 0 the step count does not enter Adagrad's update
+
+
+def adagrad_(w: Tensor, g: Tensor, acc: Tensor, lr: float) -> None:
+    """In place: ``acc += g*g; w -= lr * g / (sqrt(acc) + eps)`` (torch's fused Adagrad kernel if present)."""
+    fused = getattr(torch, "_fused_adagrad_", None)
+    if fused is not None and w.device.type == "cpu":
+        fused([w], [g], [acc], [_STEP], lr=lr, lr_decay=0.0, weight_decay=0.0, eps=ADAGRAD_EPS, maximize=False)
+        return
+    acc.addcmul_(g, g)
+    w.addcdiv_(g, acc.sqrt().add_(ADAGRAD_EPS), value=-lr)
 
 
 class RowAdagrad(TableOptimizer):
@@ -57,19 +73,23 @@ class RowAdagrad(TableOptimizer):
         self.acc = {name: torch.full_like(p, initial_accumulator_value) for name, p in params.items()}
 
     def step(self, touched: dict[str, Sequence[Tensor]]) -> None:
+        found: dict[tuple[int, ...], Tensor | None] = {}  # tables touched by the same indices share rows
         for name, w in self.params.items():
             g, acc, lr = self.grad[name], self.acc[name], self.lrs[name]
-            rows = touched_rows(touched[name], w.shape[0]) if name in self.row_tables and name in touched else None
+            rows = None
+            if name in self.row_tables and name in touched:
+                key = (w.shape[0], w.numel() <= DENSE_NUMEL, *(id(ix) for ix in touched[name]))
+                if key not in found:
+                    found[key] = touched_rows(touched[name], w.shape[0], w.numel())
+                rows = found[key]
             if rows is None:
-                acc.addcmul_(g, g)
-                w.addcdiv_(g, acc.sqrt().add_(ADAGRAD_EPS), value=-lr)
+                adagrad_(w, g, acc, lr)
                 g.zero_()
                 continue
-            g_rows = torch.index_select(g, 0, rows)
-            a_rows = torch.index_select(acc, 0, rows).addcmul_(g_rows, g_rows)
+            g_rows, a_rows, w_rows = (torch.index_select(t, 0, rows) for t in (g, acc, w))
+            adagrad_(w_rows, g_rows, a_rows, lr)
             acc.index_copy_(0, rows, a_rows)
-            w.index_copy_(0, rows, torch.index_select(w, 0, rows).addcdiv_(g_rows, a_rows.sqrt().add_(ADAGRAD_EPS),
-                                                                              value=-lr))
+            w.index_copy_(0, rows, w_rows)
             g.index_fill_(0, rows, 0.0)
 
 

@@ -354,20 +354,6 @@ def penalty_grad_(g: Tensor, x: Tensor, r: float, form: str) -> Tensor:
     return g.add_(x, alpha=2 * r)
 
 
-def table_penalty_grad_(g: Tensor, w: Tensor, rows: list[Tensor], r: float, form: str) -> Tensor:
-    """``g += r * count_row * d penalty / dw`` over a whole table: the per-occurrence penalty gradient
-    of :func:`penalty_grad_` summed per row in one pass (cheaper when a batch touches most rows)."""
-    if not r:
-        return g
-    count = torch.bincount(rows[0], minlength=w.shape[0])
-    for ix in rows[1:]:
-        count += torch.bincount(ix, minlength=w.shape[0])
-    count = count.to(w.dtype).view(-1, *([1] * (w.ndim - 1)))
-    if form == "study_sum":
-        return g.add_(count, alpha=r)
-    return g.addcmul_(w, count, value=2 * r)
-
-
 def dot_items(user_vecs: Tensor, item_vecs: Tensor, bias: Tensor | None, items: Tensor) -> Tensor:
     """Scores of users (B,K) for ``items``: (n,) shared by all -> (B,n); (B,n) per user -> (B,n)."""
     if items.ndim == 1:

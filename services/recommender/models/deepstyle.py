@@ -95,5 +95,5 @@ class DeepStyle(VisualBPRGrads, Recommender):
     def _item_offset_grad(self, G: dict[str, Tensor], g_v: Tensor, bi: _BatchItems, batch: Batch,
                           touched: dict[str, list[Tensor]]) -> None:
         rows = self._category_rows(bi, batch)
-        G["L"].index_add_(0, rows, g_v, alpha=-1)
+        G["L"].index_add_(0, rows, g_v.neg())
         touched["L"] = touched.get("L", []) + [rows]
