@@ -16,7 +16,9 @@ and the median reported. Both are evaluated by the same code (``rank_and_evaluat
 factors are loaded into the equivalent advrec model (BPR: p.q + b; VBPR: Cornac's form is advrec's
 ``full_vbpr``). VBPR features: seeded random non-negative 2048-d vectors (MovieLens has no images),
 scaled to max |F| = 1 so both see the same inputs. Cornac's BPR is per-sample SGD (Cython); advrec
-trains mini-batches with Adagrad, so each side gets its own learning rate (flags).
+trains mini-batches with Adagrad, so each side gets its own learning rate (flags; the defaults were
+picked so both reach the same HR@10 after 20 epochs: Cornac lr 0.1 / lambda 0.001 was its best of
+lr {0.01, 0.05, 0.1, 0.2} x lambda {0.01, 0.001}).
 """
 
 from __future__ import annotations
@@ -113,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--models", default="bpr,vbpr")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=4096, help="advrec BPR-MF batch (Cornac's BPR is per sample)")
+    p.add_argument("--batch", type=int, default=8192, help="advrec BPR-MF batch (Cornac's BPR is per sample)")
     p.add_argument("--lr", type=float, default=0.1, help="advrec BPR-MF Adagrad lr")
-    p.add_argument("--peer-lr", type=float, default=0.05, help="Cornac BPR SGD lr")
-    p.add_argument("--reg", type=float, default=0.01, help="L2 weight as Cornac applies it (lambda/2 ||x||^2 per sample); advrec gets lambda/2 on sum x^2")
+    p.add_argument("--peer-lr", type=float, default=0.1, help="Cornac BPR SGD lr")
+    p.add_argument("--reg", type=float, default=0.001, help="L2 weight as Cornac applies it (lambda/2 ||x||^2 per sample); advrec gets lambda/2 on sum x^2")
     p.add_argument("--vbpr-batch", type=int, default=512)
     p.add_argument("--vbpr-lr", type=float, default=0.05, help="advrec VBPR Adagrad lr")
     p.add_argument("--peer-vbpr-lr", type=float, default=0.001, help="Cornac VBPR Adam lr")

@@ -13,7 +13,8 @@ Evaluation = what one cell of the pipeline needs: every user's top-100 list plus
 precision/recall at 5/10/20/50/100 of the test users. With ``rank_and_evaluate`` (this branch) that
 is one pass; older code did ``topk`` + ``evaluate_accuracy`` (three passes), which the script uses
 when ``rank_and_evaluate`` is missing, so the same script measures before and after. The reference
-is a bare pass: per block of users, item-state matmul + ``torch.topk``, nothing else.
+is a bare pass: per block of users, item-state matmul + ``torch.topk``, nothing else. Validation =
+one early-stopping check (each user's last training item held out), exact or against 200 sampled items.
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def full_evaluation(model, train, test) -> tuple[float, str]:
     return cpu(three), "three passes (topk + evaluate_accuracy)"
 
 
+def validation_cost(model, train, negatives: int) -> float | None:
+    """CPU-s of one validation of the held-out last training item per user (what early stopping runs)."""
+    from services.recommender import training
+
+    fit_train, valid = split_last(train)
+    config = model.config
+    if negatives:
+        if "val_negatives" not in type(config).model_fields:
+            return None
+        config = config.model_copy(update={"val_negatives": negatives})
+    training.validation_metric(model, fit_train, valid, config)  # warm: the pair index is built once per fit
+    return cpu(lambda: training.validation_metric(model, fit_train, valid, config))
+
+
 def bare_pass(model, block: int) -> float:
     """Matmul + topk of every user against the item state (no masking, no metrics)."""
     state = model.item_state(None)
@@ -86,19 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     train, test = split_last(inter)
     print(f"synthetic Amazon Men shape: {inter.n_users} users x {inter.n_items} items, {len(inter)} interactions "
           f"({len(train)} train, {len(test)} test), {args.feature_dim}-d features; study preset, one thread, CPU-s")
-    print(f"{'model':<8} {'epoch CPU-s':>12} {'eval CPU-s':>11} {'bare CPU-s':>11} {'eval/bare':>9}  evaluation")
+    print(f"{'model':<8} {'epoch CPU-s':>12} {'eval CPU-s':>11} {'bare CPU-s':>11} {'eval/bare':>9} "
+          f"{'val exact':>10} {'val N=200':>10}  evaluation")
     for name in args.models.split(","):
         cfg = {"preset": "study", "epochs": args.epochs, "patience": 0, "seed": 0}
         if name == "amr":
             cfg["adv_start"] = 1 / args.epochs  # epochs >= 2 are adversarial
         model = build_recommender(name, inter.n_users, inter.n_items, cfg)
         marks: list[float] = [time.process_time()]
-        model.fit(train, items if name != "bprmf" else None, progress=lambda _r: marks.append(time.process_time()))
+        model.fit(train, items if name != "bprmf" else None, progress=lambda _r, m=marks: m.append(time.process_time()))
         per_epoch = [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
         epoch = statistics.median(per_epoch[1:]) if len(per_epoch) > 1 else per_epoch[0]
         eval_s, how = full_evaluation(model, train, test)
         bare = bare_pass(model, args.block)
-        print(f"{name:<8} {epoch:>12.3f} {eval_s:>11.3f} {bare:>11.3f} {eval_s / bare:>8.2f}x  {how}")
+        val = validation_cost(model, train, 0)
+        val_s = validation_cost(model, train, 200)
+        sampled = f"{val_s:>10.3f}" if val_s is not None else f"{'n/a':>10}"
+        print(f"{name:<8} {epoch:>12.3f} {eval_s:>11.3f} {bare:>11.3f} {eval_s / bare:>8.2f}x {val:>10.3f} {sampled}  {how}")
     return 0
 
 

@@ -38,9 +38,10 @@ class RecConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     val_metric: Literal["auc", "hr"] = "auc"
     val_k: int = Field(10, ge=1, description="K of the validation HR.")
-    val_negatives: int = Field(
-        0, ge=0, description="0: validate by ranking against every item (exact); N: against N items drawn once "
-        "per fit and shared by all validation users (non-training ones count), an unbiased AUC estimate.")
+    val_negatives: int | None = Field(
+        None, ge=0, description="0: validate by ranking against every item (exact); N: against N items drawn once "
+        "per fit and shared by all validation users (non-training ones count), an unbiased AUC estimate at N/I "
+        "of the cost (exact when N >= I - 1).")
     seed: int = 0
     device: str = "cpu"
     # VBPR / AMR
@@ -65,8 +66,8 @@ class RecConfig(BaseModel):
 # Defaults every model shares per preset (a model's DEFAULTS override them). The study trained for a
 # fixed number of epochs (checkpoints at 1000-epoch steps) without early stopping.
 COMMON_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fast": {"patience": 5, "reg_form": "l2"},
-    "study": {"patience": 0, "reg_form": "l2"},
+    "fast": {"patience": 5, "reg_form": "l2", "val_negatives": 200},
+    "study": {"patience": 0, "reg_form": "l2", "val_negatives": 0},
 }
 
 

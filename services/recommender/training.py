@@ -84,9 +84,10 @@ class Validator:
         self.metric, self.k = config.val_metric, config.val_k
         n_items = fit_train.n_items
         self.negatives: Tensor | None = None
-        if 0 < config.val_negatives < n_items - 1:
+        n_neg = config.val_negatives or 0
+        if 0 < n_neg < n_items - 1:
             gen = torch.Generator().manual_seed(config.seed)
-            self.negatives = torch.randperm(n_items, generator=gen)[: config.val_negatives].to(device)
+            self.negatives = torch.randperm(n_items, generator=gen)[:n_neg].to(device)
             self.candidates = ~self.exclude.contains(self.users[:, None], self.negatives[None, :])
             self.candidates &= self.negatives[None, :] != self.items[:, None]
             self.n_cand = self.candidates.sum(1)
