@@ -45,7 +45,7 @@ class AMR(VBPR):
         if self.config.adv_type == "grad":
             (direction,) = torch.autograd.grad(loss, f_b, retain_graph=True)
         else:
-            direction = torch.randn(f_b.shape, generator=generator, device=f_b.device) * 0.01
+            direction = torch.randn(f_b.shape, generator=generator).to(f_b.device) * 0.01
         delta = self.config.adv_eps * F.normalize(direction.detach(), dim=1)
         f_adv = f_b.detach() + delta
         adv_loss, _ = self.pair_terms(users, pos, neg, f_adv[i_pos], f_adv[i_neg])

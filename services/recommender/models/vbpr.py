@@ -186,7 +186,7 @@ class VisualBPRGrads:
                 if full:
                     direction.addr_(g_b[a:b], W["beta"][r])
             else:
-                direction = torch.randn(f.shape, generator=batch.generators[r], device=f.device) * 0.01
+                direction = torch.randn(f.shape, generator=batch.generators[r]).to(f.device) * 0.01
             f_adv.append(f + cfg.adv_eps * F.normalize(direction, dim=1))
         vis = bi.project(f_adv, W["E"])
         if full:
