@@ -79,7 +79,7 @@ class BPRMF(Recommender):
         r_u, r_i = reg_list(self.config.regs, 2)
         form = self.config.reg_form
         # (a per-table penalty, count_row * 2r * w_row, measured slower than these per-row terms)
-        G["P"].index_add_(0, u, penalty_grad_(d.mul_(zc).neg_(), p, r_u, form))
+        G["P"].index_add_(0, u, penalty_grad_(d.mul_(zc.neg()), p, r_u, form))
         zp = p.mul_(zc)
         G["Q"].index_add_(0, i, penalty_grad_(zp.neg(), qi, r_i, form))
         G["Q"].index_add_(0, j, penalty_grad_(zp, qj, r_i, form))

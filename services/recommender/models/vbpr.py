@@ -80,7 +80,7 @@ def _pair_grads(U: Tensor, V: Tensor, bias: Tensor | None, bi: _BatchItems, batc
         x.add_(torch.index_select(bias, 0, bi.inv_i)).sub_(torch.index_select(bias, 0, bi.inv_j))
     z = torch.sigmoid(-x)  # -dL/dx
     zc = z.unsqueeze(1)
-    g_u = d.mul_(zc).neg_()
+    g_u = d.mul_(zc.neg())
     zu = U * zc
     # (index_add_ with alpha != 1 takes a path ~4x slower than negating the source first)
     g_v = torch.zeros_like(V).index_add_(0, bi.inv_j, zu).index_add_(0, bi.inv_i, zu.neg_())
