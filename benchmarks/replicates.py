@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.process_time()
                 pairs = fit_replicates(name, inter.n_users, inter.n_items, cfg, seeds, inter, items)
                 together.append(time.process_time() - t0)
-                diff = max(float((a.P - m.P).abs().max()) for (a, _), m in zip(pairs, alone, strict=True))
+                diff = max(float((a.P - m.P).detach().abs().max()) for (a, _), m in zip(pairs, alone, strict=True))
             sep, tog = statistics.median(separate), statistics.median(together)
             mode = "" if batched(name) else "  (sequential fallback)"
             print(f"{name:<10} {r:>2} {sep:>16.2f} {tog:>16.2f} {sep / tog:>8.2f}x {diff:>10.1e}{mode}")

@@ -102,10 +102,6 @@ class Batch:
     size: int
     generators: list[torch.Generator]
 
-    def replicate_of(self, flat_rows: Tensor, n_rows: int) -> Tensor:
-        """Replicate index of flat table rows."""
-        return flat_rows // n_rows
-
 
 def stack_batch(arrays: list[tuple[Tensor, Tensor, Tensor]], start: int, stop: int, n_users: int, n_items: int,
                 generators: list[torch.Generator]) -> Batch:
