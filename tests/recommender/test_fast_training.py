@@ -191,3 +191,19 @@ def test_config_imports_without_torch():
     code = "import sys, services.recommender.config as c; c.RecConfig(preset='study'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rank_and_evaluate_rejects_bad_requests(fitted, synth):
+    from advrec_common.datasets.types import Interactions
+    from advrec_common.errors import InvalidInput
+
+    model = fitted["bprmf"]
+    with pytest.raises(InvalidInput, match="max_k"):
+        rank_and_evaluate(model, synth.train, synth.test, (10,), max_k=synth.train.n_items + 1)
+    with pytest.raises(InvalidInput, match="k must be"):
+        rank_and_evaluate(model, synth.train, synth.test, (0,))
+    other = Interactions(synth.train.user, synth.train.item, synth.train.n_users, synth.train.n_items + 1)
+    with pytest.raises(InvalidInput, match="train"):
+        rank_and_evaluate(model, other, synth.test, (10,))
+    with pytest.raises(InvalidInput, match="seeds"):
+        fit_replicates("bprmf", synth.train.n_users, synth.train.n_items, {}, [], synth.train)

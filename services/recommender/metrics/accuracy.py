@@ -153,8 +153,9 @@ def rank_and_evaluate(
     max_k = int(max(ks)) if max_k is None else int(max_k)
     if max_k < 1 or max_k > n_items:
         raise InvalidInput(f"max_k must be in [1, {n_items}], got {max_k}")
-    if (test.n_users, test.n_items) != (model.n_users, model.n_items):
-        raise InvalidInput("test interactions do not match the model's users/items")
+    for label, inter in (("test", test), ("train", train)):
+        if (inter.n_users, inter.n_items) != (model.n_users, model.n_items):
+            raise InvalidInput(f"{label} interactions do not match the model's users/items")
     dev = model.device
     exclude = as_index(train, dev)
     u = torch.arange(model.n_users, device=dev) if users is None else as_user_tensor(users, model.n_users).to(dev)
