@@ -110,6 +110,6 @@ def stack_batch(arrays: list[tuple[Tensor, Tensor, Tensor]], start: int, stop: i
         users, pos, neg = (a[start:stop] for a in arrays[0])
         return Batch(users, pos, neg, users, pos, neg, 1, stop - start, generators)
     users, pos, neg = (torch.cat([a[k][start:stop] for a in arrays]) for k in range(3))
-    rep = torch.arange(len(arrays)).repeat_interleave(stop - start)
+    rep = torch.arange(len(arrays), device=users.device).repeat_interleave(stop - start)
     return Batch(users, pos, neg, users + rep * n_users, pos + rep * n_items, neg + rep * n_items,
                  len(arrays), stop - start, generators)
