@@ -247,7 +247,7 @@ class Recommender(nn.Module):
         self.eval()
         try:
             step = self.config.score_batch
-            if users.numel() <= step:
+            if 0 < users.numel() <= step:  # one block: no copy through torch.cat
                 return self._score_chunk(users, state)
             chunks = [self._score_chunk(users[s : s + step], state) for s in range(0, users.numel(), step)]
             return torch.cat(chunks) if chunks else torch.empty(0, self.n_items, device=self.device)
