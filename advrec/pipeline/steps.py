@@ -128,34 +128,37 @@ def step_features(ctx: StepContext) -> None:
     ctx.meta.update(write_catalog_features(ctx.out, _dataset(ctx), model, ctx.params, ctx.device, ctx.progress))
 
 
-def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items: ItemSide, device: str):
-    from services.recommender.models import build_recommender
-
-    model = build_recommender(rec_name, ds.n_users, ds.n_items, {**config, "seed": seed, "device": device})
-    report = model.fit(ds.train, items)
-    return model, report
-
-
 def _fit_replicates(rec_name: str, config: dict[str, Any], seeds: list[int], ds: RecDataset,
                     items: list[ItemSide], device: str, progress: Any = None) -> list[tuple[Any, Any]]:
-    """One fitted model per seed; replicate r trains on ``items[r]`` with seed ``seeds[r]``."""
+    """One fitted model per seed; replicate r trains on ``items[r]`` with seed ``seeds[r]``.
+
+    When every replicate sees the same item side (the clean models, an attack, the oracle), the seeds
+    train as one batched model (:func:`services.recommender.replicates.fit_replicates`, results equal
+    to separate fits); a placebo gives each replicate its own draw, so its seeds are fitted one by one.
+    """
+    from services.recommender.replicates import fit_replicates
+
+    cfg = {**config, "device": device}
+    if all(side is items[0] for side in items):
+        return fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, seeds, ds.train, items[0], progress=progress)
     out = []
-    for r, (seed, side) in enumerate(zip(seeds, items, strict=True)):
-        out.append(_fit(rec_name, config, seed, ds, side, device))
-        if progress is not None:
-            progress({"done": r + 1, "total": len(seeds), "unit": "models"})
+    for seed, side in zip(seeds, items, strict=True):
+        out += fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, [seed], ds.train, side, progress=progress)
     return out
+
+
+def _ranked(model: Any, ds: RecDataset, ks: list[int], max_k: int, items: ItemSide | None = None):
+    """(top-max_k lists (U,max_k), accuracy means) in one scoring pass."""
+    from services.recommender.metrics.accuracy import rank_and_evaluate
+
+    top, acc = rank_and_evaluate(model, ds.train, ds.test, [k for k in ks if k <= ds.n_items], max_k=max_k,
+                                 items=items)
+    return top, _means(acc)
 
 
 def _seeds(p: dict[str, Any]) -> list[int]:
     """The replicates' seeds: seed, seed+1, ..., seed+R-1."""
     return [int(p["seed"]) + r for r in range(int(p.get("replicates", 1)))]
-
-
-def _accuracy(model, ds: RecDataset, ks: list[int], items: ItemSide | None = None) -> dict[str, Any]:
-    from services.recommender.metrics.accuracy import evaluate_accuracy
-
-    return evaluate_accuracy(model, ds.train, ds.test, ks, items=items)
 
 
 def _means(acc: dict[str, Any]) -> dict[str, float]:
@@ -183,8 +186,6 @@ def step_train(ctx: StepContext) -> None:
     """Train a recommender R times (its seeds) on clean features; store the models, lists and accuracy."""
     import time
 
-    from services.recommender.scoring import topk
-
     p = ctx.params
     ds = _dataset(ctx)
     needs = RECOMMENDER_NEEDS[p["recommender"]]
@@ -197,8 +198,9 @@ def step_train(ctx: StepContext) -> None:
     fitted = _fit_replicates(p["recommender"], p["config"], seeds, ds, [items] * len(seeds), ctx.device, ctx.progress)
     fit_seconds = time.perf_counter() - t0
     k = min(p["max_k"], ds.n_items)
-    tops = np.stack([topk(model, None, k, exclude=ds.train)[1].cpu().numpy() for model, _ in fitted])
-    accs = [_means(_accuracy(model, ds, _ks_for(p["max_k"]))) for model, _ in fitted]
+    ranked = [_ranked(model, ds, _ks_for(p["max_k"]), k) for model, _ in fitted]
+    tops = np.stack([top.numpy() for top, _ in ranked])
+    accs = [acc for _, acc in ranked]
     lineage = {"dataset": ctx.input("dataset"), "features": feats_key, "extractor": None, "image_size": None}
     if feats_key:
         fmeta = ctx.store.meta(feats_key)
@@ -367,7 +369,9 @@ def _exposure(top_before: torch.Tensor, top_after: torch.Tensor, item_cat: torch
     for metric, fn in fns.items():
         v0, u0 = fn(top_before)
         v1, u1 = fn(top_after)
-        out[metric] = (float(v0), float(v1), np.asarray(u0, dtype=np.float64), np.asarray(u1, dtype=np.float64))
+        # the means are computed in float32: round off its last digits so equal lists give equal values
+        out[metric] = (round(float(v0), 9), round(float(v1), 9), np.asarray(u0, dtype=np.float64),
+                       np.asarray(u1, dtype=np.float64))
     return out
 
 
@@ -377,7 +381,6 @@ def step_evaluate(ctx: StepContext) -> None:
     from services.recommender.metrics.category import rank_shift
     from services.recommender.metrics.effects import replicate_effect, user_effect_interval
     from services.recommender.metrics.significance import paired_tests
-    from services.recommender.scoring import topk
 
     p = ctx.params
     ds = _dataset(ctx)
@@ -388,7 +391,8 @@ def step_evaluate(ctx: StepContext) -> None:
     pert = load_perturbation(ctx.store, ctx.input("perturbation"))
     clean = _item_side(feats, ds, needs)
     seeds = _seeds(p)
-    sides = [_perturbed(clean, pert, pert.draw(r), needs) for r in range(len(seeds))]
+    by_draw = {d: _perturbed(clean, pert, d, needs) for d in sorted({pert.draw(r) for r in range(len(seeds))})}
+    sides = [by_draw[pert.draw(r)] for r in range(len(seeds))]  # one object per draw: one batched fit
     max_k = min(p["max_k"], ds.n_items)
     tops_before = torch.as_tensor(load_topk(ctx.store, train_key))
     if tops_before.shape[0] != len(seeds):
@@ -396,13 +400,14 @@ def step_evaluate(ctx: StepContext) -> None:
     tops_after, accs = [], []
     if p["mode"] == "retrain":
         for model, _ in _fit_replicates(p["recommender"], p["config"], seeds, ds, sides, ctx.device, ctx.progress):
-            tops_after.append(topk(model, None, max_k, exclude=ds.train)[1].cpu())
-            accs.append(_means(_accuracy(model, ds, p["ks"])))
+            top, acc = _ranked(model, ds, p["ks"], max_k)
+            tops_after.append(top)
+            accs.append(acc)
     else:
         for r, side in enumerate(sides):
-            model = load_model(ctx.store, train_key, r)
-            tops_after.append(topk(model, None, max_k, exclude=ds.train, items=side)[1].cpu())
-            accs.append(_means(_accuracy(model, ds, p["ks"], items=side)))
+            top, acc = _ranked(load_model(ctx.store, train_key, r), ds, p["ks"], max_k, items=side)
+            tops_after.append(top)
+            accs.append(acc)
             ctx.report_progress(r + 1, len(sides), "models")
     origin = feats.category_names.index(scen["origin"])
     item_cat = torch.tensor(np.array(feats.categories), dtype=torch.int64)

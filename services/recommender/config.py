@@ -1,9 +1,12 @@
-"""Training configuration shared by every recommender; unset fields take the model's preset default.
+"""Training configuration shared by every recommender; unset (``None``) fields take the model's preset default.
 
 Each model class declares ``DEFAULTS = {"fast": {...}, "study": {...}}``. ``preset="study"`` keeps the
-study's numbers (VAR code: Adagrad, lr [0.01, 1e-4, 1e-3], regs [0.1, 1e-3, 0], batch 512, 4000
-epochs for VBPR/AMR; Adam 1e-4 for ACF/DVBPR); ``preset="fast"`` (default) uses larger learning
-rates and an epoch budget with early stopping so the demo trains in seconds.
+study's numbers (study-protocol.md section 4; VAR code: Adagrad, lr [0.01, 1e-4, 1e-3], regs
+[0.1, 1e-3, 0] as plain sums, batch 512 with the last short batch dropped, 4000 epochs, no early
+stopping for VBPR/AMR; Adam 1e-4 for ACF/DVBPR); ``preset="fast"`` (default) uses larger learning
+rates, larger batches and an epoch budget with early stopping so the demo trains in seconds.
+
+Plain pydantic: importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ class RecConfig(BaseModel):
     optimizer: Literal["adagrad", "adam"] | None = None
     lr: list[float] | None = Field(None, description="One lr per parameter block, or one for all.")
     regs: list[float] | None = Field(None, description="Regularisation weights per block (model-specific).")
-    reg_form: Literal["l2", "study_sum"] = Field(
-        "l2", description="'l2' = squared L2 norms; 'study_sum' = the study's plain sums (quirk Q8)."
+    reg_form: Literal["l2", "study_sum"] | None = Field(
+        None, description="'l2' = squared L2 norms; 'study_sum' = the study's plain sums (quirk Q8)."
     )
     drop_last: bool | None = Field(None, description="Drop the last incomplete batch (study: True).")
-    patience: int = Field(5, ge=0, description="Evaluations without improvement before stopping; 0 = off.")
+    patience: int | None = Field(None, ge=0, description="Evaluations without improvement before stopping; 0 = off.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     val_metric: Literal["auc", "hr"] = "auc"
     val_k: int = Field(10, ge=1, description="K of the validation HR.")
+    val_negatives: int | None = Field(
+        None, ge=0, description="0: validate by ranking against every item (exact); N: against N items drawn once "
+        "per fit and shared by all validation users (non-training ones count), an unbiased AUC estimate at N/I "
+        "of the cost (exact when N >= I - 1).")
     seed: int = 0
     device: str = "cpu"
     # VBPR / AMR
@@ -50,10 +57,18 @@ class RecConfig(BaseModel):
     score_batch: int = Field(256, ge=1, description="Users per scoring chunk inside score().")
 
     def resolved(self, defaults: dict[str, dict[str, Any]]) -> RecConfig:
-        """Fill ``None`` fields from ``defaults[self.preset]``."""
-        preset = defaults.get(self.preset, {})
+        """Fill ``None`` fields from ``defaults[self.preset]``, then from :data:`COMMON_DEFAULTS`."""
+        preset = {**COMMON_DEFAULTS.get(self.preset, {}), **defaults.get(self.preset, {})}
         update = {k: v for k, v in preset.items() if getattr(self, k) is None}
         return self.model_copy(update=update)
+
+
+# Defaults every model shares per preset (a model's DEFAULTS override them). The study trained for a
+# fixed number of epochs (checkpoints at 1000-epoch steps) without early stopping.
+COMMON_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fast": {"patience": 5, "reg_form": "l2", "val_negatives": 200},
+    "study": {"patience": 0, "reg_form": "l2", "val_negatives": 0},
+}
 
 
 def parse_config(config: RecConfig | dict[str, Any] | None) -> RecConfig:

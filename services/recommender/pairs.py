@@ -1,16 +1,22 @@
 """Sorted (user, item) pair index: vectorised membership tests and per-user masking.
 
-Pairs are hashed to ``user * n_items + item`` and sorted once; membership is a ``searchsorted``
-and masking a batch of users' items is a gather over CSR offsets -- no Python loop over users.
+Pairs are hashed to ``user * n_items + item`` and sorted once; membership is a bitset lookup (when
+the user x item grid fits in :data:`MAX_BITSET_BITS`) or a ``searchsorted``, and masking a batch of
+users' items is a gather over CSR offsets -- no Python loop over users. :func:`pair_index` builds
+the index once per :class:`Interactions` object and device (treat interactions as immutable).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from advrec_common.datasets.types import Interactions
+
+MAX_BITSET_BITS = 1 << 28  # 32 MiB: Amazon Men (24k x 7.4k items) needs 22 MiB
 
 
 class PairIndex:
@@ -21,9 +27,17 @@ class PairIndex:
         keys = np.unique(inter.user * inter.n_items + inter.item)
         self.keys = torch.from_numpy(keys).to(device)
         self.items = self.keys % self.n_items  # sorted by user, then item
-        counts = torch.bincount(self.keys // self.n_items, minlength=self.n_users)
+        self.users = self.keys // self.n_items
+        counts = torch.bincount(self.users, minlength=self.n_users)
         self.indptr = torch.zeros(self.n_users + 1, dtype=torch.long, device=self.keys.device)
         self.indptr[1:] = torch.cumsum(counts, 0)
+        self._bits: Tensor | None = None
+        if 0 < self.n_users * self.n_items <= MAX_BITSET_BITS:
+            # one bit per (user, item): a lookup is one gather instead of a binary search. The keys are
+            # distinct, so adding their bits into 64-bit words is an OR (bit 63 wraps to the sign bit).
+            words = torch.zeros((self.n_users * self.n_items + 63) // 64, dtype=torch.long, device=self.keys.device)
+            words.index_add_(0, self.keys >> 6, torch.ones_like(self.keys) << (self.keys & 63))
+            self._bits = words
 
     @property
     def device(self) -> torch.device:
@@ -36,9 +50,15 @@ class PairIndex:
 
     def contains(self, users: Tensor, items: Tensor) -> Tensor:
         """Boolean tensor: is (users[k], items[k]) a pair? Same shape as the inputs."""
-        q = users.to(self.device) * self.n_items + items.to(self.device)
+        return self.contains_keys(users.to(self.device) * self.n_items + items.to(self.device))
+
+    def contains_keys(self, q: Tensor) -> Tensor:
+        """Boolean tensor: is the hash ``user * n_items + item`` a pair? (hashes on the index's device)."""
         if self.keys.numel() == 0:
             return torch.zeros_like(q, dtype=torch.bool)
+        if self._bits is not None:
+            word = torch.index_select(self._bits, 0, (q >> 6).flatten()).view(q.shape)
+            return ((word >> (q & 63)) & 1).bool()
         pos = torch.searchsorted(self.keys, q).clamp(max=self.keys.numel() - 1)
         return self.keys[pos] == q
 
@@ -57,6 +77,33 @@ class PairIndex:
         rows, cols = self.rows_cols(users)
         scores[rows.to(scores.device), cols.to(scores.device)] = value
         return scores
+
+
+_CACHE: dict[int, tuple[weakref.ref, tuple[int, int, int], dict[str, PairIndex]]] = {}
+
+
+def pair_index(inter: Interactions, device: str | torch.device = "cpu") -> PairIndex:
+    """The :class:`PairIndex` of ``inter`` on ``device``, built once per interactions object.
+
+    Cached while ``inter`` lives (keyed by identity; the cache entry also checks the identity of its
+    arrays, so replacing ``inter.user``/``inter.item`` rebuilds the index, mutating them in place does not).
+    """
+    key, arrays = id(inter), (id(inter.user), id(inter.item), len(inter.user))
+    entry = _CACHE.get(key)
+    if entry is None or entry[0]() is not inter or entry[1] != arrays:
+        entry = (weakref.ref(inter), arrays, {})
+        _CACHE[key] = entry
+        weakref.finalize(inter, _CACHE.pop, key, None)
+    dev = str(torch.device(device))
+    index = entry[2].get(dev)
+    if index is None:
+        index = entry[2][dev] = PairIndex(inter, device)
+    return index
+
+
+def as_index(pairs: Interactions | PairIndex, device: str | torch.device = "cpu") -> PairIndex:
+    """``pairs`` itself when it is a PairIndex, else the cached index of the interactions."""
+    return pairs if isinstance(pairs, PairIndex) else pair_index(pairs, device)
 
 
 def last_per_user(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:

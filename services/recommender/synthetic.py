@@ -70,3 +70,51 @@ def make_synthetic(
         categories=torch.from_numpy(cats.astype(np.int64)),
     )
     return SyntheticRec(train=train, test=test, items=side, n_categories=n_categories)
+
+
+def make_interactions(
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    feature_dim: int = 0,
+    popularity_exponent: float = 0.8,
+    seed: int = 0,
+) -> tuple[Interactions, ItemSide | None]:
+    """Interactions of a given shape with a realistic skew, and random visual features (benchmarks).
+
+    Every user has at least 2 distinct items (so a leave-one-out split keeps a training item);
+    activity is Pareto-distributed, item popularity Zipf-like (p_i ~ rank^-exponent). Features
+    (I, feature_dim) are non-negative like pooled ReLU outputs, or None when ``feature_dim`` is 0.
+    No preference signal: for timing, not for accuracy.
+    """
+    rng = np.random.default_rng(seed)
+    if n_interactions < 2 * n_users or n_interactions > n_users * n_items // 2:
+        raise ValueError("need 2 * n_users <= n_interactions <= n_users * n_items / 2")
+    activity = rng.pareto(1.5, n_users) + 1.0
+    extra = np.floor(activity / activity.sum() * (n_interactions - 2 * n_users)).astype(np.int64)
+    extra[: n_interactions - 2 * n_users - int(extra.sum())] += 1
+    per_user = np.minimum(2 + extra, n_items // 2)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** popularity_exponent
+    popularity = popularity[rng.permutation(n_items)]
+    users = np.repeat(np.arange(n_users), per_user)
+    items = rng.choice(n_items, size=users.size, p=popularity / popularity.sum())
+    keys = users * n_items + items
+    _, first = np.unique(keys, return_index=True)  # drop repeated pairs, keep row order
+    keep = np.sort(first)
+    users, items = users[keep], items[keep]
+    short = np.bincount(users, minlength=n_users) < 2
+    if short.any():  # top up users whose duplicates fell away with their least popular unseen items
+        fill_u = np.repeat(np.flatnonzero(short), 2)
+        fill_i = (fill_u * 7919 + np.tile([1, 2], short.sum())) % n_items
+        users, items = np.concatenate([users, fill_u]), np.concatenate([items, fill_i])
+        keys = users * n_items + items
+        _, first = np.unique(keys, return_index=True)
+        keep = np.sort(first)
+        users, items = users[keep], items[keep]
+    order = rng.permutation(users.size)  # row order decides the leave-one-out item: make it random
+    inter = Interactions(users[order], items[order], n_users, n_items)
+    side = None
+    if feature_dim:
+        feats = np.maximum(rng.standard_normal((n_items, feature_dim), dtype=np.float32), 0)
+        side = ItemSide(features=torch.from_numpy(feats))
+    return inter, side

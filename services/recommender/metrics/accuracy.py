@@ -3,12 +3,15 @@
 rank r (0-based) of a user's test item = #(items that are neither training items of the user nor
 the test item, with score >= the test score) -- ties count against the test item.
 HR@k = [r < k]; nDCG@k = log 2 / log(r + 2) if r < k else 0; AUC = 1 - r / #candidates.
+
+:func:`rank_and_evaluate` scores every user once per item side and returns both the top-K lists and
+these metrics; :func:`evaluate_accuracy` is its accuracy half.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,15 +19,13 @@ from torch import Tensor
 
 from advrec_common.datasets.types import Interactions
 from advrec_common.errors import InvalidInput
-from services.recommender.pairs import PairIndex, last_per_user
-
-if TYPE_CHECKING:
-    from services.recommender.items import ItemSide
-    from services.recommender.models.base import Recommender
+from services.recommender.items import ItemSide
+from services.recommender.pairs import PairIndex, as_index, last_per_user
+from services.recommender.scoring import Scorer, as_user_tensor, score_blocks, topk_of_block
 
 
 def _index(exclude: Interactions | PairIndex, device: torch.device) -> PairIndex:
-    return exclude if isinstance(exclude, PairIndex) else PairIndex(exclude, device)
+    return as_index(exclude, device)
 
 
 def leave_one_out_ranks(
@@ -89,7 +90,7 @@ def precision_recall(
         raise InvalidInput(f"k={k} exceeds the list length {top_items.shape[1]}")
     dev = top_items.device
     users = torch.arange(top_items.shape[0], device=dev) if users is None else users.to(dev).long()
-    idx = PairIndex(test, dev)
+    idx = as_index(test, dev)
     top = top_items[:, :k]
     valid = top >= 0
     hits = (idx.contains(users[:, None].expand_as(top), top.clamp(min=0)) & valid).sum(1).float()
@@ -105,41 +106,83 @@ def _check_k(k: int) -> None:
         raise InvalidInput(f"k must be >= 1, got {k}")
 
 
-def evaluate_accuracy(
-    model: Recommender,
-    train: Interactions,
-    test: Interactions,
-    ks: Sequence[int] = (10, 20),
-    items: ItemSide | None = None,
-    batch_size: int = 1024,
-) -> dict[str, Any]:
-    """HR@k, nDCG@k, precision@k, recall@k and AUC of every user with a test item.
+def masked_ranks(scores: Tensor, users: Tensor, test_items: Tensor, exclude: PairIndex) -> Tensor:
+    """Leave-one-out ranks (B,) of ``test_items`` (B,) that mask ``scores`` (B,I) in place as a side effect.
 
-    The leave-one-out rank uses each user's last test interaction; precision/recall use all.
-    Returns the means at the top level ({"auc": float, "hr@10": float, ..., "n_users": int}) and
-    the per-user vectors under "per_user" ({"users": (U,), "rank": (U,), "auc": (U,), ...}, CPU).
+    Equal to :func:`leave_one_out_ranks` without building the candidate matrix: training items get
+    -inf, so counting ``scores >= test score`` counts the candidates plus the test item itself
+    (unless it is a training item of the user).
     """
-    from services.recommender.scoring import topk
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    test_score = scores[rows, test_items]
+    exclude.mask_(scores, users)
+    at_least = (scores >= test_score[:, None]).sum(1)
+    return at_least - (~exclude.contains(users, test_items)).long()
 
-    for k in ks:
-        _check_k(k)
-        if k > train.n_items:
-            raise InvalidInput(f"k={k} exceeds the number of items {train.n_items}")
+
+def _check_ks(ks: Sequence[int], n_items: int) -> None:
     if not ks:
         raise InvalidInput("ks must name at least one cut-off")
-    users_np, items_np = last_per_user(test)
+    for k in ks:
+        _check_k(k)
+        if k > n_items:
+            raise InvalidInput(f"k={k} exceeds the number of items {n_items}")
+
+
+def rank_and_evaluate(
+    model: Scorer,
+    train: Interactions | PairIndex,
+    test: Interactions,
+    ks: Sequence[int] = (10, 20),
+    max_k: int | None = None,
+    items: ItemSide | None = None,
+    users: Tensor | None = None,
+    user_batch: int | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """One scoring pass: top-``max_k`` lists of ``users`` and the leave-one-out accuracy of their test items.
+
+    -> (top (U, max_k) int64 on the CPU, best first, training items excluded, -1 = empty slot;
+    accuracy as :func:`evaluate_accuracy` returns it, over the users among ``users`` (default: all
+    users) that have a test item). ``max_k`` defaults to max(ks); lists longer than max_k are
+    computed internally when a k exceeds it (precision/recall need them). Each block of
+    ``user_batch`` users (default the model's ``score_batch``) is scored once, its test scores read,
+    its training items masked, its ranks counted and its top-K taken -- memory stays (user_batch, I).
+    """
+    n_items = model.n_items
+    _check_ks(ks, n_items)
+    max_k = int(max(ks)) if max_k is None else int(max_k)
+    if max_k < 1 or max_k > n_items:
+        raise InvalidInput(f"max_k must be in [1, {n_items}], got {max_k}")
+    for label, inter in (("test", test), ("train", train)):
+        if (inter.n_users, inter.n_items) != (model.n_users, model.n_items):
+            raise InvalidInput(f"{label} interactions do not match the model's users/items")
     dev = model.device
-    users, test_items = torch.from_numpy(users_np).to(dev), torch.from_numpy(items_np).to(dev)
-    exclude = PairIndex(train, dev)
-    state = model.item_state(items)
-    ranks = []
-    for s in range(0, users.numel(), batch_size):
-        scores = model.score_with_state(users[s : s + batch_size], state)
-        ranks.append(leave_one_out_ranks(scores, test_items[s : s + batch_size], exclude, users[s : s + batch_size]))
-    rank = torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long, device=dev)
+    exclude = as_index(train, dev)
+    u = torch.arange(model.n_users, device=dev) if users is None else as_user_tensor(users, model.n_users).to(dev)
+    test_users_np, test_items_np = last_per_user(test)
+    test_of = torch.full((model.n_users,), -1, dtype=torch.long, device=dev)
+    test_of[torch.from_numpy(test_users_np).to(dev)] = torch.from_numpy(test_items_np).to(dev)
+    list_k = max(max_k, int(max(ks)))
+    top = torch.empty(u.numel(), list_k, dtype=torch.long)
+    rank = torch.full((u.numel(),), -1, dtype=torch.long, device=dev)
+    for s, e, scores in score_blocks(model, u, items, user_batch):
+        block_users = u[s:e]
+        t = test_of[block_users]
+        r = masked_ranks(scores, block_users, t.clamp(min=0), exclude)
+        rank[s:e] = torch.where(t >= 0, r, -1)
+        top[s:e] = topk_of_block(scores, list_k)[1].cpu()
+    sel = (rank >= 0).nonzero().squeeze(1)
+    acc = _accuracy_from_ranks(exclude, test, u[sel], test_of[u[sel]], rank[sel], top[sel.cpu()], ks, n_items)
+    return top[:, :max_k], acc
+
+
+def _accuracy_from_ranks(exclude: PairIndex, test: Interactions, users: Tensor, test_items: Tensor, rank: Tensor,
+                         top: Tensor, ks: Sequence[int], n_items: int) -> dict[str, Any]:
+    """The accuracy dict of :func:`evaluate_accuracy` from ranks (U,) and top lists (U, >=max(ks))."""
+    order = torch.argsort(users)  # per-user vectors are ordered by user index
+    users, test_items, rank, top = users[order], test_items[order], rank[order], top[order.cpu()]
     per_user: dict[str, Tensor] = {"users": users.cpu(), "rank": rank.cpu()}
-    per_user["auc"] = auc(rank, n_candidates(exclude, users, test_items, train.n_items)).cpu()
-    _, top = topk(model, users, max(ks), exclude=exclude, items=items, batch_size=batch_size)
+    per_user["auc"] = auc(rank, n_candidates(exclude, users, test_items, n_items)).cpu()
     for k in ks:
         per_user[f"hr@{k}"] = hit_ratio(rank, k).cpu()
         per_user[f"ndcg@{k}"] = ndcg(rank, k).cpu()
@@ -152,3 +195,24 @@ def evaluate_accuracy(
     out["n_users"] = int(users.numel())
     out["per_user"] = per_user
     return out
+
+
+def evaluate_accuracy(
+    model: Scorer,
+    train: Interactions | PairIndex,
+    test: Interactions,
+    ks: Sequence[int] = (10, 20),
+    items: ItemSide | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """HR@k, nDCG@k, precision@k, recall@k and AUC of every user with a test item.
+
+    The leave-one-out rank uses each user's last test interaction; precision/recall use all.
+    Returns the means at the top level ({"auc": float, "hr@10": float, ..., "n_users": int}) and
+    the per-user vectors under "per_user" ({"users": (U,), "rank": (U,), "auc": (U,), ...}, CPU).
+    One scoring pass over the test users (:func:`rank_and_evaluate`).
+    """
+    _check_ks(ks, model.n_items)
+    test_users = torch.from_numpy(last_per_user(test)[0])
+    _, acc = rank_and_evaluate(model, train, test, ks, items=items, users=test_users, user_batch=batch_size)
+    return acc

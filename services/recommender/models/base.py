@@ -1,14 +1,21 @@
 """The one interface every recommender honours: ``fit``, ``score``, ``replace_items``, ``save``/``load``.
 
 A subclass declares ``name``, ``needs`` (the :class:`ItemSide` fields it reads) and ``DEFAULTS``
-(per-preset hyper-parameters) and implements five small hooks:
+(per-preset hyper-parameters) and implements small hooks:
 
 * ``_dims(items, train) -> dict`` -- shapes fixed at fit (JSON-able; saved with the weights),
 * ``_build(dims)`` -- create parameters and item buffers of those shapes,
 * ``_item_state(prepared) -> object`` -- everything item-side that scoring needs, computed once
   per ``score`` call from scaled item tensors (stored ones, or replacements),
 * ``_score_chunk(users (B,), state) -> (B,I)``,
-* ``batch_loss(users, pos, neg) -> scalar`` and ``param_groups() -> optimizer groups``.
+* ``batch_loss(users, pos, neg) -> scalar`` and ``param_groups() -> optimizer groups`` -- the loss as
+  autograd sees it (the reference definition; ACF and DVBPR train through it),
+* optionally ``train_tables()`` and ``bpr_grads(W, G, batch)`` -- the same loss's gradients written
+  out over stacked parameter tables (the BPR family: BPR-MF, VBPR, AMR, DeepStyle), which trains
+  with row-sparse updates and several seeds at once (:mod:`services.recommender.training`).
+
+Subclasses register themselves by ``name`` (:data:`REGISTRY`), so :meth:`Recommender.load` finds the
+class of a saved model without importing the registry module.
 """
 
 from __future__ import annotations
@@ -16,11 +23,9 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,41 +33,16 @@ from advrec_common.datasets.types import Interactions
 from advrec_common.errors import BadCheckpoint, InvalidInput, NotFound
 from services.recommender.config import RecConfig, parse_config
 from services.recommender.items import ItemSide, max_abs_scale
+from services.recommender.sampling import Batch
+from services.recommender.scoring import as_user_tensor
+from services.recommender.training import FitReport, fit_models
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 
+REGISTRY: dict[str, type[Recommender]] = {}
 
-@dataclass
-class FitReport:
-    """What a fit did: epochs, the selected (best) epoch and its validation value, speed, history."""
-
-    model: str
-    epochs_run: int
-    best_epoch: int
-    best_val: float | None
-    val_metric: str
-    stopped_early: bool
-    train_seconds: float
-    triples_per_second: float
-    n_triples: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def as_user_tensor(users: Tensor | np.ndarray | list[int], n_users: int) -> Tensor:
-    """users: (B,) integer indices -> int64 tensor; NotFound for indices outside [0, n_users)."""
-    u = users if isinstance(users, Tensor) else torch.as_tensor(np.asarray(users))
-    if u.ndim != 1 or u.dtype.is_floating_point or u.dtype == torch.bool:
-        raise InvalidInput(f"users must be a 1-d integer tensor, got {tuple(u.shape)} {u.dtype}")
-    u = u.long()
-    if u.numel() and (int(u.min()) < 0 or int(u.max()) >= n_users):
-        bad = u[(u < 0) | (u >= n_users)][:5].tolist()
-        raise NotFound(f"unknown user index {bad} (n_users={n_users})")
-    return u
+__all__ = ["CONFIG_FILE", "REGISTRY", "STATE_FILE", "Batch", "FitReport", "Recommender", "as_user_tensor"]
 
 
 class Recommender(nn.Module):
@@ -71,6 +51,10 @@ class Recommender(nn.Module):
     name: ClassVar[str] = "base"
     needs: ClassVar[set[str]] = set()
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        REGISTRY[cls.name] = cls
 
     def __init__(self, n_users: int, n_items: int, config: RecConfig | dict[str, Any] | None = None):
         super().__init__()
@@ -100,6 +84,20 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def param_groups(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def train_tables(self) -> dict[str, tuple[str, float]] | None:
+        """Hand-gradient training: ``{parameter name: (kind, lr)}`` with kind in {"user", "item",
+        "category", "dense"} (row tables indexed by user / item / category index, or one dense block);
+        None = train through ``batch_loss`` with autograd."""
+        return None
+
+    def bpr_grads(self, W: dict[str, Tensor], G: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, list[Tensor]]]:
+        """Add d(batch_loss)/dW of every replicate into ``G`` -> (BPR loss per replicate (R,), touched rows).
+
+        ``W``/``G``: stacked tables (see :mod:`services.recommender.optim`); ``batch`` holds the flat
+        indices. The touched rows name, per row table, the flat indices whose gradient rows changed.
+        """
         raise NotImplementedError
 
     def on_train_start(self, train: Interactions) -> None:
@@ -181,10 +179,14 @@ class Recommender(nn.Module):
         progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> FitReport:
         """Train from scratch with BPR on ``train`` (early stopping on ``valid`` or a per-user hold-out)."""
-        from services.recommender.training import train_bpr
-
         if config is not None:
             self.config = parse_config(config).resolved(self.DEFAULTS)
+        self.check_fit_inputs(train, items, valid)
+        (report,) = fit_models([self], train, items, valid, progress)
+        return report
+
+    def check_fit_inputs(self, train: Interactions, items: ItemSide | None, valid: Interactions | None) -> None:
+        """InvalidInput unless ``train``/``items``/``valid`` match the model's users, items and needs."""
         if (train.n_users, train.n_items) != (self.n_users, self.n_items):
             raise InvalidInput(
                 f"train is {train.n_users}x{train.n_items}, the model is {self.n_users}x{self.n_items}"
@@ -197,7 +199,6 @@ class Recommender(nn.Module):
             self._check_items(items, fitting=True)
         if valid is not None and (valid.n_users, valid.n_items) != (self.n_users, self.n_items):
             raise InvalidInput("valid must have the same n_users/n_items as train")
-        return train_bpr(self, train, items, self.config, valid, progress)
 
     def setup(self, items: ItemSide | None, train: Interactions) -> None:
         """Fit the feature scales, build parameters (seeded) and store the clean items (used by training)."""
@@ -246,10 +247,20 @@ class Recommender(nn.Module):
         self.eval()
         try:
             step = self.config.score_batch
+            if 0 < users.numel() <= step:  # one block: no copy through torch.cat
+                return self._score_chunk(users, state)
             chunks = [self._score_chunk(users[s : s + step], state) for s in range(0, users.numel(), step)]
             return torch.cat(chunks) if chunks else torch.empty(0, self.n_items, device=self.device)
         finally:
             self.train(was_training)
+
+    def score_items(self, users: Tensor, state: Any, items: Tensor) -> Tensor:
+        """Scores of ``users`` (B,) for ``items``: (n,) shared -> (B,n), or (B,n) per user -> (B,n).
+
+        The default scores every item and gathers; models with an item-vector state override it.
+        """
+        scores = self.score_with_state(users, state)
+        return scores[:, items] if items.ndim == 1 else torch.gather(scores, 1, items)
 
     def replace_items(self, items: ItemSide) -> None:
         """Permanently replace the stored item side (scaled with the clean scale of ``fit``)."""
@@ -286,14 +297,12 @@ class Recommender(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> Recommender:
         """Rebuild a saved model (``torch.load(weights_only=True)``); BadCheckpoint on a bad layout."""
-        from services.recommender.models import RECOMMENDERS
-
         src = Path(path)
         if not (src / STATE_FILE).is_file() or not (src / CONFIG_FILE).is_file():
             raise NotFound(f"no saved recommender at {src} (needs {STATE_FILE} and {CONFIG_FILE})")
         try:
             meta = json.loads((src / CONFIG_FILE).read_text())
-            klass = RECOMMENDERS[meta["name"]]
+            klass = REGISTRY[meta["name"]]
             state = torch.load(src / STATE_FILE, map_location="cpu", weights_only=True)
         except (KeyError, ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
             raise BadCheckpoint(f"cannot read recommender at {src}: {exc}") from None
@@ -334,6 +343,24 @@ def penalty(tensors: list[Tensor], form: str) -> Tensor:
     if form == "study_sum":
         return sum(t.sum() for t in tensors)
     return sum(t.pow(2).sum() for t in tensors)
+
+
+def penalty_grad_(g: Tensor, x: Tensor, r: float, form: str) -> Tensor:
+    """``g += r * d penalty([x], form) / dx`` in place (2 r x for 'l2', r for 'study_sum'); returns ``g``."""
+    if not r:
+        return g
+    if form == "study_sum":
+        return g.add_(r)
+    return g.add_(x, alpha=2 * r)
+
+
+def dot_items(user_vecs: Tensor, item_vecs: Tensor, bias: Tensor | None, items: Tensor) -> Tensor:
+    """Scores of users (B,K) for ``items``: (n,) shared by all -> (B,n); (B,n) per user -> (B,n)."""
+    if items.ndim == 1:
+        s = user_vecs @ torch.index_select(item_vecs, 0, items).T
+    else:
+        s = (user_vecs[:, None, :] * item_vecs[items]).sum(-1)
+    return s if bias is None else s + bias[items]
 
 
 def lr_list(lr: list[float], n: int) -> list[float]:

@@ -12,10 +12,20 @@ from torch import Tensor
 
 from advrec_common.datasets.types import Interactions
 from services.recommender.items import ItemSide
-from services.recommender.models.base import Recommender, bpr_loss, embedding, lr_list, penalty, reg_list
+from services.recommender.models.base import (
+    Batch,
+    Recommender,
+    bpr_loss,
+    dot_items,
+    embedding,
+    lr_list,
+    penalty,
+    reg_list,
+)
+from services.recommender.models.vbpr import VisualBPRGrads, _BatchItems
 
 
-class DeepStyle(Recommender):
+class DeepStyle(VisualBPRGrads, Recommender):
     """Style-aware visual BPR with a per-category embedding."""
 
     name = "deepstyle"
@@ -48,6 +58,9 @@ class DeepStyle(Recommender):
     def _score_chunk(self, users: Tensor, state: Any) -> Tensor:
         return self.P[users] @ state.T
 
+    def score_items(self, users: Tensor, state: Any, items: Tensor) -> Tensor:
+        return dot_items(self.P[users], state, None, items)
+
     def batch_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         f, c = self.items_features, self.items_categories
         u = self.P[users]
@@ -64,3 +77,23 @@ class DeepStyle(Recommender):
         lr_u, lr_i, lr_e = lr_list(self.config.lr, 3)
         return [{"params": [self.P], "lr": lr_u}, {"params": [self.Q, self.L], "lr": lr_i},
                 {"params": [self.E], "lr": lr_e}]
+
+    def train_tables(self) -> dict[str, tuple[str, float]]:
+        lr_u, lr_i, lr_e = lr_list(self.config.lr, 3)
+        return {"P": ("user", lr_u), "Q": ("item", lr_i), "L": ("category", lr_i), "E": ("dense", lr_e)}
+
+    def _category_rows(self, bi: _BatchItems, batch: Batch) -> Tensor:
+        """Flat rows of the stacked category table for the batch's distinct items."""
+        cats = self.items_categories[bi.items]
+        if batch.n_rep == 1:
+            return cats
+        return cats + (bi.rows // self.n_items) * self.dims["n_categories"]
+
+    def _item_offset(self, W: dict[str, Tensor], bi: _BatchItems, batch: Batch) -> Tensor:
+        return W["L"].index_select(0, self._category_rows(bi, batch)).neg_()
+
+    def _item_offset_grad(self, G: dict[str, Tensor], g_v: Tensor, bi: _BatchItems, batch: Batch,
+                          touched: dict[str, list[Tensor]]) -> None:
+        rows = self._category_rows(bi, batch)
+        G["L"].index_add_(0, rows, g_v.neg())
+        touched["L"] = touched.get("L", []) + [rows]
