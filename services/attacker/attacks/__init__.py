@@ -17,12 +17,12 @@ from services.attacker.attacks.apgd import APGD
 from services.attacker.attacks.base import Attack
 from services.attacker.attacks.bim import BIM
 from services.attacker.attacks.cw import CarliniWagnerL2
+from services.attacker.attacks.feature import FeatureMatch, ScoreAttack
 from services.attacker.attacks.fgsm import FGSM
 from services.attacker.attacks.mifgsm import MIFGSM
 from services.attacker.attacks.pgd import PGD
 from services.attacker.attacks.spsa import SPSA
 from services.attacker.attacks.square import Square
-from services.attacker.feature_attacks import FeatureMatch, ScoreAttack
 from services.attacker.spec import AttackSpec
 
 ATTACKS: dict[str, type[Attack]] = {
