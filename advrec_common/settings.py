@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'.")
     torch_threads: int = Field(
-        0, ge=0, description="CPU threads of every pipeline step (0: all cores). Fixed per machine so that the "
-        "in-process and Celery executors give bit-identical numbers."
+        0, ge=0, description="CPU threads of every pipeline step (0: chosen per kind of step by measurement, "
+        "stored in <home>/threads.json). The same for every process of a home, so that the in-process and Celery "
+        "executors give bit-identical numbers."
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_key_hashes: list[str] = Field(

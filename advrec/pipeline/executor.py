@@ -17,6 +17,7 @@ from advrec.pipeline.dag import Plan, Step, dataset_step, plan
 from advrec.pipeline.record import RunRecord
 from advrec.pipeline.spec import EvaluationSpec
 from advrec.pipeline.steps import STEP_FUNCTIONS
+from advrec.pipeline.threads import threads_for
 from advrec_common.settings import resolve_device
 from advrec_common.store import ArtifactStore
 
@@ -34,7 +35,7 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     for d, k in keys.items():
         if not store.has(k):
             raise RuntimeError(f"step {step.name}: input {d} is not computed")
-    _deterministic_torch()
+    _deterministic_torch(step.kind)
     roles = {role: (keys[v] if isinstance(v, str) else [keys[n] for n in v]) for role, v in step.inputs.items()}
     meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": roles}
     with store.writing(step.key, meta) as out:
@@ -44,8 +45,9 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     return True
 
 
-def _deterministic_torch() -> None:
-    """Same numbers in every process: a fixed CPU thread count and deterministic kernels.
+def _deterministic_torch(kind: str = "") -> None:
+    """Same numbers in every process: a fixed CPU thread count per step kind (measured once per
+    machine and home, :mod:`advrec.pipeline.threads`) and deterministic kernels.
 
     Multi-threaded CPU backward passes of some ops (ACF's attention, DVBPR's CNN) otherwise vary
     from run to run; ``warn_only`` keeps ops without a deterministic kernel running (with a warning).
@@ -56,7 +58,8 @@ def _deterministic_torch() -> None:
 
     from advrec_common.settings import get_settings
 
-    n = get_settings().torch_threads or os.cpu_count() or 1
+    settings = get_settings()
+    n = threads_for(kind, settings.home, settings.torch_threads)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     if not torch.are_deterministic_algorithms_enabled():

@@ -20,12 +20,16 @@ Step functions touch CUDA only when they run, so the worker parent stays CUDA-fr
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 
 from advrec_common.settings import Settings, get_settings
+
+# workers: idle OpenMP threads sleep instead of spinning (set before any step imports torch)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 QUEUES: tuple[str, ...] = ("extract", "attack", "recommend", "orchestrate")
 
