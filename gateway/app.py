@@ -59,7 +59,7 @@ def redis_ready(settings: Settings) -> str | None:
 
 
 def _reconcile(settings: Settings) -> None:
-    from advrec.pipeline.celery_executor import reconcile
+    from advrec.pipeline.jobs import reconcile
 
     try:
         summary = reconcile(settings)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import FileResponse
 
-from advrec.pipeline import celery_executor
+from advrec.pipeline import jobs as executor
 from advrec.pipeline.record import RunRecord, list_runs, progress_of
 from advrec.pipeline.spec import EvaluationSpec, parse_spec
 from advrec_common.errors import Conflict, InvalidInput, NotFound
@@ -81,7 +81,7 @@ def submit_job(
 ) -> dict[str, Any]:
     """Validate the spec (422 lists every problem), record the job and queue it. Returns the job."""
     spec = confine_paths(spec_from_body(body), settings)
-    run_id = celery_executor.submit(spec, settings)
+    run_id = executor.submit(spec, settings)
     return _status(RunRecord.open(settings.runs_dir, run_id).read())
 
 
@@ -105,7 +105,7 @@ def get_job(job_id: str, settings: Settings = Depends(get_app_settings)) -> dict
 def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings)) -> dict[str, Any]:
     """Stops the job: nothing new is queued, queued steps are revoked. A finished job is left as is."""
     _open(settings, job_id)
-    return _status(celery_executor.cancel(job_id, settings))
+    return _status(executor.cancel(job_id, settings))
 
 
 def _report_file(settings: Settings, job_id: str, relpath: str) -> Path:

@@ -133,8 +133,6 @@ class Stack:
         name = name or "worker-" + "-".join(queues)
         argv = [sys.executable, "-m", "celery", "-A", "advrec.pipeline.queue", "worker", "-Q", ",".join(queues),
                 "--pool=solo", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO", "-E"]
-        if "orchestrate" in queues:  # embedded beat: periodic reconcile
-            argv += ["-B", "-s", str(self.dir / "celerybeat-schedule")]
         self.start_process(name, argv)
         return name
 
@@ -213,7 +211,7 @@ class Stack:
     @staticmethod
     def reconcile_now(settings: Any) -> dict[str, int]:
         """Re-drive every unfinished job of a stack home now (what the periodic reconciler does)."""
-        from advrec.pipeline.celery_executor import reconcile
+        from advrec.pipeline.jobs import reconcile
 
         return reconcile(settings)
 
