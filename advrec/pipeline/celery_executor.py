@@ -90,12 +90,16 @@ def _heartbeat(record: RunRecord, touch: Callable[[dict[str, Any]], None]) -> It
         thread.join(timeout=HEARTBEAT_S + 1)
 
 
-def cancel_checker(record: RunRecord, every_s: float = 1.0) -> Callable[[dict[str, Any]], None]:
+def cancel_checker(record: RunRecord, every_s: float = 1.0,
+                   latest: dict[str, Any] | None = None) -> Callable[[dict[str, Any]], None]:
     """A progress callback that raises :class:`Cancelled` once the run is cancelled (reads the
-    record at most every ``every_s`` seconds)."""
+    record at most every ``every_s`` seconds); keeps the step's latest progress in ``latest``."""
     last = [0.0]
 
-    def check(_info: dict[str, Any]) -> None:
+    def check(info: dict[str, Any]) -> None:
+        if latest is not None:
+            latest.clear()
+            latest.update({k: v for k, v in info.items() if isinstance(v, int | float | str) or v is None})
         now = time.monotonic()
         if now - last[0] >= every_s:
             last[0] = now
@@ -152,13 +156,16 @@ def run_step(run_id: str, step_name: str, task_id: str | None = None, worker: st
     plan = Plan.from_json(claim["plan"])
     store = ArtifactStore(s.store_dir)
 
-    def touch(d: dict[str, Any]) -> None:
-        d["steps"][step_name]["heartbeat"] = time.time()
+    latest: dict[str, Any] = {}
+
+    def touch(d: dict[str, Any]) -> None:  # the heartbeat also publishes how far the step is
+        d["steps"][step_name].update(heartbeat=time.time(), progress=dict(latest) or None)
 
     t0 = time.perf_counter()
     try:
         with _heartbeat(record, touch):
-            computed = _execute_step(plan[step_name], plan, store, s.device, progress=cancel_checker(record))
+            computed = _execute_step(plan[step_name], plan, store, s.device,
+                                     progress=cancel_checker(record, latest=latest))
     except Exception as exc:
         if _is_cancel(exc):
             record.set_step(step_name, state="cancelled", seconds=round(time.perf_counter() - t0, 3))

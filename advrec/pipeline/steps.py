@@ -100,7 +100,7 @@ def step_extractor(ctx: StepContext) -> None:
 
         model, report, model_key = train_demo_extractor(
             ctx.store, p["defense"], n_per_class=p["demo_images_per_class"] or DEMO_N_PER_CLASS, seed=p["seed"],
-            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"],
+            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"], progress=ctx.progress,
         )
         write_extractor_artifact(ctx.out, model, p["source"], report.model_dump(mode="json"), model_key=model_key)
         return
@@ -119,11 +119,12 @@ def step_features(ctx: StepContext) -> None:
     ctx.meta.update(write_catalog_features(ctx.out, _dataset(ctx), model, ctx.params, ctx.device, ctx.progress))
 
 
-def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items: ItemSide, device: str):
+def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items: ItemSide, device: str,
+         progress: Any = None):
     from services.recommender.models import build_recommender
 
     model = build_recommender(rec_name, ds.n_users, ds.n_items, {**config, "seed": seed, "device": device})
-    report = model.fit(ds.train, items)
+    report = model.fit(ds.train, items, progress=progress)  # progress per epoch: a cancelled run stops here
     return model, report
 
 
@@ -162,7 +163,7 @@ def step_train(ctx: StepContext) -> None:
     feats = load_features(ctx.store, feats_key) if feats_key else None
     items = _item_side(feats, ds, needs)
     t0 = time.perf_counter()
-    model, report = _fit(p["recommender"], p["config"], p["seed"], ds, items, ctx.device)
+    model, report = _fit(p["recommender"], p["config"], p["seed"], ds, items, ctx.device, ctx.progress)
     fit_seconds = time.perf_counter() - t0
     _, top = topk(model, None, min(p["max_k"], ds.n_items), exclude=ds.train)
     acc = _accuracy(model, ds, _ks_for(p["max_k"]))
@@ -224,7 +225,7 @@ def step_attack_shard(ctx: StepContext) -> None:
     clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=p.get("image_size")))
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
-                             spatial=feats.spatial is not None)
+                             spatial=feats.spatial is not None, progress=ctx.progress)
     rows = out.measurement.to_table()
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]
@@ -266,7 +267,7 @@ def step_evaluate(ctx: StepContext) -> None:
     max_k = min(p["max_k"], ds.n_items)
     top_before = torch.as_tensor(load_topk(ctx.store, train_key))
     if p["mode"] == "retrain":
-        model, _ = _fit(p["recommender"], p["config"], p["seed"], ds, items_after, ctx.device)
+        model, _ = _fit(p["recommender"], p["config"], p["seed"], ds, items_after, ctx.device, ctx.progress)
         _, top_after = topk(model, None, max_k, exclude=ds.train)
         acc = _accuracy(model, ds, p["ks"])
     else:
