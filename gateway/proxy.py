@@ -1,7 +1,8 @@
 """``/v1/{extractor,attacker,recommender}/...``: the gateway forwards to the internal services.
 
 Each request is forwarded with httpx to ``<service url>/v1/<path>`` (service URLs from the
-settings), without the client's API key. Connection failures are retried by the transport, and
+settings), without the client's API key and with the stack's ``X-Internal-Token`` (the services
+answer no one else; a client-sent token is dropped). Connection failures are retried by the transport, and
 only for idempotent methods (a POST that reached a service must not run twice). A service that
 is down answers 503, a timeout 504, any other transport failure 502 -- never 500.
 """
@@ -20,7 +21,7 @@ from gateway.deps import get_app_settings
 SERVICES: dict[str, str] = {"extractor": "extractor_url", "attacker": "attacker_url", "recommender": "recommender_url"}
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-              "transfer-encoding", "upgrade", "host", "content-length", "x-api-key"}
+              "transfer-encoding", "upgrade", "host", "content-length", "x-api-key", "x-internal-token"}
 TIMEOUT = httpx.Timeout(connect=3.0, read=300.0, write=60.0, pool=10.0)
 RETRIES = 2
 
@@ -40,10 +41,12 @@ class ProxyClients:
         await self.single.aclose()
 
 
-async def forward(request: Request, base_url: str, path: str) -> Response:
+async def forward(request: Request, base_url: str, path: str, token: str = "") -> Response:
     """Send ``request`` to ``base_url/v1/path`` and relay the answer (errors -> 502/503/504)."""
     clients: ProxyClients = request.app.state.proxy
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    if token:
+        headers["X-Internal-Token"] = token
     url = f"{base_url.rstrip('/')}/v1/{path}"
     try:
         upstream = await clients.for_method(request.method).request(
@@ -63,7 +66,7 @@ async def forward(request: Request, base_url: str, path: str) -> Response:
 
 def _route(service: str, url_field: str):
     async def proxy(path: str, request: Request, settings: Settings = Depends(get_app_settings)) -> Response:
-        return await forward(request, getattr(settings, url_field), path)
+        return await forward(request, getattr(settings, url_field), path, settings.internal_token)
 
     proxy.__name__ = f"proxy_{service}"
     proxy.__doc__ = f"Forwarded to the {service} service's `/v1/{{path}}` (see its own OpenAPI docs)."
