@@ -7,10 +7,11 @@ key that submitted them: another key's job answers 404 (an admin key sees all).
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import FileResponse
 
 from advrec.pipeline import jobs as executor
@@ -20,6 +21,7 @@ from advrec.pipeline.spec import EvaluationSpec, parse_spec
 from advrec_common.errors import Conflict, InvalidInput, NotFound
 from advrec_common.http import error_responses, redact
 from advrec_common.settings import Settings
+from advrec_common.store import atomic_write
 from gateway.admission import admission_slot, check_depth, check_quotas
 from gateway.auth import Caller, require_api_key
 from gateway.datasets import dataset_owners
@@ -102,16 +104,43 @@ def submit_job(
                                 "or `{\"preset\": \"demo\", ...top-level overrides}`.", examples=[SPEC_EXAMPLE]),
     settings: Settings = Depends(get_app_settings),
     caller: Caller = Depends(require_api_key),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=128,
+                                         description="Repeat a submit safely: the same key (per API key) "
+                                         "answers the job the first request made."),
 ) -> dict[str, Any]:
     """Admit the job (every check of :mod:`gateway.admission`: 422 lists every problem, 413 above a size
     quota, 429 above the key's unfinished jobs), record it and queue it. Returns the job."""
+    marker = _idempotency_marker(settings, caller, idempotency_key)
+    earlier = _earlier_job(settings, marker)
+    if earlier is not None:
+        return earlier
     spec = confine_paths(spec_from_body(body), settings, caller)
     report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
     spec = report.raise_for_problems("the job cannot run")
     check_quotas(report, settings)
     with admission_slot(settings, caller):
         run_id = executor.submit(spec, settings, owner=caller.owner)
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(marker, run_id)
     return _status(RunRecord.open(settings.runs_dir, run_id).read(), settings)
+
+
+def _idempotency_marker(settings: Settings, caller: Caller, key: str | None) -> Path | None:
+    if not key:
+        return None
+    digest = hashlib.sha256(f"{caller.owner}\0{key}".encode()).hexdigest()[:32]
+    return settings.runs_dir / ".idempotency" / digest
+
+
+def _earlier_job(settings: Settings, marker: Path | None) -> dict[str, Any] | None:
+    """The job an earlier request with the same Idempotency-Key made, if any."""
+    if marker is None or not marker.is_file():
+        return None
+    try:
+        return _status(RunRecord.open(settings.runs_dir, marker.read_text().strip()).read(), settings)
+    except (InvalidInput, NotFound):
+        return None
 
 
 def _status(rec: dict[str, Any], settings: Settings) -> dict[str, Any]:
