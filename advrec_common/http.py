@@ -98,6 +98,19 @@ def error_response(exc: AdvrecError, instance: str | None = None, request: Reque
                             headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts at this path (for a 405's ``Allow``)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", ""),
+                 "method": method}  # a fresh scope: the request's remembers the route it matched first
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            methods.add(method)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error of ``app`` answers with a problem-details body (see the module docstring)."""
 
@@ -115,8 +128,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         cls = _HTTP_TYPES.get(exc.status_code)
         title, type_ = (cls.title, PROBLEM_TYPE_PREFIX + cls.slug) if cls else ("HTTP error", "about:blank")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the methods of one route only; list every route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem_response(exc.status_code, title, str(exc.detail), type_, request.url.path,
-                                headers=exc.headers)
+                                headers=headers or None)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -131,7 +147,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 _STATUS_TEXT: dict[int, str] = {
     400: "Malformed request", 401: "Missing credentials", 403: "Credentials not allowed here",
-    404: "Unknown id: artifact, user, item, job, dataset or weight name", 409: "Not in a state that allows this",
+    404: "Unknown id: artifact, user, item, job, dataset or weight name", 405: "Method not allowed here",
+    409: "Not in a state that allows this",
     413: "Upload or catalog above the configured limits",
     422: "Invalid input (every problem listed in `errors`)", 429: "A quota is used up; retry later",
     502: "Bad answer from an internal service", 503: "Overloaded, or a backend is unreachable; retry later",
@@ -244,5 +261,5 @@ def service_app(service: str, description: str, router: APIRouter) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router(service, {"store": store_ready}))
     app.include_router(router, dependencies=[Depends(require_internal_token)],
-                       responses=error_responses(401, 403, 503))
+                       responses=error_responses(400, 401, 403, 503))
     return app

@@ -258,10 +258,11 @@ def upload_slots(request: Request) -> threading.BoundedSemaphore:
              responses=error_responses(503))
 def upload_dataset(
     request: Request,
-    archive: UploadFile | None = File(None, description="a zip with images/ and interactions.csv [+ categories.csv]"),
-    images: list[UploadFile] | None = File(None, description="image files named <item_id>.<jpg|png|webp>"),
-    interactions: UploadFile | None = File(None, description="CSV/TSV with user,item[,rating,timestamp] columns"),
-    categories: UploadFile | None = File(None, description="CSV with item,category columns"),
+    # optional files, declared without `| None` so the API description says "a file, or absent", never null
+    archive: UploadFile = File(None, description="a zip with images/ and interactions.csv [+ categories.csv]"),
+    images: list[UploadFile] = File(None, description="image files named <item_id>.<jpg|png|webp>"),
+    interactions: UploadFile = File(None, description="CSV/TSV with user,item[,rating,timestamp] columns"),
+    categories: UploadFile = File(None, description="CSV with item,category columns"),
     settings: Settings = Depends(get_app_settings),
     caller: Caller = Depends(require_api_key),
 ) -> dict[str, Any]:

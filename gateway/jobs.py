@@ -98,7 +98,10 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("", status_code=202, response_model=JobStatus, summary="Submit an evaluation",
-             responses=error_responses(413, 429))
+             responses=error_responses(413, 429),
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "anyOf": [{"$ref": "#/components/schemas/EvaluationSpec"},
+                           {"$ref": "#/components/schemas/PresetRequest"}]}}}}})
 def submit_job(
     body: dict[str, Any] = Body(..., description="An evaluation spec (see `advrec.pipeline.spec.EvaluationSpec`), "
                                 "or `{\"preset\": \"demo\", ...top-level overrides}`.", examples=[SPEC_EXAMPLE]),

@@ -9,10 +9,12 @@ is down answers 503, a timeout 504, any other transport failure 502 -- never 500
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 from fastapi import APIRouter, Depends, Request, Response
 
-from advrec_common.errors import Unavailable
+from advrec_common.errors import AdvrecError, Unavailable
 from advrec_common.http import error_response, error_responses, problem_response
 from advrec_common.settings import Settings
 from gateway.auth import require_api_key
@@ -47,10 +49,13 @@ async def forward(request: Request, base_url: str, path: str, token: str = "") -
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
     if token:
         headers["X-Internal-Token"] = token
-    url = f"{base_url.rstrip('/')}/v1/{path}"
+    # the path arrives decoded: encode it again (control characters, spaces, '?', '#' stay in the path)
+    url = f"{base_url.rstrip('/')}/v1/{quote(path, safe='/')}"
     try:
         upstream = await clients.for_method(request.method).request(
             request.method, url, params=request.query_params, headers=headers, content=await request.body())
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+        return error_response(AdvrecError(f"cannot forward this request: {exc}"), request.url.path)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         return error_response(Unavailable(f"the service is unavailable ({type(exc).__name__}); retry later"),
                               request.url.path)
@@ -73,8 +78,9 @@ def _route(service: str, url_field: str):
     return proxy
 
 
+# the service's own answers pass through (see its OpenAPI); 502/503/504 are the proxy's
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)],
-                   responses=error_responses(401, 403, 502, 503, 504))
+                   responses=error_responses(400, 401, 403, 404, 405, 409, 413, 422, 429, 502, 503, 504))
 for _service, _field in SERVICES.items():
     for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):  # one route per method: unique operation ids
         router.add_api_route(f"/{_service}/{{path:path}}", _route(_service, _field), methods=[_method],
