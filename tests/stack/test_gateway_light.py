@@ -15,7 +15,7 @@ from .conftest import API_KEY, TINY_SPEC
 pytestmark = pytest.mark.stack
 
 SCRIPT = textwrap.dedent("""
-    import io, json, resource, sys, zipfile
+    import io, json, sys, zipfile
     from fastapi.testclient import TestClient
     from advrec_common.apikeys import hash_key
     from advrec_common.settings import Settings
@@ -42,8 +42,9 @@ SCRIPT = textwrap.dedent("""
         statuses["upload"] = c.post("/v1/datasets", files={"archive": ("a.zip", buf.getvalue())}).status_code
         statuses["train"] = c.post("/v1/models", json={"dataset": "0" * 64, "recommender": "vbpr"}).status_code
         statuses["cancel"] = c.delete(f"/v1/jobs/{r.json()['id']}").status_code
-    print(json.dumps({"torch": "torch" in sys.modules, "statuses": statuses,
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # peak RSS of this interpreter (VmHWM: ru_maxrss would include the forking parent's peak)
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"torch": "torch" in sys.modules, "statuses": statuses, "max_rss_mb": hwm / 1024}))
 """)
 
 
