@@ -143,6 +143,8 @@ class Stack:
         })
         if c.stack_id:
             env["ADVREC_STACK_ID"] = c.stack_id
+        else:  # the namespace is the home's hash, as this launcher computes it
+            env.pop("ADVREC_STACK_ID", None)
         if env.get("PYTHONPATH"):  # children run in the home: relative entries must stay what they meant
             env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
         for svc, port in c.service_ports.items():
