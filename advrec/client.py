@@ -1,10 +1,17 @@
 """Python clients of the advrec gateway: :class:`AdvrecClient` (sync) and :class:`AsyncAdvrecClient`.
 
 Both share one request-building core (:class:`_Requests`): each API call is described once as a
-:class:`Call` (method, path, body) and its response decoded once (:func:`_decode`); the two
-classes only differ in how they send. Timeouts and connection retries are configured on the
-httpx transport, never per call; retries apply to connection failures only, so a submitted job
-is never submitted twice.
+:class:`Call` (method, path, body, whether repeating it is safe) and its response decoded once
+(:func:`_decode`); the two classes only differ in how they send.
+
+Retries (one policy, :func:`_retry_delay`, for both clients): while the gateway restarts or
+Redis is briefly down, a call is repeated with backoff (0.5 s doubling to 5 s, ``Retry-After``
+honoured) until ``retry_for`` seconds have passed: after a connection failure (the request never
+reached the server) always; after a 502/503/504 or a lost answer only for calls that are safe to
+repeat. Reads and cancels are; a submit is, because it carries an ``Idempotency-Key`` (the
+gateway answers a repeated key with the job it already made); an upload is (datasets are
+content-addressed); a training request is not, and is only repeated when it never arrived.
+``wait`` also keeps polling through outages until its own timeout.
 
 Errors: 404 -> :class:`NotFound`, 422 -> :class:`InvalidInput`, anything else >= 400 ->
 :class:`ApiError` (with ``status_code``); no answer at all -> :class:`GatewayUnreachable`.
@@ -13,7 +20,9 @@ Errors: 404 -> :class:`NotFound`, 422 -> :class:`InvalidInput`, anything else >=
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +44,9 @@ from advrec_common.errors import (
 
 TERMINAL = {"done", "failed", "cancelled"}
 DEFAULT_TIMEOUT = 30.0
-CONNECT_RETRIES = 3
+DEFAULT_RETRY_FOR = 60.0  # seconds a call keeps being retried through outages
+RETRY_STATUSES = {502, 503, 504}
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -49,7 +60,7 @@ class ApiError(AdvrecError):
 
 
 class GatewayUnreachable(Unavailable):
-    """No HTTP answer at all (connection refused, DNS, timeout) after the transport's retries."""
+    """No HTTP answer at all (connection refused, DNS, timeout), after retrying for ``retry_for`` seconds."""
 
 
 # problem-details statuses -> the typed error the client raises (the server's hierarchy)
@@ -71,6 +82,23 @@ class Call:
     files: Any = None
     expect: str = "json"  # "json" | "bytes"
     params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    safe_to_repeat: bool = True  # False: repeat only when the request never reached the server
+
+
+def _retry_delay(call: Call, attempt: int, started: float, retry_for: float,
+                 resp: httpx.Response | None = None, exc: Exception | None = None) -> float | None:
+    """Seconds to wait before repeating ``call`` (attempt ``attempt``, 1-based), or None to stop."""
+    if exc is not None:
+        never_arrived = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+        if not (never_arrived or (call.safe_to_repeat and isinstance(exc, httpx.TransportError))):
+            return None
+    elif resp is None or resp.status_code not in RETRY_STATUSES or not call.safe_to_repeat:
+        return None
+    delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    if resp is not None and resp.headers.get("retry-after", "").isdigit():
+        delay = min(BACKOFF_MAX_S, max(delay, float(resp.headers["retry-after"])))
+    return delay if time.monotonic() - started + delay <= retry_for else None
 
 
 def _problem(resp: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
@@ -121,7 +149,8 @@ class _Requests:
             raise InvalidInput("give exactly one of spec or preset")
         body = dict(spec) if spec is not None else {"preset": preset}
         body.update(overrides)
-        return Call("POST", "/v1/jobs", json=body)
+        # one key per submit: a repeat after a lost answer returns the job made the first time
+        return Call("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
 
     @staticmethod
     def status(job_id: str) -> Call:
@@ -165,6 +194,12 @@ def _unreachable(http: httpx.Client | httpx.AsyncClient, exc: Exception) -> Gate
     return GatewayUnreachable(f"cannot reach the gateway at {http.base_url}: {type(exc).__name__}: {exc}")
 
 
+def _is_outage(exc: Exception) -> bool:
+    """An error that means "the gateway is not there right now" (wait keeps polling through it)."""
+    return isinstance(exc, GatewayUnreachable | Unavailable) or (
+        isinstance(exc, ApiError) and exc.status_code in RETRY_STATUSES)
+
+
 def _client_kwargs(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
     headers = {"X-API-Key": api_key} if api_key else {}
     return {"base_url": base_url.rstrip("/"), "headers": headers, "timeout": httpx.Timeout(timeout, connect=5.0)}
@@ -182,16 +217,27 @@ class AdvrecClient:
     """Synchronous client: ``AdvrecClient("http://127.0.0.1:8000", api_key="...")``."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None):
-        self._http = httpx.Client(transport=transport or httpx.HTTPTransport(retries=CONNECT_RETRIES),
+                 transport: httpx.BaseTransport | None = None, retry_for: float = DEFAULT_RETRY_FOR):
+        self._http = httpx.Client(transport=transport or httpx.HTTPTransport(),
                                   **_client_kwargs(base_url, api_key, timeout))
+        self.retry_for = retry_for
 
     def _do(self, call: Call) -> Any:
-        try:
-            resp = self._http.request(call.method, call.path, json=call.json, files=call.files, params=call.params)
-        except httpx.TransportError as exc:
-            raise _unreachable(self._http, exc) from None
-        return _decode(call, resp)
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            resp = exc = None
+            try:
+                resp = self._http.request(call.method, call.path, json=call.json, files=call.files,
+                                          params=call.params, headers=call.headers)
+            except httpx.TransportError as e:
+                exc = e
+            delay = _retry_delay(call, attempt, started, self.retry_for, resp, exc)
+            if delay is None:
+                if exc is not None:
+                    raise _unreachable(self._http, exc) from None
+                return _decode(call, resp)  # type: ignore[arg-type]
+            time.sleep(delay)
 
     def __enter__(self) -> AdvrecClient:
         return self
@@ -219,12 +265,18 @@ class AdvrecClient:
         Raises TimeoutError after ``timeout`` seconds, JobFailed if it failed/was cancelled.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        st: dict[str, Any] = {"state": "unknown"}
         while True:
-            st = self.status(job_id)
-            if progress:
-                progress(st)
-            if _check_wait(st, raise_on_failure):
-                return st
+            try:
+                st = self.status(job_id)
+            except AdvrecError as exc:  # the gateway restarts: keep waiting (until our own timeout)
+                if not _is_outage(exc):
+                    raise
+            else:
+                if progress:
+                    progress(st)
+                if _check_wait(st, raise_on_failure):
+                    return st
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {st['state']} after {timeout} s")
             time.sleep(poll_interval)
@@ -260,17 +312,27 @@ class AsyncAdvrecClient:
     """Asynchronous twin of :class:`AdvrecClient` (same methods, awaitable)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None):
-        self._http = httpx.AsyncClient(transport=transport or httpx.AsyncHTTPTransport(retries=CONNECT_RETRIES),
+                 transport: httpx.AsyncBaseTransport | None = None, retry_for: float = DEFAULT_RETRY_FOR):
+        self._http = httpx.AsyncClient(transport=transport or httpx.AsyncHTTPTransport(),
                                        **_client_kwargs(base_url, api_key, timeout))
+        self.retry_for = retry_for
 
     async def _do(self, call: Call) -> Any:
-        try:
-            resp = await self._http.request(call.method, call.path, json=call.json, files=call.files,
-                                            params=call.params)
-        except httpx.TransportError as exc:
-            raise _unreachable(self._http, exc) from None
-        return _decode(call, resp)
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            resp = exc = None
+            try:
+                resp = await self._http.request(call.method, call.path, json=call.json, files=call.files,
+                                                params=call.params, headers=call.headers)
+            except httpx.TransportError as e:
+                exc = e
+            delay = _retry_delay(call, attempt, started, self.retry_for, resp, exc)
+            if delay is None:
+                if exc is not None:
+                    raise _unreachable(self._http, exc) from None
+                return _decode(call, resp)  # type: ignore[arg-type]
+            await asyncio.sleep(delay)
 
     async def __aenter__(self) -> AsyncAdvrecClient:
         return self
@@ -293,12 +355,18 @@ class AsyncAdvrecClient:
     async def wait(self, job_id: str, progress: ProgressCallback | None = None, poll_interval: float = 1.0,
                    timeout: float | None = None, raise_on_failure: bool = True) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        st: dict[str, Any] = {"state": "unknown"}
         while True:
-            st = await self.status(job_id)
-            if progress:
-                progress(st)
-            if _check_wait(st, raise_on_failure):
-                return st
+            try:
+                st = await self.status(job_id)
+            except AdvrecError as exc:  # the gateway restarts: keep waiting (until our own timeout)
+                if not _is_outage(exc):
+                    raise
+            else:
+                if progress:
+                    progress(st)
+                if _check_wait(st, raise_on_failure):
+                    return st
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {st['state']} after {timeout} s")
             await asyncio.sleep(poll_interval)

@@ -17,6 +17,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def owner_id(key: str) -> str:
+    """The owner id stored in the jobs and datasets a key creates: 16 hex of a digest of the key's hash
+    (neither the key nor its accepted digest is written next to the data)."""
+    return hashlib.sha256(b"advrec-owner:" + hash_key(key).encode()).hexdigest()[:16]
+
+
 def key_accepted(key: str, accepted_hashes: list[str]) -> bool:
     """True when ``key`` hashes to one of ``accepted_hashes`` (constant-time, checks them all)."""
     digest = hash_key(key).encode()

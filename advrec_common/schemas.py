@@ -239,7 +239,7 @@ class TrainRequest(_Model):
     features: str | None = Field(None, pattern=KEY_PATTERN, description="Needed by feature-based recommenders.")
     recommender: str
     config: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     max_k: int = Field(100, ge=1, le=10_000)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,9 +26,23 @@ class Settings(BaseSettings):
         "executors give bit-identical numbers."
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
+    stack_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="This stack's namespace on Redis (queues, keys, results). Default: a hash of the resolved home, "
+        "so two stacks on one Redis database never see each other's messages.",
+    )
     api_key_hashes: list[str] = Field(
         default_factory=list, description="SHA-256 hex digests of accepted gateway API keys (`advrec stack hash-key`)."
     )
+    admin_key_hashes: list[str] = Field(
+        default_factory=list, description="SHA-256 digests of admin keys: accepted, and they see every key's jobs "
+        "and datasets.",
+    )
+    internal_token: str = Field(
+        "", description="Shared secret the services require in `X-Internal-Token` (the gateway's proxy sends it). "
+        "Empty: the services refuse every /v1 request.",
+    )
+    reconcile_every_s: float = Field(10.0, gt=0, description="Period of every worker's recovery loop.")
     extractor_url: str = "http://127.0.0.1:8001"
     attacker_url: str = "http://127.0.0.1:8002"
     recommender_url: str = "http://127.0.0.1:8003"
@@ -36,6 +51,25 @@ class Settings(BaseSettings):
     extract_max_queue: int = Field(1024, ge=1, description="extractor micro-batcher: queued images before 503")
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    # uploads: what one upload may cost the gateway before anything is kept
+    max_zip_members: int = Field(20_000, ge=1, description="files in one uploaded zip")
+    max_zip_ratio: float = Field(100.0, gt=1, description="largest uncompressed/compressed size of one zip member")
+    max_upload_pixels: int = Field(100_000_000, ge=1, description="pixels of all images of one upload (from headers)")
+    upload_cpu_seconds: float = Field(20.0, gt=0, description="CPU time one upload's validation may take")
+    upload_concurrency: int = Field(2, ge=1, description="uploads validated at once (more: 503, retry)")
+    # per-key quotas: what one API key's job may ask for (admission answers 413/422/429 otherwise)
+    quota_catalog_items: int = Field(50_000, ge=1, description="items of a job's catalog (413)")
+    quota_image_pixels: int = Field(512 * 512, ge=1, description="pixels per image a job works at (413)")
+    quota_catalog_pixels: int = Field(1_000_000_000, ge=1, description="items x pixels per image of a job (413)")
+    quota_plan_steps: int = Field(5_000, ge=1, description="steps in a job's plan (422)")
+    quota_concurrent_jobs: int = Field(4, ge=1, description="unfinished jobs per key (429)")
+
+    @property
+    def namespace(self) -> str:
+        """This stack's id on Redis: ``stack_id``, else 12 hex of the SHA-256 of the resolved home."""
+        if self.stack_id:
+            return self.stack_id
+        return hashlib.sha256(str(self.home.expanduser().resolve()).encode()).hexdigest()[:12]
 
     @property
     def store_dir(self) -> Path:

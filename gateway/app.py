@@ -59,7 +59,7 @@ def redis_ready(settings: Settings) -> str | None:
 
 
 def _reconcile(settings: Settings) -> None:
-    from advrec.pipeline.celery_executor import reconcile
+    from advrec.pipeline.jobs import reconcile
 
     try:
         summary = reconcile(settings)
@@ -95,4 +95,33 @@ def create_app(settings: Settings | None = None, *, reconcile_on_start: bool = T
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(proxy.router)
+    _describe_spec(app)
     return app
+
+
+def _describe_spec(app: FastAPI) -> None:
+    """Put the evaluation spec's JSON schema (and the preset form) into the OpenAPI components, so
+    ``POST /v1/jobs`` documents its body (the route validates it itself, to list every problem at once)."""
+    from advrec.pipeline.spec import PRESETS, EvaluationSpec
+
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            spec = EvaluationSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec.pop("$defs", {}))
+            components["EvaluationSpec"] = spec
+            components["PresetRequest"] = {
+                "type": "object", "title": "PresetRequest", "required": ["preset"],
+                "properties": {"preset": {"type": "string", "enum": sorted(PRESETS)}},
+                "additionalProperties": True,
+                "description": "A preset spec with top-level fields of EvaluationSpec overridden."}
+        return app.openapi_schema or schema
+
+    def cached() -> dict:
+        app.openapi_schema = openapi()
+        return app.openapi_schema
+
+    app.openapi = cached  # type: ignore[method-assign]

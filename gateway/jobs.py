@@ -1,21 +1,30 @@
-"""``/v1/jobs``: submit an evaluation, follow it, cancel it, fetch its results and report."""
+"""``/v1/jobs``: submit an evaluation, follow it, cancel it, fetch its results and report.
+
+Admission (every check before anything is queued) is :mod:`gateway.admission`. Jobs belong to the
+key that submitted them: another key's job answers 404 (an admin key sees all).
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import FileResponse
 
-from advrec.pipeline import celery_executor
+from advrec.pipeline import jobs as executor
+from advrec.pipeline.preflight import preflight
 from advrec.pipeline.record import RunRecord, list_runs, progress_of
 from advrec.pipeline.spec import EvaluationSpec, parse_spec
 from advrec_common.errors import Conflict, InvalidInput, NotFound
-from advrec_common.http import error_responses
+from advrec_common.http import error_responses, redact
 from advrec_common.settings import Settings
-from gateway.auth import require_api_key
+from advrec_common.store import atomic_write
+from gateway.admission import admission_slot, check_depth, check_quotas
+from gateway.auth import Caller, require_api_key
+from gateway.datasets import dataset_owners
 from gateway.deps import get_app_settings
 from gateway.schemas import JobStatus, JobSummary
 
@@ -32,19 +41,30 @@ SPEC_EXAMPLE = {
 
 def spec_from_body(body: dict[str, Any]) -> EvaluationSpec:
     """A spec document, or ``{"preset": NAME, ...top-level overrides}``, validated."""
+    check_depth(body)
     return parse_spec(copy.deepcopy(body))
 
 
-def _confine(value: str, base: Path, roots: list[Path], field: str) -> str:
-    """Resolve ``value`` (relative to ``base``) and require it inside one of ``roots``."""
+def _confine(value: str, base: Path, roots: list[Path], field: str, settings: Settings, caller: Caller | None) -> str:
+    """Resolve ``value`` (relative to ``base``), require it inside one of ``roots`` and, inside an
+    uploaded dataset (``<home>/datasets/ds-...``), require that dataset to be the caller's."""
+    if "\0" in value:
+        raise InvalidInput(f"{field}: a path cannot contain a NUL character")
     path = (base / value).resolve()
     if not any(path.is_relative_to(r.resolve()) for r in roots):
         raise InvalidInput(f"{field}: path escapes the server's datasets/weights folders: {value!r}")
+    datasets = (settings.home / "datasets").resolve()
+    if caller is not None and path.is_relative_to(datasets) and path != datasets:
+        ds_id = path.relative_to(datasets).parts[0]
+        owners = dataset_owners(settings, ds_id)
+        if owners is not None and not caller.may_see(owners):
+            raise NotFound(f"{field}: unknown dataset {ds_id!r}")
     return str(path)
 
 
-def confine_paths(spec: EvaluationSpec, settings: Settings) -> EvaluationSpec:
-    """Every file path of the spec made absolute and checked to lie in <home>/datasets or the weights dir.
+def confine_paths(spec: EvaluationSpec, settings: Settings, caller: Caller | None = None) -> EvaluationSpec:
+    """Every file path of the spec made absolute and checked to lie in <home>/datasets or the weights dir
+    (and in the caller's own uploaded datasets).
 
     Dataset paths are relative to ``<home>/datasets``, checkpoints to the weights folder.
     """
@@ -52,20 +72,24 @@ def confine_paths(spec: EvaluationSpec, settings: Settings) -> EvaluationSpec:
     data = spec.model_dump(mode="json")
     for field in ("root", "images_dir", "interactions", "categories"):
         if data["dataset"].get(field) is not None:
-            data["dataset"][field] = _confine(data["dataset"][field], datasets, [datasets, weights], f"dataset.{field}")
+            data["dataset"][field] = _confine(data["dataset"][field], datasets, [datasets, weights],
+                                              f"dataset.{field}", settings, caller)
     for i, ext in enumerate(data["extractors"]):
         if ext.get("checkpoint") is not None:
-            ext["checkpoint"] = _confine(ext["checkpoint"], weights, [datasets, weights], f"extractors.{i}.checkpoint")
+            ext["checkpoint"] = _confine(ext["checkpoint"], weights, [datasets, weights],
+                                         f"extractors.{i}.checkpoint", settings, caller)
     return parse_spec(data)
 
 
-def _open(settings: Settings, job_id: str) -> RunRecord:
+def _open(settings: Settings, job_id: str, caller: Caller | None = None) -> RunRecord:
+    """The record of job ``job_id``; 404 when unknown, or when it belongs to another key."""
     try:
-        return RunRecord.open(settings.runs_dir, job_id)
-    except InvalidInput:  # not even a well-formed id
+        rec = RunRecord.open(settings.runs_dir, job_id)
+    except (InvalidInput, NotFound):  # a malformed id is an unknown one
         raise NotFound(f"unknown job {job_id!r}") from None
-    except NotFound:
-        raise NotFound(f"unknown job {job_id!r}") from None
+    if caller is not None and not caller.may_see(rec.read().get("owner")):
+        raise NotFound(f"unknown job {job_id!r}")
+    return rec
 
 
 def _summary(rec: dict[str, Any]) -> dict[str, Any]:
@@ -73,46 +97,108 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
             "updated": rec["updated"], "progress": progress_of(rec)}
 
 
-@router.post("", status_code=202, response_model=JobStatus, summary="Submit an evaluation")
+@router.post("", status_code=202, response_model=JobStatus, summary="Submit an evaluation",
+             responses=error_responses(413, 429),
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "anyOf": [{"$ref": "#/components/schemas/EvaluationSpec"},
+                           {"$ref": "#/components/schemas/PresetRequest"}]}}}}})
 def submit_job(
     body: dict[str, Any] = Body(..., description="An evaluation spec (see `advrec.pipeline.spec.EvaluationSpec`), "
                                 "or `{\"preset\": \"demo\", ...top-level overrides}`.", examples=[SPEC_EXAMPLE]),
     settings: Settings = Depends(get_app_settings),
+    caller: Caller = Depends(require_api_key),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=128,
+                                         description="Repeat a submit safely: the same key (per API key) "
+                                         "answers the job the first request made."),
 ) -> dict[str, Any]:
-    """Validate the spec (422 lists every problem), record the job and queue it. Returns the job."""
-    spec = confine_paths(spec_from_body(body), settings)
-    run_id = celery_executor.submit(spec, settings)
-    return _status(RunRecord.open(settings.runs_dir, run_id).read())
+    """Admit the job (every check of :mod:`gateway.admission`: 422 lists every problem, 413 above a size
+    quota, 429 above the key's unfinished jobs), record it and queue it. Returns the job."""
+    marker = _idempotency_marker(settings, caller, idempotency_key)
+    earlier = _earlier_job(settings, marker)
+    if earlier is not None:
+        return earlier
+    spec = confine_paths(spec_from_body(body), settings, caller)
+    report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
+    spec = report.raise_for_problems("the job cannot run")
+    check_quotas(report, settings)
+    with admission_slot(settings, caller):
+        run_id = executor.submit(spec, settings, owner=caller.owner)
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(marker, run_id)
+    return _status(RunRecord.open(settings.runs_dir, run_id).read(), settings)
 
 
-def _status(rec: dict[str, Any]) -> dict[str, Any]:
-    return {**_summary(rec), "error": rec.get("error"), "cancel_requested": bool(rec.get("cancel_requested")),
-            "steps": rec.get("steps", {}), "spec": rec["spec"]}
+def _idempotency_marker(settings: Settings, caller: Caller, key: str | None) -> Path | None:
+    if not key:
+        return None
+    digest = hashlib.sha256(f"{caller.owner}\0{key}".encode()).hexdigest()[:32]
+    return settings.runs_dir / ".idempotency" / digest
 
 
-@router.get("", response_model=list[JobSummary], summary="List jobs, newest first")
-def list_jobs(settings: Settings = Depends(get_app_settings)) -> list[dict[str, Any]]:
+def _earlier_job(settings: Settings, marker: Path | None) -> dict[str, Any] | None:
+    """The job an earlier request with the same Idempotency-Key made, if any."""
+    if marker is None or not marker.is_file():
+        return None
+    try:
+        return _status(RunRecord.open(settings.runs_dir, marker.read_text().strip()).read(), settings)
+    except (InvalidInput, NotFound):
+        return None
+
+
+def _status(rec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The public view of a record: server paths and tracebacks never leave the gateway."""
+    steps = {name: {**st, "error": _public_error(st.get("error"), settings)} for name, st in rec.get("steps", {}).items()}
+    return {**_summary(rec), "error": _public_error(rec.get("error"), settings),
+            "cancel_requested": bool(rec.get("cancel_requested")), "steps": steps,
+            "spec": redact_tree(rec["spec"], settings)}
+
+
+def _public_error(error: str | None, settings: Settings) -> str | None:
+    if not error:
+        return error
+    head = error.split("\nTraceback", 1)[0].strip()  # the traceback stays in the record, for operators
+    return redact(head, [settings.home])
+
+
+def redact_tree(value: Any, settings: Settings) -> Any:
+    """``value`` with the server's home folder replaced by ``<home>`` in every string."""
+    if isinstance(value, dict):
+        return {k: redact_tree(v, settings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_tree(v, settings) for v in value]
+    return redact(value, [settings.home]) if isinstance(value, str) else value
+
+
+@router.get("", response_model=list[JobSummary], summary="List jobs, newest first (this key's; all for an admin)")
+def list_jobs(settings: Settings = Depends(get_app_settings),
+              caller: Caller = Depends(require_api_key)) -> list[dict[str, Any]]:
     return [{"id": r["run_id"], **{k: r[k] for k in ("name", "state", "created", "updated", "progress")}}
-            for r in list_runs(settings.runs_dir)]
+            for r in list_runs(settings.runs_dir) if caller.may_see(r.get("owner"))]
 
 
 @router.get("/{job_id}", response_model=JobStatus, summary="State and per-step progress of a job")
-def get_job(job_id: str, settings: Settings = Depends(get_app_settings)) -> dict[str, Any]:
-    return _status(_open(settings, job_id).read())
+def get_job(job_id: str, settings: Settings = Depends(get_app_settings),
+            caller: Caller = Depends(require_api_key)) -> dict[str, Any]:
+    return _status(_open(settings, job_id, caller).read(), settings)
 
 
 @router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job")
-def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings)) -> dict[str, Any]:
-    """Stops the job: nothing new is queued, queued steps are revoked. A finished job is left as is."""
-    _open(settings, job_id)
-    return _status(celery_executor.cancel(job_id, settings))
+def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings),
+               caller: Caller = Depends(require_api_key)) -> dict[str, Any]:
+    """Stops the job: nothing new is queued, queued steps are revoked, a running step stops at its next
+    batch (within seconds). A finished job is left as is."""
+    _open(settings, job_id, caller)
+    return _status(executor.cancel(job_id, settings), settings)
 
 
-def _report_file(settings: Settings, job_id: str, relpath: str) -> Path:
-    rec = _open(settings, job_id)
+def _report_file(settings: Settings, job_id: str, relpath: str, caller: Caller) -> Path:
+    rec = _open(settings, job_id, caller)
     state = rec.read()["state"]
     if state != "done":
         raise Conflict(f"job {job_id} is {state}; results exist once it is done")
+    if "\0" in relpath:
+        raise NotFound(f"job {job_id} has no artifact {relpath!r}")
     root = (rec.dir / "report").resolve()
     path = (root / relpath).resolve()
     if not path.is_relative_to(root) or not path.is_file():
@@ -121,18 +207,22 @@ def _report_file(settings: Settings, job_id: str, relpath: str) -> Path:
 
 
 @router.get("/{job_id}/results", summary="results.json of a finished job (409 before)",
-            responses=error_responses(409))
-def get_results(job_id: str, settings: Settings = Depends(get_app_settings)) -> FileResponse:
-    return FileResponse(_report_file(settings, job_id, "results.json"), media_type="application/json")
+            responses={**error_responses(409), 200: {"content": {"application/json": {}}, "description": "results.json"}})
+def get_results(job_id: str, settings: Settings = Depends(get_app_settings),
+                caller: Caller = Depends(require_api_key)) -> FileResponse:
+    return FileResponse(_report_file(settings, job_id, "results.json", caller), media_type="application/json")
 
 
 @router.get("/{job_id}/report", summary="report.html of a finished job (409 before)",
-            responses=error_responses(409))
-def get_report(job_id: str, settings: Settings = Depends(get_app_settings)) -> FileResponse:
-    return FileResponse(_report_file(settings, job_id, "report.html"), media_type="text/html")
+            responses={**error_responses(409), 200: {"content": {"text/html": {}}, "description": "report.html"}})
+def get_report(job_id: str, settings: Settings = Depends(get_app_settings),
+               caller: Caller = Depends(require_api_key)) -> FileResponse:
+    return FileResponse(_report_file(settings, job_id, "report.html", caller), media_type="text/html")
 
 
 @router.get("/{job_id}/artifacts/{path:path}", summary="Any file of a finished job's report folder",
-            responses=error_responses(409))
-def get_artifact(job_id: str, path: str, settings: Settings = Depends(get_app_settings)) -> FileResponse:
-    return FileResponse(_report_file(settings, job_id, path))
+            responses={**error_responses(409), 200: {"content": {"application/octet-stream": {}},
+                                                     "description": "the file"}})
+def get_artifact(job_id: str, path: str, settings: Settings = Depends(get_app_settings),
+                 caller: Caller = Depends(require_api_key)) -> FileResponse:
+    return FileResponse(_report_file(settings, job_id, path, caller))

@@ -13,7 +13,7 @@ from advrec_common.http import error_responses
 from advrec_common.schemas import TrainJob, TrainRequest
 from advrec_common.settings import Settings
 from advrec_common.store import ArtifactStore
-from gateway.auth import require_api_key
+from gateway.auth import Caller, require_api_key
 from gateway.deps import get_app_settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)],
@@ -22,5 +22,6 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(r
 
 @router.post("", response_model=TrainJob, status_code=202,
              summary="Train a recommender on a stored dataset (+ features) as a job; returns the model's key at once")
-def train_model(req: TrainRequest, settings: Settings = Depends(get_app_settings)) -> TrainJob:
-    return submit_training(ArtifactStore(settings.store_dir), settings, req)
+def train_model(req: TrainRequest, settings: Settings = Depends(get_app_settings),
+                caller: Caller = Depends(require_api_key)) -> TrainJob:
+    return submit_training(ArtifactStore(settings.store_dir), settings, req, owner=caller.owner)

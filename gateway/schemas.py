@@ -29,6 +29,8 @@ class StepStatus(BaseModel):
     kind: str | None = None
     attempts: int = 0
     seconds: float | None = Field(None, description="compute time of the step in seconds")
+    progress: dict[str, Any] | None = Field(None, description="how far a running step is, e.g. "
+                                            "`{\"done\": 64, \"total\": 256, \"unit\": \"images\"}` or `{\"epoch\": 12}`")
     error: str | None = None
 
 

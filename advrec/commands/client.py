@@ -2,7 +2,8 @@
 ``cancel``, ``jobs``, ``upload``.
 
 Server and key come from ``--server`` / ``--api-key`` or the environment (``ADVREC_SERVER``,
-``ADVREC_API_KEY``). The local ``advrec report RUN`` belongs to the in-process runner; the
+``ADVREC_API_KEY``). Every verb rides out a gateway restart: calls are retried with backoff for
+``--retry-for`` seconds (see :mod:`advrec.client`), and ``wait`` polls through outages. The local ``advrec report RUN`` belongs to the in-process runner; the
 remote report download is ``advrec download ID -o report.html``.
 """
 
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from advrec.client import AdvrecClient
+from advrec.client import DEFAULT_RETRY_FOR, AdvrecClient
 from advrec.pipeline.spec import read_spec_document
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -24,7 +25,8 @@ def client_from_args(args: argparse.Namespace) -> AdvrecClient:
     """A client for --server/--api-key (or ADVREC_SERVER/ADVREC_API_KEY)."""
     server = args.server or os.environ.get("ADVREC_SERVER") or DEFAULT_SERVER
     key = args.api_key or os.environ.get("ADVREC_API_KEY")
-    return AdvrecClient(server, key, timeout=args.timeout)
+    return AdvrecClient(server, key, timeout=args.timeout,
+                        retry_for=getattr(args, "retry_for", DEFAULT_RETRY_FOR))  # `report` has no --retry-for
 
 
 def _spec_body(text: str) -> dict[str, Any]:
@@ -45,9 +47,9 @@ def _print_status(st: dict[str, Any]) -> None:
 def _submit(args: argparse.Namespace) -> int:
     with client_from_args(args) as c:
         job_id = c.submit(_spec_body(args.spec))
+        print(job_id, flush=True)  # first: an interrupted wait still leaves the id to resume with
         if args.wait:
             return _wait_for(c, job_id, args)
-    print(job_id)
     return 0
 
 
@@ -145,6 +147,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", help=f"gateway URL (env ADVREC_SERVER, default {DEFAULT_SERVER})")
     p.add_argument("--api-key", help="API key (env ADVREC_API_KEY)")
     p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
+    p.add_argument("--retry-for", type=float, default=DEFAULT_RETRY_FOR,
+                   help="keep retrying a call this many seconds while the gateway is unreachable (502/503/504)")
 
 
 def _wait_opts(p: argparse.ArgumentParser) -> None:

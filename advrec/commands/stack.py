@@ -1,4 +1,4 @@
-"""``advrec stack up|down|status|reconcile|hash-key``: run the service stack on this machine."""
+"""``advrec stack up|down|status|restart|reconcile|hash-key``: run the service stack on this machine."""
 
 from __future__ import annotations
 
@@ -14,18 +14,35 @@ def _stack(args: argparse.Namespace) -> Stack:
     s = get_settings()
     home = Path(args.home) if args.home else s.home
     return Stack(StackConfig(home=home, port=args.port, redis_url=args.redis_url or s.redis_url,
-                             services=not args.no_services, device=s.device,
+                             services=not args.no_services, device=s.device, stack_id=s.stack_id,
                              api_key_hashes=s.api_key_hashes or None))
+
+
+def _print_status(status: dict) -> None:
+    for name, info in status.items():
+        state = info.get("state") or "running"
+        shown = state if info["alive"] else f"DOWN ({state})"
+        extra = f"  restarts {info['restarts']}" if info.get("restarts") else ""
+        print(f"{name:<22} pid {str(info.get('pid') or '-'):<8} {shown}{extra}")
 
 
 def _up(args: argparse.Namespace) -> int:
     stack = _stack(args)
     status = stack.up(timeout=args.timeout)
-    for name, info in status.items():
-        print(f"{name:<22} pid {info['pid']:<8} {'up' if info['alive'] else 'DOWN'}")
+    _print_status(status)
     print(f"gateway  {stack.url}  (docs: {stack.url}/docs)")
+    others = {ns: c for ns, c in stack.claims().items() if ns != stack.namespace}
+    print(f"redis    {stack.config.redis_url}  namespace advrec:{stack.namespace}:"
+          + (f"  (shared with {len(others)} other stack(s): " + ", ".join(c.get("home", "?") for c in others.values())
+             + ")" if others else ""))
     if stack.config.api_key_hashes is None:
         print(f"api key  export ADVREC_API_KEY=$(cat {stack.dir / 'api-key'}) ADVREC_SERVER={stack.url}")
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    pid = _stack(args).restart(args.name)
+    print(f"{args.name} restarted (pid {pid})")
     return 0
 
 
@@ -39,8 +56,7 @@ def _status(args: argparse.Namespace) -> int:
     status = _stack(args).status()
     if not status:
         print("no stack processes")
-    for name, info in status.items():
-        print(f"{name:<22} pid {info['pid']:<8} {'up' if info['alive'] else 'DOWN'}  log {info['log']}")
+    _print_status(status)
     return 0 if status and all(i["alive"] for i in status.values()) else 1
 
 
@@ -74,12 +90,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = verbs.add_parser("up", help="start everything and wait for /readyz")
     common(q)
     q.set_defaults(func=_up)
-    q = verbs.add_parser("down", help="stop every process of the stack home")
+    q = verbs.add_parser("down", help="stop every process `up` started (with the Redis it started)")
     common(q)
     q.set_defaults(func=_down)
     q = verbs.add_parser("status", help="the stack's processes (exit 1 if any is down)")
     common(q)
     q.set_defaults(func=_status)
+    q = verbs.add_parser("restart", help="restart one process of the running stack now (e.g. worker-attack, gateway)")
+    q.add_argument("name")
+    common(q)
+    q.set_defaults(func=_restart)
     q = verbs.add_parser("reconcile", help="re-drive non-terminal jobs (lost messages, dead workers)")
     common(q)
     q.set_defaults(func=_reconcile)

@@ -1,19 +1,18 @@
-"""The Celery executor: the same DAG and step functions as the in-process executor, run by workers.
+"""The Celery executor's worker side: the one step task, and every worker's recovery loop.
 
-Lifecycle of a run (the record on disk, :class:`RunRecord`, is the job database):
+The bookkeeping (submit, advance, cancel, reconcile) is torch-free and lives in
+:mod:`advrec.pipeline.jobs`, which the gateway uses; this module is what the workers load
+(``celery -A advrec.pipeline.queue worker``, task module :data:`~advrec.pipeline.queue.TASK_MODULES`).
+It imports the step functions (and with them torch) only when a step runs, so a prefork worker's
+parent process never touches torch or CUDA.
 
-``submit`` creates the record (``executor="celery"``) and enqueues ``orchestrate.start``;
-``start`` plans the run (the dataset step runs there) and calls ``advance``; ``advance``, under
-the record lock, marks every pending step whose dependencies are finished as ``cached`` (its
-artifact is stored) or ``queued`` (sent as the one ``advrec.run_step`` task to the step's queue);
-each ``run_step`` claims its step (``running``, with an attempt count and a heartbeat), computes it
-with :func:`execute_step`, marks it ``done`` and calls ``advance`` again. When every step is
-finished the report is published and the run is ``done``.
+``run_step`` claims its step in the record (``running``, an attempt count, the worker's name and a
+heartbeat written every HEARTBEAT_S), computes it with :func:`execute_step` and a progress callback
+that raises :class:`~advrec_common.errors.Cancelled` once the job is cancelled (long steps call it between batches,
+so a cancelled job frees its worker within seconds), marks it ``done`` and advances the run.
 
-Redis may lose every message (it runs without persistence) and workers may die with SIGKILL:
-``reconcile`` re-sends queued steps whose message went to a Redis instance that no longer exists
-(Redis's ``run_id`` changed) and running steps whose heartbeat went stale, then re-advances.
-Re-running a step is safe: :func:`execute_step` skips artifacts that are already stored.
+Every worker also runs the recovery loop (:mod:`advrec.pipeline.recovery`) in a thread: no single
+worker is special, and recovery goes on as long as any worker lives.
 """
 
 from __future__ import annotations
@@ -22,56 +21,52 @@ import logging
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from advrec.pipeline.dag import Plan
-from advrec.pipeline.executor import CancelledRun, execute_step, plan_run, publish_report
-from advrec.pipeline.queue import HEARTBEAT_S, MAX_ATTEMPTS, RUN_STEP, STALE_AFTER_S, app, celery_for
-from advrec.pipeline.record import TERMINAL, RunRecord, list_runs
-from advrec.pipeline.spec import EvaluationSpec, parse_spec
-from advrec_common.errors import NotFound
+from advrec.pipeline.jobs import (  # noqa: F401  (re-exported: the executor's operations in one place)
+    FINISHED,
+    advance,
+    broker_id,
+    cancel,
+    reconcile,
+    send_step,
+    submit,
+)
+from advrec.pipeline.queue import HEARTBEAT_S, MAX_ATTEMPTS, RUN_STEP, STALE_AFTER_S, app
+from advrec.pipeline.record import TERMINAL, RunRecord
+from advrec_common.errors import Cancelled, NotFound
 from advrec_common.settings import Settings, get_settings
 from advrec_common.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("done", "cached")
+
+# raised by the progress callback inside a step once the run's record asks for cancellation
+CancelledRun = Cancelled
 
 
 def _settings(settings: Settings | None) -> Settings:
     return settings if settings is not None else get_settings()
 
 
-def _producer(settings: Settings) -> Celery:
-    return celery_for(settings.redis_url)
+def _execute_step(*args: Any, **kwargs: Any) -> bool:
+    """:func:`advrec.pipeline.executor.execute_step`, imported when the first step runs (torch)."""
+    from advrec.pipeline.executor import execute_step
+
+    return execute_step(*args, **kwargs)
 
 
-def broker_id(settings: Settings | None = None) -> str:
-    """Redis's ``run_id``: it changes whenever Redis restarts (and forgets unpersisted messages)."""
-    import redis
+def _is_cancel(exc: BaseException) -> bool:
+    if isinstance(exc, Cancelled):
+        return True
+    from advrec.pipeline.executor import CancelledRun as InprocessCancelled
 
-    client = redis.Redis.from_url(_settings(settings).redis_url, socket_timeout=3, socket_connect_timeout=3)
-    try:
-        return str(client.info("server")["run_id"])
-    finally:
-        client.close()
-
-
-def _send(producer: Celery, task: str, args: list[Any], queue: str | None = None) -> str:
-    task_id = uuid.uuid4().hex
-    producer.send_task(task, args=args, task_id=task_id, **({"queue": queue} if queue else {}))
-    return task_id
-
-
-def send_step(producer: Celery, run_id: str, step_name: str, queue: str) -> str:
-    """Enqueue the one step task for ``step_name`` on its step's ``queue``; returns the task id."""
-    return _send(producer, RUN_STEP, [run_id, step_name], queue=queue)
+    return isinstance(exc, InprocessCancelled)
 
 
 @contextmanager
@@ -95,102 +90,23 @@ def _heartbeat(record: RunRecord, touch: Callable[[dict[str, Any]], None]) -> It
         thread.join(timeout=HEARTBEAT_S + 1)
 
 
-def _cancel_checker(record: RunRecord, every_s: float = 1.0) -> Callable[[dict[str, Any]], None]:
-    """A progress callback that raises :class:`CancelledRun` once the run is cancelled."""
+def cancel_checker(record: RunRecord, every_s: float = 1.0,
+                   latest: dict[str, Any] | None = None) -> Callable[[dict[str, Any]], None]:
+    """A progress callback that raises :class:`Cancelled` once the run is cancelled (reads the
+    record at most every ``every_s`` seconds); keeps the step's latest progress in ``latest``."""
     last = [0.0]
 
-    def check(_info: dict[str, Any]) -> None:
+    def check(info: dict[str, Any]) -> None:
+        if latest is not None:
+            latest.clear()
+            latest.update({k: v for k, v in info.items() if isinstance(v, int | float | str) or v is None})
         now = time.monotonic()
         if now - last[0] >= every_s:
             last[0] = now
             if record.read().get("cancel_requested"):
-                raise CancelledRun()
+                raise Cancelled(f"run {record.run_id} was cancelled")
 
     return check
-
-
-# ----------------------------------------------------------------------------------------------
-# the executor's operations
-
-
-def submit(spec: EvaluationSpec, settings: Settings | None = None) -> str:
-    """Record a new run and enqueue its start; returns the run id.
-
-    The record is the acceptance: if the broker is unreachable the run stays ``queued`` and the
-    reconciler starts it when Redis is back.
-    """
-    s = _settings(settings)
-    record = RunRecord.create(s.runs_dir, spec.model_dump(mode="json"), executor="celery")
-    try:
-        bid = broker_id(s)
-        task_id = _send(_producer(s), "orchestrate.start", [record.run_id])
-        record.update(lambda d: d.update(start_task=task_id, start_broker=bid))
-    except Exception as exc:  # broker down: reconcile() will start the run
-        log.warning("run %s recorded but not enqueued (%s); the reconciler will start it", record.run_id, exc)
-    return record.run_id
-
-
-def start(run_id: str, settings: Settings | None = None) -> str:
-    """Plan the run (materialising the dataset step), store the plan, then advance; returns the state."""
-    s = _settings(settings)
-    record = RunRecord.open(s.runs_dir, run_id)
-    data = record.read()
-    if data["state"] in TERMINAL or data.get("cancel_requested"):
-        return data["state"]
-    if data["plan"] is None:
-        record.update(lambda d: d.update(start_heartbeat=time.time()))
-        record.set_state("running")
-        try:
-            with _heartbeat(record, lambda d: d.update(start_heartbeat=time.time())):
-                plan = plan_run(parse_spec(data["spec"]), ArtifactStore(s.store_dir), s.device)
-        except Exception as exc:
-            record.set_state("failed", error=f"planning failed: {type(exc).__name__}: {exc}")
-            log.exception("planning run %s failed", run_id)
-            return "failed"
-        record.set_plan(plan.to_json())
-    return advance(run_id, s)
-
-
-def advance(run_id: str, settings: Settings | None = None) -> str:
-    """Enqueue every step that became ready; publish the report when all are finished.
-
-    Runs under the record lock, so concurrent calls (one per finishing step) never enqueue a
-    step twice. Returns the run's state.
-    """
-    s = _settings(settings)
-    record = RunRecord.open(s.runs_dir, run_id)
-    store = ArtifactStore(s.store_dir)
-    producer = _producer(s)
-    bid_cache: list[str] = []
-
-    def bid() -> str:
-        if not bid_cache:
-            bid_cache.append(broker_id(s))
-        return bid_cache[0]
-
-    def fn(d: dict[str, Any]) -> None:
-        if d["state"] in TERMINAL or d.get("cancel_requested") or d["plan"] is None:
-            return
-        steps = d["steps"]
-        for row in d["plan"]:  # topological order: a step cached here unblocks the next ones
-            st = steps[row["name"]]
-            if st["state"] != "pending" or not all(steps[dep]["state"] in FINISHED for dep in row["deps"]):
-                continue
-            if store.has(row["key"]):
-                st["state"] = "cached"
-                continue
-            task_id = send_step(producer, run_id, row["name"], row["queue"])
-            st.update(state="queued", task_id=task_id, broker=bid(), queued_at=time.time())
-        if all(st["state"] in FINISHED for st in steps.values()):
-            # evaluations end with a report; a single-step job (e.g. a recommender training) has none
-            report_key = next((r["key"] for r in d["plan"] if r["kind"] == "report"), None)
-            if report_key is not None:
-                publish_report(store, report_key, record.dir)
-            d.update(report_key=report_key, state="done", finished=time.time())
-        elif d["state"] == "queued":
-            d["state"] = "running"
-
-    return record.update(fn)["state"]
 
 
 def run_step(run_id: str, step_name: str, task_id: str | None = None, worker: str | None = None,
@@ -204,7 +120,7 @@ def run_step(run_id: str, step_name: str, task_id: str | None = None, worker: st
     s = _settings(settings)
     try:
         record = RunRecord.open(s.runs_dir, run_id)
-    except NotFound:  # a message about a run this home does not hold (deleted, or another stack's)
+    except NotFound:  # a message about a run this home does not hold (deleted)
         log.warning("run %s step %s: no such run here", run_id, step_name)
         return "skipped"
     claim: dict[str, Any] = {}
@@ -240,17 +156,21 @@ def run_step(run_id: str, step_name: str, task_id: str | None = None, worker: st
     plan = Plan.from_json(claim["plan"])
     store = ArtifactStore(s.store_dir)
 
-    def touch(d: dict[str, Any]) -> None:
-        d["steps"][step_name]["heartbeat"] = time.time()
+    latest: dict[str, Any] = {}
+
+    def touch(d: dict[str, Any]) -> None:  # the heartbeat also publishes how far the step is
+        d["steps"][step_name].update(heartbeat=time.time(), progress=dict(latest) or None)
 
     t0 = time.perf_counter()
     try:
         with _heartbeat(record, touch):
-            computed = execute_step(plan[step_name], plan, store, s.device, progress=_cancel_checker(record))
-    except CancelledRun:
-        record.set_step(step_name, state="cancelled")
-        return "cancelled"
+            computed = _execute_step(plan[step_name], plan, store, s.device,
+                                     progress=cancel_checker(record, latest=latest))
     except Exception as exc:
+        if _is_cancel(exc):
+            record.set_step(step_name, state="cancelled", seconds=round(time.perf_counter() - t0, 3))
+            log.info("run %s step %s cancelled after %.1f s", run_id, step_name, time.perf_counter() - t0)
+            return "cancelled"
         short = f"{type(exc).__name__}: {exc}"
         error = f"{short}\n{traceback.format_exc(limit=5)}"
 
@@ -268,94 +188,8 @@ def run_step(run_id: str, step_name: str, task_id: str | None = None, worker: st
     return outcome
 
 
-def cancel(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Cancel a run: flag it, mark it cancelled, revoke its queued messages; returns the record.
-
-    A step already running finishes its current computation (workers check the flag before every
-    step, and long steps poll it through the progress callback); nothing new is enqueued.
-    """
-    s = _settings(settings)
-    record = RunRecord.open(s.runs_dir, run_id)
-    revoke: list[str] = []
-
-    def fn(d: dict[str, Any]) -> None:
-        if d["state"] in TERMINAL:
-            return
-        d.update(cancel_requested=True, state="cancelled")
-        for st in d["steps"].values():
-            if st["state"] in ("queued", "pending"):
-                if st.get("task_id"):
-                    revoke.append(st["task_id"])
-                st["state"] = "cancelled"
-        if d.get("start_task") and d["plan"] is None:
-            revoke.append(d["start_task"])
-
-    data = record.update(fn)
-    if revoke:
-        try:
-            _producer(s).control.revoke(revoke)
-        except Exception as exc:  # revocation is an optimisation: workers check the flag anyway
-            log.warning("could not revoke %d task(s) of %s: %s", len(revoke), run_id, exc)
-    return data
-
-
-def reconcile(settings: Settings | None = None) -> dict[str, int]:
-    """Re-drive every non-terminal Celery run after lost messages or dead workers.
-
-    Re-sends: the start of an unplanned run whose start message went to a Redis that restarted
-    (or whose planner's heartbeat is stale); queued steps whose message went to a Redis that
-    restarted; running steps whose heartbeat is older than STALE_AFTER_S. Then advances each
-    run. Idempotent: safe on every worker/gateway start and periodically.
-    """
-    s = _settings(settings)
-    producer = _producer(s)
-    bid = broker_id(s)
-    summary = {"runs": 0, "restarted": 0, "requeued": 0}
-    for row in list_runs(s.runs_dir):
-        if row.get("executor") != "celery" or row["state"] in TERMINAL:
-            continue
-        summary["runs"] += 1
-        record = RunRecord.open(s.runs_dir, row["run_id"])
-
-        def fn(d: dict[str, Any], run_id: str = row["run_id"]) -> None:
-            now = time.time()
-            if d["state"] in TERMINAL or d.get("cancel_requested"):
-                return
-            if d["plan"] is None:
-                lost = d.get("start_broker") != bid if d["state"] == "queued" else \
-                    now - d.get("start_heartbeat", 0) > STALE_AFTER_S
-                if lost:
-                    d.update(start_task=_send(producer, "orchestrate.start", [run_id]), start_broker=bid,
-                             start_heartbeat=now)
-                    summary["restarted"] += 1
-                return
-            queues = {r["name"]: r["queue"] for r in d["plan"]}
-            for name, st in d["steps"].items():
-                lost = (st["state"] == "queued" and st.get("broker") != bid) or (
-                    st["state"] == "running" and now - st.get("heartbeat", 0) > STALE_AFTER_S)
-                if lost:
-                    st.update(state="queued", task_id=send_step(producer, run_id, name, queues[name]),
-                              broker=bid, queued_at=now)
-                    summary["requeued"] += 1
-
-        data = record.update(fn)
-        if data["plan"] is not None:
-            advance(row["run_id"], s)
-    return summary
-
-
 # ----------------------------------------------------------------------------------------------
-# orchestration tasks (thin: they call the functions above)
-
-
-@app.task(name="orchestrate.start", bind=True)
-def start_task(self, run_id: str) -> str:
-    return start(run_id)
-
-
-@app.task(name="orchestrate.reconcile")
-def reconcile_task() -> dict[str, int]:
-    return reconcile()
+# tasks (thin: they call the functions above)
 
 
 @app.task(name=RUN_STEP, bind=True)
@@ -364,12 +198,36 @@ def run_step_task(self, run_id: str, step_name: str) -> str:
     return run_step(run_id, step_name, task_id=self.request.id, worker=self.request.hostname)
 
 
+@app.task(name="orchestrate.reconcile")
+def reconcile_task() -> dict[str, int]:
+    """Reconcile now (on demand; the recovery loops do it periodically)."""
+    return reconcile()
+
+
+@app.task(name="orchestrate.start")
+def start_task(run_id: str) -> str:
+    """A start message of an older version: give the run its setup plan and advance it."""
+    reconcile()
+    return RunRecord.open(get_settings().runs_dir, run_id).read()["state"]
+
+
+# ----------------------------------------------------------------------------------------------
+# every worker runs the recovery loop
+
+_loops: list[Any] = []
+
+
 @worker_ready.connect
-def _reconcile_on_start(sender: Any = None, **_: Any) -> None:
-    """When a worker serving the ``orchestrate`` queue starts, reconcile (via the queue)."""
-    try:
-        queues = set(sender.app.amqp.queues.consume_from or {})
-    except AttributeError:
-        return
-    if "orchestrate" in queues:
-        sender.app.send_task("orchestrate.reconcile")
+def _start_recovery(sender: Any = None, **_: Any) -> None:
+    """Start this worker's recovery loop (a thread; a Redis lock lets one loop of the stack work at a time)."""
+    from advrec.pipeline.recovery import RecoveryLoop
+
+    loop = RecoveryLoop(get_settings())
+    loop.start()
+    _loops.append(loop)
+
+
+@worker_shutdown.connect
+def _stop_recovery(**_: Any) -> None:
+    for loop in _loops:
+        loop.stop()

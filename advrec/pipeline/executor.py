@@ -6,7 +6,6 @@ inside workers; only the scheduling differs.
 
 from __future__ import annotations
 
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 from advrec.pipeline.context import ProgressFn, StepContext
 from advrec.pipeline.dag import Plan, Step, dataset_step, plan
-from advrec.pipeline.record import RunRecord
+from advrec.pipeline.record import RunRecord, publish_report
 from advrec.pipeline.spec import EvaluationSpec
 from advrec.pipeline.steps import STEP_FUNCTIONS
 from advrec.pipeline.threads import threads_for
@@ -65,17 +64,6 @@ def _deterministic_torch(kind: str = "") -> None:
     if not torch.are_deterministic_algorithms_enabled():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def publish_report(store: ArtifactStore, report_key: str, run_dir: Path) -> None:
-    """Copy the report artifact's files (results.json, tables, report.html) into the run folder."""
-    src = store.open(report_key)
-    dst = run_dir / "report"
-    tmp = run_dir / "report.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
 
 
 def plan_run(spec: EvaluationSpec, store: ArtifactStore, device: str = "auto") -> Plan:

@@ -97,6 +97,9 @@ def _check_dataset(spec: EvaluationSpec, out: Preflight, max_pixels: int) -> Non
             _file_role(p.file, ds), "dataset.images_dir")
         (out.problems if p.severity == "error" else out.warnings).append((loc, where + p.message))
     out.facts.update(n_items=report.items, n_users=report.users, n_interactions=report.interactions)
+    sizes = [tuple(int(v) for v in wh.split("x")) for wh in report.image_sizes]
+    if sizes:  # the largest native image (an extractor without image_size works at native size)
+        out.facts["max_image_pixels"] = max(w * h for w, h in sizes)
     if ds.categories is not None and report.ok:
         from advrec_common.datasets.generic_layout import read_categories
 

@@ -1,8 +1,7 @@
 """The Celery application: Redis broker, one queue per kind of work, reliability settings.
 
 Queues: ``extract`` (extractor training, feature extraction; GPU), ``attack`` (attacks; GPU),
-``recommend`` (recommender training and evaluation), ``orchestrate`` (planning, advancing the
-DAG, the report). One task, :data:`RUN_STEP` (``advrec.run_step``), runs any DAG step; each
+``recommend`` (recommender training and evaluation), ``orchestrate`` (the report). One task, :data:`RUN_STEP` (``advrec.run_step``), runs any DAG step; each
 message is routed to the queue its step declares (``Step.queue``, :data:`~advrec.pipeline.dag.STEP_QUEUES`)
 at send time. Orchestration tasks route by name (:data:`TASK_ROUTES`). A task body never decides
 where it runs.
@@ -10,8 +9,13 @@ where it runs.
 Reliability (see docs/stack.md): messages are acknowledged only after a task finished
 (``task_acks_late``) and are re-queued when the worker process dies (``task_reject_on_worker_lost``);
 a worker reserves one message at a time (``worker_prefetch_multiplier=1``) so a killed worker
-strands at most one. The durable job database is the run record on disk, not Redis: the
-reconciler (``orchestrate.reconcile``) re-drives any run the broker forgot.
+strands at most one. The durable job database is the run record on disk, not Redis: every
+worker's recovery loop (:mod:`advrec.pipeline.recovery`) re-drives any run the broker forgot.
+
+Isolation: every key this app writes on Redis (queues, unacked messages, event and control
+channels, results) starts with ``advrec:<namespace>:`` (kombu's and the result backend's
+``global_keyprefix``), the namespace being :attr:`Settings.namespace` (a hash of the stack's home,
+or ``ADVREC_STACK_ID``). Two stacks on one Redis database therefore never take each other's messages.
 
 GPU workers: never touch CUDA in a prefork parent (the forked children cannot re-initialise
 it); start GPU workers with ``--pool=solo`` (or ``--pool=threads --concurrency=1``), one per GPU.
@@ -50,20 +54,26 @@ VISIBILITY_TIMEOUT_S = 6 * 3600
 # older than STALE_AFTER_S is considered dead (its worker was killed) and is re-enqueued.
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 10.0
-# The orchestrate worker's embedded beat (``-B``) runs the reconciler this often.
+# Every worker's recovery loop reconciles this often by default (Settings.reconcile_every_s).
 RECONCILE_EVERY_S = 10.0
 # Deliveries of one step before it is failed (poison-task guard for reject_on_worker_lost).
 MAX_ATTEMPTS = 3
 
 
+def key_prefix(namespace: str) -> str:
+    """The prefix of every Redis key of the stack ``namespace``."""
+    return f"advrec:{namespace}:"
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for ``settings`` (a plain dict, easy to inspect in tests)."""
+    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_S, "global_keyprefix": key_prefix(settings.namespace)}
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_transport_options": dict(transport),
+        "result_backend_transport_options": dict(transport),
         "result_expires": 24 * 3600,  # results are conveniences; the run record is the database
         "task_serializer": "json",
         "result_serializer": "json",
@@ -77,9 +87,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "orchestrate",
         "task_routes": TASK_ROUTES,
         "worker_hijack_root_logger": False,
-        "beat_schedule": {
-            "reconcile": {"task": "orchestrate.reconcile", "schedule": RECONCILE_EVERY_S},
-        },
     }
 
 
@@ -92,9 +99,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 @lru_cache(maxsize=8)
-def celery_for(redis_url: str) -> Celery:
-    """A cached producer app for one broker URL (the gateway and the CLI send with it)."""
-    return make_celery(Settings(redis_url=redis_url))
+def _celery_for(redis_url: str, namespace: str) -> Celery:
+    return make_celery(Settings(redis_url=redis_url, stack_id=namespace))
+
+
+def celery_for(settings: Settings) -> Celery:
+    """A cached producer app for the broker and namespace of ``settings`` (the gateway and the CLI send with it)."""
+    return _celery_for(settings.redis_url, settings.namespace)
 
 
 # The app the workers run (``celery -A advrec.pipeline.queue worker``) and the tasks register on.

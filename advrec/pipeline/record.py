@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,13 +43,15 @@ class RunRecord:
     # -- creation and access -------------------------------------------------------------------
     @classmethod
     def create(cls, runs_dir: str | Path, spec: dict[str, Any], run_id: str | None = None,
-               executor: str = "inprocess") -> RunRecord:
+               executor: str = "inprocess", owner: str | None = None, **extra: Any) -> RunRecord:
+        """A new record (state ``queued``); ``owner`` = the owner id of the API key that submitted it."""
         rec = cls(runs_dir, run_id or new_run_id(spec.get("name", "run")))
         rec.dir.mkdir(parents=True, exist_ok=False)
         now = time.time()
         rec._write({
             "run_id": rec.run_id, "spec": spec, "state": "queued", "executor": executor, "created": now,
-            "updated": now, "plan": None, "steps": {}, "error": None, "cancel_requested": False,
+            "updated": now, "plan": None, "steps": {}, "error": None, "cancel_requested": False, "owner": owner,
+            **extra,
         })
         return rec
 
@@ -108,6 +111,17 @@ class RunRecord:
         self.update(fn)
 
 
+def publish_report(store: Any, report_key: str, run_dir: Path) -> None:
+    """Copy the report artifact's files (results.json, tables, report.html) into ``<run_dir>/report``."""
+    src = store.open(report_key)
+    dst = run_dir / "report"
+    tmp = run_dir / "report.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
 def progress_of(record: dict[str, Any]) -> dict[str, Any]:
     """Done/total steps and the steps currently running."""
     steps = record.get("steps", {})
@@ -136,5 +150,5 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
                 continue
             out.append({"run_id": rec["run_id"], "name": rec["spec"].get("name"), "state": rec["state"],
                         "executor": rec.get("executor"), "created": rec["created"], "updated": rec["updated"],
-                        "progress": progress_of(rec)})
+                        "owner": rec.get("owner"), "progress": progress_of(rec)})
     return sorted(out, key=lambda r: r["created"], reverse=True)

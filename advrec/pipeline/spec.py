@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +30,10 @@ from services.recommender.kinds import RECOMMENDER_NEEDS
 
 SPEC_VERSION = 1
 DEMO_DEFENSES = ("standard", "pgd_at", "free_at")
+# Admission bounds: what one spec may ask for at most (per-key quotas in the settings come on top)
+MAX_SEED = 2**32 - 1
+Eps = Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)]
+K = Annotated[int, Field(gt=0, le=10_000)]
 
 
 class _Strict(BaseModel):
@@ -44,7 +48,7 @@ class DatasetSpec(_Strict):
     n_items: int = Field(600, ge=20, le=200_000)
     n_users: int = Field(800, ge=10, le=2_000_000)
     image_size: int = Field(64, ge=16, le=512)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # study layout: <root>/original/images/<id>.jpg, trainingset.tsv, testset.tsv
     root: Path | None = None
     # generic layout
@@ -109,10 +113,10 @@ class AttackGridSpec(_Strict):
     """One attack method over a list of budgets; ``params`` holds the method's own knobs."""
 
     method: str
-    eps: list[float] = Field(default_factory=lambda: [4.0, 8.0], min_length=1)
+    eps: list[Eps] = Field(default_factory=lambda: [4.0, 8.0], min_length=1, max_length=32)
     norm: Literal["linf", "l2"] = "linf"
-    steps: int | None = Field(None, ge=1)
-    step_size: float | None = Field(None, gt=0)
+    steps: int | None = Field(None, ge=1, le=100_000)
+    step_size: float | None = Field(None, gt=0, le=100_000, allow_inf_nan=False)
     budget_space: Literal["pixel", "normalized"] = "pixel"
     delivery: Literal["png8", "png8_truncate", "float", "jpeg"] = Field(
         "png8", description="png8: 8-bit, rounded inside the budget; png8_truncate: the study's truncation; "
@@ -191,8 +195,8 @@ class ScenarioSpec(_Strict):
     category_source: Literal["auto", "catalog", "extractor"] = "auto"
     origin: str | None = None
     target: str | None = None
-    select_k: int = Field(20, ge=1)
-    min_items: int = Field(5, ge=1)
+    select_k: int = Field(20, ge=1, le=10_000)
+    min_items: int = Field(5, ge=1, le=1_000_000)
 
 
 class RecommenderSpec(_Strict):
@@ -224,20 +228,20 @@ class EvaluationSpec(_Strict):
     spec_version: Literal[1] = SPEC_VERSION
     name: str = Field("evaluation", pattern=r"^[A-Za-z0-9_.-]{1,60}$")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    extractors: list[ExtractorSpec] = Field(..., min_length=1)
-    attacks: list[AttackGridSpec] = Field(..., min_length=1)
-    recommenders: list[RecommenderSpec] = Field(..., min_length=1)
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50], min_length=1)
+    extractors: list[ExtractorSpec] = Field(..., min_length=1, max_length=16)
+    attacks: list[AttackGridSpec] = Field(..., min_length=1, max_length=32)
+    recommenders: list[RecommenderSpec] = Field(..., min_length=1, max_length=16)
+    ks: list[K] = Field(default_factory=lambda: [5, 10, 20, 50], min_length=1, max_length=32)
     scenario: ScenarioSpec = Field(default_factory=ScenarioSpec)
     modes: list[Literal["retrain", "deployment"]] = Field(default_factory=lambda: ["retrain", "deployment"], min_length=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     replicates: int = Field(3, ge=1, le=50, description="retrain seeds seed..seed+R-1: every trained model "
                             "(clean, attacked, controls) is trained R times; effects are tested across them")
     controls: list[Literal["placebo", "oracle"]] = Field(
         default_factory=lambda: ["placebo", "oracle"],
         description="placebo: random perturbations of each attack's delivered size; oracle: origin items' "
         "features set to the target category's mean feature (the most moving features can do)")
-    shard_size: int = Field(256, ge=1, description="items per attack shard")
+    shard_size: int = Field(256, ge=1, le=100_000, description="items per attack shard")
     gallery_users: int = Field(1, ge=0, le=20)
 
     @field_validator("ks")

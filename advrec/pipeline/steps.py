@@ -109,7 +109,7 @@ def step_extractor(ctx: StepContext) -> None:
 
         model, report, model_key = train_demo_extractor(
             ctx.store, p["defense"], n_per_class=p["demo_images_per_class"] or DEMO_N_PER_CLASS, seed=p["seed"],
-            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"],
+            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"], progress=ctx.progress,
         )
         write_extractor_artifact(ctx.out, model, p["source"], report.model_dump(mode="json"), model_key=model_key)
         return
@@ -261,7 +261,7 @@ def step_attack_shard(ctx: StepContext) -> None:
     clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=p.get("image_size")))
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
-                             spatial=feats.spatial is not None)
+                             spatial=feats.spatial is not None, progress=ctx.progress)
     rows = out.measurement.to_table()
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]

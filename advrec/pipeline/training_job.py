@@ -55,18 +55,19 @@ def plan_training(store: ArtifactStore, req: TrainRequest) -> Plan:
     return plan
 
 
-def submit_training(store: ArtifactStore, settings: Settings, req: TrainRequest) -> TrainJob:
+def submit_training(store: ArtifactStore, settings: Settings, req: TrainRequest, owner: str | None = None) -> TrainJob:
     """Record a training job and hand it to the Celery executor (queue ``recommend``).
 
     The record is the acceptance: if the broker is down the job stays ``queued`` and the reconciler
     enqueues it once Redis answers again. A model already stored is not recomputed.
     """
-    from advrec.pipeline.celery_executor import advance
+    from advrec.pipeline.jobs import advance
 
     plan = plan_training(store, req)
     step = next(s for s in plan if s.kind == "train")
     record = RunRecord.create(settings.runs_dir, {"name": f"train-{req.recommender}",
-                                                  "train": req.model_dump(mode="json")}, executor="celery")
+                                                  "train": req.model_dump(mode="json")}, executor="celery",
+                               owner=owner)
     record.set_plan(plan.to_json())
     try:
         state = advance(record.run_id, settings)

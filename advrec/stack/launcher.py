@@ -1,10 +1,15 @@
-"""Start and stop the whole stack locally: Redis (if none answers), the three services, the
-gateway (uvicorn) and one Celery worker per queue, each a detached process with a pid file and
-a log in ``<home>/stack/``.
+"""Start and stop the whole stack locally: Redis (if none answers), the three services, the gateway
+(uvicorn) and one Celery worker per queue, kept running by a supervisor process
+(:mod:`advrec.stack.supervisor`); pid files, ``state.json`` and logs live in ``<home>/stack/``.
 
 The same processes as docker-compose.yml, without containers. Workers use ``--pool=solo`` (one
-task at a time, no fork: CUDA-safe and right for a 2-core machine); the ``orchestrate`` worker
-also runs the embedded beat (``-B``) that calls the reconciler periodically.
+task at a time, no fork: CUDA-safe and right for a 2-core machine); every worker runs the recovery
+loop, so none is special.
+
+Isolation: the stack's namespace on Redis is :attr:`Settings.namespace` (a hash of the resolved
+home, or ``ADVREC_STACK_ID``); every Celery key carries it. ``up`` refuses a Redis database whose
+claim ``advrec:stack:<namespace>`` is held by another live stack (another home or host), and
+names that stack.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +32,9 @@ from urllib.parse import urlparse
 import httpx
 
 from advrec.pipeline.queue import QUEUES
-from advrec_common.errors import InvalidInput
+from advrec.stack.supervisor import PLAN_FILE, REQUESTS_DIR, STATE_FILE, claim_key
+from advrec_common.errors import Conflict, InvalidInput, NotFound
+from advrec_common.settings import Settings
 
 SERVICE_PORTS: dict[str, int] = {"extractor": 8001, "attacker": 8002, "recommender": 8003}
 
@@ -45,7 +52,11 @@ class StackConfig:
     worker_queues: tuple[tuple[str, ...], ...] = tuple((q,) for q in QUEUES)
     api_key_hashes: list[str] | None = None
     device: str = "auto"
+    stack_id: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    max_restarts: int = 5  # per process within restart_window_s; then it stays down until `stack restart`
+    restart_window_s: float = 300.0
+    stop_timeout_s: float = 20.0
 
 
 def _alive(pid: int) -> bool:
@@ -61,16 +72,46 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _secret_file(path: Path) -> str:
+    """The content of ``path``, generated (24 random bytes, mode 0600) on first use."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 class Stack:
     """Processes of one stack home. Usable from Python (tests) and the CLI."""
 
     def __init__(self, config: StackConfig):
         self.config = config
-        self.home = Path(config.home).resolve()
+        self.home = Path(config.home).expanduser().resolve()
         self.dir = self.home / "stack"
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._supervisor: subprocess.Popen | None = None
 
     # -- environment ---------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        """The settings every process of this stack gets (home, Redis, namespace)."""
+        return Settings(home=self.home, redis_url=self.config.redis_url, stack_id=self.config.stack_id,
+                        device=self.config.device)
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
     def api_key_hashes(self) -> list[str]:
         """Configured hashes, else the hash of ``<home>/stack/api-key`` (generated on first use)."""
         if self.config.api_key_hashes is not None:
@@ -83,13 +124,11 @@ class Stack:
 
     def local_key(self) -> str:
         """The generated key of this stack home (``<home>/stack/api-key``, mode 0600)."""
-        path = self.dir / "api-key"
-        if not path.is_file():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(24))
-        return path.read_text().strip()
+        return _secret_file(self.dir / "api-key")
+
+    def internal_token(self) -> str:
+        """The services' shared secret: ``ADVREC_INTERNAL_TOKEN``, else ``<home>/stack/internal-token``."""
+        return os.environ.get("ADVREC_INTERNAL_TOKEN") or _secret_file(self.dir / "internal-token")
 
     def env(self) -> dict[str, str]:
         c = self.config
@@ -99,8 +138,15 @@ class Stack:
             "ADVREC_REDIS_URL": c.redis_url,
             "ADVREC_DEVICE": c.device,
             "ADVREC_API_KEY_HASHES": json.dumps(self.api_key_hashes()),
+            "ADVREC_INTERNAL_TOKEN": self.internal_token(),
             "PYTHONUNBUFFERED": "1",
         })
+        if c.stack_id:
+            env["ADVREC_STACK_ID"] = c.stack_id
+        else:  # the namespace is the home's hash, as this launcher computes it
+            env.pop("ADVREC_STACK_ID", None)
+        if env.get("PYTHONPATH"):  # children run in the home: relative entries must stay what they meant
+            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
         for svc, port in c.service_ports.items():
             env[f"ADVREC_{svc.upper()}_URL"] = f"http://{c.host}:{port}"
         return env
@@ -109,81 +155,137 @@ class Stack:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.config.port}"
 
-    # -- processes -----------------------------------------------------------------------------
-    def _pidfile(self, name: str) -> Path:
-        return self.dir / f"{name}.pid"
-
-    def start_process(self, name: str, argv: list[str]) -> int:
-        """Start ``argv`` detached (own session), logging to ``<name>.log``; returns its pid."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self._pidfile(name).is_file() and _alive(int(self._pidfile(name).read_text())):
-            raise InvalidInput(f"{name} is already running (pid {self._pidfile(name).read_text().strip()})")
-        with open(self.dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env(), cwd=self.home, start_new_session=True)
-        self._procs[name] = proc
-        self._pidfile(name).write_text(str(proc.pid))
-        return proc.pid
-
-    def start_worker(self, queues: tuple[str, ...] | list[str], name: str | None = None) -> str:
-        """One Celery worker consuming ``queues`` (solo pool); returns its process name."""
+    # -- what runs -------------------------------------------------------------------------------
+    @staticmethod
+    def worker_argv(queues: tuple[str, ...] | list[str], name: str) -> list[str]:
+        """The command of one Celery worker consuming ``queues`` (solo pool)."""
         unknown = set(queues) - set(QUEUES)
         if unknown:
             raise InvalidInput(f"unknown queues {sorted(unknown)}; known: {list(QUEUES)}")
-        name = name or "worker-" + "-".join(queues)
-        argv = [sys.executable, "-m", "celery", "-A", "advrec.pipeline.queue", "worker", "-Q", ",".join(queues),
+        return [sys.executable, "-m", "celery", "-A", "advrec.pipeline.queue", "worker", "-Q", ",".join(queues),
                 "--pool=solo", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO", "-E"]
-        if "orchestrate" in queues:  # embedded beat: periodic reconcile
-            argv += ["-B", "-s", str(self.dir / "celerybeat-schedule")]
-        self.start_process(name, argv)
-        return name
 
-    def ensure_redis(self, timeout: float = 10.0) -> bool:
-        """Ping Redis; start a local non-persistent one if none answers. Returns True if started."""
-        import redis
-
-        def ping() -> bool:
-            try:
-                return bool(redis.Redis.from_url(self.config.redis_url, socket_timeout=1).ping())
-            except redis.RedisError:
-                return False
-
-        if ping():
-            return False
-        u = urlparse(self.config.redis_url)
-        if u.hostname not in ("127.0.0.1", "localhost") or not shutil.which("redis-server"):
-            raise InvalidInput(f"Redis at {self.config.redis_url} does not answer and cannot be started here")
-        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(u.port or 6379),
-                        "--save", "", "--appendonly", "no"], check=True, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not ping():
-            if time.monotonic() > deadline:
-                raise InvalidInput(f"started redis-server but {self.config.redis_url} does not answer")
-            time.sleep(0.2)
-        return True
-
-    def up(self, timeout: float = 120.0) -> dict[str, Any]:
-        """Start everything and wait until the gateway's /readyz is green; returns :meth:`status`."""
+    def processes(self) -> list[dict[str, Any]]:
+        """``[{name, argv}]`` of every process the supervisor runs (Redis apart), in start order."""
         c = self.config
-        self.ensure_redis()
-        self.home.mkdir(parents=True, exist_ok=True)
         uvicorn = [sys.executable, "-m", "uvicorn", "--host", c.host, "--log-level", "warning"]
+        out = []
         if c.services:
             for svc, port in c.service_ports.items():
-                if importlib.util.find_spec(f"services.{svc}.app") is None:
-                    continue
-                self.start_process(svc, [*uvicorn, "--port", str(port), f"services.{svc}.app:app"])
-        self.start_process("gateway", [*uvicorn, "--port", str(c.port), "--factory", "gateway.app:create_app"])
+                if importlib.util.find_spec(f"services.{svc}.app") is not None:
+                    out.append({"name": svc, "argv": [*uvicorn, "--port", str(port), f"services.{svc}.app:app"]})
+        out.append({"name": "gateway",
+                    "argv": [*uvicorn, "--port", str(c.port), "--factory", "gateway.app:create_app"]})
         for queues in c.worker_queues:
-            self.start_worker(queues)
-        self.wait_ready(timeout)
+            name = "worker-" + "-".join(queues)
+            out.append({"name": name, "argv": self.worker_argv(queues, name)})
+        return out
+
+    # -- Redis -------------------------------------------------------------------------------------
+    def _redis(self):
+        import redis
+
+        return redis.Redis.from_url(self.config.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def redis_answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(self._redis().ping())
+        except redis.RedisError:
+            return False
+
+    def redis_argv(self) -> list[str]:
+        """A local, non-persistent redis-server for this stack (when none answers at ``redis_url``)."""
+        import shutil
+
+        u = urlparse(self.config.redis_url)
+        exe = shutil.which("redis-server")
+        if u.hostname not in ("127.0.0.1", "localhost") or exe is None:
+            raise InvalidInput(f"Redis at {self.config.redis_url} does not answer and cannot be started here")
+        return [exe, "--bind", "127.0.0.1", "--port", str(u.port or 6379), "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir)]
+
+    def claims(self) -> dict[str, dict[str, Any]]:
+        """Live stacks on this Redis database: ``{namespace: {home, host, pid, since}}``."""
+        out = {}
+        client = self._redis()
+        for key in client.scan_iter(match=claim_key("*"), count=200):
+            raw = client.get(key)
+            if raw:
+                try:
+                    out[key.decode().rsplit(":", 1)[-1]] = json.loads(raw)
+                except ValueError:
+                    continue
+        return out
+
+    def check_claim(self) -> None:
+        """Conflict when another live stack (another home or host) holds this stack's namespace here."""
+        held = self.claims().get(self.namespace)
+        if held and (held.get("home") != str(self.home) or held.get("host") != socket.gethostname()):
+            raise Conflict(
+                f"Redis {self.config.redis_url} is held by another live stack with namespace {self.namespace}: "
+                f"home {held.get('home')} on {held.get('host')} (supervisor pid {held.get('pid')}). Use another "
+                f"database or another ADVREC_STACK_ID, or stop that stack.")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _pidfile(self, name: str) -> Path:
+        return self.dir / f"{name}.pid"
+
+    def supervisor_pid(self) -> int | None:
+        """The pid of this home's live supervisor, else None."""
+        try:
+            pid = int(self._pidfile("supervisor").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def up(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Start the supervisor (which starts everything) and wait until the gateway's /readyz is green.
+
+        Refuses when this home's stack is already running, when processes of a previous run are
+        still alive, or when another live stack holds this namespace on the Redis database.
+        Returns :meth:`status`.
+        """
+        pid = self.supervisor_pid()
+        if pid is not None:
+            raise Conflict(f"the stack of {self.home} is already running (supervisor pid {pid}); "
+                           f"`advrec stack restart NAME` restarts one process, `advrec stack down` stops it")
+        leftovers = [n for n, info in self._pidfile_status().items() if info["alive"]]
+        if leftovers:
+            raise Conflict(f"processes of an earlier run of {self.home} are still alive: {leftovers}; "
+                           f"run `advrec stack down` first")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        redis_plan = None
+        if self.redis_answers():
+            self.check_claim()
+        else:
+            redis_plan = {"argv": self.redis_argv()}
+        for stale in [*self.dir.glob("*.pid"), self.dir / STATE_FILE]:
+            stale.unlink(missing_ok=True)
+        c = self.config
+        plan = {"home": str(self.home), "namespace": self.namespace, "redis_url": c.redis_url, "cwd": str(self.home),
+                "since": time.time(), "redis": redis_plan, "processes": self.processes(),
+                "max_restarts": c.max_restarts, "window_s": c.restart_window_s, "stop_timeout_s": c.stop_timeout_s}
+        (self.dir / PLAN_FILE).write_text(json.dumps(plan, indent=1))
+        with open(self.dir / "supervisor.log", "ab") as log:
+            self._supervisor = subprocess.Popen(
+                [sys.executable, "-m", "advrec.stack.supervisor", str(self.dir)], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, env=self.env(), cwd=self.home, start_new_session=True)
+        self._pidfile("supervisor").write_text(str(self._supervisor.pid))
+        try:
+            self.wait_ready(timeout)
+        except Exception:
+            self.down(timeout=10)
+            raise
         return self.status()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Poll the gateway's /readyz (and each started service's /healthz) until all answer 200."""
+        """Poll the gateway's /readyz (and each service's /healthz) until all answer 200."""
+        names = {p["name"] for p in self.processes()}
         urls = [f"{self.url}/readyz"] + [
             f"http://{self.config.host}:{port}/healthz" for svc, port in self.config.service_ports.items()
-            if self._pidfile(svc).is_file()]
+            if svc in names]
         deadline = time.monotonic() + timeout
         for url in urls:
             while True:
@@ -192,65 +294,110 @@ class Stack:
                         break
                 except httpx.HTTPError:
                     pass
-                dead = [n for n, s in self.status().items() if not s["alive"]]
-                if dead:
-                    raise InvalidInput(f"stack process(es) exited: {dead}; see logs in {self.dir}")
+                if self.supervisor_pid() is None:
+                    raise InvalidInput(f"the stack's supervisor exited; see {self.dir / 'supervisor.log'}")
+                failed = [n for n, s in self.status().items() if s.get("state") == "failed"]
+                if failed:
+                    raise InvalidInput(f"stack process(es) keep exiting: {failed}; see logs in {self.dir}")
                 if time.monotonic() > deadline:
                     raise InvalidInput(f"{url} not ready after {timeout} s; see logs in {self.dir}")
                 time.sleep(0.3)
 
-    def status(self) -> dict[str, dict[str, Any]]:
-        """``{name: {pid, alive, log}}`` for every process with a pid file."""
+    def _pidfile_status(self) -> dict[str, dict[str, Any]]:
         out = {}
         for pidfile in sorted(self.dir.glob("*.pid")) if self.dir.is_dir() else []:
-            name = pidfile.stem
-            proc = self._procs.get(name)
-            pid = int(pidfile.read_text())
-            alive = proc.poll() is None if proc is not None and proc.pid == pid else _alive(pid)
-            out[name] = {"pid": pid, "alive": alive, "log": str(self.dir / f"{name}.log")}
+            try:
+                pid = int(pidfile.read_text())
+            except ValueError:
+                continue
+            out[pidfile.stem] = {"pid": pid, "alive": _alive(pid), "log": str(self.dir / f"{pidfile.stem}.log")}
+        return out
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """``{name: {pid, alive, state, restarts, log}}`` of the supervisor and every process it runs."""
+        out = self._pidfile_status()
+        try:
+            state = json.loads((self.dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        for name, info in state.items():
+            if name == "supervisor":
+                continue
+            row = out.setdefault(name, {"pid": info.get("pid"), "log": str(self.dir / f"{name}.log")})
+            row.update(state=info.get("state"), restarts=info.get("restarts", 0), last_exit=info.get("last_exit"))
+            if info.get("pid"):
+                row["pid"] = info["pid"]
+            row["alive"] = bool(row.get("pid")) and _alive(int(row["pid"]))
+        if "supervisor" in out:
+            out["supervisor"]["state"] = "running" if out["supervisor"]["alive"] else "dead"
         return out
 
     @staticmethod
     def reconcile_now(settings: Any) -> dict[str, int]:
-        """Re-drive every unfinished job of a stack home now (what the periodic reconciler does)."""
-        from advrec.pipeline.celery_executor import reconcile
+        """Re-drive every unfinished job of a stack home now (what the recovery loops do)."""
+        from advrec.pipeline.jobs import reconcile
 
         return reconcile(settings)
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to process ``name`` (tests kill workers with SIGKILL) and forget it."""
-        pid = int(self._pidfile(name).read_text())
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-        proc = self._procs.pop(name, None)
-        if proc is not None:
-            proc.wait(timeout=30)
-        self._pidfile(name).unlink(missing_ok=True)
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to process ``name``'s group (tests and the fault script kill workers); returns its pid.
 
-    def down(self, timeout: float = 20.0) -> list[str]:
-        """SIGTERM every process (warm shutdown), SIGKILL what is left after ``timeout``; returns names."""
-        st = self.status()
-        for info in st.values():
-            if info["alive"]:
-                try:
-                    os.killpg(info["pid"], signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        The supervisor restarts it (with backoff)."""
+        info = self.status().get(name)
+        if info is None or not info.get("pid"):
+            raise NotFound(f"no stack process {name!r}; known: {sorted(self.status())}")
+        _killpg(int(info["pid"]), sig)
+        return int(info["pid"])
+
+    def restart(self, name: str, timeout: float = 60.0) -> int:
+        """Ask the supervisor to restart ``name`` now (no backoff; also one it gave up on); returns the new pid."""
+        if self.supervisor_pid() is None:
+            raise Conflict(f"the stack of {self.home} is not running; `advrec stack up` starts it")
+        known = [n for n in self.status() if n != "supervisor"]
+        if name not in known:
+            raise NotFound(f"no stack process {name!r}; known: {sorted(known)}")
+        old = self.status()[name].get("pid")
+        (self.dir / REQUESTS_DIR).mkdir(exist_ok=True)
+        (self.dir / REQUESTS_DIR / f"restart-{name}").write_text(str(time.time()))
         deadline = time.monotonic() + timeout
-        for name, info in st.items():
-            proc = self._procs.get(name)
-            while (proc.poll() is None) if proc is not None else _alive(info["pid"]):
-                if time.monotonic() > deadline:
-                    try:
-                        os.killpg(info["pid"], signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    if proc is not None:
-                        proc.wait(timeout=10)
-                    break
+        while time.monotonic() < deadline:
+            info = self.status().get(name, {})
+            if info.get("pid") and info["pid"] != old and info.get("alive"):
+                return int(info["pid"])
+            time.sleep(0.1)
+        raise InvalidInput(f"{name} was not restarted within {timeout} s; see {self.dir / 'supervisor.log'}")
+
+    def down(self, timeout: float | None = None) -> list[str]:
+        """Stop everything ``up`` started (Redis included, when it started one); returns the names.
+
+        SIGTERM to the supervisor, which stops its processes warm and then hard; if the
+        supervisor is gone, every process with a pid file is stopped here instead.
+        """
+        timeout = self.config.stop_timeout_s if timeout is None else timeout
+        names = sorted(n for n in self.status() if n != "supervisor")
+        pid = self.supervisor_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                if self._supervisor is not None:
+                    self._supervisor.poll()
                 time.sleep(0.1)
-            self._pidfile(name).unlink(missing_ok=True)
-        self._procs.clear()
-        return list(st)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if self._supervisor is not None:
+            try:
+                self._supervisor.wait(timeout=5)
+            except Exception:
+                pass
+        left = {n: i for n, i in self._pidfile_status().items() if i["alive"]}
+        for info in left.values():
+            _killpg(info["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(i["pid"]) for i in left.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for info in left.values():
+            _killpg(info["pid"], signal.SIGKILL)
+        for stale in [*self.dir.glob("*.pid"), self.dir / STATE_FILE] if self.dir.is_dir() else []:
+            stale.unlink(missing_ok=True)
+        return names

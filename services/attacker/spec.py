@@ -70,11 +70,11 @@ class AttackParams(BaseModel):
     random_start: bool = True
     targeted: bool = True
     cw_binary_steps: int = Field(default=5, gt=0, le=100)
-    cw_c: float = Field(default=1e-2, gt=0, allow_inf_nan=False)
-    cw_confidence: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    cw_c: float = Field(default=1e-2, gt=0, le=1e6, allow_inf_nan=False)
+    cw_confidence: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
     cw_steps: int = Field(default=1000, gt=0, le=100_000)
-    cw_lr: float = Field(default=5e-3, gt=0, allow_inf_nan=False)
-    decay: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="MI-FGSM momentum decay.")
+    cw_lr: float = Field(default=5e-3, gt=0, le=1e3, allow_inf_nan=False)
+    decay: float = Field(default=1.0, ge=0, le=1e3, allow_inf_nan=False, description="MI-FGSM momentum decay.")
     queries: int | None = Field(
         default=None, gt=0, le=1_000_000,
         description="Square: queries per image (1000). SPSA: samples per gradient estimate (128).",
@@ -85,11 +85,12 @@ class AttackSpec(AttackParams):
     """One attack configuration; validated on construction (unknown methods and bad values fail here)."""
 
     method: str = Field(description="Attack method, one of METHODS (the registry services.attacker.attacks.ATTACKS).")
-    eps: float = Field(ge=0, allow_inf_nan=False, description="Budget in 1/255 units (0 = unbounded, only for 'cw').")
+    eps: float = Field(ge=0, le=100_000, allow_inf_nan=False,
+                       description="Budget in 1/255 units (0 = unbounded, only for 'cw').")
     norm: Norm = "linf"
     steps: int | None = Field(default=None, gt=0, le=100_000, description="Iterations; None = the method's default.")
     step_size: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
+        default=None, gt=0, le=100_000, allow_inf_nan=False,
         description="Step in 1/255 units; None = eps/6 (study) for PGD-like, eps for FGSM.",
     )
     budget_space: BudgetSpace = Field(
@@ -97,7 +98,7 @@ class AttackSpec(AttackParams):
         description="'pixel': eps/255 on [0,1] images. 'normalized': eps/255 on the normalised tensor, no [0,1] "
         "clip inside the iterations (the study's code; ~0.23x the pixel budget with ImageNet std).",
     )
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @field_validator("method")
     @classmethod

@@ -18,14 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from advrec_common.datasets.types import RecDataset
 from advrec_common.errors import InvalidInput
 from advrec_common.store import ArtifactStore, artifact_key
-from advrec_common.vision.model import ImageModel
+
+if TYPE_CHECKING:  # the type only: importing this module (the pipeline's DAG, the gateway) stays torch-free
+    from advrec_common.vision.model import ImageModel
 
 FEATURES_VERSION = "1"  # bump when the features or categories written here change
 

@@ -11,11 +11,14 @@ Plain pydantic: importing this module does not import torch.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advrec_common.errors import InvalidInput
+
+# a finite, non-negative number (a NaN or inf learning rate or weight would train garbage quietly)
+Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 
 
 class RecConfig(BaseModel):
@@ -24,37 +27,41 @@ class RecConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: Literal["fast", "study"] = "fast"
-    k: int | None = Field(None, ge=1, description="Latent dimension (study: 64).")
-    epochs: int | None = Field(None, ge=1, description="Maximum number of epochs.")
-    batch_size: int | None = Field(None, ge=1)
+    k: int | None = Field(None, ge=1, le=4096, description="Latent dimension (study: 64).")
+    epochs: int | None = Field(None, ge=1, le=20_000, description="Maximum number of epochs.")
+    batch_size: int | None = Field(None, ge=1, le=1_000_000)
     optimizer: Literal["adagrad", "adam"] | None = None
-    lr: list[float] | None = Field(None, description="One lr per parameter block, or one for all.")
-    regs: list[float] | None = Field(None, description="Regularisation weights per block (model-specific).")
+    lr: list[Weight] | None = Field(None, max_length=8, description="One lr per parameter block, or one for all.")
+    regs: list[Weight] | None = Field(None, max_length=8,
+                                      description="Regularisation weights per block (model-specific).")
     reg_form: Literal["l2", "study_sum"] | None = Field(
         None, description="'l2' = squared L2 norms; 'study_sum' = the study's plain sums (quirk Q8)."
     )
     drop_last: bool | None = Field(None, description="Drop the last incomplete batch (study: True).")
-    patience: int | None = Field(None, ge=0, description="Evaluations without improvement before stopping; 0 = off.")
-    eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
+    patience: int | None = Field(None, ge=0, le=20_000,
+                                 description="Evaluations without improvement before stopping; 0 = off.")
+    eval_every: int = Field(1, ge=1, le=20_000, description="Validate every this many epochs.")
     val_metric: Literal["auc", "hr"] = "auc"
-    val_k: int = Field(10, ge=1, description="K of the validation HR.")
+    val_k: int = Field(10, ge=1, le=10_000, description="K of the validation HR.")
     val_negatives: int | None = Field(
-        None, ge=0, description="0: validate by ranking against every item (exact); N: against N items drawn once "
-        "per fit and shared by all validation users (non-training ones count), an unbiased AUC estimate at N/I "
-        "of the cost (exact when N >= I - 1).")
-    seed: int = 0
+        None, ge=0, le=10_000_000, description="0: validate by ranking against every item (exact); N: against N "
+        "items drawn once per fit and shared by all validation users (non-training ones count), an unbiased AUC "
+        "estimate at N/I of the cost (exact when N >= I - 1).")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     device: str = "cpu"
     # VBPR / AMR
     full_vbpr: bool = Field(False, description="He & McAuley form with item bias, theta_u and beta'.")
-    adv_lambda: float = Field(0.1, ge=0, description="AMR: weight of the adversarial BPR loss.")
-    adv_eps: float = Field(1.0, ge=0, description="AMR: L2 size of the per-item feature perturbation.")
+    adv_lambda: float = Field(0.1, ge=0, le=1e6, allow_inf_nan=False, description="AMR: weight of the adversarial BPR loss.")
+    adv_eps: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False,
+                           description="AMR: L2 size of the per-item feature perturbation.")
     adv_type: Literal["grad", "rand"] = "grad"
-    adv_start: float = Field(0.5, ge=0, le=1, description="AMR: fraction of epochs trained as plain VBPR.")
+    adv_start: float = Field(0.5, ge=0, le=1, allow_inf_nan=False,
+                             description="AMR: fraction of epochs trained as plain VBPR.")
     # ACF / DVBPR
-    hidden: int = Field(64, ge=1, description="ACF: attention layer width.")
-    max_history: int = Field(50, ge=1, description="ACF: most positives per user kept for item attention.")
-    cnn_width: int | None = Field(None, ge=4, description="DVBPR: channels of the first conv layer.")
-    score_batch: int = Field(256, ge=1, description="Users per scoring chunk inside score().")
+    hidden: int = Field(64, ge=1, le=4096, description="ACF: attention layer width.")
+    max_history: int = Field(50, ge=1, le=100_000, description="ACF: most positives per user kept for item attention.")
+    cnn_width: int | None = Field(None, ge=4, le=1024, description="DVBPR: channels of the first conv layer.")
+    score_batch: int = Field(256, ge=1, le=1_000_000, description="Users per scoring chunk inside score().")
 
     def resolved(self, defaults: dict[str, dict[str, Any]]) -> RecConfig:
         """Fill ``None`` fields from ``defaults[self.preset]``, then from :data:`COMMON_DEFAULTS`."""

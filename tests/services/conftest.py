@@ -16,6 +16,7 @@ from PIL import Image
 from tests.redis_server import redis_url as private_redis_url
 
 N_ITEMS, N_USERS, SIZE = 30, 20, 32
+INTERNAL_TOKEN = "internal-test-token"
 
 
 @dataclass
@@ -48,7 +49,7 @@ def tiny(tmp_path_factory) -> Tiny:
 
     home = tmp_path_factory.mktemp("advrec-home")
     # training jobs go to Celery: a broker DB of their own on the real Redis (flushed here)
-    settings = Settings(home=home, device="cpu", redis_url=private_redis_url(9))
+    settings = Settings(home=home, device="cpu", redis_url=private_redis_url(9), internal_token=INTERNAL_TOKEN)
     store = ArtifactStore(settings.store_dir)
     torch.manual_seed(0)
     extractor = build_model("small_cnn", [f"class{i}" for i in range(5)])
@@ -76,7 +77,9 @@ def _client(module, tiny: Tiny) -> TestClient:
 
     app = module.create_app()
     app.dependency_overrides[get_settings] = lambda: tiny.settings
-    return TestClient(app)
+    client = TestClient(app)
+    client.headers["X-Internal-Token"] = INTERNAL_TOKEN  # what the gateway's proxy sends
+    return client
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.services.conftest import png_bytes, store_snapshot
+from tests.services.conftest import INTERNAL_TOKEN, png_bytes, store_snapshot
 
 
 def _catalog_images(tiny, n):
@@ -72,7 +72,8 @@ def test_concurrent_requests_are_micro_batched(tiny):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc",
+                                     headers={"X-Internal-Token": INTERNAL_TOKEN}) as client:
             return await asyncio.gather(*(
                 client.post("/v1/extract", data={"extractor": tiny.keys["extractor"]}, files=_files([im]))
                 for im in images))

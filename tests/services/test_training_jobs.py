@@ -10,6 +10,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from advrec.pipeline.celery_executor import run_step
+from advrec.pipeline.queue import key_prefix
 from tests.services.conftest import store_snapshot
 
 API_KEY = "svc-test-key"
@@ -39,7 +40,7 @@ def test_training_job_reuses_pipeline_key_and_trains_new_config(gateway, tiny):
     assert job["state"] in ("queued", "running") and not tiny.store.has(new["model"])
     # the one step task went to the `recommend` queue; run the message as a worker would
     broker = redis.Redis.from_url(tiny.settings.redis_url)
-    message = json.loads(broker.rpop("recommend"))
+    message = json.loads(broker.rpop(key_prefix(tiny.settings.namespace) + "recommend"))  # this stack's queue
     assert message["headers"]["task"] == "advrec.run_step"
     run_id, step_name = json.loads(base64.b64decode(message["body"]))[0]  # Celery protocol 2: [args, kwargs, embed]
     assert run_id == new["job_id"]

@@ -40,6 +40,125 @@ def test_http_errors_become_typed_errors(settings):
 def test_unreachable_gateway_is_a_typed_error():
     from advrec.client import AdvrecClient
 
-    with AdvrecClient(f"http://127.0.0.1:{free_port()}", API_KEY, timeout=2) as c, \
+    with AdvrecClient(f"http://127.0.0.1:{free_port()}", API_KEY, timeout=2, retry_for=1) as c, \
             pytest.raises(GatewayUnreachable, match="cannot reach"):
         c.list_jobs()
+
+
+class Flaky(httpx.AsyncBaseTransport):
+    """The real gateway behind a transport that fails the first ``n`` requests: ``mode`` = "connect" (never
+    arrives), "lost" (arrives, the answer is lost) or an HTTP status the "proxy" answers instead."""
+
+    def __init__(self, app, n: int, mode: str | int, only: str | None = None):
+        self.inner, self.n, self.mode, self.only, self.seen = httpx.ASGITransport(app=app), n, mode, only, []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request.method)
+        if self.n > 0 and (self.only is None or request.method == self.only):
+            self.n -= 1
+            if self.mode == "connect":
+                raise httpx.ConnectError("connection refused", request=request)
+            if self.mode == "lost":
+                await self.inner.handle_async_request(request)  # the gateway acts on it...
+                raise httpx.ReadError("connection reset", request=request)  # ...the answer never comes
+            return httpx.Response(int(self.mode), headers={"retry-after": "0"}, request=request)
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    """The retry policy as shipped, with a shorter backoff (the tests count attempts, not seconds)."""
+    import advrec.client
+
+    monkeypatch.setattr(advrec.client, "BACKOFF_FIRST_S", 0.02)
+    monkeypatch.setattr(advrec.client, "BACKOFF_MAX_S", 0.1)
+
+
+def _with(settings, transport_of, fn, retry_for=10.0):
+    from gateway.app import create_app
+
+    app = create_app(settings, reconcile_on_start=False)
+
+    async def go():
+        transport = transport_of(app)
+        async with AsyncAdvrecClient("http://gw", API_KEY, transport=transport, retry_for=retry_for) as c:
+            return await fn(c), transport
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("mode", ["connect", 502, 503, 504])
+def test_reads_are_retried_through_an_outage(settings, mode):
+    jobs, t = _with(settings, lambda app: Flaky(app, 3, mode), lambda c: c.list_jobs())
+    assert jobs == [] and t.seen == ["GET"] * 4
+
+
+def test_a_submit_whose_answer_was_lost_is_repeated_without_a_second_job(settings):
+    from .conftest import TINY_SPEC
+
+    async def submit_and_list(c):
+        job = await c.submit(TINY_SPEC)
+        return job, await c.list_jobs()
+
+    (job, jobs), t = _with(settings, lambda app: Flaky(app, 2, "lost", only="POST"), submit_and_list)
+    assert t.seen.count("POST") == 3  # two lost answers, then the gateway's answer
+    assert [j["id"] for j in jobs] == [job]  # the Idempotency-Key made the repeats return the same job
+
+
+def test_retries_stop_at_the_deadline(settings):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(GatewayUnreachable):
+        _with(settings, lambda app: Flaky(app, 10**6, "connect"), lambda c: c.list_jobs(), retry_for=1.0)
+    assert 0.8 < time.monotonic() - t0 < 4
+
+
+def test_a_call_not_safe_to_repeat_is_not_repeated_after_it_arrived(settings):
+    from advrec.client import ApiError, Call
+
+    async def once(c):
+        call = Call("POST", "/v1/models", json={"dataset": "0" * 64, "recommender": "vbpr"}, safe_to_repeat=False)
+        return await c._do(call)
+
+    with pytest.raises(ApiError) as err:
+        _with(settings, lambda app: Flaky(app, 1, 502, only="POST"), once)
+    assert err.value.status_code == 502
+
+
+def test_wait_polls_through_an_outage(settings):
+    from advrec.pipeline.record import RunRecord
+    from advrec_common.apikeys import owner_id
+
+    rec = RunRecord.create(settings.runs_dir, {"name": "x"}, executor="celery", owner=owner_id(API_KEY))
+    rec.set_state("done")
+    # every status call fails for longer than retry_for: wait keeps polling and returns once it answers
+    final, t = _with(settings, lambda app: Flaky(app, 6, "connect"),
+                     lambda c: c.wait(rec.run_id, poll_interval=0.05, timeout=30), retry_for=0.2)
+    assert final["state"] == "done" and len(t.seen) >= 7
+
+
+def test_submit_wait_prints_the_job_id_first(monkeypatch, capsys):
+    import advrec.commands.client as cli
+    from advrec.cli import main
+
+    class Fake:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, body):
+            return "20990101-000000-demo-abcdef"
+
+        def wait(self, *a, **k):
+            raise KeyboardInterrupt  # the user gives up waiting: the id is already on screen
+
+    monkeypatch.setattr(cli, "AdvrecClient", Fake)
+    with pytest.raises(KeyboardInterrupt):
+        main(["submit", "demo", "--wait"])
+    assert capsys.readouterr().out.splitlines()[0] == "20990101-000000-demo-abcdef"

@@ -131,3 +131,73 @@ def test_async_client_uploads_through_asgi(settings, tmp_path):
 
     info, again = asyncio.run(go())
     assert info["n_images"] == 3 and again == info
+
+
+def _one_colour_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def test_upload_costs_are_bounded_before_decoding(gateway_client, settings):
+    """A small zip of large one-colour images (a CPU bomb): 413 from the headers, before any decode."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for k in range(8):  # 72 M pixels; each PNG ~33 KB, each deflated member ~0.3 KB
+            zf.writestr(f"images/i{k}.png", _one_colour_png(3000))
+        zf.writestr("interactions.csv", _interactions(8))
+    data = buf.getvalue()
+    assert len(data) < 10_000
+    gateway_client.app.state.settings = settings.model_copy(update={"max_upload_pixels": 20_000_000,
+                                                                   "max_upload_bytes": 5_000_000})
+    r = gateway_client.post("/v1/datasets", files={"archive": ("bomb.zip", data, "application/zip")})
+    assert r.status_code == 413 and "max_upload_pixels" in r.json()["detail"], r.text
+    assert _written(settings) == []
+
+
+def test_zip_member_count_ratio_and_cpu_limits(gateway_client, settings):
+    many = {f"images/i{k}.png": _png(k, 4) for k in range(30)}
+    many["interactions.csv"] = _interactions(30)
+    gateway_client.app.state.settings = settings.model_copy(update={"max_zip_members": 20})
+    r = gateway_client.post("/v1/datasets", files={"archive": ("many.zip", _zip(many), "application/zip")})
+    assert r.status_code == 413 and "max_zip_members" in r.json()["detail"], r.text
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:  # 5 MB of commas: ~5 KB
+        zf.writestr("interactions.csv", b"user,item\n" + b"," * 5_000_000)
+        zf.writestr("images/i0.png", _png(0))
+    gateway_client.app.state.settings = settings.model_copy(update={"max_upload_bytes": 10_000_000})
+    r = gateway_client.post("/v1/datasets", files={"archive": ("ratio.zip", buf.getvalue(), "application/zip")})
+    assert r.status_code == 413 and "max_zip_ratio" in r.json()["detail"], r.text
+
+    gateway_client.app.state.settings = settings.model_copy(update={"upload_cpu_seconds": 1e-9})
+    r = gateway_client.post("/v1/datasets", files={"archive": ("ok.zip", _zip(_catalog()), "application/zip")})
+    assert r.status_code == 413 and "upload_cpu_seconds" in r.json()["detail"], r.text
+    assert _written(settings) == []
+
+
+def test_uploads_beyond_the_concurrency_are_503(gateway_client, settings):
+    from gateway.datasets import upload_slots
+
+    class Req:
+        app = gateway_client.app
+
+    slots = upload_slots(Req())
+    held = [slots.acquire(blocking=False) for _ in range(settings.upload_concurrency)]
+    try:
+        assert all(held)
+        r = gateway_client.post("/v1/datasets", files={"archive": ("x.zip", _zip(_catalog()), "application/zip")})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    finally:
+        for _ in held:
+            slots.release()
+    r = gateway_client.post("/v1/datasets", files={"archive": ("x.zip", _zip(_catalog()), "application/zip")})
+    assert r.status_code == 201
+
+
+def test_a_non_utf8_interactions_file_is_422(gateway_client, settings):
+    files = _catalog()
+    files["shop/interactions.csv"] = b"user,item\n\xff\xfe,i1\nu2,i2\n"
+    r = gateway_client.post("/v1/datasets", files={"archive": ("bad.zip", _zip(files), "application/zip")})
+    assert r.status_code == 422 and "UTF-8" in r.json()["detail"], r.text
+    assert _written(settings) == []

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from advrec_common.apikeys import owner_id
+
+from .conftest import API_KEY
+
 pytestmark = pytest.mark.stack
 
 
@@ -24,7 +28,7 @@ def test_cancel_unknown_job_is_404(gateway_client):
 def test_artifact_path_escape_is_404(gateway_client, settings):
     from advrec.pipeline.record import RunRecord
 
-    rec = RunRecord.create(settings.runs_dir, {"name": "x"}, executor="celery")
+    rec = RunRecord.create(settings.runs_dir, {"name": "x"}, executor="celery", owner=owner_id(API_KEY))
     rec.set_state("done")
     (rec.dir / "report").mkdir()
     (rec.dir / "report" / "results.json").write_text('{"ok": 1}')
@@ -38,7 +42,7 @@ def test_artifact_path_escape_is_404(gateway_client, settings):
 def test_results_before_done_is_409(gateway_client, settings):
     from advrec.pipeline.record import RunRecord
 
-    rec = RunRecord.create(settings.runs_dir, {"name": "x"}, executor="celery")
+    rec = RunRecord.create(settings.runs_dir, {"name": "x"}, executor="celery", owner=owner_id(API_KEY))
     r = gateway_client.get(f"/v1/jobs/{rec.run_id}/results")
     assert r.status_code == 409 and "queued" in r.json()["detail"]
 

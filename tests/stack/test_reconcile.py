@@ -12,7 +12,7 @@ import redis
 
 from advrec.pipeline import celery_executor as ce
 from advrec.pipeline.dag import Plan
-from advrec.pipeline.queue import MAX_ATTEMPTS, STALE_AFTER_S
+from advrec.pipeline.queue import MAX_ATTEMPTS, STALE_AFTER_S, key_prefix
 from advrec.pipeline.record import RunRecord
 from advrec_common.settings import Settings
 from tests.redis_server import redis_url as private_redis_url
@@ -39,10 +39,10 @@ def env(tmp_path, redis_url):
     client.flushdb()
 
 
-def _queued(client: redis.Redis, queue: str) -> list[list]:
-    """[run_id, step] of every message waiting in ``queue``."""
+def _queued(client: redis.Redis, queue: str, settings: Settings) -> list[list]:
+    """[run_id, step] of every message waiting in ``queue`` (of the stack of ``settings``)."""
     out = []
-    for raw in client.lrange(queue, 0, -1):  # kombu's Redis transport: a JSON envelope, base64 body
+    for raw in client.lrange(key_prefix(settings.namespace) + queue, 0, -1):  # kombu's Redis transport: a JSON envelope, base64 body
         args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
         out.append(args)
     return out
@@ -62,14 +62,14 @@ def test_reconcile_resends_dead_and_lost_steps_only(env):
 
     rec.update(states)
     summary = ce.reconcile(settings)
-    assert summary == {"runs": 1, "restarted": 0, "requeued": 2}
-    assert sorted(map(tuple, _queued(client, "extract"))) == [(rec.run_id, "extractor/a"), (rec.run_id, "features/a")]
-    assert _queued(client, "recommend") == []
+    assert summary == {"runs": 1, "requeued": 2}
+    assert sorted(map(tuple, _queued(client, "extract", settings))) == [(rec.run_id, "extractor/a"), (rec.run_id, "features/a")]
+    assert _queued(client, "recommend", settings) == []
     d = rec.read()
     assert d["steps"]["extractor/a"]["state"] == "queued" and d["steps"]["features/a"]["broker"] == bid
     # idempotent: nothing is lost any more, so a second pass sends nothing
     assert ce.reconcile(settings)["requeued"] == 0
-    assert len(_queued(client, "extract")) == 2
+    assert len(_queued(client, "extract", settings)) == 2
 
 
 def test_fresh_heartbeat_is_left_alone_and_duplicates_are_skipped(env):
@@ -96,14 +96,14 @@ def test_advance_queues_ready_steps_once_and_cancel_stops_everything(env):
     settings, rec, client = env
     ce.advance(rec.run_id, settings)
     ce.advance(rec.run_id, settings)  # concurrent/duplicate advance: no second message
-    assert sorted(s for _, s in _queued(client, "extract")) == ["dataset", "extractor/a"]
+    assert sorted(s for _, s in _queued(client, "extract", settings)) == ["dataset", "extractor/a"]
     d = ce.cancel(rec.run_id, settings)
     assert d["state"] == "cancelled" and d["cancel_requested"]
     assert {s["state"] for s in d["steps"].values()} == {"cancelled"}
     assert ce.run_step(rec.run_id, "dataset", task_id="x", settings=settings) == "skipped"
     assert ce.advance(rec.run_id, settings) == "cancelled"
     assert ce.reconcile(settings)["runs"] == 0
-    assert len(_queued(client, "extract")) == 2  # nothing new was sent
+    assert len(_queued(client, "extract", settings)) == 2  # nothing new was sent
 
 
 def test_unknown_run_is_skipped(env):
@@ -119,7 +119,7 @@ def test_a_step_failing_after_cancel_leaves_the_job_cancelled(env, monkeypatch):
         ce.cancel(rec.run_id, settings)  # the user cancels while the step runs
         raise RuntimeError("step blew up")
 
-    monkeypatch.setattr(ce, "execute_step", boom)
+    monkeypatch.setattr(ce, "_execute_step", boom)
     assert ce.run_step(rec.run_id, "extractor/a", task_id="t", settings=settings) == "failed"
     d = rec.read()
     assert d["state"] == "cancelled" and d["steps"]["extractor/a"]["state"] == "failed"

@@ -6,6 +6,7 @@ plus one line in ``ATTACKS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -91,13 +92,15 @@ def run_attack(
     target: int | torch.Tensor | None,
     device: str = "cpu",
     batch_size: int = 128,
+    progress: Callable[[dict[str, Any]], None] | None = None,
     **extra: Any,
 ) -> torch.Tensor:
     """images (N,3,H,W) float in [0,1] -> adversarial images (N,3,H,W) float in [0,1] on images' device.
 
     ``target``: class index or (N,) indices (targeted), else the clean labels (None: predicted).
     Batched over ``batch_size``; seeded by ``spec.seed`` (results depend on seed and batch size).
-    ``extra``: ``target_features`` (feature_match) or ``score_fn`` (score).
+    ``extra``: ``target_features`` (feature_match) or ``score_fn`` (score). ``progress`` is called
+    before every batch (``{"done", "total", "unit", "stage"}``); it may raise to stop (a cancelled run).
     """
     if not isinstance(spec, AttackSpec):
         raise InvalidInput(f"spec must be an AttackSpec, got {type(spec).__name__}")
@@ -109,10 +112,12 @@ def run_attack(
     with _attack_mode(model, dev, spec.seed):
         attack = cls(model, spec, dev, **extra)
         labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.info().needs_labels)
-        out = [
-            attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev)).to(images.device)
-            for i in range(0, images.shape[0], batch_size)
-        ]
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            if progress is not None:
+                progress({"done": i, "total": images.shape[0], "unit": "images", "stage": "attack"})
+            out.append(attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev))
+                       .to(images.device))
     return torch.cat(out)
 
 

@@ -1,0 +1,256 @@
+"""The Celery executor's bookkeeping, without torch: submit, advance, cancel, reconcile.
+
+The gateway, the CLI and every worker's recovery loop call these; only the step runner of the
+workers (:mod:`advrec.pipeline.celery_executor`) imports the step functions (and torch), so the
+gateway stays a small process.
+
+Lifecycle of a run (the record on disk, :class:`RunRecord`, is the job database):
+
+``submit`` creates the record with a *setup* plan, the ``dataset`` step alone (it loads or
+generates the catalog, whose size decides the number of attack shards), and calls ``advance``.
+``advance``, under the record lock, marks every pending step whose dependencies are finished as
+``cached`` (its artifact is stored) or ``queued`` (sent as the one ``advrec.run_step`` task to the
+step's queue). When the setup plan is finished, ``advance`` expands it into the whole plan
+(:func:`advrec.pipeline.dag.plan`) and goes on. Each ``run_step`` (a worker) claims its step,
+computes it, marks it ``done`` and calls ``advance`` again. When every step is finished the report
+is published and the run is ``done``. The dataset step is an ordinary step: any worker serving its
+queue takes it, with the same retry limit, heartbeat and cancellation as every other step.
+
+Redis may lose every message (it may run without persistence) and workers may die with SIGKILL:
+``reconcile`` re-sends queued steps whose message went to a Redis instance that no longer exists
+(Redis's ``run_id`` changed) and running steps whose heartbeat went stale, then re-advances.
+Re-running a step is safe: steps skip artifacts that are already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from advrec.pipeline.dag import dataset_step, plan
+from advrec.pipeline.queue import RUN_STEP, STALE_AFTER_S, celery_for
+from advrec.pipeline.record import TERMINAL, RunRecord, list_runs, publish_report
+from advrec.pipeline.spec import EvaluationSpec
+from advrec_common.errors import AdvrecError
+from advrec_common.settings import Settings, get_settings
+from advrec_common.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("done", "cached")
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else get_settings()
+
+
+def producer(settings: Settings) -> Celery:
+    """The Celery app that sends this stack's messages (its broker and namespace)."""
+    return celery_for(settings)
+
+
+def broker_id(settings: Settings | None = None) -> str:
+    """Redis's ``run_id``: it changes whenever Redis restarts (and forgets unpersisted messages)."""
+    import redis
+
+    client = redis.Redis.from_url(_settings(settings).redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
+
+
+def send_step(app: Celery, run_id: str, step_name: str, queue: str) -> str:
+    """Enqueue the one step task for ``step_name`` on its step's ``queue``; returns the task id."""
+    task_id = uuid.uuid4().hex
+    app.send_task(RUN_STEP, args=[run_id, step_name], task_id=task_id, queue=queue)
+    return task_id
+
+
+def _pending(row: dict[str, Any]) -> dict[str, Any]:
+    return {"state": "pending", "key": row["key"], "kind": row["kind"], "attempts": 0, "error": None, "seconds": None}
+
+
+def _setup(d: dict[str, Any]) -> None:
+    """Give an evaluation record its setup plan: the dataset step alone."""
+    row = dataset_step(EvaluationSpec.model_validate(d["spec"])).to_json()
+    d.update(plan=[row], setup=True)
+    d["steps"].setdefault(row["name"], _pending(row))
+
+
+def _expand(d: dict[str, Any], store: ArtifactStore, settings: Settings) -> None:
+    """Replace a finished setup plan by the whole plan (the catalog size is known now)."""
+    spec = EvaluationSpec.model_validate(d["spec"])
+    ds_key = d["plan"][0]["key"]
+    n_items = int(store.meta(ds_key)["result"]["n_items"])
+    full = plan(spec, n_items)
+    if full["dataset"].key != ds_key:
+        raise AdvrecError("the catalog's files changed while the job was being planned; submit it again")
+    if len(full) > settings.quota_plan_steps:
+        raise AdvrecError(f"the plan has {len(full)} steps, above the limit of {settings.quota_plan_steps} "
+                          f"(quota_plan_steps); use fewer extractors, attacks, budgets or recommenders, or a larger "
+                          f"shard_size")
+    d["plan"] = full.to_json()
+    for row in d["plan"]:
+        d["steps"].setdefault(row["name"], _pending(row))
+    d.update(setup=False, n_items=n_items)
+
+
+def submit(spec: EvaluationSpec, settings: Settings | None = None, owner: str | None = None) -> str:
+    """Record a new run with its setup plan and enqueue what is ready; returns the run id.
+
+    The record is the acceptance: if the broker is unreachable the run stays ``queued`` and the
+    recovery loop enqueues it when Redis is back.
+    """
+    s = _settings(settings)
+    record = RunRecord.create(s.runs_dir, spec.model_dump(mode="json"), executor="celery", owner=owner)
+    record.update(_setup)
+    try:
+        advance(record.run_id, s)
+    except Exception as exc:  # broker down: reconcile() will enqueue it
+        log.warning("run %s recorded but not enqueued (%s); the recovery loop will", record.run_id, exc)
+    return record.run_id
+
+
+def advance(run_id: str, settings: Settings | None = None) -> str:
+    """Enqueue every step that became ready; expand a finished setup; publish the report at the end.
+
+    Runs under the record lock, so concurrent calls (one per finishing step) never enqueue a
+    step twice. Returns the run's state.
+    """
+    s = _settings(settings)
+    record = RunRecord.open(s.runs_dir, run_id)
+    store = ArtifactStore(s.store_dir)
+    app = producer(s)
+    bid_cache: list[str] = []
+
+    def bid() -> str:
+        if not bid_cache:
+            bid_cache.append(broker_id(s))
+        return bid_cache[0]
+
+    def all_finished(d: dict[str, Any]) -> bool:
+        return all(d["steps"][r["name"]]["state"] in FINISHED for r in d["plan"])
+
+    def expand(d: dict[str, Any]) -> bool:
+        try:
+            _expand(d, store, s)
+        except Exception as exc:  # a plan that cannot be made fails the job, saying why
+            why = str(exc) if isinstance(exc, AdvrecError) else f"{type(exc).__name__}: {exc}"
+            d.update(state="failed", error=f"planning failed: {why}", finished=time.time())
+            return False
+        return True
+
+    def enqueue_ready(d: dict[str, Any]) -> None:
+        steps = d["steps"]
+        for row in d["plan"]:  # topological order: a step cached here unblocks the next ones
+            st = steps[row["name"]]
+            if st["state"] != "pending" or not all(steps[dep]["state"] in FINISHED for dep in row["deps"]):
+                continue
+            if store.has(row["key"]):
+                st["state"] = "cached"
+                continue
+            task_id = send_step(app, run_id, row["name"], row["queue"])
+            st.update(state="queued", task_id=task_id, broker=bid(), queued_at=time.time())
+
+    def fn(d: dict[str, Any]) -> None:
+        if d["state"] in TERMINAL or d.get("cancel_requested") or d["plan"] is None:
+            return
+        for _ in range(2):  # a setup whose dataset is already stored expands in this same update
+            if d.get("setup") and all_finished(d) and not expand(d):
+                return
+            enqueue_ready(d)
+            if not (d.get("setup") and all_finished(d)):
+                break
+        if not d.get("setup") and all_finished(d):
+            # evaluations end with a report; a single-step job (e.g. a recommender training) has none
+            report_key = next((r["key"] for r in d["plan"] if r["kind"] == "report"), None)
+            if report_key is not None:
+                publish_report(store, report_key, record.dir)
+            d.update(report_key=report_key, state="done", finished=time.time())
+        elif d["state"] == "queued":
+            d["state"] = "running"
+
+    return record.update(fn)["state"]
+
+
+def cancel(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Cancel a run: flag it, mark it cancelled, revoke its queued messages; returns the record.
+
+    Nothing new is enqueued; workers check the flag before every step, and a running step polls
+    it between batches through its progress callback and stops within seconds.
+    """
+    s = _settings(settings)
+    record = RunRecord.open(s.runs_dir, run_id)
+    revoke: list[str] = []
+
+    def fn(d: dict[str, Any]) -> None:
+        if d["state"] in TERMINAL:
+            return
+        d.update(cancel_requested=True, state="cancelled", finished=time.time())
+        for st in d["steps"].values():
+            if st["state"] in ("queued", "pending"):
+                if st.get("task_id"):
+                    revoke.append(st["task_id"])
+                st["state"] = "cancelled"
+
+    data = record.update(fn)
+    if revoke:
+        try:
+            producer(s).control.revoke(revoke)
+        except Exception as exc:  # revocation is an optimisation: workers check the flag anyway
+            log.warning("could not revoke %d task(s) of %s: %s", len(revoke), run_id, exc)
+    return data
+
+
+def reconcile(settings: Settings | None = None) -> dict[str, int]:
+    """Re-drive every non-terminal Celery run after lost messages or dead workers.
+
+    Re-sends queued steps whose message went to a Redis that restarted, and running steps whose
+    heartbeat is older than STALE_AFTER_S; gives a record without a plan (written by an older
+    version, or a gateway that died between two writes) its setup plan. Then advances each run.
+    Idempotent: safe on every worker/gateway start and periodically.
+    """
+    s = _settings(settings)
+    app = producer(s)
+    bid = broker_id(s)
+    summary = {"runs": 0, "requeued": 0}
+    for row in list_runs(s.runs_dir):
+        if row.get("executor") != "celery" or row["state"] in TERMINAL:
+            continue
+        summary["runs"] += 1
+        record = RunRecord.open(s.runs_dir, row["run_id"])
+
+        def fn(d: dict[str, Any], run_id: str = row["run_id"]) -> None:
+            now = time.time()
+            if d["state"] in TERMINAL or d.get("cancel_requested"):
+                return
+            if d["plan"] is None:
+                try:
+                    _setup(d)
+                except Exception as exc:
+                    d.update(state="failed", error=f"planning failed: {type(exc).__name__}: {exc}")
+                return
+            queues = {r["name"]: r["queue"] for r in d["plan"]}
+            for name, st in d["steps"].items():
+                lost = (st["state"] == "queued" and st.get("broker") != bid) or (
+                    st["state"] == "running" and now - st.get("heartbeat", 0) > STALE_AFTER_S)
+                if lost:
+                    st.update(state="queued", task_id=send_step(app, run_id, name, queues[name]),
+                              broker=bid, queued_at=now)
+                    summary["requeued"] += 1
+
+        data = record.update(fn)
+        if data["plan"] is not None and data["state"] not in TERMINAL:
+            advance(row["run_id"], s)
+    return summary
+
+
+def active_jobs(settings: Settings, owner: str | None) -> int:
+    """Unfinished Celery jobs of ``owner`` (the concurrent-jobs quota counts these)."""
+    return sum(1 for r in list_runs(settings.runs_dir)
+               if r.get("executor") == "celery" and r["state"] not in TERMINAL and r.get("owner") == owner)

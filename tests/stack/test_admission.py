@@ -1,0 +1,108 @@
+"""Admission: the gateway answers 422/413/429 before it queues anything, with one problem body; and a
+request that used to be a 500 is a 4xx now."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from .conftest import API_KEY, TINY_SPEC
+
+pytestmark = pytest.mark.stack
+
+
+def _raw(client, body: str):
+    return client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+
+
+def _nothing_recorded(settings) -> bool:
+    runs = settings.runs_dir
+    return not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(("change", "loc"), [
+    ({"attacks": [{"method": "pgd", "eps": [8], "steps": 10**9}]}, "attacks[0].steps"),
+    ({"recommenders": [{"name": "vbpr", "config": {"epochs": 10**9}}]}, "recommenders[0].config.epochs"),
+    ({"ks": [5, 10**9]}, "ks[1]"),
+    ({"seed": 2**70}, "seed"),  # was a worker's "Overflow when unpacking long long"
+    ({"attacks": [{"method": "fgsm", "eps": [8], "params": {"cw_c": 1e300}}]}, "attacks[0].params.cw_c"),
+    ({"recommenders": [{"name": "vbpr", "config": {"lr": [0.1, -1]}}]}, "recommenders[0].config.lr[1]"),
+])
+def test_out_of_bounds_specs_are_422_with_their_path(gateway_client, settings, change, loc):
+    r = gateway_client.post("/v1/jobs", json={**TINY_SPEC, **change})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert loc in [e["loc"] for e in r.json()["errors"]], r.json()
+    assert _nothing_recorded(settings)
+
+
+@pytest.mark.parametrize(("old", "new", "loc"), [
+    ('"eps": [8]', '"eps": [1e999]', "attacks[0].eps[0]"),  # was accepted, failed at the report step
+    ('"epochs": 5', '"epochs": 5, "adv_lambda": NaN', "recommenders[0].config.adv_lambda"),  # was stored as null
+    ('"epochs": 5', '"epochs": 5, "adv_eps": Infinity', "recommenders[0].config.adv_eps"),
+])
+def test_nan_and_inf_are_422(gateway_client, settings, old, new, loc):
+    body = json.dumps(TINY_SPEC)
+    assert old in body
+    r = _raw(gateway_client, body.replace(old, new))
+    assert r.status_code == 422 and loc in [e["loc"] for e in r.json()["errors"]], r.text
+    assert _nothing_recorded(settings)
+
+
+@pytest.mark.parametrize("depth", [40, 900, 20000])
+def test_deep_nesting_is_a_4xx_problem_not_a_500(gateway_client, settings, depth):
+    body = json.dumps({**TINY_SPEC, "attacks": [{"method": "fgsm", "eps": [8], "params": "X"}]})
+    r = _raw(gateway_client, body.replace('"X"', '{"a": ' * depth + "1" + "}" * depth))
+    assert r.status_code in (400, 422), r.text
+    assert r.json()["type"].startswith("urn:advrec:problem:")
+    assert _nothing_recorded(settings)
+
+
+def test_a_catalog_above_the_quotas_is_413(gateway_client, settings):
+    huge = {**TINY_SPEC, "dataset": {"kind": "demo", "n_items": 200_000, "n_users": 100, "image_size": 512}}
+    r = gateway_client.post("/v1/jobs", json=huge)  # 200,000 x 512 px: ~157 GB in memory
+    assert r.status_code == 413 and "quota_catalog_items" in r.json()["detail"], r.text
+    big_images = {**TINY_SPEC, "extractors": [{"name": "standard", "image_size": 1024}]}
+    r = gateway_client.post("/v1/jobs", json=big_images)
+    assert r.status_code == 413 and "quota_image_pixels" in r.json()["detail"], r.text
+    assert _nothing_recorded(settings)
+
+
+def test_plan_steps_and_unfinished_jobs_quotas(settings, tmp_path):
+    from gateway.app import create_app
+
+    tight = settings.model_copy(update={"quota_plan_steps": 8, "quota_concurrent_jobs": 2})
+    with TestClient(create_app(tight, reconcile_on_start=False)) as client:
+        client.headers["X-API-Key"] = API_KEY
+        r = client.post("/v1/jobs", json=TINY_SPEC)  # 10 steps
+        assert r.status_code == 422 and "quota_plan_steps" in r.json()["detail"], r.text
+        small = {**TINY_SPEC, "modes": ["retrain"]}  # 9 steps... still above 8
+        assert client.post("/v1/jobs", json=small).status_code == 422
+        ok = tight.model_copy(update={"quota_plan_steps": 50})
+        client.app.state.settings = ok
+        ids = [client.post("/v1/jobs", json=TINY_SPEC).json()["id"] for _ in range(2)]
+        r = client.post("/v1/jobs", json=TINY_SPEC)
+        assert r.status_code == 429 and r.headers["retry-after"] and "quota_concurrent_jobs" in r.json()["detail"]
+        client.delete(f"/v1/jobs/{ids[0]}")  # a cancelled job frees its slot
+        assert client.post("/v1/jobs", json=TINY_SPEC).status_code == 202
+
+
+def test_preflight_problems_are_422_and_never_show_server_paths(gateway_client, settings):
+    spec = {**TINY_SPEC, "dataset": {"kind": "generic", "images_dir": "shop/images", "interactions": "shop/i.csv"}}
+    r = gateway_client.post("/v1/jobs", json=spec)
+    assert r.status_code == 422, r.text
+    assert "does not exist" in r.text and "<home>/datasets/shop/images" in r.text
+    assert str(settings.home) not in r.text and str(settings.home.resolve()) not in r.text
+    assert _nothing_recorded(settings)
+
+
+def test_nul_in_an_artifact_path_is_404(gateway_client, settings):
+    from advrec.pipeline.record import RunRecord
+    from advrec_common.apikeys import owner_id
+
+    rec = RunRecord.create(settings.runs_dir, {"name": "x"}, executor="celery", owner=owner_id(API_KEY))
+    rec.set_state("done")
+    (rec.dir / "report").mkdir()
+    assert gateway_client.get(f"/v1/jobs/{rec.run_id}/artifacts/a%00b").status_code == 404
