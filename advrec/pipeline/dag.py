@@ -172,6 +172,7 @@ def _extractor_params(spec: EvaluationSpec, index: int) -> dict[str, Any]:
     ext = spec.extractors[index]
     params = ext.model_dump(mode="json")
     params.pop("name")  # the label does not change the computation
+    params.pop("image_fit")  # how catalog images are fitted concerns the features, not the model
     if ext.source == "demo":
         params["image_size"] = ext.image_size or spec.dataset.image_size
         params["seed"] = spec.seed
@@ -207,7 +208,7 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
     for i, ext in enumerate(spec.extractors):
         p.add(f"extractor/{ext.name}", "extractor", _extractor_params(spec, i))
         p.add(f"features/{ext.name}", "features",
-              features_params(ext.image_size, spatial, spec.scenario.category_source),
+              features_params(ext.image_size, spatial, spec.scenario.category_source, ext.image_fit),
               {"dataset": "dataset", "extractor": f"extractor/{ext.name}"})
 
     def rec_params(rec) -> dict[str, Any]:

@@ -87,7 +87,12 @@ class ExtractorSpec(_Strict):
     checkpoint: Path | None = None
     layout: str = "auto"
     weight_name: str | None = None
-    image_size: int | None = Field(None, ge=16, le=1024, description="resize images to this size (None: native)")
+    image_size: int | None = Field(None, ge=16, le=1024,
+                                   description="bring catalog images to this square size for features, attacks and "
+                                               "the gallery (None: the extractor's own input size)")
+    image_fit: Literal["crop", "pad", "stretch"] = Field(
+        "crop", description="how images of another shape become square: crop (shorter side + center crop), "
+                            "pad (white borders) or stretch")
     demo_images_per_class: int | None = Field(None, ge=10, le=5000, description="None: the demo's default")
     epochs: int | None = Field(None, ge=1, le=500, description="demo training epochs (None: the defense's default)")
 

@@ -26,7 +26,7 @@ from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import load_extractor_artifact, write_extractor_artifact
 from services.attacker.artifacts import load_adversarial, merge_shards, read_shard, write_shard
-from services.extractor.artifacts import FeatureSet, load_features, write_catalog_features
+from services.extractor.artifacts import FeatureSet, category_model, load_features, write_catalog_features
 from services.recommender.artifacts import (
     load_model,
     load_scenario,
@@ -175,61 +175,92 @@ def step_train(ctx: StepContext) -> None:
 
 
 def step_scenario(ctx: StepContext) -> None:
-    """Origin (category to push) and target (category to imitate), from the spec or the clean run."""
+    """Origin (category to push) and target (category to imitate), from the spec or the clean run.
+
+    Categories are the features' (catalog labels or extractor classes: ``scenario.category_source``);
+    every category is a valid target, since attacks aim at a head whose classes are the categories.
+    """
     from services.recommender.scenario import propose_scenario
 
     p = ctx.params
     feats = load_features(ctx.store, ctx.input("features"), arrays=False)
     names = feats.category_names
-    top = load_topk(ctx.store, ctx.input("train"))
-    # the target must be a class the extractor can be pushed toward
-    targetable = [n in feats.class_names for n in names]
-    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
-                                k=p["select_k"], min_items=p["min_items"])
-    if not p.get("target") and not targetable[proposal["target"]["id"]]:
-        proposal["target"] = next(r for r in proposal["table"] if targetable[r["id"]] and r["id"] != proposal["origin"]["id"])
+    info = feats.category_info
     origin, target = p.get("origin"), p.get("target")
+    source = "the catalog's labels" if info.get("used") == "catalog" else "the extractor's classes"
     for label, value in (("origin", origin), ("target", target)):
         if value is not None and value not in names:
-            raise InvalidInput(f"scenario {label} {value!r} is not a category; categories: {names[:20]}")
-    if target is not None and target not in feats.class_names:
-        raise InvalidInput(f"scenario target {target!r} is not a class of the extractor")
-    chosen = {"origin": origin or proposal["origin"]["name"], "target": target or proposal["target"]["name"],
-              "chosen_by": "spec" if origin and target else "automatic (clean CHR@K ranking, as the study)",
-              "select_k": p["select_k"], "ranking": proposal["table"]}
-    if chosen["origin"] == chosen["target"]:
-        raise InvalidInput("origin and target categories must differ")
-    write_scenario(ctx.out, chosen)
+            raise InvalidInput(f"scenario.{label} {value!r} is not a category; categories ({source}): "
+                               f"{_few(names)}")
+    if origin is not None and origin == target:
+        raise InvalidInput(f"scenario.origin and scenario.target are both {origin!r}; they must differ")
+    top = load_topk(ctx.store, ctx.input("train"))
+    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
+                                k=p["select_k"], min_items=p["min_items"])
+    by_name = {r["name"]: r for r in proposal["table"]}
+    if origin is None:  # the least exposed category with items, other than a given target
+        rows = [r for r in proposal["table"] if r["n_items"] >= p["min_items"] and r["name"] != target]
+        if not rows:
+            raise InvalidInput(f"no category other than {target!r} has scenario.min_items = {p['min_items']} items "
+                               f"to push; lower scenario.min_items or name scenario.origin")
+        origin = proposal["origin"]["name"] if proposal["origin"]["name"] != target else \
+            min(rows, key=lambda r: (r["chr"], -r["n_items"], r["id"]))["name"]
+    if target is None:  # the most exposed category other than the origin
+        target = next((r["name"] for r in proposal["table"] if r["name"] != origin and r["n_items"] > 0), None)
+        if target is None:
+            raise InvalidInput(f"no category other than {origin!r} has items to serve as target; "
+                               f"categories ({source}): {_few(names)}")
+    chosen_by = {(True, True): "spec", (False, False): "automatic (clean CHR@K ranking, as the study)"}.get(
+        (p.get("origin") is not None, p.get("target") is not None), "spec and automatic (clean CHR@K ranking)")
+    write_scenario(ctx.out, {
+        "origin": origin, "target": target, "chosen_by": chosen_by, "select_k": p["select_k"],
+        "ranking": proposal["table"], "n_origin_items": by_name[origin]["n_items"],
+        "category_source": {k: info.get(k) for k in ("requested", "used", "reason")},
+        "head": {k: v for k, v in (info.get("head") or {}).items() if k != "class_names"},
+    })
+
+
+def _few(names: list[str], n: int = 20) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def step_attack_shard(ctx: StepContext) -> None:
-    """Attack the origin-category items of one catalog index range toward the target category."""
+    """Attack the origin-category items of one catalog index range toward the target category, through
+    the head whose classes are the categories (:func:`category_model`), at the size the clean features
+    were extracted at."""
     from services.attacker.core import attack_and_measure
 
     p = ctx.params
     ds = _dataset(ctx)
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
     feats = load_features(ctx.store, ctx.input("features"))
+    model = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
     scen = load_scenario(ctx.store, ctx.input("scenario"))
-    if scen["target"] not in model.class_names:
-        raise InvalidInput(f"target {scen['target']!r} is not a class of this extractor")
-    origin, target = feats.category_names.index(scen["origin"]), list(model.class_names).index(scen["target"])
+    for role in ("origin", "target"):
+        if scen[role] not in feats.category_names:
+            raise InvalidInput(f"scenario {role} {scen[role]!r} is not a category of extractor "
+                               f"{ctx.step.name.split('/')[1]!r}; categories: {_few(feats.category_names)}")
+    origin, target = feats.category_names.index(scen["origin"]), model.class_names.index(scen["target"])
     lo, hi = p["items"]
     idx = lo + np.flatnonzero(np.asarray(feats.categories)[lo:hi] == origin)
+    ctx.report_progress(0, len(idx), "images")
     if len(idx) == 0:
         write_shard(ctx.out, idx)
         ctx.meta.update(n=0, seconds=0.0)
         return
     spec = AttackGridSpec.from_params(p).attack_spec(p["eps"], p["seed"])
-    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=p.get("image_size")))
+    # the size and fit of the clean features (None in old artifacts: the spec's image_size)
+    size = feats.category_info.get("image_size", p.get("image_size"))
+    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=size,
+                                          fit=feats.category_info.get("fit", "crop")))
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
-                             spatial=feats.spatial is not None)
+                             spatial=feats.spatial is not None, progress=ctx.progress)
     rows = out.measurement.to_table()
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]
     write_shard(ctx.out, idx, out, rows, p["delivery"])
-    ctx.meta.update(n=int(len(idx)), seconds=out.seconds, images_per_s=len(idx) / max(out.seconds, 1e-9))
+    ctx.meta.update(n=int(len(idx)), seconds=out.seconds, images_per_s=len(idx) / max(out.seconds, 1e-9),
+                    image_size=size, head=feats.category_info.get("head", {}).get("kind"))
 
 
 def step_adversarial(ctx: StepContext) -> None:

@@ -147,6 +147,8 @@ def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> 
             "report": {f: rep.get(f) for f in _EXTRACTOR_REPORT_FIELDS if f in rep} if rep else None,
             "n_classes": len(info.get("class_names") or class_names), "feature_dim": info.get("feature_dim"),
             "n_items": int(classes.shape[0]), "n_origin_items": n_origin,
+            "categories": {k: v for k, v in feats.category_info.items() if k != "head"},
+            "category_head": {k: v for k, v in (feats.category_info.get("head") or {}).items() if k != "class_names"},
         }
     return out
 

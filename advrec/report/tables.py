@@ -180,6 +180,25 @@ def _arrow(m: dict[str, Any] | None, alpha: float) -> str:
     return f"{fmt(m.get('before'))} -> {fmt(m.get('after'))}{mark(m.get('t_pvalue'), alpha)}"
 
 
+def categories_line(results: dict[str, Any]) -> str:
+    """Where items' categories came from and why, and what the success rate (SR) is measured by."""
+    exts = results.get("extractors") or {}
+    src = (results.get("scenario") or {}).get("category_source") or {}
+    if not src.get("used"):
+        return ""
+    what = "the catalog's own labels" if src["used"] == "catalog" else "the class each extractor assigns"
+    line = f"categories: {what} ({src.get('reason')})"
+    fitted = {n: (e.get("category_head") or {}).get("held_out_accuracy") for n, e in exts.items()
+              if (e.get("category_head") or {}).get("kind") == "fitted"}
+    if fitted:
+        accs = ", ".join(f"{n} {fmt(a, 3) or 'n/a'}" for n, a in fitted.items())
+        line += (f"; SR = classified as the target by a category head fitted on each extractor's clean features "
+                 f"(held-out accuracy: {accs})")
+    else:
+        line += "; SR = classified as the target by the extractor's own classifier"
+    return line
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """Compact per-mode tables (defense | attack | eps | SR% | featMSE | rec | CHR@K | nCDCG@K) + findings."""
     k = summary_k(results)
@@ -187,6 +206,8 @@ def format_summary(results: dict[str, Any]) -> str:
     alpha = results["alpha"]
     parts = [f"scenario: push '{scen.get('origin')}' toward '{scen.get('target')}'; chosen by: {scen.get('chosen_by')}",
              f"K = {k}; * = paired t-test p <= {alpha:g} against the same extractor's clean run"]
+    if categories_line(results):
+        parts.insert(1, categories_line(results))
     for mode in results["spec"]["modes"]:
         rows = []
         for ext in (e["name"] for e in results["spec"]["extractors"]):

@@ -7,6 +7,7 @@ Every path that attacks images goes through :func:`attack_and_measure`: the stor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,17 @@ def attack_and_measure(
     item_ids: list[str] | None = None,
     lpips_weights: Path | None = None,
     spatial: bool = False,
+    progress: Callable[[dict], None] | None = None,
     **extra: Any,
 ) -> AttackOutcome:
     """Attack ``clean`` (N,3,H,W) [0,1] toward class ``target`` (None: untargeted), deliver within the
-    budget, measure against the clean images, and re-extract the delivered images' features/logits."""
+    budget, measure against the clean images, and re-extract the delivered images' features/logits.
+
+    ``progress`` is called after every attacked batch with ``{"done": n_done, "total": n, "unit": "images"}``
+    (see :func:`~services.attacker.attacks.run_attack`)."""
     target = None if target is None else int(target)
     t0 = time.perf_counter()
-    adv = run_attack(model, clean, spec, target, device=device, batch_size=batch_size, **extra)
+    adv = run_attack(model, clean, spec, target, device=device, batch_size=batch_size, progress=progress, **extra)
     seconds = time.perf_counter() - t0
     # projecting before rounding keeps the delivered 8-bit image within the budget
     delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ plus one line in ``ATTACKS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -91,12 +92,15 @@ def run_attack(
     target: int | torch.Tensor | None,
     device: str = "cpu",
     batch_size: int = 128,
+    progress: Callable[[dict], None] | None = None,
     **extra: Any,
 ) -> torch.Tensor:
     """images (N,3,H,W) float in [0,1] -> adversarial images (N,3,H,W) float in [0,1] on images' device.
 
     ``target``: class index or (N,) indices (targeted), else the clean labels (None: predicted).
     Batched over ``batch_size``; seeded by ``spec.seed`` (results depend on seed and batch size).
+    ``progress`` is called after every batch with ``{"done": n_done, "total": n, "unit": "images"}``
+    (an exception it raises, e.g. a cancellation, stops the attack).
     ``extra``: ``target_features`` (feature_match) or ``score_fn`` (score).
     """
     if not isinstance(spec, AttackSpec):
@@ -109,10 +113,13 @@ def run_attack(
     with _attack_mode(model, dev, spec.seed):
         attack = cls(model, spec, dev, **extra)
         labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.info().needs_labels)
-        out = [
-            attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev)).to(images.device)
-            for i in range(0, images.shape[0], batch_size)
-        ]
+        n = images.shape[0]
+        out = []
+        for i in range(0, n, batch_size):
+            out.append(attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev))
+                       .to(images.device))
+            if progress is not None:
+                progress({"done": min(i + batch_size, n), "total": n, "unit": "images"})
     return torch.cat(out)
 
 
