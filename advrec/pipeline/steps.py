@@ -91,7 +91,8 @@ def step_dataset(ctx: StepContext) -> None:
 
 
 def step_extractor(ctx: StepContext) -> None:
-    """Train (demo) or load (checkpoint, named weight) an extractor; store it as an extractor artifact."""
+    """Train (demo; train: on the catalog's images and labels) or load (checkpoint, named weight) an
+    extractor; store it as an extractor artifact."""
     from services.extractor.weights import load_extractor, resolve_named_weights
 
     p = ctx.params
@@ -100,9 +101,24 @@ def step_extractor(ctx: StepContext) -> None:
 
         model, report, model_key = train_demo_extractor(
             ctx.store, p["defense"], n_per_class=p["demo_images_per_class"] or DEMO_N_PER_CLASS, seed=p["seed"],
-            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"],
+            device=ctx.device, image_size=p["image_size"], epochs=p["epochs"], progress=ctx.progress,
         )
         write_extractor_artifact(ctx.out, model, p["source"], report.model_dump(mode="json"), model_key=model_key)
+        return
+    if p["source"] == "train":
+        from advrec_common.settings import get_settings
+        from advrec_common.vision.backbones import backbone
+        from services.extractor.catalog_training import train_on_catalog
+        from services.extractor.train_config import TrainOverrides
+
+        init = resolve_named_weights(p["init_weights"], get_settings().resolved_weights_dir) \
+            if p.get("init_weights") else None
+        config = TrainOverrides.model_validate(p.get("training") or {}).config(p["defense"], p["epochs"], p["seed"])
+        size = p["image_size"] or backbone(p["backbone"]).input_size
+        model, report = train_on_catalog(_dataset(ctx).catalog, p["backbone"], config, size,
+                                         fit=p.get("image_fit", "crop"), init=init, device=ctx.device,
+                                         progress=ctx.progress)
+        write_extractor_artifact(ctx.out, model.cpu(), p["source"], report.model_dump(mode="json"))
         return
     if p["source"] == "checkpoint":
         model = load_extractor(p["checkpoint"], backbone=p["backbone"], layout=p["layout"])
@@ -119,11 +135,18 @@ def step_features(ctx: StepContext) -> None:
     ctx.meta.update(write_catalog_features(ctx.out, _dataset(ctx), model, ctx.params, ctx.device, ctx.progress))
 
 
-def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items: ItemSide, device: str):
+def _fit(rec_name: str, config: dict[str, Any], seed: int, ds: RecDataset, items: ItemSide, device: str,
+         progress: Callable[[dict[str, Any]], None] | None = None):
     from services.recommender.models import build_recommender
 
     model = build_recommender(rec_name, ds.n_users, ds.n_items, {**config, "seed": seed, "device": device})
-    report = model.fit(ds.train, items)
+    epochs = int(model.config.epochs or 0)
+
+    def epoch_done(record: dict[str, Any]) -> None:  # the step's progress in epochs (early stopping ends sooner)
+        if progress is not None:
+            progress({"done": int(record.get("epoch", 0)), "total": epochs, "unit": "epochs"})
+
+    report = model.fit(ds.train, items, progress=epoch_done)
     return model, report
 
 
@@ -162,7 +185,7 @@ def step_train(ctx: StepContext) -> None:
     feats = load_features(ctx.store, feats_key) if feats_key else None
     items = _item_side(feats, ds, needs)
     t0 = time.perf_counter()
-    model, report = _fit(p["recommender"], p["config"], p["seed"], ds, items, ctx.device)
+    model, report = _fit(p["recommender"], p["config"], p["seed"], ds, items, ctx.device, ctx.progress)
     fit_seconds = time.perf_counter() - t0
     _, top = topk(model, None, min(p["max_k"], ds.n_items), exclude=ds.train)
     acc = _accuracy(model, ds, _ks_for(p["max_k"]))
@@ -297,7 +320,7 @@ def step_evaluate(ctx: StepContext) -> None:
     max_k = min(p["max_k"], ds.n_items)
     top_before = torch.as_tensor(load_topk(ctx.store, train_key))
     if p["mode"] == "retrain":
-        model, _ = _fit(p["recommender"], p["config"], p["seed"], ds, items_after, ctx.device)
+        model, _ = _fit(p["recommender"], p["config"], p["seed"], ds, items_after, ctx.device, ctx.progress)
         _, top_after = topk(model, None, max_k, exclude=ds.train)
         acc = _accuracy(model, ds, p["ks"])
     else:

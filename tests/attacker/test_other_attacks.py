@@ -95,3 +95,24 @@ def test_bad_batch_size_and_extra_arguments(random_model, images):
         run_attack(random_model, images, AttackSpec(method="fgsm", eps=4), 1, batch_size=0)
     with pytest.raises(InvalidInput, match="no extra arguments"):
         run_attack(random_model, images, AttackSpec(method="fgsm", eps=4), 1, score_fn=lambda f: f.sum(1))
+
+
+def test_progress_after_every_batch_and_it_can_stop_the_attack(random_model, images):
+    """``progress`` gets {"done", "total", "unit": "images"} after each batch; an exception it raises
+    (a cancellation, Ctrl-C) stops the attack there, and batching does not change the result."""
+    from services.attacker.core import attack_and_measure
+
+    calls: list[dict] = []
+    spec = AttackSpec(method="fgsm", eps=4)
+    adv = run_attack(random_model, images, spec, 1, batch_size=4, progress=calls.append)
+    assert calls == [{"done": 4, "total": 6, "unit": "images"}, {"done": 6, "total": 6, "unit": "images"}]
+    assert torch.equal(adv, run_attack(random_model, images, spec, 1, batch_size=4))
+
+    class Stop(Exception):
+        pass
+
+    def stop(info: dict) -> None:
+        raise Stop(info["done"])
+
+    with pytest.raises(Stop, match="2"):
+        attack_and_measure(random_model, images, spec, 1, batch_size=2, progress=stop)
