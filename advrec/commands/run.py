@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         document, where = read_spec_document(args.spec), str(args.spec)
     checked = preflight(document, device=args.device or settings.device, max_pixels=settings.max_image_pixels)
     for loc, msg in checked.warnings:
-        print(f"advrec: warning: {loc}: {msg}")
+        print(f"advrec: warning: {loc}: {msg}", file=sys.stderr)
     spec = checked.raise_for_problems(f"{where}: invalid evaluation spec")  # before any work starts
     if args.validate:
         facts = ", ".join(f"{k} {v}" for k, v in checked.facts.items() if isinstance(v, int))

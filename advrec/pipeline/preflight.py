@@ -256,14 +256,20 @@ _DATASET_FIELDS = {"n_items": ("demo",), "n_users": ("demo",), "image_size": ("d
                    "kcore": ("generic",)}
 
 
+def _set(model: Any, name: str) -> bool:
+    """``name`` was given a value other than its default (a spec dumped whole sets every field)."""
+    info = type(model).model_fields[name]
+    return name in model.model_fields_set and getattr(model, name) != info.get_default(call_default_factory=True)
+
+
 def _check_ignored_fields(spec: EvaluationSpec, index: int, out: Preflight) -> None:
     ext = spec.extractors[index]
-    for name in sorted(ext.model_fields_set):
+    for name in sorted(n for n in ext.model_fields_set if _set(ext, n)):
         if name in _SOURCE_FIELDS and ext.source not in _SOURCE_FIELDS[name]:
             out.warnings.append((f"extractors[{index}].{name}", f"ignored: source {ext.source!r} does not read it "
                                                                  f"(only {' or '.join(_SOURCE_FIELDS[name])} do)"))
     if index == 0:
-        for name in sorted(spec.dataset.model_fields_set):
+        for name in sorted(n for n in spec.dataset.model_fields_set if _set(spec.dataset, n)):
             if name in _DATASET_FIELDS and spec.dataset.kind not in _DATASET_FIELDS[name]:
                 out.warnings.append((f"dataset.{name}", f"ignored: dataset kind {spec.dataset.kind!r} does not "
                                                         f"read it (only {' or '.join(_DATASET_FIELDS[name])})"))
