@@ -212,6 +212,7 @@ def _check_categories(spec: EvaluationSpec, out: Preflight) -> None:
 
 
 def _check_extractors(spec: EvaluationSpec, out: Preflight, weights_dir: Path | None) -> None:
+    from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES, known_backbone
     from services.extractor.named_weights import missing_weight_message
 
     if weights_dir is None:
@@ -234,6 +235,9 @@ def _check_extractors(spec: EvaluationSpec, out: Preflight, weights_dir: Path | 
             out.warnings.append((f"{at}.source", "demo extractors learn the demo's generated clothing drawings "
                                                  f"(at {ext.image_size or spec.dataset.image_size} px), not your "
                                                  f"products: use a named weight or source 'train'"))
+        if ext.source in ("checkpoint", "train") and ext.backbone is not None and not known_backbone(ext.backbone):
+            out.problems.append((f"{at}.backbone", f"unknown backbone {ext.backbone!r}; known: "
+                                                   f"{sorted(BACKBONE_INPUT_SIZES)} or 'timm:<name>'"))
         backbone = ext.backbone or (_named_backbone(ext.weight_name) if ext.source == "named" else None)
         if ext.image_size is not None and ext.image_size < 32 and backbone not in (None, "tiny_cnn", "small_cnn"):
             out.warnings.append((f"{at}.image_size", f"{ext.image_size} px is very small for {backbone!r} "

@@ -218,8 +218,14 @@ def step_scenario(ctx: StepContext) -> None:
     if origin is not None and origin == target:
         raise InvalidInput(f"scenario.origin and scenario.target are both {origin!r}; they must differ")
     top = load_topk(ctx.store, ctx.input("train"))
-    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
-                                k=p["select_k"], min_items=p["min_items"])
+    try:  # min_items only constrains an origin chosen here
+        proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
+                                    k=p["select_k"], min_items=p["min_items"] if origin is None else 1)
+    except InvalidInput as exc:
+        counts = np.bincount(np.asarray(feats.categories), minlength=len(names))
+        raise InvalidInput(f"{exc} (scenario.min_items = {p['min_items']}; items per category, from {source}: "
+                           + ", ".join(f"{n} {int(c)}" for n, c in zip(names, counts, strict=True) if c)[:400]
+                           + ")") from None
     by_name = {r["name"]: r for r in proposal["table"]}
     if origin is None:  # the least exposed category with items, other than a given target
         rows = [r for r in proposal["table"] if r["n_items"] >= p["min_items"] and r["name"] != target]

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
+
 # forward multiply-accumulates (millions) per 1000 input pixels, from the architectures' FLOP counts
 # at their usual size (ResNet-50: 4.1 GMAC at 224^2 = 50k pixels)
 MMAC_PER_KPIXEL: dict[str, float] = {
@@ -29,7 +31,6 @@ MMAC_PER_KPIXEL: dict[str, float] = {
     "vgg16": 310.0, "alexnet": 14.0,
 }
 DEFAULT_MMAC_PER_KPIXEL = 82.0  # unknown (timm) backbones: as ResNet-50
-BACKBONE_SIZES: dict[str, int] = {"tiny_cnn": 64, "small_cnn": 64}  # others: 224
 MS_PER_GMAC = 30.0  # one forward pass of 1 GMAC on 2 CPU cores (backward counts 2 forwards)
 MS_PER_IMAGE_IO = 0.5  # decoding / resizing / bookkeeping per image
 MS_PER_TRIPLE = {"bprmf": 0.004, "vbpr": 0.006, "amr": 0.012, "deepstyle": 0.008, "acf": 0.25, "dvbpr": 0.6}
@@ -49,7 +50,7 @@ class Work:
 def image_gmac(backbone: str | None, size: int | None) -> float:
     """Forward GMACs of one image through ``backbone`` at ``size`` px (square)."""
     name = backbone or "resnet50"
-    side = size or BACKBONE_SIZES.get(name, 224)
+    side = size or BACKBONE_INPUT_SIZES.get(name, 224)
     return MMAC_PER_KPIXEL.get(name, DEFAULT_MMAC_PER_KPIXEL) * side * side / 1000.0 / 1000.0
 
 

@@ -234,3 +234,11 @@ def test_named_weights_data_is_torch_free_and_imagenet_names_match_torchvision()
             "assert len(NAMED_WEIGHTS['resnet50:standard'].class_names()) == 1000; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_free_backbone_table_matches_the_registry():
+    from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES, known_backbone
+    from advrec_common.vision.backbones import BACKBONES
+
+    assert BACKBONE_INPUT_SIZES == {name: b.input_size for name, b in BACKBONES.items()}
+    assert known_backbone("timm:convnext_tiny") and not known_backbone("resnet5") and not known_backbone("timm:")
