@@ -197,7 +197,7 @@ def _facts(spec: EvaluationSpec, p: Plan, store: ArtifactStore):
 
     meta = store.meta(p["dataset"].key).get("result", {})
     facts = Facts(n_items=int(meta.get("n_items", 0)), n_users=int(meta.get("n_users", 0)),
-                  n_train=int(meta.get("n_train", 0)))
+                  n_train=int(meta.get("n_train", 0)), decode_ms=0.5 if spec.dataset.kind == "demo" else 10.0)
     for ext in spec.extractors:
         if ext.source == "demo":
             facts.extractors[ext.name] = ("tiny_cnn", ext.image_size or spec.dataset.image_size)

@@ -24,15 +24,17 @@ from typing import Any
 
 from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
 
-# forward multiply-accumulates (millions) per 1000 input pixels, from the architectures' FLOP counts
-# at their usual size (ResNet-50: 4.1 GMAC at 224^2 = 50k pixels)
-MMAC_PER_KPIXEL: dict[str, float] = {
-    "tiny_cnn": 3.5, "small_cnn": 13.5, "efficientnet_lite0": 8.0, "resnet18": 36.0, "resnet50": 82.0,
-    "vgg16": 310.0, "alexnet": 14.0,
+# one image's forward pass at the backbone's own input size, in ms on 2 CPU cores (torch 2.14, batches
+# of 8-64, process CPU time / 2 so that other jobs on the machine do not count; small and depthwise
+# nets are far slower per multiply-accumulate than ResNets, so MAC counts would mislead). vgg16 and
+# alexnet are scaled from ResNet-50 by their FLOPs. Cost grows with the pixel count.
+FWD_MS: dict[str, float] = {
+    "tiny_cnn": 1.2, "small_cnn": 2.3, "efficientnet_lite0": 33.0, "resnet18": 24.0, "resnet50": 69.0,
+    "vgg16": 260.0, "alexnet": 12.0,
 }
-DEFAULT_MMAC_PER_KPIXEL = 82.0  # unknown (timm) backbones: as ResNet-50
-MS_PER_GMAC = 30.0  # one forward pass of 1 GMAC on 2 CPU cores (backward counts 2 forwards)
-MS_PER_IMAGE_IO = 0.5  # decoding / resizing / bookkeeping per image
+DEFAULT_FWD_MS = 69.0  # unknown (timm) backbones: as ResNet-50
+BACKWARD_FACTOR = 3.0  # a forward + backward pass (or a training step) costs about three forwards (measured 2-3.7)
+MEASURE_FORWARDS = 10.0  # delivery, re-extraction and the per-image measurements of an attacked image
 MS_PER_TRIPLE = {"bprmf": 0.004, "vbpr": 0.006, "amr": 0.012, "deepstyle": 0.008, "acf": 0.25, "dvbpr": 0.6}
 MS_PER_SCORE = 2e-5  # one (user, item) score in a full ranking
 FIXED_MS = {"dataset": 300.0, "extractor": 300.0, "scenario": 100.0, "adversarial": 100.0, "report": 3000.0}
@@ -47,11 +49,12 @@ class Work:
     unit: str = "step"
 
 
-def image_gmac(backbone: str | None, size: int | None) -> float:
-    """Forward GMACs of one image through ``backbone`` at ``size`` px (square)."""
+def image_ms(backbone: str | None, size: int | None) -> float:
+    """Forward ms of one image through ``backbone`` at ``size`` px (square; None: its own size)."""
     name = backbone or "resnet50"
-    side = size or BACKBONE_INPUT_SIZES.get(name, 224)
-    return MMAC_PER_KPIXEL.get(name, DEFAULT_MMAC_PER_KPIXEL) * side * side / 1000.0 / 1000.0
+    native = BACKBONE_INPUT_SIZES.get(name, 224)
+    side = size or native
+    return FWD_MS.get(name, DEFAULT_FWD_MS) * (side / native) ** 2
 
 
 def attack_iterations(params: dict[str, Any]) -> int:
@@ -80,6 +83,7 @@ class Facts:
     demo_images: dict[str, int] = field(default_factory=dict)  # name -> training images of a demo extractor
     rec_epochs: dict[str, int] = field(default_factory=dict)  # recommender -> epochs (max)
     origin_items: dict[tuple[int, int], int] | None = None  # (lo, hi) -> origin items in that slice
+    decode_ms: float = 10.0  # reading one catalog image (decode, alpha, resize); ~0 for in-memory catalogs
 
 
 def estimate(step: Any, facts: Facts) -> Work:
@@ -87,8 +91,8 @@ def estimate(step: Any, facts: Facts) -> Work:
     kind, p, name = step.kind, step.params, step.name
     if kind == "features":
         ext = name.split("/", 1)[1]
-        gmac = image_gmac(*facts.extractors.get(ext, (None, None)))
-        return Work(facts.n_items * (gmac * MS_PER_GMAC + MS_PER_IMAGE_IO), facts.n_items, "images")
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        return Work(facts.n_items * (fwd + facts.decode_ms) + 1000.0, facts.n_items, "images")  # + a category head
     if kind == "attack_shard":
         ext = name.split("/")[1]
         lo, hi = p["items"]
@@ -96,10 +100,9 @@ def estimate(step: Any, facts: Facts) -> Work:
             n = facts.origin_items[(lo, hi)]
         else:
             n = max(1, round((hi - lo) / max(facts.n_categories, 1)))
-        gmac = image_gmac(*facts.extractors.get(ext, (None, None)))
-        # each iteration: forward + backward (~3 forwards); then measure and re-extract (~3 forwards)
-        per_image = (3 * attack_iterations(p) + 3) * gmac * MS_PER_GMAC + MS_PER_IMAGE_IO
-        return Work(n * per_image + 50.0, n, "images")
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        per_image = (BACKWARD_FACTOR * attack_iterations(p) + MEASURE_FORWARDS) * fwd + facts.decode_ms
+        return Work(n * per_image + 500.0, n, "images")
     if kind in ("train", "evaluate"):
         rec = p["recommender"]
         epochs = int((p.get("config") or {}).get("epochs") or facts.rec_epochs.get(rec, 50))
@@ -107,18 +110,20 @@ def estimate(step: Any, facts: Facts) -> Work:
         if rec == "dvbpr":  # its CNN also encodes every item image when scoring
             fit += facts.n_items * 2.0
         scoring = facts.n_users * facts.n_items * MS_PER_SCORE * 4
+        # an evaluation also loads the attacked features, scores accuracy and runs the paired tests
         if kind == "evaluate" and p.get("mode") == "deployment":
             return Work(scoring + 100.0, 1, "step")
-        return Work(fit + scoring + 100.0, epochs, "epochs")
+        fixed = 1500.0 if kind == "evaluate" else 300.0
+        return Work(fit + scoring + fixed, epochs, "epochs")
     if kind == "extractor":
         ext = name.split("/", 1)[1]
         n = facts.demo_images.get(ext)
         if p.get("source") in ("demo", "train") and n:
-            gmac = image_gmac(*facts.extractors.get(ext, ("tiny_cnn", 64)))
+            fwd = image_ms(*facts.extractors.get(ext, ("tiny_cnn", 64)))
             epochs = int(p.get("epochs") or 8)
             inner = int(p.get("pgd_steps") or 3) if p.get("defense") == "pgd_at" else 0
-            train = n * epochs * (3 + 3 * inner) * gmac * MS_PER_GMAC
-            robust_eval = 0.2 * n * 10 * 3 * gmac * MS_PER_GMAC  # PGD-10 on the held-out fifth
+            train = 0.8 * n * epochs * BACKWARD_FACTOR * (1 + inner) * fwd
+            robust_eval = 0.2 * n * 10 * BACKWARD_FACTOR * fwd  # PGD-10 on the held-out fifth
             return Work(train + robust_eval + FIXED_MS["extractor"], epochs, "epochs")
         return Work(FIXED_MS["extractor"])
     if kind == "dataset":
