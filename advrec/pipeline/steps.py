@@ -49,11 +49,31 @@ def _item_side(feats: FeatureSet | None, ds: RecDataset, needs: frozenset[str], 
         sp = np.array(spatial if spatial is not None else feats.spatial)
         spatial_t = torch.as_tensor(sp, dtype=torch.float32).flatten(2).transpose(1, 2).contiguous()  # (I,R,D')
     if "images" in needs:
-        imgs = images if images is not None else load_catalog_images(ds.catalog)
+        imgs = images if images is not None else _pixel_images(ds)
         img_t = torch.as_tensor(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
     if "categories" in needs:
         cat_t = torch.tensor(np.array(feats.categories), dtype=torch.int64)
     return ItemSide(features=f, spatial=spatial_t, images=img_t, categories=cat_t)
+
+
+# A pixel recommender's CNN (DVBPR: CNN-F scaled down for 64 px) sees images of file catalogs at this
+# size (in-memory catalogs, like the demo's, at their own); attacked images, delivered at the
+# extractor's size, are resized to it like any upload.
+PIXEL_RECOMMENDER_SIZE = 64
+
+
+def _pixel_images(ds: RecDataset) -> np.ndarray:
+    """(I,S,S,3) uint8 images for a recommender that learns from pixels."""
+    return load_catalog_images(ds.catalog, size=None if ds.catalog.images is not None else PIXEL_RECOMMENDER_SIZE)
+
+
+def _at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """(N,H,W,3) uint8 square images -> (N,size,size,3) (unchanged when already that size)."""
+    from advrec_common.datasets.images import resize_image
+
+    if images.shape[1] == size:
+        return images
+    return np.stack([resize_image(im, size) for im in images]) if len(images) else images
 
 
 def _dataset(ctx: StepContext) -> RecDataset:
@@ -318,9 +338,9 @@ def step_evaluate(ctx: StepContext) -> None:
     attacked_idx = adv.items
     images = None
     if "images" in needs:
-        images = np.array(load_catalog_images(ds.catalog))
+        images = np.array(_pixel_images(ds))
         if len(attacked_idx):
-            images[attacked_idx] = adv.images_u8()
+            images[attacked_idx] = _at_size(adv.images_u8(), images.shape[1])
     items_after = _item_side(feats, ds, needs, features=adv.features if "features" in needs else None,
                              spatial=adv.spatial if "spatial" in needs else None, images=images)
     max_k = min(p["max_k"], ds.n_items)

@@ -98,3 +98,16 @@ def test_catalog_source_chooses_origin_and_target_among_the_labels(shop):
     ranking = {r["name"]: r["chr"] for r in scen["ranking"]}
     assert ranking[scen["target"]] == max(ranking.values())  # the most exposed department
     assert np.isfinite(results["attacks"][0]["summary"]["success"])
+
+
+def test_a_pixel_recommender_sees_attacked_images_at_its_own_size(shop):
+    """DVBPR learns from pixels at 64 px on file catalogs; attacks deliver at the extractor's 32 px and
+    the attacked images are resized to 64 for it (before: a shape mismatch)."""
+    out, dataset, _ = shop
+    spec = parse_spec(_spec(dataset, extractors=_spec(dataset)["extractors"][1:],
+                            recommenders=[{"name": "dvbpr", "config": {"epochs": 1}}]))
+    record = run_inprocess(spec, ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    assert {e["mode"] for e in results["evaluations"]} == {"retrain", "deployment"}
+    assert all(e["n_attacked"] > 0 for e in results["evaluations"])
