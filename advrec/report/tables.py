@@ -190,12 +190,14 @@ def categories_line(results: dict[str, Any]) -> str:
     line = f"categories: {what} ({src.get('reason')})"
     fitted = {n: (e.get("category_head") or {}).get("held_out_accuracy") for n, e in exts.items()
               if (e.get("category_head") or {}).get("kind") == "fitted"}
-    if fitted:
-        accs = ", ".join(f"{n} {fmt(a, 3) or 'n/a'}" for n, a in fitted.items())
-        line += (f"; SR = classified as the target by a category head fitted on each extractor's clean features "
-                 f"(held-out accuracy: {accs})")
-    else:
-        line += "; SR = classified as the target by the extractor's own classifier"
+    own = [n for n in exts if n not in fitted]
+    if not fitted:
+        return line + "; SR = classified as the target by the extractor's own classifier"
+    accs = ", ".join(f"{n} {fmt(a, 3) or 'n/a'}" for n, a in fitted.items())
+    line += (f"; SR = classified as the target by a category head fitted on the extractor's clean features "
+             f"(held-out accuracy: {accs})")
+    if own:
+        line += f", or by the extractor's own classifier where its classes are the categories ({', '.join(own)})"
     return line
 
 
