@@ -55,19 +55,7 @@ extractors:                   # the defense variants compared; each extracts fea
     weight_name: efficientnet_lite0:imagenet   # `advrec extractor weights` lists the named weights
     # image_size: 224         # images are brought to the model's own size (224 here); set to override
     # image_fit: crop         # crop (shorter side + centre crop) | pad (white borders) | stretch
-  # A robust variant trained here on your images and labels: PGD adversarial training (Madry) of a
-  # small CNN, about a minute for a few hundred images on 2 CPU cores.
-  - name: cnn_pgd_at
-    source: train
-    backbone: small_cnn       # or efficientnet_lite0 with init_weights: efficientnet_lite0:imagenet (fine-
-                              # tuning; robust fine-tuning at 224 px takes far longer on a CPU)
-    defense: pgd_at           # standard | pgd_at | free_at
-    image_size: 64
-    epochs: 20
-    # training: {{eps: 4, pgd_steps: 3, lr: 0.001, batch_size: 16}}   # defaults; eps in /255
-  # The same CNN without adversarial training: the fair control for cnn_pgd_at.
-  - {{name: cnn, source: train, backbone: small_cnn, defense: standard, image_size: 64, epochs: 20}}
-  # Your own checkpoint: {{name: mine, source: checkpoint, backbone: resnet50, checkpoint: /w/model.pth, layout: auto}}
+{trained}  # Your own checkpoint: {{name: mine, source: checkpoint, backbone: resnet50, checkpoint: /w/model.pth, layout: auto}}
 
 attacks:                      # each method over a list of budgets
   - method: pgd               # fgsm | bim | pgd | mifgsm | cw | apgd | square | spsa | feature_match | score
@@ -93,6 +81,28 @@ modes: [retrain, deployment]  # retrain the recommender on attacked features | r
 seed: 0
 shard_size: 256               # items per attack step (progress and resume granularity)
 gallery_users: 1              # users shown before/after in the report's gallery
+"""
+
+
+TRAINED = """\
+  # A robust variant trained here on your images and labels: PGD adversarial training (Madry) of a
+  # small CNN, about a minute for a few hundred images on 2 CPU cores.
+  - name: cnn_pgd_at
+    source: train
+    backbone: small_cnn       # or efficientnet_lite0 with init_weights: efficientnet_lite0:imagenet (fine-
+                              # tuning; robust fine-tuning at 224 px takes far longer on a CPU)
+    defense: pgd_at           # standard | pgd_at | free_at
+    image_size: 64
+    epochs: 20
+    # training: {eps: 4, pgd_steps: 3, lr: 0.001, batch_size: 16}   # defaults; eps in /255
+  # The same CNN without adversarial training: the fair control for cnn_pgd_at.
+  - {name: cnn, source: train, backbone: small_cnn, defense: standard, image_size: 64, epochs: 20}
+"""
+NO_LABELS = """\
+  # Extractors trained here on your images (source: train, e.g. a PGD-AT small CNN) learn your category
+  # labels: give dataset.categories to use them. Robust ImageNet weights (the study's defenses) can be
+  # put in the weights folder: `advrec extractor weights` lists them and where each file goes, e.g.
+  # - {name: madry, source: named, weight_name: resnet50:madry_linf_4}
 """
 
 
@@ -136,6 +146,7 @@ def render(file: str, images: str, interactions: str, categories: str | None, na
         if ts else "    # timestamp: time         # optional: the latest event of each user is its test item\n",
         categories_note=f"\n                              # your file's columns: {', '.join(cat_head)}" if cat_head else "",
         cat_item=cat_item, cat_label=cat_label, labels_note=labels_note,
+        trained=TRAINED if categories else NO_LABELS,
     )
 
 

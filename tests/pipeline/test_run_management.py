@@ -174,6 +174,12 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
     assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
     assert "spec 'shop' is valid" in capsys.readouterr().out
     assert main(["init", str(spec)]) == 2  # never overwrites without --force
+    # without labels: no extractor that must learn them, and the spec still validates
+    bare = tmp_path / "bare.yaml"
+    assert main(["init", str(bare), "--images", str(paths["images_dir"]), "--interactions",
+                 str(paths["interactions"])]) == 0
+    assert "source: train" not in bare.read_text().replace("(source: train", "")
+    assert main(["run", str(bare), "--validate", "--home", str(tmp_path / "h")]) == 0
 
 
 def test_steps_report_progress_in_their_own_units(tmp_path):
