@@ -37,7 +37,8 @@ def describe(doc: dict[str, Any], *, run_dir: Path | None = None, server: str | 
     run_id = doc.get("run_id") or doc.get("id")
     steps = doc.get("steps") or {}
     state = doc.get("state", "?")
-    where = doc.get("failed_step") or doc.get("interrupted_step")
+    where = doc.get("failed_step") if state == "failed" else doc.get("interrupted_step") if state == "interrupted" \
+        else None
     lines = [f"run      {run_id}" + (f"  (job of {server})" if server else ""),
              f"name     {(doc.get('spec') or {}).get('name', doc.get('name'))}",
              f"state    {state}" + (f" (at step {where})" if where else "")]

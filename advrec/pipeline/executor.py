@@ -254,6 +254,9 @@ def run_inprocess(spec: EvaluationSpec, store: ArtifactStore, runs_dir: Path, *,
         record = RunRecord.create(runs_dir, spec.model_dump(mode="json"), run_id=run_id)
     if announce is not None:
         announce(record, resumed)
+    if resumed:  # asked for explicitly: whatever stopped it before (failure, Ctrl-C) is history
+        record.update(lambda d: d.update(state="running", error=None, failed_step=None, interrupted_step=None,
+                                         cancel_requested=False))
     record.set_state("running")
     progress: _RunProgress | None = None
     step: Step | None = None

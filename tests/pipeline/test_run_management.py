@@ -121,6 +121,12 @@ def test_an_unexpected_error_is_one_paragraph_with_the_run_id_and_its_log(home, 
     assert str(log) in shown and f"resume   advrec run --resume {run_id}" in shown
     assert "features" in shown and "time per step kind" in shown
 
+    monkeypatch.undo()  # the bug fixed: resuming the failed run finishes it and clears the failure
+    assert main(["run", "--resume", run_id, "--home", str(home), "--quiet"]) == 0
+    capsys.readouterr()
+    record = RunRecord.open(home / "runs", run_id).read()
+    assert record["state"] == "done" and record["error"] is None and record["failed_step"] is None
+
 
 def test_a_user_mistake_inside_a_step_is_a_typed_error(home, capsys, monkeypatch):
     def mistake(ctx):
