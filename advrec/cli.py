@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="advrec", description="Do robust image feature extractors protect visual recommenders?"
     )
     parser.add_argument("--version", action="version", version=f"advrec {__version__}")
+    parser.add_argument("--debug", dest="debug_all", action="store_true",
+                        help="print the traceback of an unexpected error (any command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"advrec.commands.{info.name}")
@@ -37,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     except AdvrecError as exc:
         print(f"advrec: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nadvrec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: one paragraph, the traceback on request
+        if getattr(args, "debug", False) or getattr(args, "debug_all", False):
+            raise
+        print(f"advrec: error: unexpected {type(exc).__name__}: {exc}. This is most likely a bug in advrec; "
+              f"rerun with --debug to see the traceback.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ class ExtractResponse(BaseModel):
 class CatalogFeaturesRequest(_Model):
     dataset: str = Field(pattern=KEY_PATTERN, description="Key of a `dataset` artifact.")
     extractor: str = Field(pattern=KEY_PATTERN, description="Key of an `extractor` artifact.")
-    image_size: int | None = Field(None, ge=16, le=1024, description="Resize images to this size (None: native).")
+    image_size: int | None = Field(None, ge=16, le=1024,
+                                   description="Resize images to this size (None: the extractor's input size).")
     spatial: bool = Field(False, description="Also store the last spatial feature map (ACF needs it).")
     category_source: Literal["auto", "catalog", "extractor"] = Field(
         "auto", description="Items' categories: the catalog's labels, the extractor's classes, or auto (see the spec).")

@@ -1,14 +1,16 @@
-"""Local runs: ``advrec demo``, ``advrec run SPEC``, ``advrec report RUN``, ``advrec list``."""
+"""Local runs: ``advrec demo``, ``advrec run SPEC``, ``advrec run --resume RUN``, ``advrec report RUN``,
+``advrec list``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-from advrec_common.errors import NotFound
+from advrec_common.errors import AdvrecError, InvalidInput, NotFound
 from advrec_common.settings import Settings, get_settings
 
 
@@ -20,15 +22,48 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(spec, args: argparse.Namespace) -> int:
-    from advrec.pipeline.executor import run_inprocess
+    from advrec.pipeline.executor import ERROR_LOG, run_inprocess
     from advrec.report import format_summary
     from advrec_common.store import ArtifactStore
 
     settings = _settings(args)
     store = ArtifactStore(settings.store_dir)
     t0 = time.perf_counter()
-    record = run_inprocess(spec, store, settings.runs_dir, run_id=args.resume, device=args.device or settings.device,
-                           show_progress=not args.quiet)
+    started: list[str] = []
+
+    def announce(record, resumed: bool) -> None:
+        started.append(record.run_id)
+        verb = "resuming" if resumed else "started"
+        print(f"run {record.run_id} {verb} ({record.dir}); Ctrl-C stops it, "
+              f"`advrec run --resume {record.run_id}` continues it", flush=True)
+
+    try:
+        record = run_inprocess(spec, store, settings.runs_dir, run_id=args.resume,
+                               device=args.device or settings.device, show_progress=not args.quiet,
+                               announce=announce)
+    except KeyboardInterrupt:
+        if not started:
+            raise
+        print(f"\nadvrec: run {started[0]} interrupted; every finished step is stored. Resume with:\n"
+              f"  advrec run --resume {started[0]}" + (f" --home {args.home}" if getattr(args, "home", None) else ""),
+              file=sys.stderr)
+        return 130
+    except AdvrecError as exc:
+        if not started:
+            raise
+        step = _failed_step(settings.runs_dir, started[0])
+        print(f"advrec: error: run {started[0]} failed{f' at step {step}' if step else ''}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not started or getattr(args, "debug", False) or getattr(args, "debug_all", False):
+            raise
+        step = _failed_step(settings.runs_dir, started[0])
+        log = settings.runs_dir / started[0] / ERROR_LOG
+        print(f"advrec: error: run {started[0]} failed{f' at step {step}' if step else ''} with an unexpected "
+              f"{type(exc).__name__}: {exc}. This is most likely a bug in advrec rather than in your spec; the "
+              f"traceback is in {log} (or rerun with --debug to print it), `advrec show {started[0]}` shows the "
+              f"run, and `advrec run --resume {started[0]}` continues it once the cause is fixed.", file=sys.stderr)
+        return 1
     data = record.read()
     if data["state"] != "done":
         print(f"run {record.run_id}: {data['state']}")
@@ -43,9 +78,32 @@ def _run(spec, args: argparse.Namespace) -> int:
     return 0
 
 
+def _failed_step(runs_dir: Path, run_id: str) -> str | None:
+    try:
+        return json.loads((runs_dir / run_id / "record.json").read_text()).get("failed_step")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _resume_target(args: argparse.Namespace, settings: Settings) -> dict | None:
+    """The record of ``--resume RUN`` (NotFound naming the known runs when there is none)."""
+    from advrec.pipeline.record import RunRecord, list_runs
+
+    if not args.resume:
+        return None
+    if not (settings.runs_dir / args.resume / "record.json").is_file():
+        known = [r["run_id"] for r in list_runs(settings.runs_dir)[:5]]
+        RunRecord(settings.runs_dir, args.resume)  # InvalidInput for a malformed id
+        raise NotFound(f"no run {args.resume!r} in {settings.runs_dir}"
+                       + (f"; recent runs: {', '.join(known)}" if known else "; there are no runs yet")
+                       + " (advrec list shows them all)")
+    return RunRecord.open(settings.runs_dir, args.resume).read()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from advrec.pipeline.spec import preset
 
+    _resume_target(args, _settings(args))
     return _run(preset("demo"), args)
 
 
@@ -54,11 +112,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from advrec.pipeline.spec import read_spec_document
 
     settings = _settings(args)
-    checked = preflight(read_spec_document(args.spec), device=args.device or settings.device,
-                        max_pixels=settings.max_image_pixels)
+    previous = _resume_target(args, settings)
+    if args.spec is None:
+        if previous is None:
+            raise InvalidInput("advrec run needs a SPEC (a YAML/JSON file or a preset name), or --resume RUN")
+        document, where = previous["spec"], f"the spec of run {args.resume}"
+    else:
+        document, where = read_spec_document(args.spec), str(args.spec)
+    checked = preflight(document, device=args.device or settings.device, max_pixels=settings.max_image_pixels)
     for loc, msg in checked.warnings:
-        print(f"advrec: warning: {loc}: {msg}")
-    spec = checked.raise_for_problems(f"{args.spec}: invalid evaluation spec")  # before any work starts
+        print(f"advrec: warning: {loc}: {msg}", file=sys.stderr)
+    spec = checked.raise_for_problems(f"{where}: invalid evaluation spec")  # before any work starts
     if args.validate:
         facts = ", ".join(f"{k} {v}" for k, v in checked.facts.items() if isinstance(v, int))
         print(f"spec {spec.name!r} is valid" + (f" ({facts})" if facts else ""))
@@ -102,12 +166,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs")
         return 0
-    print(f"{'run':<48} {'state':<11} {'steps':>9}  created")
+    print(f"{'run':<48} {'state':<11} {'steps':>9}  {'created':<16}  error")
     for r in runs:
         p = r["progress"]
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
-        print(f"{r['run_id']:<48} {r['state']:<11} {p['done']:>4}/{p['total']:<4}  {created}")
+        error = (r.get("error") or "").strip().splitlines()[:1]
+        print(f"{r['run_id']:<48} {r['state']:<11} {p['done']:>4}/{p['total']:<4}  {created:<16}  "
+              f"{_clip(error[0], 100) if error else ''}".rstrip())
     return 0
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -121,11 +191,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=help_, description=help_)
         if name == "run":
-            p.add_argument("spec", help="spec file or preset name")
-            p.add_argument("--validate", action="store_true", help="only validate the spec")
+            p.add_argument("spec", nargs="?", help="spec file or preset name (with --resume: optional, the run's "
+                                                   "own spec is used; if given it must equal it)")
+            p.add_argument("--validate", action="store_true", help="only check the spec and what it points at "
+                                                                   "(no torch, no compute)")
         p.add_argument("--resume", metavar="RUN", help="resume this run id (reuses every stored step)")
         p.add_argument("--device", help="auto, cpu or cuda[:n] (default from settings)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
         _common(p)
         p.set_defaults(func=fn)
     p = sub.add_parser("report", help="print a run's tables; -o copies its HTML report (--server: a gateway job)")

@@ -176,6 +176,13 @@ def _extractor_params(spec: EvaluationSpec, index: int) -> dict[str, Any]:
     ext = spec.extractors[index]
     params = ext.model_dump(mode="json")
     params.pop("name")  # the label does not change the computation
+    params.pop("image_fit")  # how catalog images are fitted concerns the features, not the model
+    for name in ("init_weights", "training"):  # fields of source 'train': absent from other keys (stable)
+        if not params[name]:
+            params.pop(name)
+    if ext.source == "train":
+        params["seed"] = spec.seed
+        params["image_fit"] = ext.image_fit  # the training images are fitted this way
     if ext.source == "demo":
         params["image_size"] = ext.image_size or spec.dataset.image_size
         params["seed"] = spec.seed
@@ -209,9 +216,10 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
 
     spatial = any("spatial" in RECOMMENDER_NEEDS[r.name] for r in spec.recommenders)
     for i, ext in enumerate(spec.extractors):
-        p.add(f"extractor/{ext.name}", "extractor", _extractor_params(spec, i))
+        p.add(f"extractor/{ext.name}", "extractor", _extractor_params(spec, i),
+              {"dataset": "dataset"} if ext.source == "train" else None)  # trained on the catalog
         p.add(f"features/{ext.name}", "features",
-              features_params(ext.image_size, spatial, spec.scenario.category_source),
+              features_params(ext.image_size, spatial, spec.scenario.category_source, ext.image_fit),
               {"dataset": "dataset", "extractor": f"extractor/{ext.name}"})
 
     def rec_params(rec) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ from advrec.pipeline.record import RunRecord, publish_report
 from advrec.pipeline.spec import EvaluationSpec
 from advrec.pipeline.steps import STEP_FUNCTIONS
 from advrec.pipeline.threads import threads_for
+from advrec_common.errors import InvalidInput
 from advrec_common.settings import resolve_device
 from advrec_common.store import ArtifactStore
+
+ERROR_LOG = "error.log"  # the full traceback of a failed run, in its run folder
 
 
 class CancelledRun(Exception):
@@ -73,52 +77,225 @@ def plan_run(spec: EvaluationSpec, store: ArtifactStore, device: str = "auto") -
     return plan(spec, int(store.meta(ds.key)["result"]["n_items"]))
 
 
+class _RunProgress:
+    """One bar for the whole run, in work units (:mod:`advrec.pipeline.work`), with the current
+    step's own progress (images, epochs) and a per-kind calibrated ETA."""
+
+    def __init__(self, spec: EvaluationSpec, p: Plan, store: ArtifactStore, show: bool):
+        from advrec.pipeline.work import EtaModel, estimate
+
+        self.spec, self.plan, self.store = spec, p, store
+        self.facts = _facts(spec, p, store)
+        self.eta = EtaModel()
+        self.todo = [s for s in p if not store.has(s.key)]
+        for step in self.todo:
+            self.eta.add(step.name, step.kind, estimate(step, self.facts).units)
+        self._estimate = estimate
+        self.current: Step | None = None
+        self.inner = ""
+        self.started = time.perf_counter()
+        self._drawn = 0.0
+        self.bar = None
+        if show and self.todo:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(self.eta.total), desc=spec.name, unit="wu", smoothing=0,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}")
+
+    def start(self, step: Step, index: int) -> None:
+        self.current, self.inner, self.index = step, "", index
+        self._draw(force=True)
+
+    def inner_progress(self, info: dict[str, Any]) -> None:
+        """The running step's own progress: ``{"done", "total", "unit"}``."""
+        step = self.current
+        if step is None or step.name not in self.eta.units:
+            return
+        done, total = info.get("done"), info.get("total")
+        if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+            self.eta.advance(step.name, done / total)
+            self.inner = f"{int(done)}/{int(total)} {info.get('unit', '')}".rstrip()
+        self._draw()
+
+    def finish(self, step: Step, computed: bool, seconds: float) -> None:
+        if step.name in self.eta.units:
+            self.eta.finish(step.name, seconds if computed else None)
+        if computed:
+            self._refine(step)
+        self.current, self.inner = None, ""
+        self._draw(force=True)
+
+    def _refine(self, step: Step) -> None:
+        """New facts from a finished step (the extractor's input size, origin items per shard)."""
+        from advrec.pipeline.work import origin_items_per_shard
+
+        if step.kind == "extractor":
+            from advrec_common.vision.artifact import extractor_info
+
+            ext = step.name.split("/", 1)[1]
+            backbone, size = self.facts.extractors.get(ext, (None, None))
+            info = extractor_info(self.store, step.key)
+            self.facts.extractors[ext] = (info.get("backbone") or backbone, size or info.get("input_size"))
+        elif step.kind == "scenario":
+            from services.extractor.artifacts import load_features
+            from services.recommender.artifacts import load_scenario
+
+            origin = load_scenario(self.store, step.key)["origin"]
+            shards = {tuple(s.params["items"]) for s in self.plan if s.kind == "attack_shard"}
+            per: dict[tuple[int, int], int] = {}
+            for s in self.plan:  # the first extractor's counts stand for all (exact with catalog labels)
+                if s.kind == "features":
+                    feats = load_features(self.store, s.key, arrays=False)
+                    if origin in feats.category_names:
+                        per = origin_items_per_shard(feats.categories.tolist(), feats.category_names.index(origin),
+                                                     sorted(shards))  # type: ignore[arg-type]
+                    break
+            self.facts.origin_items = per or None
+        else:
+            return
+        for s in self.todo:
+            if s.kind in ("features", "attack_shard", "placebo") and self.eta.done_units.get(s.name, 0.0) == 0.0:
+                self.eta.set_units(s.name, self._estimate(s, self.facts).units)
+        if self.bar is not None:
+            self.bar.total = round(self.eta.total)
+
+    def _draw(self, force: bool = False) -> None:
+        from advrec.pipeline.work import format_seconds
+
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self._drawn < 0.2:
+            return
+        self._drawn = now
+        step = self.current
+        where = f"step {self.index + 1}/{len(self.plan)} {step.name}" if step is not None else "done"
+        self.bar.n = min(round(self.eta.done), self.bar.total)
+        self.bar.set_postfix_str(f"ETA {format_seconds(self.eta.remaining_seconds())} | {where}"
+                                 + (f": {self.inner}" if self.inner else ""), refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _facts(spec: EvaluationSpec, p: Plan, store: ArtifactStore):
+    """What the work estimates read, from the spec and the (stored) dataset step."""
+    from advrec.pipeline.work import Facts
+    from services.extractor.named_weights import NAMED_WEIGHTS
+    from services.recommender.models import RECOMMENDERS
+
+    meta = store.meta(p["dataset"].key).get("result", {})
+    facts = Facts(n_items=int(meta.get("n_items", 0)), n_users=int(meta.get("n_users", 0)),
+                  n_train=int(meta.get("n_train", 0)), decode_ms=0.5 if spec.dataset.kind == "demo" else 10.0)
+    for ext in spec.extractors:
+        if ext.source == "demo":
+            facts.extractors[ext.name] = ("tiny_cnn", ext.image_size or spec.dataset.image_size)
+            facts.demo_images[ext.name] = 10 * (ext.demo_images_per_class or 40)
+        elif ext.source == "named" and ext.weight_name in NAMED_WEIGHTS:
+            facts.extractors[ext.name] = (NAMED_WEIGHTS[ext.weight_name].backbone, ext.image_size)
+        else:
+            facts.extractors[ext.name] = (ext.backbone, ext.image_size)
+            if ext.source == "train":
+                facts.demo_images[ext.name] = facts.n_items
+    for rec in spec.recommenders:
+        cls = RECOMMENDERS.get(rec.name)
+        defaults = getattr(cls, "DEFAULTS", {}).get(rec.config.preset, {}) if cls is not None else {}
+        facts.rec_epochs[rec.name] = int(rec.config.epochs or defaults.get("epochs") or 50)
+    return facts
+
+
+def _spec_changes(record: RunRecord, spec: EvaluationSpec) -> list[str]:
+    """What differs between a run's recorded spec and ``spec`` (both as this version parses them,
+    so fields added since the run was recorded do not count as changes)."""
+    from advrec.pipeline.spec import parse_spec, spec_differences
+
+    recorded = record.read()["spec"]
+    try:
+        recorded = parse_spec(recorded).model_dump(mode="json")
+    except InvalidInput as exc:
+        return [f"the recorded spec is no longer valid ({exc})"]
+    return spec_differences(recorded, spec.model_dump(mode="json"))
+
+
 def run_inprocess(spec: EvaluationSpec, store: ArtifactStore, runs_dir: Path, *, run_id: str | None = None,
-                  device: str = "auto", show_progress: bool = True, stop_after: int | None = None) -> RunRecord:
+                  device: str = "auto", show_progress: bool = True, stop_after: int | None = None,
+                  announce: Callable[[RunRecord, bool], None] | None = None) -> RunRecord:
     """Run (or resume) the whole evaluation in this process; returns the run's record.
 
-    ``run_id`` of an existing run resumes it. ``stop_after`` computes at most that many steps
-    (used by tests to simulate a crash mid-way).
+    ``run_id`` of an existing run resumes it: its spec must equal ``spec`` (InvalidInput naming
+    what differs otherwise). ``announce(record, resumed)`` is called once the record exists, before
+    any work. ``stop_after`` computes at most that many steps (used by tests to simulate a crash
+    mid-way). Ctrl-C (KeyboardInterrupt) marks the run and its running step "interrupted" and is
+    re-raised; any other exception marks them "failed", writes the traceback to the run's
+    ``error.log`` and is re-raised.
     """
-    if run_id is not None and (Path(runs_dir) / run_id / "record.json").is_file():
-        record = RunRecord.open(runs_dir, run_id)
+    resumed = run_id is not None and (Path(runs_dir) / run_id / "record.json").is_file()
+    if resumed:
+        record = RunRecord.open(runs_dir, run_id)  # type: ignore[arg-type]
+        changes = _spec_changes(record, spec)
+        if changes:
+            raise InvalidInput(
+                f"run {run_id} was started with another spec; it differs in: {'; '.join(changes[:8])}"
+                + (f" (and {len(changes) - 8} more)" if len(changes) > 8 else "")
+                + ". Resume it with its own spec (`advrec run --resume RUN` reads it from the run), or start a "
+                  "new run: every step the two specs share is reused from the store")
     else:
         record = RunRecord.create(runs_dir, spec.model_dump(mode="json"), run_id=run_id)
+    if announce is not None:
+        announce(record, resumed)
+    if resumed:  # asked for explicitly: whatever stopped it before (failure, Ctrl-C) is history
+        record.update(lambda d: d.update(state="running", error=None, failed_step=None, interrupted_step=None,
+                                         cancel_requested=False))
     record.set_state("running")
+    progress: _RunProgress | None = None
+    step: Step | None = None
     try:
         p = plan_run(spec, store, device)
         record.set_plan(p.to_json())
-        bar = None
-        if show_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(p), desc=spec.name, unit="step")
+        progress = _RunProgress(spec, p, store, show_progress)
         computed = 0
-        for step in p:
+        for index, step in enumerate(p):
             if record.read().get("cancel_requested"):
                 raise CancelledRun()
             if stop_after is not None and computed >= stop_after and not store.has(step.key):
                 record.set_state("interrupted")
-                if bar:
-                    bar.close()
+                progress.close()
                 return record
             record.set_step(step.name, state="running")
+            progress.start(step, index)
             t0 = time.perf_counter()
-            if bar:
-                bar.set_postfix_str(step.name[-50:])
-            did = execute_step(step, p, store, device)
+            did = execute_step(step, p, store, device, progress=progress.inner_progress)
+            seconds = time.perf_counter() - t0
             computed += int(did)
-            record.set_step(step.name, state="done" if did else "cached", seconds=round(time.perf_counter() - t0, 3))
-            if bar:
-                bar.update(1)
-        if bar:
-            bar.close()
+            record.set_step(step.name, state="done" if did else "cached", seconds=round(seconds, 3))
+            progress.finish(step, did, seconds)
+        step = None
+        progress.close()
         publish_report(store, p["report"].key, record.dir)
         record.update(lambda d: d.update(report_key=p["report"].key))
         record.set_state("done")
     except CancelledRun:
         record.set_state("cancelled")
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        if step is not None:
+            record.set_step(step.name, state="interrupted")
+        record.update(lambda d: d.update(interrupted_step=step.name if step is not None else None))
+        record.set_state("interrupted")
+        raise
     except Exception as exc:
-        record.set_state("failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+        if progress is not None:
+            progress.close()
+        trace = traceback.format_exc()
+        (record.dir / ERROR_LOG).write_text(f"run {record.run_id}, step {step.name if step else '(planning)'}\n"
+                                            f"{trace}")
+        message = f"{type(exc).__name__}: {exc}"
+        if step is not None:
+            record.set_step(step.name, state="failed", error=message)
+        record.update(lambda d: d.update(failed_step=step.name if step is not None else None))
+        record.set_state("failed", error=f"{message}\n{traceback.format_exc(limit=5)}")
         raise
     return record

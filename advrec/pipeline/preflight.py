@@ -3,11 +3,14 @@ admission call :func:`preflight` before anything is planned or queued.
 
 It parses the spec (every field problem with its spec path), then checks what the spec points at
 without loading models or pixels: the catalog files (:func:`advrec_common.datasets.preflight.
-check_generic_dataset`: every row and image header), the catalog size against ``ks``, scenario
-names against the catalog's labels, checkpoints on disk, and the device. Torch is never imported,
-so it answers in well under a second for a small catalog. It never raises for a user mistake: the
-problems come back as ``(spec path, message)`` rows (:meth:`Preflight.raise_for_problems` turns
-them into one :class:`InvalidInput`).
+check_generic_dataset`: every row and image header), the catalog size against ``ks``, the categories
+the study will use (catalog labels, or the extractors' classes when those are known without torch:
+named weights, demo extractors) against the scenario's origin and target, labels for extractors
+trained on the catalog, checkpoints and named weights on disk, fields that the chosen source or
+dataset kind ignores, and the device. Torch is never imported, so it answers in well under a
+second for a small catalog. It never raises for a user mistake: the problems come back as
+``(spec path, message)`` rows (:meth:`Preflight.raise_for_problems` turns them into one
+:class:`InvalidInput`).
 """
 
 from __future__ import annotations
@@ -88,15 +91,18 @@ def _check_dataset(spec: EvaluationSpec, out: Preflight, max_pixels: int) -> Non
         return
     from advrec_common.datasets.preflight import check_generic_dataset
 
+    # every extractor brings images to one size (its image_size, else its input size): mixed sizes are fine
     report = check_generic_dataset(
         ds.images_dir, ds.interactions, ds.categories, ds.columns, ds.category_columns, max_pixels=max_pixels,  # type: ignore[arg-type]
-        kcore=ds.kcore, require_uniform_size=any(e.image_size is None for e in spec.extractors))
+        kcore=ds.kcore, require_uniform_size=False)
     for p in report.problems:
         where = f"{p.file}:{p.line}: " if p.file and p.line else (f"{p.file}: " if p.file else "")
         loc = {"interactions": "dataset.interactions", "categories": "dataset.categories"}.get(
             _file_role(p.file, ds), "dataset.images_dir")
         (out.problems if p.severity == "error" else out.warnings).append((loc, where + p.message))
-    out.facts.update(n_items=report.items, n_users=report.users, n_interactions=report.interactions)
+    out.facts.update(n_items=report.items, n_users=report.users, n_interactions=report.interactions,
+                     items_without_category=report.items_without_category if ds.categories is not None
+                     else report.items)
     sizes = [tuple(int(v) for v in wh.split("x")) for wh in report.image_sizes]
     if sizes:  # the largest native image (an extractor without image_size works at native size)
         out.facts["max_image_pixels"] = max(w * h for w, h in sizes)
@@ -128,24 +134,160 @@ def _check_against_catalog(spec: EvaluationSpec, out: Preflight) -> None:
         if spec.scenario.select_k > n_items:
             out.warnings.append(("scenario.select_k", f"{spec.scenario.select_k} is larger than the catalog "
                                                       f"({n_items} items): the scenario ranks whole lists"))
+    scen = spec.scenario
+    if scen.origin is not None and scen.origin == scen.target:
+        out.problems.append(("scenario.target", f"origin and target are both {scen.origin!r}; they must differ"))
+    for field_, name, known, source in _category_sets(spec, out):
+        if name not in known:
+            out.problems.append((f"scenario.{field_}", f"{name!r} is not a category: categories come from "
+                                                       f"{source}: {_few(known)}"))
+
+
+def _few(names: list[str], n: int = 20) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _extractor_classes(spec: EvaluationSpec, index: int) -> list[str] | None:
+    """The classes an extractor predicts, when known without torch (None otherwise)."""
+    from services.extractor.named_weights import NAMED_WEIGHTS
+
+    ext = spec.extractors[index]
+    if ext.source == "named" and ext.weight_name in NAMED_WEIGHTS:
+        return NAMED_WEIGHTS[ext.weight_name].class_names()
+    if ext.source == "demo":
+        from advrec_common.datasets.demo_images import DEMO_CATEGORIES
+
+        return list(DEMO_CATEGORIES)
+    return None
+
+
+def _category_sets(spec: EvaluationSpec, out: Preflight) -> list[tuple[str, str, list[str], str]]:
+    """(scenario field, name, the categories it must be one of, where they come from) to check."""
+    scen = spec.scenario
+    names = [(f, getattr(scen, f)) for f in ("origin", "target") if getattr(scen, f) is not None]
+    if not names:
+        return []
+    if spec.dataset.kind == "study" and scen.category_source != "extractor":
+        return []  # the study layout's labels (items.tsv) are read with the dataset, not here
     labels = out.facts.get("categories")
-    if labels:
-        for field_ in ("origin", "target"):
-            name = getattr(spec.scenario, field_)
-            if name is not None and name not in labels:
-                out.problems.append((f"scenario.{field_}", f"{name!r} is not a category of the catalog; "
-                                                           f"categories: {labels[:20]}"))
+    fully_labelled = bool(labels) and out.facts.get("items_without_category") == 0
+    if spec.dataset.kind == "demo":
+        from advrec_common.datasets.demo_images import DEMO_CATEGORIES
 
-
-def _check_extractors(spec: EvaluationSpec, out: Preflight) -> None:
+        labels, fully_labelled = list(DEMO_CATEGORIES), True
+    if scen.category_source == "catalog" or (scen.category_source == "auto" and fully_labelled):
+        return [(f, n, labels, "the catalog's labels") for f, n in names] if labels else []
+    checks = []
     for i, ext in enumerate(spec.extractors):
+        classes = _extractor_classes(spec, i)
+        if classes is not None:
+            checks += [(f, n, classes, f"the classes of extractor {ext.name!r} (category_source "
+                                       f"{scen.category_source!r}"
+                                       f"{', the catalog has no labels' if not labels and scen.category_source == 'auto' else ''})")
+                       for f, n in names]
+    return checks
+
+
+def _check_categories(spec: EvaluationSpec, out: Preflight) -> None:
+    """Labels where the spec needs them: ``category_source: catalog`` and extractors trained on the catalog."""
+    if spec.dataset.kind == "demo":
+        return
+    missing = out.facts.get("items_without_category")
+    n_items = out.facts.get("n_items")
+    if not n_items or missing is None:
+        return
+    where = "dataset.categories"
+    why = (f"{missing} of {n_items} items have no category label" if spec.dataset.categories is not None
+           else "the catalog has no category labels (dataset.categories is not set)")
+    if spec.scenario.category_source == "catalog" and missing:
+        out.problems.append(("scenario.category_source", f"'catalog' needs a label for every item, but {why}; "
+                                                         f"label them in {where} or use 'extractor'"))
+    elif spec.scenario.category_source == "auto" and missing and spec.dataset.categories is not None:
+        out.warnings.append(("scenario.category_source", f"'auto' falls back to the extractors' classes because "
+                                                         f"{why}; label every item to use the catalog's own"))
+    for i, ext in enumerate(spec.extractors):
+        if ext.source == "train" and missing:
+            out.problems.append((f"extractors[{i}].source", f"'train' learns the catalog's categories, but {why}"))
+    labels = out.facts.get("categories")
+    if labels is not None and len(labels) < 2 and (spec.scenario.category_source == "catalog" or not missing):
+        out.problems.append(("dataset.categories", f"the catalog has only one category ({labels}); an attack "
+                                                   f"pushes one category toward another"))
+
+
+def _check_extractors(spec: EvaluationSpec, out: Preflight, weights_dir: Path | None) -> None:
+    from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES, known_backbone
+    from services.extractor.named_weights import missing_weight_message
+
+    if weights_dir is None:
+        from advrec_common.settings import get_settings
+
+        weights_dir = get_settings().resolved_weights_dir
+    for i, ext in enumerate(spec.extractors):
+        at = f"extractors[{i}]"
         if ext.source == "checkpoint" and ext.checkpoint is not None and not Path(ext.checkpoint).is_file():
-            out.problems.append((f"extractors[{i}].checkpoint", f"{ext.checkpoint} does not exist"))
+            out.problems.append((f"{at}.checkpoint", f"{ext.checkpoint} does not exist"))
+        for field_, name in (("weight_name", ext.weight_name if ext.source == "named" else None),
+                             ("init_weights", ext.init_weights if ext.source == "train" else None)):
+            why = missing_weight_message(name, weights_dir) if name else None
+            if why:
+                out.problems.append((f"{at}.{field_}", why))
+        _check_ignored_fields(spec, i, out)
+        if ext.source == "demo" and (ext.image_size or spec.dataset.image_size) > 512:
+            out.problems.append((f"{at}.image_size", "demo extractors are trained at 16..512 px"))
+        if ext.source == "demo" and spec.dataset.kind != "demo":
+            out.warnings.append((f"{at}.source", "demo extractors learn the demo's generated clothing drawings "
+                                                 f"(at {ext.image_size or spec.dataset.image_size} px), not your "
+                                                 f"products: use a named weight or source 'train'"))
+        if ext.source in ("checkpoint", "train") and ext.backbone is not None and not known_backbone(ext.backbone):
+            out.problems.append((f"{at}.backbone", f"unknown backbone {ext.backbone!r}; known: "
+                                                   f"{sorted(BACKBONE_INPUT_SIZES)} or 'timm:<name>'"))
+        backbone = ext.backbone or (_named_backbone(ext.weight_name) if ext.source == "named" else None)
+        if ext.image_size is not None and ext.image_size < 32 and backbone not in (None, "tiny_cnn", "small_cnn"):
+            out.warnings.append((f"{at}.image_size", f"{ext.image_size} px is very small for {backbone!r} "
+                                                     f"(trained at 224 px): its features will mean little"))
 
 
-def preflight(document: Any, *, device: str = "auto", max_pixels: int = 4096 * 4096) -> Preflight:
+def _named_backbone(name: str | None) -> str | None:
+    from services.extractor.named_weights import NAMED_WEIGHTS
+
+    return NAMED_WEIGHTS[name].backbone if name in NAMED_WEIGHTS else None
+
+
+# fields that only some extractor sources read; set on another source they would be ignored silently
+_SOURCE_FIELDS = {"checkpoint": ("checkpoint",), "layout": ("checkpoint",), "weight_name": ("named",),
+                  "demo_images_per_class": ("demo",), "epochs": ("demo", "train"), "init_weights": ("train",),
+                  "training": ("train",)}
+_DATASET_FIELDS = {"n_items": ("demo",), "n_users": ("demo",), "image_size": ("demo",), "seed": ("demo",),
+                   "root": ("study",), "images_dir": ("generic",), "interactions": ("generic",),
+                   "categories": ("generic",), "columns": ("generic",), "category_columns": ("generic",),
+                   "kcore": ("generic",)}
+
+
+def _set(model: Any, name: str) -> bool:
+    """``name`` was given a value other than its default (a spec dumped whole sets every field)."""
+    info = type(model).model_fields[name]
+    return name in model.model_fields_set and getattr(model, name) != info.get_default(call_default_factory=True)
+
+
+def _check_ignored_fields(spec: EvaluationSpec, index: int, out: Preflight) -> None:
+    ext = spec.extractors[index]
+    for name in sorted(n for n in ext.model_fields_set if _set(ext, n)):
+        if name in _SOURCE_FIELDS and ext.source not in _SOURCE_FIELDS[name]:
+            out.warnings.append((f"extractors[{index}].{name}", f"ignored: source {ext.source!r} does not read it "
+                                                                 f"(only {' or '.join(_SOURCE_FIELDS[name])} do)"))
+    if index == 0:
+        for name in sorted(n for n in spec.dataset.model_fields_set if _set(spec.dataset, n)):
+            if name in _DATASET_FIELDS and spec.dataset.kind not in _DATASET_FIELDS[name]:
+                out.warnings.append((f"dataset.{name}", f"ignored: dataset kind {spec.dataset.kind!r} does not "
+                                                        f"read it (only {' or '.join(_DATASET_FIELDS[name])})"))
+
+
+def preflight(document: Any, *, device: str = "auto", max_pixels: int = 4096 * 4096,
+              weights_dir: str | Path | None = None) -> Preflight:
     """Parse ``document`` (a spec mapping, or ``{"preset": NAME, ...overrides}``) and check everything
-    it names that can be checked before compute; never raises for a user mistake."""
+    it names that can be checked before compute; never raises for a user mistake.
+
+    ``weights_dir``: where named weights live (default: the settings')."""
     out = Preflight(spec=None)
     spec = _parse(document, out)
     why = _device_available(device)
@@ -156,5 +298,6 @@ def preflight(document: Any, *, device: str = "auto", max_pixels: int = 4096 * 4
     out.spec = spec
     _check_dataset(spec, out, max_pixels)
     _check_against_catalog(spec, out)
-    _check_extractors(spec, out)
+    _check_categories(spec, out)
+    _check_extractors(spec, out, Path(weights_dir) if weights_dir is not None else None)
     return out

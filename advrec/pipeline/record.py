@@ -150,5 +150,5 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
                 continue
             out.append({"run_id": rec["run_id"], "name": rec["spec"].get("name"), "state": rec["state"],
                         "executor": rec.get("executor"), "created": rec["created"], "updated": rec["updated"],
-                        "owner": rec.get("owner"), "progress": progress_of(rec)})
+                        "owner": rec.get("owner"), "progress": progress_of(rec), "error": rec.get("error")})
     return sorted(out, key=lambda r: r["created"], reverse=True)

@@ -25,6 +25,8 @@ from advrec_common.datasets.generic_layout import CategoryColumns, InteractionCo
 from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
 from services.attacker.spec import METHODS, AttackParams, AttackSpec
+from services.extractor.named_weights import NAMED_WEIGHTS
+from services.extractor.train_config import TrainOverrides
 from services.recommender.config import RecConfig
 from services.recommender.kinds import RECOMMENDER_NEEDS
 
@@ -83,18 +85,32 @@ class DatasetSpec(_Strict):
 
 
 class ExtractorSpec(_Strict):
-    """One defense variant: a demo-trained extractor, a checkpoint file, or a named weight."""
+    """One defense variant: a demo-trained extractor, a checkpoint file, a named weight, or a model
+    trained here on the catalog's own images and labels (``train``, optionally from ``init_weights``)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    source: Literal["demo", "checkpoint", "named"] = "demo"
+    source: Literal["demo", "checkpoint", "named", "train"] = "demo"
     defense: Literal["standard", "pgd_at", "free_at"] | None = None
     backbone: str | None = Field(None, description="backbone of a checkpoint (the demo chooses its own)")
     checkpoint: Path | None = None
     layout: str = "auto"
     weight_name: str | None = None
-    image_size: int | None = Field(None, ge=16, le=1024, description="resize images to this size (None: native)")
+    image_size: int | None = Field(None, ge=16, le=1024,
+                                   description="bring catalog images to this square size for features, attacks and "
+                                               "the gallery (None: the extractor's own input size)")
+    image_fit: Literal["crop", "pad", "stretch"] = Field(
+        "crop", description="how images of another shape become square: crop (shorter side + center crop), "
+                            "pad (white borders) or stretch")
     demo_images_per_class: int | None = Field(None, ge=10, le=5000, description="None: the demo's default")
-    epochs: int | None = Field(None, ge=1, le=500, description="demo training epochs (None: the defense's default)")
+    epochs: int | None = Field(None, ge=1, le=500, description="training epochs of a demo or train extractor "
+                                                                "(None: the defense's default)")
+    init_weights: str | None = Field(None, description="train: a named weight to fine-tune from (None: from scratch)")
+    training: TrainOverrides = Field(default_factory=TrainOverrides,
+                                     description="train: batch_size, optimizer, lr, eps, pgd_steps ... (None: defaults)")
+
+    @field_serializer("training")
+    def _training_as_given(self, training: TrainOverrides) -> dict[str, Any]:
+        return training.model_dump(mode="json", exclude_unset=True)
 
     @model_validator(mode="after")
     def _source_fields(self) -> ExtractorSpec:
@@ -106,6 +122,20 @@ class ExtractorSpec(_Strict):
             raise ValueError(f"extractor {self.name!r}: source 'checkpoint' needs checkpoint and backbone")
         if self.source == "named" and not self.weight_name:
             raise ValueError(f"extractor {self.name!r}: source 'named' needs weight_name")
+        if self.source == "named" and self.weight_name not in NAMED_WEIGHTS:
+            raise ValueError(f"extractor {self.name!r}: unknown weight_name {self.weight_name!r}; known: "
+                             f"{sorted(NAMED_WEIGHTS)}")
+        if self.source == "train":
+            if self.defense is None or self.backbone is None:
+                raise ValueError(f"extractor {self.name!r}: source 'train' needs defense (standard, pgd_at or free_at) "
+                                 f"and backbone")
+            if self.init_weights is not None:
+                if self.init_weights not in NAMED_WEIGHTS:
+                    raise ValueError(f"extractor {self.name!r}: unknown init_weights {self.init_weights!r}; known: "
+                                     f"{sorted(NAMED_WEIGHTS)}")
+                if NAMED_WEIGHTS[self.init_weights].backbone != self.backbone:
+                    raise ValueError(f"extractor {self.name!r}: init_weights {self.init_weights!r} are a "
+                                     f"{NAMED_WEIGHTS[self.init_weights].backbone!r}, not backbone {self.backbone!r}")
         return self
 
 
@@ -354,3 +384,22 @@ def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:
 def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
     """A validated spec from a YAML/JSON file, or a preset name."""
     return parse_spec(read_spec_document(path_or_preset))
+
+
+def spec_differences(before: Any, after: Any, path: str = "") -> list[str]:
+    """Where two spec documents (JSON-like) differ: ``["attacks[0].eps: [4.0] -> [4.0, 8.0]", ...]``."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: list[str] = []
+        for key in list(before) + [k for k in after if k not in before]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in after:
+                out.append(f"{sub}: {before[key]!r} -> (absent)")
+            elif key not in before:
+                out.append(f"{sub}: (absent) -> {after[key]!r}")
+            else:
+                out.extend(spec_differences(before[key], after[key], sub))
+        return out
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [d for i, (a, b) in enumerate(zip(before, after, strict=True))
+                for d in spec_differences(a, b, f"{path}[{i}]")]
+    return [] if before == after else [f"{path or '(spec)'}: {before!r} -> {after!r}"]

@@ -35,7 +35,7 @@ from services.attacker.artifacts import (
     write_placebo,
     write_shard,
 )
-from services.extractor.artifacts import FeatureSet, load_features, write_catalog_features
+from services.extractor.artifacts import FeatureSet, category_model, load_features, write_catalog_features
 from services.recommender.artifacts import (
     load_model,
     load_scenario,
@@ -58,11 +58,31 @@ def _item_side(feats: FeatureSet | None, ds: RecDataset, needs: frozenset[str], 
         sp = np.array(spatial if spatial is not None else feats.spatial)
         spatial_t = torch.as_tensor(sp, dtype=torch.float32).flatten(2).transpose(1, 2).contiguous()  # (I,R,D')
     if "images" in needs:
-        imgs = images if images is not None else load_catalog_images(ds.catalog)
+        imgs = images if images is not None else _pixel_images(ds)
         img_t = torch.as_tensor(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
     if "categories" in needs:
         cat_t = torch.tensor(np.array(feats.categories), dtype=torch.int64)
     return ItemSide(features=f, spatial=spatial_t, images=img_t, categories=cat_t)
+
+
+# A pixel recommender's CNN (DVBPR: CNN-F scaled down for 64 px) sees images of file catalogs at this
+# size (in-memory catalogs, like the demo's, at their own); attacked images, delivered at the
+# extractor's size, are resized to it like any upload.
+PIXEL_RECOMMENDER_SIZE = 64
+
+
+def _pixel_images(ds: RecDataset) -> np.ndarray:
+    """(I,S,S,3) uint8 images for a recommender that learns from pixels."""
+    return load_catalog_images(ds.catalog, size=None if ds.catalog.images is not None else PIXEL_RECOMMENDER_SIZE)
+
+
+def _at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """(N,H,W,3) uint8 square images -> (N,size,size,3) (unchanged when already that size)."""
+    from advrec_common.datasets.images import resize_image
+
+    if images.shape[1] == size:
+        return images
+    return np.stack([resize_image(im, size) for im in images]) if len(images) else images
 
 
 def _dataset(ctx: StepContext) -> RecDataset:
@@ -100,7 +120,8 @@ def step_dataset(ctx: StepContext) -> None:
 
 
 def step_extractor(ctx: StepContext) -> None:
-    """Train (demo) or load (checkpoint, named weight) an extractor; store it as an extractor artifact."""
+    """Train (demo; train: on the catalog's images and labels) or load (checkpoint, named weight) an
+    extractor; store it as an extractor artifact."""
     from services.extractor.weights import load_extractor, resolve_named_weights
 
     p = ctx.params
@@ -112,6 +133,21 @@ def step_extractor(ctx: StepContext) -> None:
             device=ctx.device, image_size=p["image_size"], epochs=p["epochs"], progress=ctx.progress,
         )
         write_extractor_artifact(ctx.out, model, p["source"], report.model_dump(mode="json"), model_key=model_key)
+        return
+    if p["source"] == "train":
+        from advrec_common.settings import get_settings
+        from advrec_common.vision.backbones import backbone
+        from services.extractor.catalog_training import train_on_catalog
+        from services.extractor.train_config import TrainOverrides
+
+        init = resolve_named_weights(p["init_weights"], get_settings().resolved_weights_dir) \
+            if p.get("init_weights") else None
+        config = TrainOverrides.model_validate(p.get("training") or {}).config(p["defense"], p["epochs"], p["seed"])
+        size = p["image_size"] or backbone(p["backbone"]).input_size
+        model, report = train_on_catalog(_dataset(ctx).catalog, p["backbone"], config, size,
+                                         fit=p.get("image_fit", "crop"), init=init, device=ctx.device,
+                                         progress=ctx.progress)
+        write_extractor_artifact(ctx.out, model.cpu(), p["source"], report.model_dump(mode="json"))
         return
     if p["source"] == "checkpoint":
         model = load_extractor(p["checkpoint"], backbone=p["backbone"], layout=p["layout"])
@@ -136,14 +172,24 @@ def _fit_replicates(rec_name: str, config: dict[str, Any], seeds: list[int], ds:
     train as one batched model (:func:`services.recommender.replicates.fit_replicates`, results equal
     to separate fits); a placebo gives each replicate its own draw, so its seeds are fitted one by one.
     """
+    from services.recommender.config import parse_config
+    from services.recommender.models import RECOMMENDERS
     from services.recommender.replicates import fit_replicates
 
     cfg = {**config, "device": device}
+    epochs = int(parse_config(cfg).resolved(RECOMMENDERS[rec_name].DEFAULTS).epochs or 0)
+    done = [0]
+
+    def epoch_done(_record: dict[str, Any]) -> None:  # the step's progress in epochs of all replicates
+        done[0] += 1
+        if progress is not None:
+            progress({"done": done[0], "total": epochs * len(seeds), "unit": "epochs"})
+
     if all(side is items[0] for side in items):
-        return fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, seeds, ds.train, items[0], progress=progress)
+        return fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, seeds, ds.train, items[0], progress=epoch_done)
     out = []
     for seed, side in zip(seeds, items, strict=True):
-        out += fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, [seed], ds.train, side, progress=progress)
+        out += fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, [seed], ds.train, side, progress=epoch_done)
     return out
 
 
@@ -211,54 +257,90 @@ def step_train(ctx: StepContext) -> None:
 
 
 def step_scenario(ctx: StepContext) -> None:
-    """Origin (category to push) and target (category to imitate), from the spec or the clean run."""
+    """Origin (category to push) and target (category to imitate), from the spec or the clean run.
+
+    Categories are the features' (catalog labels or extractor classes: ``scenario.category_source``);
+    every category is a valid target, since attacks aim at a head whose classes are the categories.
+    """
     from services.recommender.scenario import propose_scenario
 
     p = ctx.params
     feats = load_features(ctx.store, ctx.input("features"), arrays=False)
     names = feats.category_names
-    tops = load_topk(ctx.store, ctx.input("train"))
-    top = tops.reshape(-1, tops.shape[-1])  # every replicate's lists: the ranking averages over seeds
-    # the target must be a class the extractor can be pushed toward
-    targetable = [n in feats.class_names for n in names]
-    proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
-                                k=p["select_k"], min_items=p["min_items"])
-    if not p.get("target") and not targetable[proposal["target"]["id"]]:
-        proposal["target"] = next(r for r in proposal["table"] if targetable[r["id"]] and r["id"] != proposal["origin"]["id"])
+    info = feats.category_info
     origin, target = p.get("origin"), p.get("target")
+    source = "the catalog's labels" if info.get("used") == "catalog" else "the extractor's classes"
     for label, value in (("origin", origin), ("target", target)):
         if value is not None and value not in names:
-            raise InvalidInput(f"scenario {label} {value!r} is not a category; categories: {names[:20]}")
-    if target is not None and target not in feats.class_names:
-        raise InvalidInput(f"scenario target {target!r} is not a class of the extractor")
-    chosen = {"origin": origin or proposal["origin"]["name"], "target": target or proposal["target"]["name"],
-              "chosen_by": "spec" if origin and target else "automatic (clean CHR@K ranking, as the study)",
-              "select_k": p["select_k"], "ranking": proposal["table"]}
-    if chosen["origin"] == chosen["target"]:
-        raise InvalidInput("origin and target categories must differ")
-    write_scenario(ctx.out, chosen)
+            raise InvalidInput(f"scenario.{label} {value!r} is not a category; categories ({source}): "
+                               f"{_few(names)}")
+    if origin is not None and origin == target:
+        raise InvalidInput(f"scenario.origin and scenario.target are both {origin!r}; they must differ")
+    tops = load_topk(ctx.store, ctx.input("train"))
+    top = tops.reshape(-1, tops.shape[-1])  # every replicate's lists: the ranking averages over seeds
+    try:  # min_items only constrains an origin chosen here
+        proposal = propose_scenario(torch.as_tensor(top), torch.tensor(np.array(feats.categories)), names,
+                                    k=p["select_k"], min_items=p["min_items"] if origin is None else 1)
+    except InvalidInput as exc:
+        counts = np.bincount(np.asarray(feats.categories), minlength=len(names))
+        raise InvalidInput(f"{exc} (scenario.min_items = {p['min_items']}; items per category, from {source}: "
+                           + ", ".join(f"{n} {int(c)}" for n, c in zip(names, counts, strict=True) if c)[:400]
+                           + ")") from None
+    by_name = {r["name"]: r for r in proposal["table"]}
+    if origin is None:  # the least exposed category with items, other than a given target
+        rows = [r for r in proposal["table"] if r["n_items"] >= p["min_items"] and r["name"] != target]
+        if not rows:
+            raise InvalidInput(f"no category other than {target!r} has scenario.min_items = {p['min_items']} items "
+                               f"to push; lower scenario.min_items or name scenario.origin")
+        origin = proposal["origin"]["name"] if proposal["origin"]["name"] != target else \
+            min(rows, key=lambda r: (r["chr"], -r["n_items"], r["id"]))["name"]
+    if target is None:  # the most exposed category other than the origin
+        target = next((r["name"] for r in proposal["table"] if r["name"] != origin and r["n_items"] > 0), None)
+        if target is None:
+            raise InvalidInput(f"no category other than {origin!r} has items to serve as target; "
+                               f"categories ({source}): {_few(names)}")
+    chosen_by = {(True, True): "spec", (False, False): "automatic (clean CHR@K ranking, as the study)"}.get(
+        (p.get("origin") is not None, p.get("target") is not None), "spec and automatic (clean CHR@K ranking)")
+    write_scenario(ctx.out, {
+        "origin": origin, "target": target, "chosen_by": chosen_by, "select_k": p["select_k"],
+        "ranking": proposal["table"], "n_origin_items": by_name[origin]["n_items"],
+        "category_source": {k: info.get(k) for k in ("requested", "used", "reason")},
+        "head": {k: v for k, v in (info.get("head") or {}).items() if k != "class_names"},
+    })
+
+
+def _few(names: list[str], n: int = 20) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def step_attack_shard(ctx: StepContext) -> None:
-    """Attack the origin-category items of one catalog index range toward the target category."""
+    """Attack the origin-category items of one catalog index range toward the target category, through
+    the head whose classes are the categories (:func:`category_model`), at the size the clean features
+    were extracted at."""
     from services.attacker.core import attack_and_measure
 
     p = ctx.params
     ds = _dataset(ctx)
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
     feats = load_features(ctx.store, ctx.input("features"))
+    model = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
     scen = load_scenario(ctx.store, ctx.input("scenario"))
-    if scen["target"] not in model.class_names:
-        raise InvalidInput(f"target {scen['target']!r} is not a class of this extractor")
-    origin, target = feats.category_names.index(scen["origin"]), list(model.class_names).index(scen["target"])
+    for role in ("origin", "target"):
+        if scen[role] not in feats.category_names:
+            raise InvalidInput(f"scenario {role} {scen[role]!r} is not a category of extractor "
+                               f"{ctx.step.name.split('/')[1]!r}; categories: {_few(feats.category_names)}")
+    origin, target = feats.category_names.index(scen["origin"]), model.class_names.index(scen["target"])
     lo, hi = p["items"]
     idx = lo + np.flatnonzero(np.asarray(feats.categories)[lo:hi] == origin)
+    ctx.report_progress(0, len(idx), "images")
     if len(idx) == 0:
         write_shard(ctx.out, idx)
         ctx.meta.update(n=0, seconds=0.0)
         return
     spec = AttackGridSpec.from_params(p).attack_spec(p["eps"], p["seed"])
-    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=p.get("image_size")))
+    # the size and fit of the clean features (None in old artifacts: the spec's image_size)
+    size = feats.category_info.get("image_size", p.get("image_size"))
+    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=size,
+                                          fit=feats.category_info.get("fit", "crop")))
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
                              spatial=feats.spatial is not None, progress=ctx.progress)
@@ -266,7 +348,8 @@ def step_attack_shard(ctx: StepContext) -> None:
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]
     write_shard(ctx.out, idx, out, rows, p["delivery"])
-    ctx.meta.update(n=int(len(idx)), seconds=out.seconds, images_per_s=len(idx) / max(out.seconds, 1e-9))
+    ctx.meta.update(n=int(len(idx)), seconds=out.seconds, images_per_s=len(idx) / max(out.seconds, 1e-9),
+                    image_size=size, head=feats.category_info.get("head", {}).get("kind"))
 
 
 def step_adversarial(ctx: StepContext) -> None:
@@ -350,9 +433,10 @@ def _perturbed(clean: ItemSide, pert: Perturbation, draw: int, needs: frozenset[
         sp = clean.spatial.clone()
         sp[idx] = torch.as_tensor(pert.spatial[draw], dtype=torch.float32).flatten(2).transpose(1, 2)
         changes["spatial"] = sp
-    if "images" in needs and pert.images is not None:
+    if "images" in needs and pert.images is not None:  # delivered at the extractor's size: resized like an upload
         im = clean.images.clone()
-        im[idx] = torch.as_tensor(pert.images[draw]).permute(0, 3, 1, 2)
+        rows = _at_size(pert.images[draw], int(im.shape[-1]))
+        im[idx] = torch.as_tensor(np.ascontiguousarray(rows)).permute(0, 3, 1, 2)
         changes["images"] = im
     return clean.replace(**changes) if changes else clean
 

@@ -171,6 +171,8 @@ def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> 
             "origin_recognition": recognition,
             # an extractor that does not see most origin items as the origin class is a weak comparison
             "weak": recognition is not None and recognition < 0.5,
+            "categories": {k: v for k, v in feats.category_info.items() if k != "head"},
+            "category_head": {k: v for k, v in (feats.category_info.get("head") or {}).items() if k != "class_names"},
         }
     return out
 

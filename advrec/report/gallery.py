@@ -105,8 +105,10 @@ def build_gallery(art: RunArtifacts, results: dict[str, Any], n_users: int) -> d
     adv_row = {int(i): r for r, i in enumerate(attacked)}
 
     shown = np.unique(np.concatenate([before[users].ravel(), after[users].ravel()]))
-    # one at a time: file catalogs may hold images of different sizes (the page shows them all alike)
-    clean = {i: load_catalog_images(ds.catalog, [i])[0] for i in shown.tolist()}
+    # at the size (and fit) the extractor saw and the attack delivered; one at a time: file catalogs
+    # may hold images of different sizes when no size applies (the page shows them all alike)
+    size, fit = feats.category_info.get("image_size"), feats.category_info.get("fit", "crop")
+    clean = {i: load_catalog_images(ds.catalog, [i], size=size, fit=fit)[0] for i in shown.tolist()}
     ids = ds.catalog.item_ids
 
     def tile(i: int, adversarial: bool) -> dict[str, Any]:
@@ -123,9 +125,9 @@ def build_gallery(art: RunArtifacts, results: dict[str, Any], n_users: int) -> d
     examples = list(dict.fromkeys(seen + [int(i) for i in attacked]))[:N_EXAMPLES]
     perturbations, pert_info = None, []
     if examples and adv_images is not None:
-        ex_clean = load_catalog_images(ds.catalog, examples)
+        ex_clean = load_catalog_images(ds.catalog, examples, size=size, fit=fit)
         if ex_clean.shape[1:] != adv_images.shape[1:]:  # the extractor attacked resized images
-            ex_clean = load_catalog_images(ds.catalog, examples, size=adv_images.shape[1])
+            ex_clean = load_catalog_images(ds.catalog, examples, size=adv_images.shape[1], fit=fit)
         ex_adv = adv_images[[adv_row[i] for i in examples]]
         perturbations, pert_info = _perturbation_figure(ex_clean, ex_adv, [ids[i] for i in examples])
     return {"extractor": ext, "method": ev["method"], "eps": ev["eps"], "recommender": rec, "mode": ev["mode"],

@@ -11,7 +11,7 @@ import jinja2
 
 from advrec.report.findings import QUESTIONS
 from advrec.report.plots import caption
-from advrec.report.tables import Row, fmt
+from advrec.report.tables import Row, categories_line, fmt
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
@@ -52,6 +52,7 @@ it already misreads.</p>{% endif %}{% endfor %}
 {{ e.defense or e.source }}{% if e.report %}, clean acc {{ e.report.clean_accuracy | num }},
 robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | num }}{% endif %};
 {{ e.n_origin_items }} origin items; categories from {{ e.category_source or 'n/a' }}){% if not loop.last %}; {% endif %}{% endfor %}</dd>
+{% if categories %}<dt>categories</dt><dd>{{ categories }}</dd>{% endif %}
 <dt>attacks</dt><dd>{% for a in spec.attacks %}{{ a.method }} eps {{ a.eps | map('num') | join(', ') }} ({{ a.norm }},
 {{ a.budget_space }} budget, {{ a.delivery }} delivery{% if a.steps %}, {{ a.steps }} steps{% endif %}){% if not loop.last %};
 {% endif %}{% endfor %}</dd>
@@ -111,4 +112,5 @@ def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: di
         caption=caption, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
         version=results["advrec_version"], schema=results["schema_version"], tests=results.get("tests") or {},
         spec_json=json.dumps(results["spec"], indent=1),
+        categories=categories_line(results).removeprefix("categories: "),
     )

@@ -254,6 +254,27 @@ def effect_cell(m: dict[str, Any] | None) -> str:
     return f"{m['effect']:+.3g}{ci}{'*' if m.get('significant') else ''}"
 
 
+def categories_line(results: dict[str, Any]) -> str:
+    """Where items' categories came from and why, and what the success rate (SR) is measured by."""
+    exts = results.get("extractors") or {}
+    src = (results.get("scenario") or {}).get("category_source") or {}
+    if not src.get("used"):
+        return ""
+    what = "the catalog's own labels" if src["used"] == "catalog" else "the class each extractor assigns"
+    line = f"categories: {what} ({src.get('reason')})"
+    fitted = {n: (e.get("category_head") or {}).get("held_out_accuracy") for n, e in exts.items()
+              if (e.get("category_head") or {}).get("kind") == "fitted"}
+    own = [n for n in exts if n not in fitted]
+    if not fitted:
+        return line + "; SR = classified as the target by the extractor's own classifier"
+    accs = ", ".join(f"{n} {fmt(a, 3) or 'n/a'}" for n, a in fitted.items())
+    line += (f"; SR = classified as the target by a category head fitted on the extractor's clean features "
+             f"(held-out accuracy: {accs})")
+    if own:
+        line += f", or by the extractor's own classifier where its classes are the categories ({', '.join(own)})"
+    return line
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """Compact per-mode tables of CHR@K effects with intervals, controls beside the attacks, + findings."""
     k = summary_k(results)
@@ -263,6 +284,8 @@ def format_summary(results: dict[str, Any]) -> str:
              f"K = {k}; effect = CHR@{k} after - before (share of top-{k} slots held by origin items), mean over "
              f"{reps} replicate(s) with its 95% interval; * = significant at FDR {results['alpha']:g} "
              "(Benjamini-Hochberg over every test of the run)"]
+    if categories_line(results):
+        parts.insert(1, categories_line(results))
     for mode in results["spec"]["modes"]:
         rows = []
         for ext in (e["name"] for e in results["spec"]["extractors"]):

@@ -90,6 +90,18 @@ class ImageModel(nn.Module):
         """Class logits (N,C) of images in [0,1]."""
         return self.forward_all(x).logits
 
+    def with_head(self, head: nn.Module, class_names: Sequence[str]) -> ImageModel:
+        """The same body and pool (shared modules, not copies) under another classifier ``head``
+        ((N,feature_dim) -> (N,len(class_names))), e.g. a head fitted on a catalog's own labels.
+
+        Normalisation, backbone name and input size are kept; ``self`` is not changed.
+        """
+        model = ImageModel(self.body, self.pool, head, self.feature_dim, class_names,
+                           mean=tuple(float(v) for v in self.mean.flatten()),
+                           std=tuple(float(v) for v in self.std.flatten()),
+                           backbone=self.backbone, input_size=self.input_size)
+        return model.to(self.mean.device).train(self.training)
+
 
 class GlobalAvgPool(nn.Module):
     """(N,C,h,w) -> (N,C)."""

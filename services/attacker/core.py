@@ -48,14 +48,14 @@ def attack_and_measure(
     item_ids: list[str] | None = None,
     lpips_weights: Path | None = None,
     spatial: bool = False,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[dict], None] | None = None,
     **extra: Any,
 ) -> AttackOutcome:
     """Attack ``clean`` (N,3,H,W) [0,1] toward class ``target`` (None: untargeted), deliver within the
     budget, measure against the clean images, and re-extract the delivered images' features/logits.
 
-    ``progress`` is called between batches (``{"done", "total", "unit", "stage"}``); it may raise to
-    stop the work (a cancelled run)."""
+    ``progress`` is called after every attacked batch with ``{"done": n_done, "total": n, "unit": "images"}``
+    (see :func:`~services.attacker.attacks.run_attack`)."""
     target = None if target is None else int(target)
     t0 = time.perf_counter()
     adv = run_attack(model, clean, spec, target, device=device, batch_size=batch_size, progress=progress, **extra)
@@ -69,8 +69,8 @@ def attack_and_measure(
     feats, maps, logits = [], [], []
     with torch.inference_mode():
         for i in range(0, delivered.shape[0], batch_size):
-            if progress is not None:
-                progress({"done": i, "total": delivered.shape[0], "unit": "images", "stage": "re-extract"})
+            if progress is not None:  # the attack is done: a check for cancellation, the count stays complete
+                progress({"done": delivered.shape[0], "total": delivered.shape[0], "unit": "images"})
             o = model.forward_all(delivered[i : i + batch_size].to(model.mean.device), spatial=spatial)
             feats.append(o.features.float().cpu())
             logits.append(o.logits.float().cpu())

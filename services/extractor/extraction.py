@@ -175,7 +175,7 @@ def extract_features(
                     smap[done : done + b] = out.spatial.float().cpu().numpy()
                 done += b
                 if progress is not None:
-                    progress({"done": done, "total": n})
+                    progress({"done": done, "total": n, "unit": "images"})
     finally:
         model.train(was_training)
     if feats is None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,43 +25,9 @@ from advrec_common.errors import InvalidInput
 from advrec_common.settings import resolve_device
 from advrec_common.vision.backbones import build_model
 from advrec_common.vision.model import ImageModel
+from services.extractor.train_config import TrainConfig
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-class TrainConfig(BaseModel):
-    """How to train an extractor. ``eps``/``step_size``/``eval_eps`` are L-inf budgets in pixels/255.
-
-    ``step_size`` defaults to 2.5 * eps / pgd_steps (Madry et al.), ``eval_eps`` to ``eps``.
-    Free-AT runs ceil(epochs / replays) passes over the data, each minibatch replayed ``replays``
-    times, so its cost matches ``epochs`` standard epochs; its FGSM step is ``eps`` (Shafahi et al.).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["standard", "pgd_at", "free_at"] = "standard"
-    epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    eps: float = Field(8.0, ge=0, le=255)
-    pgd_steps: int = Field(5, ge=1, le=10_000)
-    step_size: float | None = Field(None, gt=0, le=255)
-    random_start: bool = True
-    replays: int = Field(4, ge=1, le=100)
-    seed: int = Field(0, ge=0)
-    eval_eps: float | None = Field(None, ge=0, le=255)
-    eval_steps: int = Field(10, ge=1, le=10_000)
-
-    @model_validator(mode="after")
-    def _fill_defaults(self) -> TrainConfig:
-        if self.step_size is None:
-            self.step_size = 2.5 * self.eps / self.pgd_steps if self.eps > 0 else 1.0
-        if self.eval_eps is None:
-            self.eval_eps = self.eps
-        return self
 
 
 class EpochStats(BaseModel):
@@ -264,12 +230,17 @@ def train_extractor(
     device: str = "cpu",
     val_fraction: float = 0.2,
     progress: Progress | None = None,
+    init: ImageModel | None = None,
 ) -> tuple[ImageModel, TrainReport]:
     """Train ``backbone`` on (N,H,W,3) uint8 images with integer ``labels`` by ``config.method``.
 
+    ``init``: a pretrained model of that backbone to fine-tune (its body and pool are trained in
+    place under a new, seeded head for ``class_names``); None trains from scratch.
+
     A seeded stratified ``val_fraction`` of the images is held out; the report gives clean and
     PGD-``eval_steps`` accuracy at ``eval_eps`` on it. ``progress`` gets one dict per pass
-    (epoch, loss, train_accuracy, seconds). Returns the model in eval mode on ``device``.
+    (epoch, loss, train_accuracy, seconds, and ``done``/``total``/``unit`` = passes). Returns the
+    model in eval mode on ``device``.
     """
     if not class_names:
         raise InvalidInput("class_names must not be empty")
@@ -281,7 +252,12 @@ def train_extractor(
     history: list[EpochStats] = []
     with torch.random.fork_rng(devices=[] if device == "cpu" else None):
         torch.manual_seed(config.seed)
-        model = build_model(backbone, class_names).to(device)
+        if init is None:
+            model = build_model(backbone, class_names).to(device)
+        else:
+            if init.backbone != backbone:
+                raise InvalidInput(f"cannot fine-tune a {init.backbone!r} model as backbone {backbone!r}")
+            model = init.with_head(nn.Linear(init.feature_dim, len(class_names)), class_names).to(device)
         trainer = _Trainer(model, config, train_idx.shape[0], passes, device)
         step = METHODS[config.method]
         x_all = _to_nchw_u8(images[train_idx], device)
@@ -308,7 +284,7 @@ def train_extractor(
             )
             history.append(stats)
             if progress is not None:
-                progress(stats.model_dump())
+                progress({**stats.model_dump(), "done": epoch + 1, "total": passes, "unit": "passes"})
         train_seconds = time.perf_counter() - started
         model.eval()
         assert config.eval_eps is not None

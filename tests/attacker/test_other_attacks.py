@@ -95,3 +95,29 @@ def test_bad_batch_size_and_extra_arguments(random_model, images):
         run_attack(random_model, images, AttackSpec(method="fgsm", eps=4), 1, batch_size=0)
     with pytest.raises(InvalidInput, match="no extra arguments"):
         run_attack(random_model, images, AttackSpec(method="fgsm", eps=4), 1, score_fn=lambda f: f.sum(1))
+
+
+def test_progress_after_every_batch_and_it_can_stop_the_attack(random_model, images):
+    """``progress`` gets {"done", "total", "unit": "images"} after each batch and, within a batch, as the
+    network's forward passes cover more images; an exception it raises (a cancellation, Ctrl-C) stops
+    the attack there, and reporting progress does not change the result."""
+    from services.attacker.core import attack_and_measure
+
+    calls: list[dict] = []
+    spec = AttackSpec(method="pgd", eps=4, steps=4)
+    adv = run_attack(random_model, images, spec, 1, batch_size=4, progress=calls.append)
+    assert {c["unit"] for c in calls} == {"images"} and {c["total"] for c in calls} == {6}
+    done = [c["done"] for c in calls]
+    assert done == sorted(done) and done[-1] == 6 and 4 in done  # after each batch
+    assert any(0 < d < 4 for d in done)  # and inside the first batch, never its end before it is done
+    assert torch.equal(adv, run_attack(random_model, images, spec, 1, batch_size=4))
+
+    class Stop(Exception):
+        pass
+
+    def stop(info: dict) -> None:
+        raise Stop(info["done"])
+
+    with pytest.raises(Stop):
+        attack_and_measure(random_model, images, spec, 1, batch_size=2, progress=stop)
+    assert not random_model.body._forward_hooks  # the progress hook is removed, even on an exception

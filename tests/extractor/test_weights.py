@@ -217,3 +217,28 @@ def test_real_imagenet_network_offline_classifies_coffee():
     assert top5[0] == 967 and model.class_names[967] == "espresso" and float(probs[967]) > 0.5
     assert {"cup", "coffee mug"} <= {model.class_names[i] for i in top5}
     assert model.features(x).shape == (1, 1280)
+
+
+def test_named_weights_data_is_torch_free_and_imagenet_names_match_torchvision():
+    """The preflight reads named weights and their classes without torch; the names are torchvision's."""
+    import subprocess
+    import sys
+
+    from torchvision.models import ResNet50_Weights
+
+    from services.extractor.named_weights import named_weight
+
+    assert named_weight("resnet50:madry_linf_4").class_names() == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    code = ("import sys; from services.extractor.named_weights import NAMED_WEIGHTS, named_weight_status; "
+            "assert named_weight_status('efficientnet_lite0:imagenet', '/nonexistent')[0]; "
+            "assert len(NAMED_WEIGHTS['resnet50:standard'].class_names()) == 1000; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_free_backbone_table_matches_the_registry():
+    from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES, known_backbone
+    from advrec_common.vision.backbones import BACKBONES
+
+    assert BACKBONE_INPUT_SIZES == {name: b.input_size for name, b in BACKBONES.items()}
+    assert known_backbone("timm:convnext_tiny") and not known_backbone("resnet5") and not known_backbone("timm:")

@@ -61,11 +61,16 @@ def test_deep_nesting_is_a_4xx_problem_not_a_500(gateway_client, settings, depth
 
 
 def test_a_catalog_above_the_quotas_is_413(gateway_client, settings):
+    from gateway.app import create_app
+
     huge = {**TINY_SPEC, "dataset": {"kind": "demo", "n_items": 200_000, "n_users": 100, "image_size": 512}}
     r = gateway_client.post("/v1/jobs", json=huge)  # 200,000 x 512 px: ~157 GB in memory
     assert r.status_code == 413 and "quota_catalog_items" in r.json()["detail"], r.text
-    big_images = {**TINY_SPEC, "extractors": [{"name": "standard", "image_size": 1024}]}
-    r = gateway_client.post("/v1/jobs", json=big_images)
+    small_quota = settings.model_copy(update={"quota_image_pixels": 128 * 128})
+    big_images = {**TINY_SPEC, "extractors": [{"name": "standard", "image_size": 256}]}
+    with TestClient(create_app(small_quota, reconcile_on_start=False)) as client:
+        client.headers["X-API-Key"] = API_KEY
+        r = client.post("/v1/jobs", json=big_images)
     assert r.status_code == 413 and "quota_image_pixels" in r.json()["detail"], r.text
     assert _nothing_recorded(settings)
 

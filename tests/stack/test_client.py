@@ -159,6 +159,6 @@ def test_submit_wait_prints_the_job_id_first(monkeypatch, capsys):
             raise KeyboardInterrupt  # the user gives up waiting: the id is already on screen
 
     monkeypatch.setattr(cli, "AdvrecClient", Fake)
-    with pytest.raises(KeyboardInterrupt):
-        main(["submit", "demo", "--wait"])
-    assert capsys.readouterr().out.splitlines()[0] == "20990101-000000-demo-abcdef"
+    assert main(["submit", "demo", "--wait"]) == 130  # interrupted: no traceback, the usual exit status
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "20990101-000000-demo-abcdef" and "interrupted" in err

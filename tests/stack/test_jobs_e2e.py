@@ -144,7 +144,7 @@ def test_c_cancel_frees_the_worker_within_seconds_and_down_stops_the_redis_it_st
             st = client.status(job)
             assert st["state"] not in ("done", "failed"), st.get("error")
             train = {n: s for n, s in st["steps"].items() if n.startswith("train/")}
-            if any(s["state"] == "running" and (s.get("progress") or {}).get("epoch", 0) >= 1 for s in train.values()):
+            if any(s["state"] == "running" and (s.get("progress") or {}).get("done", 0) >= 1 for s in train.values()):
                 break  # the training step is in its epochs (its heartbeat publishes the progress)
             time.sleep(0.1)
         t0 = time.monotonic()

@@ -92,15 +92,17 @@ def run_attack(
     target: int | torch.Tensor | None,
     device: str = "cpu",
     batch_size: int = 128,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[dict], None] | None = None,
     **extra: Any,
 ) -> torch.Tensor:
     """images (N,3,H,W) float in [0,1] -> adversarial images (N,3,H,W) float in [0,1] on images' device.
 
     ``target``: class index or (N,) indices (targeted), else the clean labels (None: predicted).
     Batched over ``batch_size``; seeded by ``spec.seed`` (results depend on seed and batch size).
-    ``extra``: ``target_features`` (feature_match) or ``score_fn`` (score). ``progress`` is called
-    before every batch (``{"done", "total", "unit", "stage"}``); it may raise to stop (a cancelled run).
+    ``progress`` is called after every batch with ``{"done": n_done, "total": n, "unit": "images"}``,
+    and within a batch whenever the network's forward passes so far stand for one more image (an
+    exception it raises, e.g. a cancellation, stops the attack there).
+    ``extra``: ``target_features`` (feature_match) or ``score_fn`` (score).
     """
     if not isinstance(spec, AttackSpec):
         raise InvalidInput(f"spec must be an AttackSpec, got {type(spec).__name__}")
@@ -112,13 +114,42 @@ def run_attack(
     with _attack_mode(model, dev, spec.seed):
         attack = cls(model, spec, dev, **extra)
         labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.info().needs_labels)
+        n = images.shape[0]
         out = []
-        for i in range(0, images.shape[0], batch_size):
+        for i in range(0, n, batch_size):
+            hook = _within_batch(model, spec, progress, i, min(batch_size, n - i), n) if progress else None
+            try:
+                out.append(attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev))
+                           .to(images.device))
+            finally:
+                if hook is not None:
+                    hook.remove()
             if progress is not None:
-                progress({"done": i, "total": images.shape[0], "unit": "images", "stage": "attack"})
-            out.append(attack(images[i : i + batch_size].to(dev).float(), labels[i : i + batch_size].to(dev))
-                       .to(images.device))
+                progress({"done": min(i + batch_size, n), "total": n, "unit": "images"})
     return torch.cat(out)
+
+
+def _within_batch(model: ImageModel, spec: AttackSpec, progress: Callable[[dict], None], start: int, size: int,
+                  total: int) -> torch.utils.hooks.RemovableHandle:
+    """Progress inside one long batch (a PGD batch at 224 px takes minutes on a CPU): count the
+    network's forward passes against the passes the attack is expected to make, and report the
+    images that fraction stands for (never the whole batch before it is done)."""
+    if spec.method == "cw":
+        expected = spec.cw_steps * spec.cw_binary_steps
+    elif spec.method == "square":
+        expected = spec.resolved_queries
+    else:
+        expected = 1 if spec.method == "fgsm" else spec.resolved_steps
+    state = {"passes": 0, "done": start}
+
+    def counted(*_: Any) -> None:
+        state["passes"] += 1
+        done = start + min(size - 1, size * state["passes"] // max(expected, 1))
+        if done > state["done"]:
+            state["done"] = done
+            progress({"done": done, "total": total, "unit": "images"})
+
+    return model.body.register_forward_hook(counted)
 
 
 __all__ = ["ATTACKS", "Attack", "AttackSpec", "check_images", "resolve_labels", "run_attack"]

@@ -1,0 +1,216 @@
+"""How much work each step is, before it runs: the progress bar and the ETA count work, not steps.
+
+Steps differ a thousandfold (a scenario choice takes milliseconds, an attack shard of 256 images
+at 224 px minutes), so "steps done / steps" predicts nothing. Each step gets an estimate in **work
+units** (about one millisecond of a 2-core CPU; the constants below were fitted to the step times
+of ``advrec demo`` on such a machine) from what is known before it runs: images x attack
+iterations x the backbone's multiply-accumulates per image for attack shards, the catalog size for
+features, epochs x training interactions for recommender fits. Estimates are refined as facts
+arrive (the extractor's input size, the number of origin items per shard once the scenario is
+chosen).
+
+:class:`EtaModel` turns estimates into a remaining time. Per step kind it learns the ratio of
+measured seconds to estimated units from the steps that ran (falling back to the ratio over all
+kinds, then to the prior), so an estimate that is off by a constant factor for one kind stops
+mattering after that kind's first step. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
+
+# one image's forward pass at the backbone's own input size, in ms on 2 CPU cores (torch 2.14, batches
+# of 8-64, process CPU time / 2 so that other jobs on the machine do not count; small and depthwise
+# nets are far slower per multiply-accumulate than ResNets, so MAC counts would mislead). vgg16 and
+# alexnet are scaled from ResNet-50 by their FLOPs. Cost grows with the pixel count.
+FWD_MS: dict[str, float] = {
+    "tiny_cnn": 1.2, "small_cnn": 2.3, "efficientnet_lite0": 33.0, "resnet18": 24.0, "resnet50": 69.0,
+    "vgg16": 260.0, "alexnet": 12.0,
+}
+DEFAULT_FWD_MS = 69.0  # unknown (timm) backbones: as ResNet-50
+BACKWARD_FACTOR = 3.0  # a forward + backward pass (or a training step) costs about three forwards (measured 2-3.7)
+MEASURE_FORWARDS = 10.0  # delivery, re-extraction and the per-image measurements of an attacked image
+MS_PER_TRIPLE = {"bprmf": 0.004, "vbpr": 0.006, "amr": 0.012, "deepstyle": 0.008, "acf": 0.25, "dvbpr": 0.6}
+MS_PER_SCORE = 2e-5  # one (user, item) score in a full ranking
+FIXED_MS = {"dataset": 300.0, "extractor": 300.0, "scenario": 100.0, "adversarial": 100.0, "oracle": 300.0,
+            "report": 3000.0}
+
+
+@dataclass(frozen=True)
+class Work:
+    """An estimate: ``units`` of work (~ms) for ``count`` of the step's own ``unit`` (images, epochs)."""
+
+    units: float
+    count: int = 1
+    unit: str = "step"
+
+
+def image_ms(backbone: str | None, size: int | None) -> float:
+    """Forward ms of one image through ``backbone`` at ``size`` px (square; None: its own size)."""
+    name = backbone or "resnet50"
+    native = BACKBONE_INPUT_SIZES.get(name, 224)
+    side = size or native
+    return FWD_MS.get(name, DEFAULT_FWD_MS) * (side / native) ** 2
+
+
+def attack_iterations(params: dict[str, Any]) -> int:
+    """Gradient (or query) evaluations per image of an attack cell's parameters."""
+    method = params.get("method", "pgd")
+    extra = params.get("params") or {}
+    if method == "cw":
+        return int(extra.get("cw_steps", 1000)) * int(extra.get("cw_binary_steps", 5))
+    if method == "square":
+        return int(extra.get("queries") or 1000) // 3  # forward-only queries
+    if method == "spsa":
+        return int(params.get("steps") or 100) * int(extra.get("queries") or 128) // 3
+    defaults = {"fgsm": 1, "bim": 10, "pgd": 10, "mifgsm": 10, "apgd": 50}
+    return int(params.get("steps") or defaults.get(method, 10))
+
+
+@dataclass
+class Facts:
+    """What the estimates read: the catalog, the extractors and (once known) origin items per shard."""
+
+    n_items: int
+    n_users: int
+    n_train: int
+    n_categories: int = 10
+    extractors: dict[str, tuple[str | None, int | None]] = field(default_factory=dict)  # name -> (backbone, size)
+    demo_images: dict[str, int] = field(default_factory=dict)  # name -> training images of a demo extractor
+    rec_epochs: dict[str, int] = field(default_factory=dict)  # recommender -> epochs (max)
+    origin_items: dict[tuple[int, int], int] | None = None  # (lo, hi) -> origin items in that slice
+    decode_ms: float = 10.0  # reading one catalog image (decode, alpha, resize); ~0 for in-memory catalogs
+
+
+def estimate(step: Any, facts: Facts) -> Work:
+    """The work of one plan step (``step`` has ``name``, ``kind``, ``params``)."""
+    kind, p, name = step.kind, step.params, step.name
+    if kind == "features":
+        ext = name.split("/", 1)[1]
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        return Work(facts.n_items * (fwd + facts.decode_ms) + 1000.0, facts.n_items, "images")  # + a category head
+    if kind == "attack_shard":
+        ext = name.split("/")[1]
+        lo, hi = p["items"]
+        if facts.origin_items is not None and (lo, hi) in facts.origin_items:
+            n = facts.origin_items[(lo, hi)]
+        else:
+            n = max(1, round((hi - lo) / max(facts.n_categories, 1)))
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        per_image = (BACKWARD_FACTOR * attack_iterations(p) + MEASURE_FORWARDS) * fwd + facts.decode_ms
+        return Work(n * per_image + 500.0, n, "images")
+    if kind in ("train", "evaluate"):
+        rec = p["recommender"]
+        epochs = int((p.get("config") or {}).get("epochs") or facts.rec_epochs.get(rec, 50))
+        fit = epochs * facts.n_train * MS_PER_TRIPLE.get(rec, 0.05)
+        if rec == "dvbpr":  # its CNN also encodes every item image when scoring
+            fit += facts.n_items * 2.0
+        scoring = facts.n_users * facts.n_items * MS_PER_SCORE * 4
+        replicates = max(1, int(p.get("replicates") or 1))  # R seeds: R fits and R rankings
+        # an evaluation also loads the attacked features, scores accuracy and runs the paired tests
+        if kind == "evaluate" and p.get("mode") == "deployment":
+            return Work(replicates * scoring + 100.0, 1, "step")
+        fixed = 1500.0 if kind == "evaluate" else 300.0
+        return Work(replicates * (fit + scoring) + fixed, epochs, "epochs")
+    if kind == "placebo":  # every draw delivers and re-extracts each origin image once
+        ext = name.split("/")[1]
+        if facts.origin_items:
+            n = sum(facts.origin_items.values())
+        else:
+            n = max(1, facts.n_items // max(facts.n_categories, 1))
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        draws = max(1, int(p.get("draws") or 1))
+        return Work(draws * n * (2.0 * fwd + facts.decode_ms) + 300.0, draws * n, "images")
+    if kind == "extractor":
+        ext = name.split("/", 1)[1]
+        n = facts.demo_images.get(ext)
+        if p.get("source") in ("demo", "train") and n:
+            fwd = image_ms(*facts.extractors.get(ext, ("tiny_cnn", 64)))
+            epochs = int(p.get("epochs") or 8)
+            inner = int(p.get("pgd_steps") or 3) if p.get("defense") == "pgd_at" else 0
+            train = 0.8 * n * epochs * BACKWARD_FACTOR * (1 + inner) * fwd
+            robust_eval = 0.2 * n * 10 * BACKWARD_FACTOR * fwd  # PGD-10 on the held-out fifth
+            return Work(train + robust_eval + FIXED_MS["extractor"], epochs, "epochs")
+        return Work(FIXED_MS["extractor"])
+    if kind == "dataset":
+        return Work(FIXED_MS["dataset"] + 3.0 * facts.n_items, 1, "step")
+    return Work(FIXED_MS.get(kind, 100.0))
+
+
+class EtaModel:
+    """Remaining time from work estimates, calibrated per step kind by the steps that ran.
+
+    ``add(name, kind, units)`` registers a step to run; ``start``/``advance``/``finish`` follow it;
+    :meth:`remaining_seconds` is the ETA. Pure bookkeeping (no clock): the caller passes seconds.
+    """
+
+    def __init__(self, prior_seconds_per_unit: float = 1e-3):
+        self.prior = prior_seconds_per_unit
+        self.units: dict[str, float] = {}
+        self.kinds: dict[str, str] = {}
+        self.done_units: dict[str, float] = {}  # finished steps, and the finished fraction of the current
+        self._measured: dict[str, list[float]] = {}  # kind -> [seconds, units] of finished steps
+
+    def add(self, name: str, kind: str, units: float) -> None:
+        self.units[name] = max(float(units), 1e-3)
+        self.kinds[name] = kind
+        self.done_units.setdefault(name, 0.0)
+
+    def set_units(self, name: str, units: float) -> None:
+        """Refine the estimate of a step that has not finished yet."""
+        if name in self.units:
+            self.units[name] = max(float(units), 1e-3)
+
+    def advance(self, name: str, fraction: float) -> None:
+        """The step ``name`` is ``fraction`` (0..1) done."""
+        self.done_units[name] = self.units[name] * min(max(fraction, 0.0), 1.0)
+
+    def finish(self, name: str, seconds: float | None) -> None:
+        """The step finished after ``seconds`` of compute (None: it was reused, nothing learnt)."""
+        self.done_units[name] = self.units[name]
+        if seconds is not None:
+            m = self._measured.setdefault(self.kinds[name], [0.0, 0.0])
+            m[0] += seconds
+            m[1] += self.units[name]
+
+    def rate(self, kind: str) -> float:
+        """Seconds per unit for ``kind``: measured for the kind, else over all kinds, else the prior."""
+        if kind in self._measured and self._measured[kind][1] > 0:
+            return self._measured[kind][0] / self._measured[kind][1]
+        total_s = sum(m[0] for m in self._measured.values())
+        total_u = sum(m[1] for m in self._measured.values())
+        return total_s / total_u if total_u > 0 and total_s > 0 else self.prior
+
+    @property
+    def total(self) -> float:
+        return sum(self.units.values())
+
+    @property
+    def done(self) -> float:
+        return sum(self.done_units.values())
+
+    def remaining_seconds(self) -> float:
+        return sum((self.units[n] - self.done_units[n]) * self.rate(self.kinds[n]) for n in self.units)
+
+
+def format_seconds(seconds: float) -> str:
+    """'42s', '3m05s', '1h12m'."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def origin_items_per_shard(categories: Iterable[int], origin: int, shards: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """(lo, hi) -> how many items of category ``origin`` the slice holds."""
+    cats = list(categories)
+    return {(lo, hi): sum(1 for c in cats[lo:hi] if c == origin) for lo, hi in shards}

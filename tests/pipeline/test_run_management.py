@@ -1,0 +1,212 @@
+"""Managing runs from the CLI: the run id first, Ctrl-C, resume (same spec, read from the run, changed,
+unknown), failures as one paragraph with a log, ``advrec show`` / ``list`` / ``init``, and progress
+reported by the steps in their own units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advrec.cli import main
+from advrec.pipeline import steps as steps_module
+from advrec.pipeline.executor import execute_step, plan_run
+from advrec.pipeline.record import RunRecord
+from advrec.pipeline.spec import parse_spec
+from advrec_common.errors import InvalidInput
+from advrec_common.store import ArtifactStore
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"kind": "demo", "n_items": 60, "n_users": 60, "image_size": 32, "seed": 5},
+    "extractors": [{"name": "standard", "demo_images_per_class": 10, "epochs": 1}],
+    "attacks": [{"method": "fgsm", "eps": [8]}],
+    "recommenders": [{"name": "vbpr", "config": {"epochs": 2}}],
+    "ks": [5],
+    "modes": ["deployment"],
+    "shard_size": 30,
+    "gallery_users": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    (home / "spec.yaml").write_text(yaml.safe_dump(TINY))
+    return home
+
+
+def _run(home: Path, *args: str) -> int:
+    return main(["run", *args, "--home", str(home), "--quiet"])
+
+
+def _run_id(out: str) -> str:
+    first = out.strip().splitlines()[0]
+    assert first.startswith("run ") and (" started " in first or " resuming " in first), first
+    return first.split()[1]
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_prints_how_to_resume(home, capsys, monkeypatch):
+    def interrupted(ctx):
+        raise KeyboardInterrupt  # what Ctrl-C raises inside a step
+
+    monkeypatch.setitem(steps_module.STEP_FUNCTIONS, "train", interrupted)
+    assert _run(home, str(home / "spec.yaml")) == 130
+    out, err = capsys.readouterr()
+    run_id = _run_id(out)  # printed before any work
+    assert f"advrec run --resume {run_id}" in err and "Traceback" not in err
+    record = RunRecord.open(home / "runs", run_id).read()
+    assert record["state"] == "interrupted" and record["interrupted_step"] == "train/standard/vbpr"
+    assert record["steps"]["train/standard/vbpr"]["state"] == "interrupted"
+    assert record["steps"]["features/standard"]["state"] == "done"
+
+    monkeypatch.undo()
+    assert _run(home, "--resume", run_id) == 0  # no spec: the run's own
+    out, _ = capsys.readouterr()
+    assert _run_id(out) == run_id and f"run {run_id} done" in out
+    record = RunRecord.open(home / "runs", run_id).read()
+    assert record["state"] == "done" and record["steps"]["features/standard"]["state"] == "cached"
+    home.joinpath("done_run").write_text(run_id)
+
+
+def test_resume_with_another_spec_names_what_differs_and_touches_nothing(home, capsys):
+    run_id = home.joinpath("done_run").read_text()
+    report = home / "runs" / run_id / "report" / "results.json"
+    before = report.read_bytes()
+    changed = {**TINY, "attacks": [{"method": "fgsm", "eps": [4, 8]}], "ks": [3]}
+    (home / "changed.yaml").write_text(yaml.safe_dump(changed))
+    assert _run(home, str(home / "changed.yaml"), "--resume", run_id) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id} was started with another spec" in err
+    assert "attacks[0].eps: [8.0] -> [4.0, 8.0]" in err and "ks[0]: 5 -> 3" in err
+    assert report.read_bytes() == before
+    assert _run(home, str(home / "spec.yaml"), "--resume", run_id) == 0  # the same spec resumes (nothing to do)
+    capsys.readouterr()
+
+
+def test_an_unknown_run_id_is_an_error_not_a_new_run(home, capsys):
+    runs_before = sorted(p.name for p in (home / "runs").iterdir())
+    assert _run(home, str(home / "spec.yaml"), "--resume", "typo") == 2
+    err = capsys.readouterr().err
+    assert "advrec: error: no run 'typo'" in err and "recent runs:" in err
+    assert sorted(p.name for p in (home / "runs").iterdir()) == runs_before
+
+
+def test_an_unexpected_error_is_one_paragraph_with_the_run_id_and_its_log(home, capsys, monkeypatch):
+    def bug(ctx):
+        return 1 / 0
+
+    monkeypatch.setitem(steps_module.STEP_FUNCTIONS, "scenario", bug)
+    spec = {**TINY, "seed": 1}  # another seed: the scenario is not in the store yet
+    (home / "seed1.yaml").write_text(yaml.safe_dump(spec))
+    assert _run(home, str(home / "seed1.yaml")) == 1
+    out, err = capsys.readouterr()
+    run_id = _run_id(out)
+    log = home / "runs" / run_id / "error.log"
+    assert f"run {run_id} failed at step scenario with an unexpected ZeroDivisionError" in err
+    assert str(log) in err and "--debug" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
+    with pytest.raises(ZeroDivisionError):  # --debug: the traceback
+        main(["run", "--resume", run_id, "--home", str(home), "--quiet", "--debug"])
+    capsys.readouterr()
+
+    assert main(["list", "--home", str(home)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(run_id))
+    assert "failed" in row and "ZeroDivisionError: division by zero" in row
+
+    assert main(["show", run_id, "--home", str(home)]) == 0
+    shown = capsys.readouterr().out
+    assert "state    failed (at step scenario)" in shown and "error    ZeroDivisionError" in shown
+    assert str(log) in shown and f"resume   advrec run --resume {run_id}" in shown
+    assert "features" in shown and "time per step kind" in shown
+
+    monkeypatch.undo()  # the bug fixed: resuming the failed run finishes it and clears the failure
+    assert main(["run", "--resume", run_id, "--home", str(home), "--quiet"]) == 0
+    capsys.readouterr()
+    record = RunRecord.open(home / "runs", run_id).read()
+    assert record["state"] == "done" and record["error"] is None and record["failed_step"] is None
+
+
+def test_a_user_mistake_inside_a_step_is_a_typed_error(home, capsys, monkeypatch):
+    def mistake(ctx):
+        raise InvalidInput("scenario.origin 'x' is not a category")
+
+    monkeypatch.setitem(steps_module.STEP_FUNCTIONS, "scenario", mistake)
+    (home / "seed2.yaml").write_text(yaml.safe_dump({**TINY, "seed": 2}))
+    assert _run(home, str(home / "seed2.yaml")) == 2
+    out, err = capsys.readouterr()
+    assert f"advrec: error: run {_run_id(out)} failed at step scenario: scenario.origin 'x'" in err
+
+
+def test_show_reads_a_gateway_job_through_the_client(home, capsys, monkeypatch):
+    status = {"id": "job-1", "name": "tiny", "state": "done", "created": 0.0, "updated": 60.0, "error": None,
+              "progress": {"done": 2, "total": 2}, "spec": TINY,
+              "steps": {"dataset": {"state": "done", "kind": "dataset", "seconds": 1.5},
+                        "attack/standard/fgsm/eps8/shard0": {"state": "done", "kind": "attack_shard", "seconds": 30.0}}}
+
+    class FakeClient:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def status(self, job_id):
+            assert job_id == "job-1"
+            return status
+
+    import advrec.commands.client as client_commands
+
+    monkeypatch.setattr(client_commands, "client_from_args", lambda args: FakeClient())
+    assert main(["show", "job-1", "--server", "http://gw:8000", "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "job of http://gw:8000" in out and "attack_shard" in out and "95%" in out
+    assert "advrec download job-1 -o report.html" in out
+
+
+def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
+    import runpy
+
+    sample = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "own_catalog" / "make_sample.py"))
+    paths = sample["write_sample_catalog"](tmp_path / "shop", n_items=30, n_users=40, image_size=32)
+    spec = tmp_path / "advrec.yaml"
+    assert main(["init", str(spec), "--images", str(paths["images_dir"]), "--interactions", str(paths["interactions"]),
+                 "--categories", str(paths["categories"]), "--name", "shop"]) == 0
+    text = spec.read_text()
+    assert "user: customer" in text and "item: sku" in text and "category: department" in text
+    assert "your labels: Accessories, Apparel, Footwear" in text
+    assert text.count("#") > 40  # every knob explained
+    assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
+    assert "spec 'shop' is valid" in capsys.readouterr().out
+    assert main(["init", str(spec)]) == 2  # never overwrites without --force
+    # without labels: no extractor that must learn them, and the spec still validates
+    bare = tmp_path / "bare.yaml"
+    assert main(["init", str(bare), "--images", str(paths["images_dir"]), "--interactions",
+                 str(paths["interactions"])]) == 0
+    assert "source: train" not in bare.read_text().replace("(source: train", "")
+    assert main(["run", str(bare), "--validate", "--home", str(tmp_path / "h")]) == 0
+
+
+def test_steps_report_progress_in_their_own_units(tmp_path):
+    from services.attacker.artifacts import load_adversarial
+
+    spec = parse_spec({**TINY, "modes": ["retrain"]})
+    store = ArtifactStore(tmp_path / "store")
+    p = plan_run(spec, store, "cpu")
+    seen: dict[str, set[str]] = {}
+    totals: dict[str, int] = {}
+    for step in p:
+        def progress(info, step=step):
+            seen.setdefault(step.kind, set()).add(f"{info['unit']}:{info['total']}")
+            totals[step.name] = info["total"]
+
+        execute_step(step, p, store, "cpu", progress=progress)
+    assert seen["extractor"] == {"passes:1"}  # one epoch of demo training
+    assert seen["features"] == {"images:60"}
+    epochs_of_all_replicates = f"epochs:{2 * spec.replicates}"  # R seeds, 2 epochs each
+    assert spec.replicates > 1
+    assert seen["train"] == {epochs_of_all_replicates} and seen["evaluate"] == {epochs_of_all_replicates}
+    assert {u.split(":")[0] for u in seen["attack_shard"]} == {"images"}
+    attacked = load_adversarial(store, p["adversarial/standard/fgsm/eps8"].key, arrays=False).summary["n_attacked"]
+    assert sum(n for name, n in totals.items() if name.startswith("attack/")) == attacked > 0
