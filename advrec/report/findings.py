@@ -184,7 +184,7 @@ def finding_c(results: dict[str, Any], base: str, ext: str, method: str, eps: fl
     out: Finding = {"id": "c", "question": q, "extractor": ext, "baseline": base, "method": method, "eps": eps, "k": k,
                     "n_risen_baseline": len(risen)}
     if not risen:
-        return {**out, "answer": "n/a", "statement": f"Nothing to prevent: {label} raised CHR@{k} of '{origin}' "
+        return {**out, "answer": "n/a", "statement": f"Nothing for {ext} to prevent: {label} raised CHR@{k} of '{origin}' "
                 f"significantly in none of the {len(base_evs)} cells under {base} (FDR {results['alpha']:.0%})."}
     parts, still = [], 0
     for e in risen:

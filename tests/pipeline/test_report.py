@@ -10,19 +10,21 @@ placebos move nothing; the oracle raises it everywhere.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from markupsafe import escape
 
 from advrec.pipeline.context import StepContext
 from advrec.pipeline.dag import Step, cell_name
 from advrec.pipeline.steps import step_report
 from advrec.report import format_summary
-from advrec.report.stats import benjamini_hochberg, mcnemar_exact
+from advrec.report.stats import PERMUTATIONS, benjamini_hochberg, mcnemar_exact, spearman
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore, artifact_key
 from services.recommender.metrics.effects import replicate_effect
@@ -210,6 +212,20 @@ def test_statistics_on_hand_made_numbers():
     # exact McNemar: 9 vs 1 discordant pairs -> 2 * P(X <= 1 | n = 10, 1/2) = 2 * 11 / 1024
     assert mcnemar_exact(9, 1) == pytest.approx(22 / 1024)
     assert mcnemar_exact(0, 0) is None and mcnemar_exact(3, 3) == pytest.approx(1.0)
+    # Spearman by exact permutation: a perfect order of 5 points is 2 of 5! pairings, of 9 points 2 of 9!
+    assert spearman([1, 2, 3, 4, 5], [2, 4, 6, 8, 10]) == pytest.approx((1.0, 2 / 120))
+    assert spearman(list(range(9)), list(range(9))[::-1]) == pytest.approx((-1.0, 2 / 362_880))
+    # 12 points: seeded random pairings, p floored at (1 + 0) / (1 + draws) per tail, never 0
+    assert spearman(list(range(12)), list(range(12))) == pytest.approx((1.0, 2 / (1 + PERMUTATIONS)))
+    # the same as a brute-force enumeration with scipy's spearmanr (ties included)
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 4, 6).astype(float), rng.random(6)
+    rho = stats.spearmanr(x, y).statistic
+    null = np.array([stats.spearmanr(x, y[list(p)]).statistic for p in itertools.permutations(range(6))])
+    p_ref = min(1.0, 2 * min(np.mean(null >= rho - 1e-12), np.mean(null <= rho + 1e-12)))
+    assert spearman(x, y) == pytest.approx((rho, p_ref))
+    # 4 points can never reach p < .05
+    assert spearman([1, 2, 3, 4], [1, 2, 3, 4])[1] == pytest.approx(2 / 24)
 
 
 def test_every_test_is_adjusted_and_verdicts_use_the_adjusted_p(report):
