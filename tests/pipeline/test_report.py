@@ -17,8 +17,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 from markupsafe import escape
+from scipy import stats
 
 from advrec.pipeline.context import StepContext
 from advrec.pipeline.dag import Step, cell_name
