@@ -19,26 +19,34 @@ BudgetSpace = Literal["pixel", "normalized"]
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What an attack method supports: norms, budget spaces, eps = 0 (no budget), class labels."""
+    """What an attack method supports: norms, budget spaces, eps = 0 (no budget), class labels, and
+    which :class:`AttackParams` it reads (``targeted`` too when it uses labels)."""
 
     norms: tuple[str, ...] = ("linf",)
     budget_spaces: tuple[str, ...] = ("pixel",)
     unbounded_ok: bool = False
     needs_labels: bool = True  # False: feature-level attacks that ignore class labels
+    params: tuple[str, ...] = ()
+    # params the method pins: stating that value is harmless (as is any param's default, so dumps round-trip)
+    fixed: tuple[tuple[str, object], ...] = ()
+
+    def accepted_params(self) -> tuple[str, ...]:
+        return (("targeted",) if self.needs_labels else ()) + self.params
 
 
 _SIGN = ("pixel", "normalized")  # sign-gradient attacks also run the study's normalised-space budget
+_CW = ("cw_binary_steps", "cw_c", "cw_confidence", "cw_steps", "cw_lr")
 METHODS: dict[str, MethodInfo] = {
-    "fgsm": MethodInfo(budget_spaces=_SIGN),
-    "bim": MethodInfo(budget_spaces=_SIGN),
-    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN),
-    "mifgsm": MethodInfo(budget_spaces=_SIGN),
-    "cw": MethodInfo(norms=("l2",), unbounded_ok=True),
+    "fgsm": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),)),
+    "bim": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),)),
+    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, params=("random_start",)),
+    "mifgsm": MethodInfo(budget_spaces=_SIGN, params=("decay",), fixed=(("random_start", False),)),
+    "cw": MethodInfo(norms=("l2",), unbounded_ok=True, params=_CW),
     "apgd": MethodInfo(norms=("linf", "l2")),
-    "square": MethodInfo(norms=("linf", "l2")),
-    "spsa": MethodInfo(),
-    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False),
-    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False),
+    "square": MethodInfo(norms=("linf", "l2"), params=("queries",)),
+    "spsa": MethodInfo(params=("queries",)),
+    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
+    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
 }
 
 
@@ -115,6 +123,12 @@ class AttackSpec(AttackParams):
             raise ValueError(f"{self.method} supports budget_space {list(cls.budget_spaces)}, not {self.budget_space!r}")
         if self.eps == 0 and not cls.unbounded_ok:
             raise ValueError(f"{self.method} needs eps > 0 (in 1/255 units)")
+        accepted, pinned = cls.accepted_params(), dict(cls.fixed)
+        ignored = [name for name in AttackParams.model_fields if name in self.model_fields_set and name not in accepted
+                   and getattr(self, name) not in (AttackParams.model_fields[name].default, pinned.get(name))]
+        if ignored:
+            raise ValueError(f"{self.method} does not use params {', '.join(ignored)} (its params: "
+                             f"{', '.join(accepted) or 'none'})")
         return self
 
     # -- resolved values in the units the attacks use -------------------------------------------

@@ -21,11 +21,24 @@ from services.attacker.spec import AttackSpec, study_presets
         ({"method": "square", "eps": 4, "budget_space": "normalized"}, "square supports budget_space ['pixel']"),
         ({"method": "pgd", "eps": 0}, "pgd needs eps > 0"),
         ({"method": "pgd", "eps": 4, "colour": 1}, "Extra inputs are not permitted"),
+        # a param the method never reads is an error, not a silent no-op
+        ({"method": "pgd", "eps": 4, "cw_steps": 3}, "pgd does not use params cw_steps .its params: targeted, random_start"),
+        ({"method": "fgsm", "eps": 4, "decay": 0.5}, "fgsm does not use params decay"),
+        ({"method": "cw", "eps": 0, "norm": "l2", "queries": 5, "decay": 0.5}, "cw does not use params decay, queries"),
+        ({"method": "score", "eps": 4, "targeted": False}, "score does not use params targeted .its params: random_start"),
     ],
 )
 def test_bad_specs_fail_with_clear_messages(fields, message):
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
         AttackSpec(**fields)
+
+
+def test_params_a_method_reads_or_pins_are_accepted():
+    assert AttackSpec(method="pgd", eps=4, random_start=False, targeted=False).random_start is False
+    assert AttackSpec(method="bim", eps=4, random_start=False).method == "bim"  # BIM never starts randomly
+    # a default stated explicitly is harmless (dumps of every field round-trip)
+    assert AttackSpec(method="fgsm", eps=4, queries=None, cw_steps=1000, random_start=True).method == "fgsm"
+    assert AttackSpec(method="mifgsm", eps=4, decay=0.5).decay == 0.5
 
 
 def test_defaults_follow_the_study():

@@ -45,6 +45,14 @@ def test_every_problem_at_once_with_spec_paths(tmp_path):
     assert locs == ["ks[1]", "scenario.origin"]
 
 
+def test_attack_params_the_method_ignores_are_problems(tmp_path):
+    doc = _spec(_catalog(tmp_path), attacks=[{"method": "pgd", "eps": [4], "params": {"cw_steps": 3}},
+                                             {"method": "cw", "eps": [0], "norm": "l2", "params": {"cw_steps": 3}}])
+    problems = preflight(doc, device="cpu").problems
+    assert [loc for loc, _ in problems] == ["attacks[0]"]
+    assert "pgd does not use params cw_steps" in problems[0][1]
+
+
 def test_missing_files_and_devices_are_problems_not_tracebacks(tmp_path):
     bad = {"kind": "generic", "images_dir": str(tmp_path / "nope"), "interactions": str(tmp_path / "none.csv")}
     out = preflight(_spec(bad), device="cuda:3" if not _has_gpu() else "tpu")
