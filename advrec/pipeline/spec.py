@@ -27,7 +27,7 @@ from advrec_common.validation import validation_problems
 from services.attacker.spec import METHODS, AttackParams, AttackSpec
 from services.extractor.named_weights import NAMED_WEIGHTS
 from services.extractor.train_config import TrainOverrides
-from services.recommender.config import RecConfig
+from services.recommender.config import MODEL_FIELDS, RecConfig, unused_fields
 from services.recommender.kinds import RECOMMENDER_NEEDS
 
 SPEC_VERSION = 1
@@ -241,6 +241,14 @@ class RecommenderSpec(_Strict):
         if v not in RECOMMENDER_NEEDS:
             raise ValueError(f"unknown recommender {v!r}; known: {sorted(RECOMMENDER_NEEDS)}")
         return v
+
+    @model_validator(mode="after")
+    def _config_fits(self) -> RecommenderSpec:
+        ignored = unused_fields(self.name, self.config)
+        if ignored:
+            readers = "; ".join(f"{f}: {', '.join(MODEL_FIELDS[f])}" for f in ignored)
+            raise ValueError(f"{self.name} does not use config {', '.join(ignored)} (read only by {readers})")
+        return self
 
     @field_serializer("config")
     def _config_as_given(self, config: RecConfig) -> dict[str, Any]:

@@ -78,6 +78,26 @@ COMMON_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Model-specific fields and the recommenders that read them (every other field applies to all).
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "full_vbpr": ("vbpr", "amr"),
+    "adv_lambda": ("amr",),
+    "adv_eps": ("amr",),
+    "adv_type": ("amr",),
+    "adv_start": ("amr",),
+    "hidden": ("acf",),
+    "max_history": ("acf",),
+    "cnn_width": ("dvbpr",),
+}
+
+
+def unused_fields(recommender: str, config: RecConfig) -> list[str]:
+    """Fields ``config`` sets to a non-default value that ``recommender`` never reads (a silent no-op)."""
+    return [name for name, users in MODEL_FIELDS.items()
+            if recommender not in users and name in config.model_fields_set
+            and getattr(config, name) != RecConfig.model_fields[name].default]
+
+
 def parse_config(config: RecConfig | dict[str, Any] | None) -> RecConfig:
     """A RecConfig from a dict (InvalidInput with the pydantic message on bad fields)."""
     if config is None:

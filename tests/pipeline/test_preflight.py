@@ -53,6 +53,15 @@ def test_attack_params_the_method_ignores_are_problems(tmp_path):
     assert "pgd does not use params cw_steps" in problems[0][1]
 
 
+def test_recommender_config_another_model_reads_is_a_problem(tmp_path):
+    doc = _spec(_catalog(tmp_path), recommenders=[{"name": "vbpr", "config": {"adv_eps": 0.5, "full_vbpr": True}},
+                                                  {"name": "amr", "config": {"adv_eps": 0.5, "full_vbpr": True}},
+                                                  {"name": "acf", "config": {"hidden": 8, "adv_lambda": 0.1}}])
+    problems = preflight(doc, device="cpu").problems
+    # vbpr reads full_vbpr but not adv_eps; amr reads both; acf reads hidden, and adv_lambda 0.1 is the default
+    assert problems == [("recommenders[0]", "vbpr does not use config adv_eps (read only by adv_eps: amr)")]
+
+
 def test_missing_files_and_devices_are_problems_not_tracebacks(tmp_path):
     bad = {"kind": "generic", "images_dir": str(tmp_path / "nope"), "interactions": str(tmp_path / "none.csv")}
     out = preflight(_spec(bad), device="cuda:3" if not _has_gpu() else "tpu")
