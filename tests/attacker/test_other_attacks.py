@@ -121,3 +121,16 @@ def test_progress_after_every_batch_and_it_can_stop_the_attack(random_model, ima
     with pytest.raises(Stop):
         attack_and_measure(random_model, images, spec, 1, batch_size=2, progress=stop)
     assert not random_model.body._forward_hooks  # the progress hook is removed, even on an exception
+
+    # a long C&W batch: the callback (where a cancellation is noticed) runs at every forward pass
+    passes: list[int] = []
+
+    def stop_after_ten(info: dict) -> None:
+        passes.append(info["done"])
+        if len(passes) == 10:
+            raise Stop(info["done"])
+
+    cw = AttackSpec(method="cw", eps=0, norm="l2", cw_binary_steps=5, cw_steps=1000)
+    with pytest.raises(Stop):
+        run_attack(random_model, images, cw, 1, batch_size=6, progress=stop_after_ten)
+    assert passes == [0] * 10  # 10 passes of the expected 5,000 per batch: no image counted yet, stopped anyway

@@ -132,8 +132,8 @@ def run_attack(
 def _within_batch(model: ImageModel, spec: AttackSpec, progress: Callable[[dict], None], start: int, size: int,
                   total: int) -> torch.utils.hooks.RemovableHandle:
     """Progress inside one long batch (a PGD batch at 224 px takes minutes on a CPU): count the
-    network's forward passes against the passes the attack is expected to make, and report the
-    images that fraction stands for (never the whole batch before it is done)."""
+    network's forward passes against the passes the attack is expected to make, and report, at
+    every pass, the images that fraction stands for (never the whole batch before it is done)."""
     if spec.method == "cw":
         expected = spec.cw_steps * spec.cw_binary_steps
     elif spec.method == "square":
@@ -143,11 +143,11 @@ def _within_batch(model: ImageModel, spec: AttackSpec, progress: Callable[[dict]
     state = {"passes": 0, "done": start}
 
     def counted(*_: Any) -> None:
+        # called on every pass, not only when the count moves: a C&W batch makes thousands of passes per
+        # image, and the callback is where a cancellation is noticed (the pipeline's check is throttled)
         state["passes"] += 1
-        done = start + min(size - 1, size * state["passes"] // max(expected, 1))
-        if done > state["done"]:
-            state["done"] = done
-            progress({"done": done, "total": total, "unit": "images"})
+        state["done"] = max(state["done"], start + min(size - 1, size * state["passes"] // max(expected, 1)))
+        progress({"done": state["done"], "total": total, "unit": "images"})
 
     return model.body.register_forward_hook(counted)
 
