@@ -10,6 +10,8 @@ artifact of the right kind) are checked by the models and the preflight, and no 
 The gateway's proxy routes forward to the real service apps, in process (``httpx.ASGITransport``), with
 the internal token; the services run on an empty store (unknown keys are 404s). ``ADVREC_ST_EXAMPLES``
 raises the number of examples per operation (default 15; the numbers in docs/stack.md come from 200).
+Under ``CI=true`` the examples are derandomized (one fixed sequence: a CI verdict is reproducible);
+elsewhere each run draws new ones, to keep exploring.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from .conftest import API_KEY
 pytestmark = pytest.mark.stack
 
 EXAMPLES = int(os.environ.get("ADVREC_ST_EXAMPLES", "15"))
+DERANDOMIZE = os.environ.get("CI", "").lower() == "true"
 TOKEN = "schemathesis-internal-token"
 # its own Redis DB: jobs it submits must never reach the workers of the end-to-end tests
 REDIS_URL = private_redis_url(6)
@@ -105,7 +108,7 @@ gateway_schema = schemathesis.openapi.from_asgi("/openapi.json", GATEWAY)
 
 
 @gateway_schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
 def test_gateway_never_answers_500_and_keeps_to_its_description(case):
     proxied = case.path.startswith(("/v1/extractor/", "/v1/attacker/", "/v1/recommender/"))
     excluded = [positive_data_acceptance, not_a_server_error] if proxied else [positive_data_acceptance]
@@ -117,18 +120,18 @@ service_schemas = {name: schemathesis.openapi.from_asgi("/openapi.json", app) fo
 
 
 @service_schemas["extractor"].parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
 def test_extractor_never_answers_5xx(case):
     case.call_and_validate(headers={"X-Internal-Token": TOKEN}, excluded_checks=[positive_data_acceptance])
 
 
 @service_schemas["attacker"].parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
 def test_attacker_never_answers_5xx(case):
     case.call_and_validate(headers={"X-Internal-Token": TOKEN}, excluded_checks=[positive_data_acceptance])
 
 
 @service_schemas["recommender"].parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
 def test_recommender_never_answers_5xx(case):
     case.call_and_validate(headers={"X-Internal-Token": TOKEN}, excluded_checks=[positive_data_acceptance])
