@@ -180,6 +180,14 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def job_source_args(p: argparse.ArgumentParser) -> None:
+    """--server / --api-key / --timeout: read a gateway job instead of a local run."""
+    p.add_argument("--server", help="read a gateway job instead; also used when RUN is not local and "
+                   "ADVREC_SERVER is set (key: --api-key or ADVREC_API_KEY)")
+    p.add_argument("--api-key", help="gateway API key (env ADVREC_API_KEY)")
+    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", help="advrec home (store, runs); default $ADVREC_HOME or ./.advrec")
 
@@ -204,10 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="print a run's tables; -o copies its HTML report (--server: a gateway job)")
     p.add_argument("run", help="local run id, or a job id with --server")
     p.add_argument("-o", "--output", help="write report.html here")
-    p.add_argument("--server", help="read a gateway job instead; also used when RUN is not local and "
-                   "ADVREC_SERVER is set (key: --api-key or ADVREC_API_KEY)")
-    p.add_argument("--api-key", help="gateway API key (env ADVREC_API_KEY)")
-    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
+    job_source_args(p)
     _common(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list local runs and their state")

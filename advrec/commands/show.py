@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advrec.commands.run import _common, _settings
+from advrec.commands.run import _common, _settings, job_source_args
 
 _DONE = ("done", "cached")
 
@@ -94,9 +94,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="a run's state, error, time per step kind and report path "
                                     "(--server: a gateway job)")
     p.add_argument("run", help="local run id, or a job id with --server")
-    p.add_argument("--server", help="read a gateway job instead; also used when RUN is not local and "
-                   "ADVREC_SERVER is set (key: --api-key or ADVREC_API_KEY)")
-    p.add_argument("--api-key", help="gateway API key (env ADVREC_API_KEY)")
-    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
+    job_source_args(p)
     _common(p)
     p.set_defaults(func=cmd_show)
