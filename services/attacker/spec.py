@@ -71,7 +71,11 @@ DEFAULT_QUERIES: dict[str, int] = {"square": 1000, "spsa": 128}
 
 
 class AttackParams(BaseModel):
-    """The method-specific knobs of an attack (the evaluation spec's ``attacks[].params``)."""
+    """The method-specific knobs of an attack (the evaluation spec's ``attacks[].params``).
+
+    Each method reads only its own: ``targeted`` (every label-based attack), ``random_start`` (pgd,
+    feature_match, score), ``decay`` (mifgsm), ``cw_*`` (cw), ``queries`` (square, spsa). Setting
+    another to a value other than its default is a validation error, not a silent no-op."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
