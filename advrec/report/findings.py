@@ -218,13 +218,19 @@ def finding_d(results: dict[str, Any], k: int, mode: str) -> Finding | None:
     def txt(c: dict[str, Any]) -> str:
         return "n/a" if c.get("rho") is None else f"rho={c['rho']:.2f}, adj. p={_p(c.get('p_adjusted'))}"
 
+    # No test compares the two correlations, so "rather than" needs the SR's to be absent, not smaller.
     r_fl, r_sr = finite(fl.get("rho")), finite(sr.get("rho"))
-    stronger = r_fl is not None and (r_sr is None or abs(r_fl) > abs(r_sr))
-    yes = stronger and bool(fl.get("significant"))
-    text = (f"{'Yes' if yes else 'No'} ({mode}): over {n} distinct attack cells, the mean CHR@{k} effect correlates "
-            f"with the feature MSE ({txt(fl)}) {'more' if stronger else 'not more'} than with the SR ({txt(sr)}) "
-            "(Spearman).")
-    return {"id": "d", "question": q, "answer": "yes" if yes else "no", "statement": text, "mode": mode, "k": k,
+    fl_sig, sr_sig = bool(fl.get("significant")), bool(sr.get("significant"))
+    head = f"over {n} distinct attack cells, the mean CHR@{k} effect"
+    both = f"the feature MSE ({txt(fl)}) and the SR ({txt(sr)}) (Spearman, FDR {results['alpha']:.0%})"
+    if fl_sig and not sr_sig:
+        answer, text = "yes", f"Yes ({mode}): {head} correlates significantly with {both.replace(' and ', ', not with ', 1)}."
+    elif fl_sig:
+        answer, text = "partly", (f"Partly ({mode}): {head} correlates significantly with both {both}; with {n} cells "
+                                  "the two correlations cannot be told apart.")
+    else:
+        answer, text = "no", f"No ({mode}): {head} does not correlate significantly with the feature MSE: {both}."
+    return {"id": "d", "question": q, "answer": answer, "statement": text, "mode": mode, "k": k,
             "n": n, "rho_feature_mse": r_fl, "rho_sr": r_sr}
 
 

@@ -24,6 +24,7 @@ from advrec.pipeline.context import StepContext
 from advrec.pipeline.dag import Step, cell_name
 from advrec.pipeline.steps import step_report
 from advrec.report import format_summary
+from advrec.report.findings import finding_d
 from advrec.report.stats import PERMUTATIONS, benjamini_hochberg, mcnemar_exact, spearman
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore, artifact_key
@@ -226,6 +227,20 @@ def test_statistics_on_hand_made_numbers():
     assert spearman(x, y) == pytest.approx((rho, p_ref))
     # 4 points can never reach p < .05
     assert spearman([1, 2, 3, 4], [1, 2, 3, 4])[1] == pytest.approx(2 / 24)
+
+
+def test_finding_d_says_rather_than_only_when_the_sr_does_not_correlate():
+    def res(fl_sig: bool, sr_sig: bool) -> dict:
+        rows = [{"mode": "deployment", "k": 10, "with": w, "n": 9, "rho": r, "p_value": p, "p_adjusted": p,
+                 "significant": sig} for w, r, p, sig in (("feature_mse", -1.0, 0.002, fl_sig),
+                                                          ("sr", -0.91, 0.013 if sr_sig else 0.2, sr_sig))]
+        return {"correlations": rows, "alpha": 0.05}
+
+    assert finding_d(res(True, False), 10, "deployment")["answer"] == "yes"
+    both = finding_d(res(True, True), 10, "deployment")  # |rho| larger, but no test compares the two
+    assert both["answer"] == "partly" and "cannot be told apart" in both["statement"]
+    assert finding_d(res(False, True), 10, "deployment")["answer"] == "no"
+    assert finding_d(res(False, False), 10, "deployment")["answer"] == "no"
 
 
 def test_every_test_is_adjusted_and_verdicts_use_the_adjusted_p(report):
