@@ -20,7 +20,12 @@ def hash_key(key: str) -> str:
 def owner_id(key: str) -> str:
     """The owner id stored in the jobs and datasets a key creates: 16 hex of a digest of the key's hash
     (neither the key nor its accepted digest is written next to the data)."""
-    return hashlib.sha256(b"advrec-owner:" + hash_key(key).encode()).hexdigest()[:16]
+    return owner_of_digest(hash_key(key))
+
+
+def owner_of_digest(digest: str) -> str:
+    """The owner id of the key whose SHA-256 hex digest is ``digest`` (as the settings list it)."""
+    return hashlib.sha256(b"advrec-owner:" + digest.strip().lower().encode()).hexdigest()[:16]
 
 
 def key_accepted(key: str, accepted_hashes: list[str]) -> bool:

@@ -6,8 +6,24 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from advrec_common.apikeys import owner_of_digest
+
+QUOTA_FIELDS = ("catalog_items", "image_pixels", "catalog_pixels", "plan_steps", "concurrent_jobs")
+
+
+class Quotas(BaseModel):
+    """What one API key's job may ask for; a field left None in ``key_quotas`` takes the ``quota_*`` default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    catalog_items: int | None = Field(None, ge=1, description="items of a job's catalog (413)")
+    image_pixels: int | None = Field(None, ge=1, description="pixels per image a job works at (413)")
+    catalog_pixels: int | None = Field(None, ge=1, description="items x pixels per image of a job (413)")
+    plan_steps: int | None = Field(None, ge=1, description="steps in a job's plan (422)")
+    concurrent_jobs: int | None = Field(None, ge=1, description="unfinished jobs of the key (429)")
 
 
 class Settings(BaseSettings):
@@ -63,6 +79,35 @@ class Settings(BaseSettings):
     quota_catalog_pixels: int = Field(1_000_000_000, ge=1, description="items x pixels per image of a job (413)")
     quota_plan_steps: int = Field(5_000, ge=1, description="steps in a job's plan (422)")
     quota_concurrent_jobs: int = Field(4, ge=1, description="unfinished jobs per key (429)")
+    key_quotas: dict[str, Quotas] = Field(
+        default_factory=dict,
+        description="Per-key overrides of the quota_* defaults, keyed by the key's SHA-256 digest (as in "
+        "api_key_hashes), e.g. {\"<digest>\": {\"concurrent_jobs\": 10, \"catalog_items\": 200000}}.",
+    )
+
+    @field_validator("key_quotas")
+    @classmethod
+    def _digests(cls, v: dict[str, Quotas]) -> dict[str, Quotas]:
+        bad = [k for k in v if len(k.strip()) != 64 or any(c not in "0123456789abcdef" for c in k.strip().lower())]
+        if bad:
+            raise ValueError(f"key_quotas must be keyed by SHA-256 hex digests (`advrec stack hash-key KEY`), got {bad}")
+        return {k.strip().lower(): q for k, q in v.items()}
+
+    def quotas(self, owner: str | None = None) -> Quotas:
+        """The quotas of the key whose owner id is ``owner``: its ``key_quotas`` entry over the defaults."""
+        resolved = {f: getattr(self, f"quota_{f}") for f in QUOTA_FIELDS}
+        if owner:
+            for digest, override in self.key_quotas.items():
+                if owner_of_digest(digest) == owner:
+                    resolved.update(Quotas.model_validate(override).model_dump(exclude_none=True))
+        return Quotas(**resolved)
+
+    def quota_source(self, owner: str | None, field: str) -> str:
+        """Where ``field``'s quota for ``owner`` comes from, for error messages."""
+        for digest, override in self.key_quotas.items():
+            if owner and owner_of_digest(digest) == owner and getattr(Quotas.model_validate(override), field) is not None:
+                return f"key_quotas[{digest[:8]}...].{field}"
+        return f"quota_{field}"
 
     @property
     def namespace(self) -> str:

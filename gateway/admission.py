@@ -63,26 +63,31 @@ def work_pixels(spec: EvaluationSpec, facts: dict[str, Any]) -> int | None:
     return max(sides) if sides else None
 
 
-def check_quotas(report: Preflight, settings: Settings) -> None:
-    """413 for a catalog or images above the quotas, 422 for a plan with too many steps."""
+def check_quotas(report: Preflight, settings: Settings, owner: str | None = None) -> None:
+    """413 for a catalog or images above the quotas of ``owner``'s key, 422 for a plan with too many steps."""
     spec = report.spec
     assert spec is not None
+    quota = settings.quotas(owner)
+
+    def name(field: str) -> str:
+        return settings.quota_source(owner, field)
+
     n_items = report.facts.get("n_items")
-    if n_items and n_items > settings.quota_catalog_items:
+    if n_items and n_items > quota.catalog_items:
         raise PayloadTooLarge(f"the catalog has {n_items} items, above this key's quota of "
-                              f"{settings.quota_catalog_items} (quota_catalog_items)")
+                              f"{quota.catalog_items} ({name('catalog_items')})")
     pixels = work_pixels(spec, report.facts)
-    if pixels and pixels > settings.quota_image_pixels:
+    if pixels and pixels > quota.image_pixels:
         raise PayloadTooLarge(f"images would be processed at {pixels} pixels each, above this key's quota of "
-                              f"{settings.quota_image_pixels} (quota_image_pixels); set extractors[].image_size")
-    if n_items and pixels and n_items * pixels > settings.quota_catalog_pixels:
+                              f"{quota.image_pixels} ({name('image_pixels')}); set extractors[].image_size")
+    if n_items and pixels and n_items * pixels > quota.catalog_pixels:
         raise PayloadTooLarge(f"{n_items} items x {pixels} pixels = {n_items * pixels} pixels, above this key's "
-                              f"quota of {settings.quota_catalog_pixels} (quota_catalog_pixels)")
+                              f"quota of {quota.catalog_pixels} ({name('catalog_pixels')})")
     if n_items:
         steps = len(plan(spec, int(n_items)))
-        if steps > settings.quota_plan_steps:
-            raise InvalidInput(f"the plan has {steps} steps, above this key's quota of {settings.quota_plan_steps} "
-                               f"(quota_plan_steps); use fewer extractors, attacks, budgets or recommenders, "
+        if steps > quota.plan_steps:
+            raise InvalidInput(f"the plan has {steps} steps, above this key's quota of {quota.plan_steps} "
+                               f"({name('plan_steps')}); use fewer extractors, attacks, budgets or recommenders, "
                                f"or a larger shard_size")
 
 
@@ -94,9 +99,10 @@ def admission_slot(settings: Settings, caller: Caller) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             running = active_jobs(settings, caller.owner)
-            if running >= settings.quota_concurrent_jobs:
-                raise QuotaExceeded(f"this key has {running} unfinished jobs, its quota is "
-                                    f"{settings.quota_concurrent_jobs} (quota_concurrent_jobs); wait for one to "
+            limit = settings.quotas(caller.owner).concurrent_jobs
+            if running >= limit:
+                raise QuotaExceeded(f"this key has {running} unfinished jobs, its quota is {limit} "
+                                    f"({settings.quota_source(caller.owner, 'concurrent_jobs')}); wait for one to "
                                     f"finish or cancel one")
             yield
         finally:

@@ -120,7 +120,7 @@ def submit_job(
     spec = confine_paths(spec_from_body(body), settings, caller)
     report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
     spec = report.raise_for_problems("the job cannot run")
-    check_quotas(report, settings)
+    check_quotas(report, settings, caller.owner)
     with admission_slot(settings, caller):
         run_id = executor.submit(spec, settings, owner=caller.owner)
         if marker is not None:

@@ -90,10 +90,12 @@ def _expand(d: dict[str, Any], store: ArtifactStore, settings: Settings) -> None
     full = plan(spec, n_items)
     if full["dataset"].key != ds_key:
         raise AdvrecError("the catalog's files changed while the job was being planned; submit it again")
-    if len(full) > settings.quota_plan_steps:
-        raise AdvrecError(f"the plan has {len(full)} steps, above the limit of {settings.quota_plan_steps} "
-                          f"(quota_plan_steps); use fewer extractors, attacks, budgets or recommenders, or a larger "
-                          f"shard_size")
+    owner = d.get("owner")
+    limit = settings.quotas(owner).plan_steps
+    if len(full) > limit:
+        raise AdvrecError(f"the plan has {len(full)} steps, above the limit of {limit} "
+                          f"({settings.quota_source(owner, 'plan_steps')}); use fewer extractors, attacks, budgets "
+                          f"or recommenders, or a larger shard_size")
     d["plan"] = full.to_json()
     for row in d["plan"]:
         d["steps"].setdefault(row["name"], _pending(row))

@@ -94,6 +94,36 @@ def test_plan_steps_and_unfinished_jobs_quotas(settings, tmp_path):
         assert client.post("/v1/jobs", json=TINY_SPEC).status_code == 202
 
 
+def test_key_quotas_override_the_defaults_for_one_key_only(settings):
+    from advrec_common.apikeys import hash_key
+    from gateway.app import create_app
+
+    big_key = "big-customer-key-0123"
+    per_key = settings.model_copy(update={
+        "api_key_hashes": [*settings.api_key_hashes, hash_key(big_key)], "quota_concurrent_jobs": 1,
+        "key_quotas": {hash_key(big_key): {"concurrent_jobs": 3}, hash_key(API_KEY): {"plan_steps": 8}},
+    })
+    with TestClient(create_app(per_key, reconcile_on_start=False)) as client:
+        client.headers["X-API-Key"] = API_KEY
+        r = client.post("/v1/jobs", json=TINY_SPEC)  # 10 steps, above this key's 8
+        assert r.status_code == 422 and "key_quotas[" in r.json()["detail"] and ".plan_steps" in r.json()["detail"]
+        client.headers["X-API-Key"] = big_key  # plan_steps: the default; concurrent jobs: 3, not 1
+        assert [client.post("/v1/jobs", json=TINY_SPEC).status_code for _ in range(3)] == [202] * 3
+        r = client.post("/v1/jobs", json=TINY_SPEC)
+        assert r.status_code == 429 and "key_quotas[" in r.json()["detail"], r.text
+
+
+def test_key_quotas_must_be_keyed_by_digests():
+    from pydantic import ValidationError
+
+    from advrec_common.settings import Settings
+
+    with pytest.raises(ValidationError, match="SHA-256 hex digests"):
+        Settings(key_quotas={"my-clear-text-key": {"concurrent_jobs": 2}})
+    with pytest.raises(ValidationError, match="extra"):
+        Settings(key_quotas={"a" * 64: {"concurent_jobs": 2}})
+
+
 def test_preflight_problems_are_422_and_never_show_server_paths(gateway_client, settings):
     spec = {**TINY_SPEC, "dataset": {"kind": "generic", "images_dir": "shop/images", "interactions": "shop/i.csv"}}
     r = gateway_client.post("/v1/jobs", json=spec)
