@@ -337,10 +337,8 @@ def step_attack_shard(ctx: StepContext) -> None:
         ctx.meta.update(n=0, seconds=0.0)
         return
     spec = AttackGridSpec.from_params(p).attack_spec(p["eps"], p["seed"])
-    # the size and fit of the clean features (None in old artifacts: the spec's image_size)
-    size = feats.category_info.get("image_size", p.get("image_size"))
-    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=size,
-                                          fit=feats.category_info.get("fit", "crop")))
+    size, fit = _feature_image_size(feats, p)
+    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=size, fit=fit))
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
                              spatial=feats.spatial is not None, progress=ctx.progress)
@@ -350,6 +348,12 @@ def step_attack_shard(ctx: StepContext) -> None:
     write_shard(ctx.out, idx, out, rows, p["delivery"])
     ctx.meta.update(n=int(len(idx)), seconds=out.seconds, images_per_s=len(idx) / max(out.seconds, 1e-9),
                     image_size=size, head=feats.category_info.get("head", {}).get("kind"))
+
+
+def _feature_image_size(feats: Any, params: dict[str, Any]) -> tuple[int | None, str]:
+    """The size and fit the clean features were extracted at (older artifacts: the spec's image_size, crop):
+    attacks and controls must load the catalog images exactly so."""
+    return feats.category_info.get("image_size", params.get("image_size")), feats.category_info.get("fit", "crop")
 
 
 def step_adversarial(ctx: StepContext) -> None:
@@ -378,7 +382,8 @@ def step_placebo(ctx: StepContext) -> None:
         empty = np.zeros((draws, 0, dim), np.float32)
         write_placebo(ctx.out, items, empty, None, np.zeros((draws, 0, 1, 1, 3), np.uint8), {"n": 0})
         return
-    clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=p.get("image_size"))
+    size, fit = _feature_image_size(feats, p)
+    clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit)
     images = placebo_images(clean, adv.images, draws, int(p["seed"]), p["delivery"], int(p["jpeg_quality"]))
     rows, maps, sizes = [], [], []
     for r in range(draws):

@@ -111,3 +111,19 @@ def test_a_pixel_recommender_sees_attacked_images_at_its_own_size(shop):
     results = json.loads((record.dir / "report" / "results.json").read_text())
     assert {e["mode"] for e in results["evaluations"]} == {"retrain", "deployment"}
     assert all(e["n_perturbed"] > 0 for e in results["evaluations"])
+
+
+def test_controls_load_the_catalog_at_the_extractors_own_size(shop):
+    """No ``image_size`` in the spec: the extractor works at its own input size (64 px) while the catalog
+    is 48 px. The placebo must shuffle the attack's perturbations over the clean images at that size and
+    fit (before: it loaded them at their native 48 px and failed on the shape)."""
+    out, dataset, _ = shop
+    extractor = {"name": "cnn", "source": "train", "backbone": "tiny_cnn", "defense": "standard", "epochs": 1}
+    spec = parse_spec(_spec(dataset, extractors=[extractor], modes=["deployment"], replicates=1,
+                            controls=["placebo"]))
+    record = run_inprocess(spec, ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    assert results["extractors"]["cnn"]["categories"]["image_size"] == 64
+    placebo = [e for e in results["evaluations"] if e.get("control") == "placebo"]
+    assert placebo, [sorted(e) for e in results["evaluations"]]
