@@ -4,9 +4,11 @@ Every answer decides on Benjamini-Hochberg adjusted p-values at the run's false 
 (:mod:`.stats`), counts both ways ("rose in a of n cells, fell in b, unchanged in c") and quotes
 effect sizes with their 95 % intervals across replicates.
 
-(o) Could moving features move the origin's exposure at all? The oracle (positive control).
+(o) Could moving features raise the origin's exposure at all? The oracle (positive control).
 (a) Did the attack raise the origin category's CHR@K? Per defense and attack setting, across the
     recommender x mode cells; with each cell's placebo and the attack's share of the oracle.
+    (o) and (a) answer yes only when some cell rose and none fell; rises and falls together are
+    "partly" (:func:`rise_answer`).
 (b) Did the robust extractors lower the attack's success rate? Paired on the same images (McNemar).
 (c) Did they prevent the rise? The baseline's significant rises, cell by cell, under each defense.
 (d) (the study's reading) Does the exposure change follow the feature loss rather than the SR?
@@ -81,6 +83,11 @@ def _counts(ms: list[dict[str, Any] | None]) -> dict[str, int]:
             "n": len(dirs)}
 
 
+def rise_answer(c: dict[str, int]) -> str:
+    """'yes' when some cell rose and none fell, 'partly' when cells rose and others fell, else 'no'."""
+    return "no" if not c["rose"] else "partly" if c["fell"] else "yes"
+
+
 def _count_text(c: dict[str, int]) -> str:
     return f"rose in {c['rose']} of {c['n']} cells, fell in {c['fell']}, unchanged in {c['unchanged']}"
 
@@ -106,12 +113,15 @@ def finding_oracle(results: dict[str, Any], ext: str, k: int, origin: str) -> Fi
     c = _counts(ms)
     best = max(zip(evs, ms, strict=True), key=lambda em: finite((em[1] or {}).get("effect")) or float("-inf"))
     detail = f"largest: {_cell_name(best[0])} {effect_text(best[1])}"
-    if c["rose"]:
-        answer = "yes"
-        text = (f"Yes: setting the '{origin}' items' features to the target category's mean under the {ext} "
-                f"extractor raised CHR@{k}: {_count_text(c)} ({detail}). Features can move this category.")
+    answer = rise_answer(c)
+    setting = f"setting the '{origin}' items' features to the target category's mean under the {ext} extractor"
+    if answer == "yes":
+        text = f"Yes: {setting} raised CHR@{k}: {_count_text(c)} ({detail}). Features can move this category up."
+    elif answer == "partly":
+        text = (f"Partly: {setting} raised CHR@{k} in some cells and lowered it in others: {_count_text(c)} "
+                f"({detail}). Features can move this category, but not up everywhere: an attack's 'no' is weak "
+                "evidence of robustness in the cells where the oracle did not rise.")
     else:
-        answer = "no"
         text = (f"No: even the oracle (the '{origin}' items' features set to the target's mean) did not raise "
                 f"CHR@{k} significantly under the {ext} extractor: {_count_text(c)} ({detail}). Moving these "
                 f"items' features toward the target did not raise their exposure with {evs[0].get('n_replicates', 1)} "
@@ -136,8 +146,9 @@ def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int
         extra += f"; {share:.0%} of the oracle's" if share is not None else ""
         parts.append(f"{_cell_name(e)} {effect_text(m)}{extra}")
     beyond = sum(1 for e in evs if ((_chr(e, k) or {}).get("beyond_placebo") or {}).get("significant"))
-    answer = "yes" if c["rose"] else "no"
-    text = (f"{answer.capitalize()}: under the {ext} extractor, {label} changed CHR@{k} of '{origin}': {_count_text(c)} "
+    answer = rise_answer(c)
+    verb = {"yes": "raised", "partly": "moved both ways", "no": "did not raise"}[answer]
+    text = (f"{answer.capitalize()}: under the {ext} extractor, {label} {verb} CHR@{k} of '{origin}': {_count_text(c)} "
             f"at FDR {results['alpha']:.0%}; in {beyond} of {c['n']} the change exceeded its placebo's significantly. "
             f"Effects across replicates: " + "; ".join(parts) + ".")
     return {"id": "a", "question": f"Did {label} raise CHR@{k} of the origin category under {ext}?",

@@ -336,3 +336,31 @@ def test_no_dataset_input_gives_a_report_without_gallery(fake_run, tmp_path):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["gallery"] is None and res["dataset"] is None
     assert "No gallery" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_rises_and_falls_together_answer_partly_not_yes():
+    """(a) and (o) on hand-made cells: a rise in 1 cell with falls in 3 is 'partly', never 'yes'."""
+    from advrec.report.findings import finding_a, finding_oracle
+
+    def ev(control, rec, mode, effect, significant):
+        row = {"k": 10, "chr": {"effect": effect, "ci_low": effect - 0.01, "ci_high": effect + 0.01,
+                                "p_value": 0.01, "p_adjusted": 0.02 if significant else 0.4, "significant": significant}}
+        return {"control": control, "extractor": "std", "method": "pgd", "eps": 8.0, "recommender": rec, "mode": mode,
+                "n_replicates": 3, "per_k": [row]}
+
+    def results(signs):
+        cells = [("vbpr", "retrain"), ("vbpr", "deployment"), ("amr", "retrain"), ("amr", "deployment")]
+        evs = []
+        for control in ("attack", "oracle"):
+            evs += [ev(control, r, m, 0.02 * s if s else 0.001, bool(s)) for (r, m), s in zip(cells, signs, strict=True)]
+        return {"evaluations": evs, "scenario": {"origin": "shirt"}, "alpha": 0.05}
+
+    for signs, answer in (((+1, -1, -1, -1), "partly"), ((+1, 0, 0, 0), "yes"), ((0, -1, -1, 0), "no"),
+                          ((0, 0, 0, 0), "no"), ((+1, +1, 0, -1), "partly")):
+        res = results(signs)
+        a, o = finding_a(res, "std", "pgd", 8.0, 10), finding_oracle(res, "std", 10, "shirt")
+        assert (a["answer"], o["answer"]) == (answer, answer), (signs, a["statement"], o["statement"])
+        assert a["statement"].startswith(answer.capitalize() + ":")
+        rose, fell = signs.count(1), signs.count(-1)
+        assert f"rose in {rose} of 4 cells, fell in {fell}, unchanged in {4 - rose - fell}" in a["statement"]
+    assert "moved both ways" in finding_a(results((+1, -1, 0, 0)), "std", "pgd", 8.0, 10)["statement"]
