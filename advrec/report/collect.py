@@ -23,6 +23,7 @@ from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import extractor_info
 from services.attacker.artifacts import load_adversarial, load_perturbation
 from services.extractor.artifacts import load_features
+from services.extractor.named_weights import NAMED_WEIGHTS
 from services.recommender.artifacts import load_metrics, load_scenario, train_info
 
 SCHEMA_VERSION = 2
@@ -162,7 +163,7 @@ def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> 
         n_origin = int((classes == class_names.index(origin)).sum()) if origin in class_names else None
         recognition = _origin_recognition(feats, origin)
         out[name] = {
-            "defense": ext.get("defense"), "source": info.get("source", ext.get("source")),
+            "defense": extractor_defense(ext), "source": info.get("source", ext.get("source")),
             "backbone": info.get("backbone", ext.get("backbone")),
             "report": {f: rep.get(f) for f in _EXTRACTOR_REPORT_FIELDS if f in rep} if rep else None,
             "n_classes": len(info.get("class_names") or class_names), "feature_dim": info.get("feature_dim"),
@@ -201,12 +202,38 @@ def _success_by_item(art: RunArtifacts, cell: Cell) -> dict[str, tuple[bool, boo
             for r in table if r.get("success") is not None}
 
 
-def sr_pairs(art: RunArtifacts, spec: dict[str, Any], base: str) -> list[dict[str, Any]]:
-    """Per defended extractor and attack setting, the paired success counts against ``base`` over the
+def extractor_defense(ext: dict[str, Any]) -> str | None:
+    """How an extractor of the spec was trained: its ``defense``, or a named weight's (None: not declared)."""
+    if ext.get("defense"):
+        return ext["defense"]
+    named = NAMED_WEIGHTS.get(ext.get("weight_name") or "")
+    return named.defense if ext.get("source") == "named" and named else None
+
+
+def defense_baselines(extractors: dict[str, dict[str, Any]], names: list[str]) -> dict[str, str]:
+    """Each extractor compared as a defense -> the undefended extractor it is compared with.
+
+    Standard extractors are references, never "defenses" (an ImageNet model beside a small CNN is
+    another baseline, not a defense of it). A defended or undeclared extractor is compared with the
+    first standard one of the same backbone, else the first standard one. With no standard extractor,
+    the first one is the reference for all others (the layout before defenses were declared)."""
+    standard = [n for n in names if extractors[n].get("defense") == "standard"]
+    if not standard:
+        return {n: names[0] for n in names[1:]}
+    out = {}
+    for n in names:
+        if n in standard:
+            continue
+        same = [s for s in standard if extractors[s].get("backbone") == extractors[n].get("backbone")]
+        out[n] = (same or standard)[0]
+    return out
+
+
+def sr_pairs(art: RunArtifacts, spec: dict[str, Any], baselines: dict[str, str]) -> list[dict[str, Any]]:
+    """Per defended extractor and attack setting, the paired success counts against its baseline over the
     items attacked and eligible under both: b = succeeded under base only, c = under the defense only."""
     out = []
-    exts = [e["name"] for e in spec["extractors"] if e["name"] != base]
-    for ext in exts:
+    for ext, base in baselines.items():
         for atk in spec["attacks"]:
             for eps in atk["eps"]:
                 c0, c1 = (base, atk["method"], float(eps)), (ext, atk["method"], float(eps))
@@ -249,11 +276,13 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
     extractors = _extractors(art, spec, scenario.get("origin"))
     names = [e["name"] for e in spec["extractors"]]
     base = next((n for n in names if extractors[n].get("defense") == "standard"), names[0])
+    baselines = defense_baselines(extractors, names)
     return json_clean({
         "schema_version": SCHEMA_VERSION, "advrec_version": __version__, "alpha": ALPHA,
         "headline_k": headline_k(spec["ks"]), "spec": spec, "dataset": dataset, "baseline": base,
+        "baselines": baselines,
         "scenario": scenario, "extractors": extractors, "clean": _clean(art, spec), "attacks": attacks,
-        "oracles": oracles, "evaluations": evaluations, "sr_pairs": sr_pairs(art, spec, base),
+        "oracles": oracles, "evaluations": evaluations, "sr_pairs": sr_pairs(art, spec, baselines),
     })
 
 
@@ -278,9 +307,13 @@ def summary_k(results: dict[str, Any]) -> int:
     return k if k in ks or not ks else headline_k(ks)
 
 
-def baseline_extractor(results: dict[str, Any]) -> str:
-    """The undefended reference: the first extractor with defense 'standard', else the first one."""
-    return results["baseline"]
+def baselines_of(results: dict[str, Any]) -> dict[str, str]:
+    """Each extractor compared as a defense -> its baseline (:func:`defense_baselines`; older results:
+    every extractor but the single baseline)."""
+    if "baselines" in results:
+        return results["baselines"]
+    names = [e["name"] for e in results["spec"]["extractors"]]
+    return {n: results["baseline"] for n in names if n != results["baseline"]}
 
 
 def attack_keys(results: dict[str, Any]) -> list[tuple[str, float]]:

