@@ -105,6 +105,11 @@ def _oracle_share(results: dict[str, Any], e: dict[str, Any], k: int) -> float |
     return a / o
 
 
+def _share_text(share: float) -> str:
+    """'40% of the oracle's', or 'opposite to the oracle's, 1.6x its size' when the signs differ."""
+    return f"{share:.0%} of the oracle's" if share >= 0 else f"opposite to the oracle's, {-share:.2g}x its size"
+
+
 def finding_oracle(results: dict[str, Any], ext: str, k: int, origin: str) -> Finding | None:
     evs = evaluations_of(results, "oracle", ext)
     if not evs:
@@ -143,7 +148,7 @@ def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int
         plac = _chr(matching(results, e, "placebo"), k)
         share = _oracle_share(results, e, k)
         extra = f"; placebo {effect_text(plac)}" if plac else ""
-        extra += f"; {share:.0%} of the oracle's" if share is not None else ""
+        extra += f"; {_share_text(share)}" if share is not None else ""
         parts.append(f"{_cell_name(e)} {effect_text(m)}{extra}")
     beyond = sum(1 for e in evs if ((_chr(e, k) or {}).get("beyond_placebo") or {}).get("significant"))
     answer = rise_answer(c)

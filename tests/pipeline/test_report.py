@@ -387,3 +387,10 @@ def test_defenses_are_compared_with_a_standard_extractor_of_their_backbone():
     assert extractor_defense({"source": "named", "weight_name": "resnet50:free_at_eps4"}) == "free_at"
     assert extractor_defense({"source": "checkpoint", "defense": None}) is None
     assert extractor_defense({"source": "demo", "defense": "free_at"}) == "free_at"
+
+
+def test_oracle_share_wording():
+    from advrec.report.findings import _share_text
+
+    assert _share_text(0.4) == "40% of the oracle's"
+    assert _share_text(-1.55) == "opposite to the oracle's, 1.6x its size"
