@@ -23,7 +23,7 @@ from typing import Any
 from advrec.pipeline.spec import EvaluationSpec
 from advrec_common.store import artifact_key, file_digest
 from services.extractor.artifacts import FEATURES_VERSION, features_params
-from services.recommender.kinds import RECOMMENDER_NEEDS, uses_extractor
+from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extractor
 
 Inputs = dict[str, "str | list[str]"]
 
@@ -245,6 +245,8 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
                       {"dataset": "dataset", "features": f"features/{ext_name}", "scenario": "scenario",
                        "train": train_name(ext_name, rec.name), "perturbation": perturbation})
 
+    # BPR-MF reads nothing about items: trained for the clean accuracy table only, never evaluated
+    movable = [r for r in spec.recommenders if reads_items(r.name)]
     n_shards = max(1, -(-n_items // spec.shard_size))
     for ext in spec.extractors:
         if "oracle" in spec.controls:
@@ -266,14 +268,14 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
                 adversarial = p.add(f"adversarial/{cell}", "adversarial", {"n_shards": n_shards},
                                     {"dataset": "dataset", "features": f"features/{ext.name}",
                                      "scenario": "scenario", "shards": shards})
-                evaluations(f"evaluate/{cell}", ext.name, adversarial, "attack", spec.recommenders)
+                evaluations(f"evaluate/{cell}", ext.name, adversarial, "attack", movable)
                 if "placebo" in spec.controls:
                     placebo = p.add(f"placebo/{cell}", "placebo",
                                     {"draws": spec.replicates, "seed": spec.seed, "image_size": ext.image_size,
                                      "delivery": atk.delivery, "jpeg_quality": atk.jpeg_quality, "spatial": spatial},
                                     {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
                                      "features": f"features/{ext.name}", "adversarial": adversarial})
-                    evaluations(f"evaluate/{cell}/placebo", ext.name, placebo, "placebo", spec.recommenders)
+                    evaluations(f"evaluate/{cell}/placebo", ext.name, placebo, "placebo", movable)
     evals = [s.name for s in p if s.kind == "evaluate"]
     p.add("report", "report", {"spec": json.loads(spec.model_dump_json()),
                                "gallery_users": spec.gallery_users},

@@ -45,12 +45,14 @@ from services.recommender.artifacts import (
     write_train_artifact,
 )
 from services.recommender.items import ItemSide
-from services.recommender.kinds import RECOMMENDER_NEEDS, uses_extractor
+from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extractor
 
 
 def _item_side(feats: FeatureSet | None, ds: RecDataset, needs: frozenset[str], features: np.ndarray | None = None,
-               spatial: np.ndarray | None = None, images: np.ndarray | None = None) -> ItemSide:
-    """ItemSide for a recommender from (possibly attacked) features / images."""
+               spatial: np.ndarray | None = None, images: np.ndarray | None = None) -> ItemSide | None:
+    """ItemSide for a recommender from (possibly attacked) features / images (None: it reads no item side)."""
+    if not needs:
+        return None
     f = spatial_t = img_t = cat_t = None
     if "features" in needs:
         f = torch.tensor(np.array(features if features is not None else feats.features), dtype=torch.float32)
@@ -545,7 +547,7 @@ def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, An
     controls = spec.get("controls") or []
     evaluate: dict[tuple[str, Any, str, str], str] = {}
     for c in cells:
-        for r in recs:
+        for r in [r for r in recs if reads_items(r)]:  # BPR-MF: the clean accuracy table only
             for m in modes:
                 evaluate["attack", c, r, m] = key(f"evaluate/{cell_name(*c)}/{r}/{m}")
                 if "placebo" in controls:

@@ -26,6 +26,7 @@ from advrec.report.collect import (
     summary_k,
     summary_value,
 )
+from services.recommender.kinds import RECOMMENDER_NEEDS
 
 Row = dict[str, Any]
 
@@ -173,13 +174,20 @@ def _accuracy_sort_key(name: str) -> tuple[int, int, str]:
     return order, int(k) if k.isdigit() else 0, name
 
 
+def _uses_extractor_label(clean: dict[str, Any]) -> str:
+    if clean["uses_extractor"]:
+        return "yes"
+    needs = RECOMMENDER_NEEDS.get(clean["recommender"], frozenset({"images"}))
+    return "no (pixels)" if "images" in needs else "no (interactions only)"
+
+
 def clean_rows(results: dict[str, Any]) -> list[Row]:
     """HR/nDCG/AUC (mean over replicates) of each clean recommender per extractor."""
     names = sorted({n for c in results["clean"] for n in c["accuracy"]}, key=_accuracy_sort_key)
     rows = []
     for c in results["clean"]:
         row: Row = {"defense": c["extractor"], "recommender": c["recommender"],
-                    "uses extractor": "yes" if c["uses_extractor"] else "no (pixels)",
+                    "uses extractor": _uses_extractor_label(c),
                     "replicates": c.get("n_replicates"), "fit seconds (all replicates)": num(c.get("fit_seconds"), 3)}
         row.update({n: num(c["accuracy"].get(n)) for n in names})
         rows.append(row)

@@ -20,3 +20,9 @@ RECOMMENDER_NEEDS: dict[str, frozenset[str]] = {
 def uses_extractor(name: str) -> bool:
     """True when the recommender reads what an extractor computes (features or region features)."""
     return bool(RECOMMENDER_NEEDS[name] & {"features", "spatial"})
+
+
+def reads_items(name: str) -> bool:
+    """True when the recommender reads anything about items (features, regions, pixels, categories); BPR-MF
+    does not: it learns from interactions only, so no image perturbation can move it."""
+    return bool(RECOMMENDER_NEEDS[name])

@@ -27,8 +27,16 @@ def test_degenerate_cases():
     assert one["effect"] == 1.0 and one["p_value"] is None and one["ci_low"] is None  # R = 1: no test
     same = replicate_effect([1, 2, 3], [1, 2, 3])
     assert same["effect"] == 0 and same["p_value"] == 1.0  # nothing changed in any replicate
+    # every replicate moved by the same step (ties are common on small catalogs): no variance for a t-test,
+    # so the exact sign-flip test answers: all 3 signs equal has probability 2/8 under the null
     shift = replicate_effect([1, 2, 3], [2, 3, 4])
-    assert shift["p_value"] == 0.0 and shift["ci_low"] == shift["ci_high"] == 1.0
+    assert shift["effect"] == 1.0 and shift["p_value"] == 0.25 and shift["ci_low"] is None
+    assert shift["test"].startswith("exact sign-flip")
+    assert replicate_effect([0.1, 0.2], [0.0995, 0.1995])["p_value"] == pytest.approx(0.5)  # R = 2
+    assert replicate_effect([0] * 5, [1] * 5)["p_value"] == 0.0625  # R = 5: the smallest such p
+    # the same step computed from other floats differs in the last bits: still a tie, not p ~ 0
+    d = np.array([0.2033, 0.3169, 0.2628]) - (np.array([0.2033, 0.3169, 0.2628]) - 2 / 1200)
+    assert np.ptp(d) > 0 and replicate_effect(np.zeros(3), d)["p_value"] == 0.25
     with pytest.raises(InvalidInput):
         replicate_effect([1, 2], [1, float("nan")])
     with pytest.raises(InvalidInput):

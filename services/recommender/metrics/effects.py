@@ -31,8 +31,11 @@ def replicate_effect(before: Sequence[float] | np.ndarray, after: Sequence[float
     """before, after: (R,) a metric per replicate -> mean before/after, effect = mean(after - before),
     its ``confidence`` interval (Student t, R - 1 df), the paired t-test's p-value and R.
 
-    R = 1: the effect without interval or test (None). Every difference equal: the interval has zero
-    width and p = 1 when they are all 0, else 0 (no noise at all to attribute the change to).
+    R = 1: the effect without interval or test (None). Every difference equal (metrics on a small
+    catalog move in steps of 1/(K*users), so R replicates can tie): p = 1 when they are all 0;
+    otherwise the t-test has no variance to work with (it would say p = 0), so the exact sign-flip
+    test answers, p = 2 / 2^R (0.5 at R = 2, 0.25 at R = 3, 0.0625 at R = 5), and there is no interval.
+    ``test`` names the test that gave the p-value.
     """
     b = np.asarray(before, dtype=np.float64)
     a = np.asarray(after, dtype=np.float64)
@@ -48,14 +51,18 @@ def replicate_effect(before: Sequence[float] | np.ndarray, after: Sequence[float
     if r < 2:
         return out
     sd = float(d.std(ddof=1))
-    if sd == 0.0 or not math.isfinite(sd):
-        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), p_value=1.0 if not d.any() else 0.0)
+    # ties up to float rounding (the same count step computed from other floats differs in the last bits)
+    if not math.isfinite(sd) or np.allclose(d, d.mean(), rtol=1e-9, atol=1e-12):
+        if np.allclose(d, 0.0, rtol=0.0, atol=1e-12):
+            out.update(ci_low=0.0, ci_high=0.0, p_value=1.0, test="none (no replicate changed)")
+        else:  # under the null each d_r is as likely negative as positive: all R signs equal has prob. 2/2^R
+            out.update(p_value=min(1.0, 2.0 * 0.5**r), test="exact sign-flip (every replicate's difference equal)")
         return out
     half = float(stats.t.ppf(0.5 + confidence / 2, df=r - 1)) * sd / math.sqrt(r)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_value=p)
+    out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_value=p, test="paired t across replicates")
     return out
 
 
