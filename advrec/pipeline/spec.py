@@ -282,6 +282,15 @@ class EvaluationSpec(_Strict):
     shard_size: int = Field(256, ge=1, le=100_000, description="items per attack shard")
     gallery_users: int = Field(1, ge=0, le=20)
 
+    @field_validator("recommenders")
+    @classmethod
+    def _some_read_items(cls, v: list[RecommenderSpec]) -> list[RecommenderSpec]:
+        if not any(RECOMMENDER_NEEDS[r.name] for r in v):
+            raise ValueError(f"no recommender reads anything about items ({', '.join(r.name for r in v)}): an image "
+                             "attack cannot move them; add a visual one (vbpr, amr, deepstyle, acf, dvbpr) -- BPR-MF "
+                             "is trained beside them as the accuracy reference")
+        return v
+
     @field_validator("ks")
     @classmethod
     def _ks_ok(cls, v: list[int]) -> list[int]:

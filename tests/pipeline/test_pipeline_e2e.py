@@ -158,3 +158,30 @@ def test_cli_report_and_list_read_the_run(first_run, capsys, tmp_path):
     assert main(["list", "--home", str(home)]) == 0
     assert record.run_id in capsys.readouterr().out
     assert main(["report", "no-such-run", "--home", str(home)]) == 2  # a clear error, not a traceback
+
+
+def test_bprmf_is_a_clean_reference_never_an_evaluated_cell(first_run):
+    """BPR-MF reads nothing about items: it is trained for the clean accuracy table (beside the visual
+    recommenders it is the reference for) and gets no attack, placebo or oracle cells (before: the
+    train step crashed building an empty item side)."""
+    home, store, _ = first_run
+    spec = parse_spec({**TINY, "recommenders": [{"name": "vbpr", "config": {"epochs": 3}},
+                                                {"name": "bprmf", "config": {"epochs": 3}}]})
+    p = plan(spec, 80)
+    assert "train/-/bprmf" in {s.name for s in p}
+    assert not [s.name for s in p if s.kind == "evaluate" and "/bprmf/" in s.name]
+    record = run_inprocess(spec, store, home / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    assert {e["recommender"] for e in results["evaluations"]} == {"vbpr"}
+    bpr = next(c for c in results["clean"] if c["recommender"] == "bprmf")
+    assert not bpr["uses_extractor"] and 0.0 <= bpr["accuracy"]["auc"] <= 1.0
+    import pandas as pd
+
+    table = pd.read_csv(record.dir / "report" / "tables" / "clean_accuracy.csv")
+    assert set(table.loc[table["recommender"] == "bprmf", "uses extractor"]) == {"no (interactions only)"}
+
+
+def test_a_spec_with_only_bprmf_is_refused_before_any_work():
+    with pytest.raises(InvalidInput, match=r"recommenders: no recommender reads anything about items \(bprmf\)"):
+        parse_spec({**TINY, "recommenders": [{"name": "bprmf"}]})
