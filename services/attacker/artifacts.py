@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -173,7 +174,8 @@ def summarize_attack_table(rows: list[dict[str, Any]], seconds: float, n_catalog
     over the *eligible* images: those not already classified as the target before the attack
     (``clean_target_rate``, %, says how many were; ``success_all`` is SR over every image). ``flipped``
     is over every image. ``n_changed`` counts images whose delivered perturbation is non-zero;
-    ``all_zero`` flags a cell whose delivery erased every perturbation.
+    ``all_zero`` flags a cell whose delivery erased every perturbation. Means skip infinite values:
+    ``psnr`` is the mean over the changed images (an unchanged image's PSNR is infinite).
     """
     n = len(rows)
     out: dict[str, Any] = {"n_attacked": n, "n_catalog": n_catalog, "attack_seconds": seconds,
@@ -185,7 +187,9 @@ def summarize_attack_table(rows: list[dict[str, Any]], seconds: float, n_catalog
         vals = [r[col] for r in rows if isinstance(r.get(col), bool | int | float) and r.get(col) is not None]
         if col in _ID_COLUMNS or col in flags or col == "target" or not vals:
             continue
-        out[col] = float(np.mean([float(v) for v in vals]))
+        # PSNR is infinite for an unchanged image: means are over the finite values (the changed images)
+        finite = [float(v) for v in vals if math.isfinite(float(v))]
+        out[col] = float(np.mean(finite)) if finite else None
     eligible = [r for r in rows if r.get("clean_is_target") is not True]
 
     def pct(col: str, over: list[dict[str, Any]]) -> float | None:

@@ -89,6 +89,16 @@ def test_success_rate_counts_only_images_not_already_the_target():
     assert erased["all_zero"] is True
 
 
+def test_psnr_is_averaged_over_the_changed_images():
+    """An unchanged image's PSNR is infinite: the cell's PSNR is the mean over the others (it was inf -> empty)."""
+    from services.attacker.artifacts import summarize_attack_table
+
+    rows = [{"item": "a", "psnr": 30.0, "changed": True}, {"item": "b", "psnr": 40.0, "changed": True},
+            {"item": "c", "psnr": float("inf"), "changed": False}]
+    assert summarize_attack_table(rows, 1.0, 3)["psnr"] == 35.0
+    assert summarize_attack_table(rows[2:], 1.0, 3)["psnr"] is None  # nothing changed: no PSNR
+
+
 def test_lpips_is_unavailable_without_weights_never_faked(random_model, images, tmp_path):
     m = measure_attack(random_model, images, images, 0)
     assert m.lpips is None and m.lpips_status.startswith("unavailable")
