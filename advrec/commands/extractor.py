@@ -115,9 +115,9 @@ def _weights(args: argparse.Namespace) -> int:
     rows = []
     for name, spec in NAMED_WEIGHTS.items():
         present, path = named_weight_status(name, weights_dir)
-        rows.append((name, spec.layout, "present" if present else "MISSING", str(path)))
-    _print_table(("name", "layout", "status", "expected path"), rows)
-    missing = [name for name, _, status, _ in rows if status == "MISSING"]
+        rows.append((name, spec.defense, spec.layout, "present" if present else "MISSING", str(path)))
+    _print_table(("name", "defense", "layout", "status", "expected path"), rows)
+    missing = [row[0] for row in rows if row[3] == "MISSING"]
     if missing:
         print("sources of the missing files (advrec never downloads):")
         for name in missing:

@@ -77,3 +77,6 @@ def test_cli_weights_lists_present_and_missing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resnet50:madry_linf_4" in out and str(tmp_path / "imagenet_linf_4.pt") in out and "MISSING" in out
     assert "efficientnet_lite0:imagenet" in out and "present" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if ":" in line.split()[0]}
+    assert rows["resnet50:madry_linf_4"] == "pgd_at" and rows["resnet50:free_at_eps4"] == "free_at"
+    assert rows["resnet50:standard"] == "standard"
