@@ -20,6 +20,7 @@ Errors: 404 -> :class:`NotFound`, 422 -> :class:`InvalidInput`, anything else >=
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -80,6 +81,7 @@ class Call:
     path: str
     json: Any = None
     files: Any = None
+    data: dict[str, str] | None = None  # multipart form fields (with ``files``)
     expect: str = "json"  # "json" | "bytes"
     params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
@@ -178,8 +180,12 @@ class _Requests:
 
     @staticmethod
     def upload_dataset(path: str | Path | None = None, images: list[str | Path] | None = None,
-                       interactions: str | Path | None = None, categories: str | Path | None = None) -> Call:
-        return Call("POST", "/v1/datasets", files=_dataset_files(path, images, interactions, categories))
+                       interactions: str | Path | None = None, categories: str | Path | None = None,
+                       columns: dict[str, Any] | None = None,
+                       category_columns: dict[str, Any] | None = None) -> Call:
+        data = {k: json.dumps(v) for k, v in (("columns", columns), ("category_columns", category_columns)) if v}
+        return Call("POST", "/v1/datasets", files=_dataset_files(path, images, interactions, categories),
+                    data=data or None)
 
     @staticmethod
     def list_datasets() -> Call:
@@ -229,7 +235,7 @@ class AdvrecClient:
             resp = exc = None
             try:
                 resp = self._http.request(call.method, call.path, json=call.json, files=call.files,
-                                          params=call.params, headers=call.headers)
+                                          data=call.data, params=call.params, headers=call.headers)
             except httpx.TransportError as e:
                 exc = e
             delay = _retry_delay(call, attempt, started, self.retry_for, resp, exc)
@@ -297,9 +303,12 @@ class AdvrecClient:
         return self._do(_Requests.cancel(job_id))
 
     def upload_dataset(self, path: str | Path | None = None, *, images: list[str | Path] | None = None,
-                       interactions: str | Path | None = None, categories: str | Path | None = None) -> dict[str, Any]:
-        """Upload a zip (``path``) or separate files; returns the dataset info (with its spec block)."""
-        return self._do(_Requests.upload_dataset(path, images, interactions, categories))
+                       interactions: str | Path | None = None, categories: str | Path | None = None,
+                       columns: dict[str, Any] | None = None,
+                       category_columns: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Upload a zip (``path``) or separate files; returns the dataset info (with its spec block).
+        ``columns`` / ``category_columns`` name the files' columns (``{"user": "customer", "item": "sku"}``)."""
+        return self._do(_Requests.upload_dataset(path, images, interactions, categories, columns, category_columns))
 
     def list_datasets(self) -> list[dict[str, Any]]:
         return self._do(_Requests.list_datasets())
@@ -323,7 +332,7 @@ class AsyncAdvrecClient:
             attempt += 1
             resp = exc = None
             try:
-                resp = await self._http.request(call.method, call.path, json=call.json, files=call.files,
+                resp = await self._http.request(call.method, call.path, json=call.json, files=call.files, data=call.data,
                                                 params=call.params, headers=call.headers)
             except httpx.TransportError as e:
                 exc = e
@@ -386,9 +395,11 @@ class AsyncAdvrecClient:
         return await self._do(_Requests.cancel(job_id))
 
     async def upload_dataset(self, path: str | Path | None = None, *, images: list[str | Path] | None = None,
-                             interactions: str | Path | None = None,
-                             categories: str | Path | None = None) -> dict[str, Any]:
-        return await self._do(_Requests.upload_dataset(path, images, interactions, categories))
+                             interactions: str | Path | None = None, categories: str | Path | None = None,
+                             columns: dict[str, Any] | None = None,
+                             category_columns: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._do(_Requests.upload_dataset(path, images, interactions, categories, columns,
+                                                       category_columns))
 
     async def list_datasets(self) -> list[dict[str, Any]]:
         return await self._do(_Requests.list_datasets())

@@ -33,9 +33,15 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import ValidationError
 
-from advrec_common.datasets.generic_layout import GENERIC_IMAGE_SUFFIXES, load_generic_dataset
+from advrec_common.datasets.generic_layout import (
+    GENERIC_IMAGE_SUFFIXES,
+    CategoryColumns,
+    InteractionColumns,
+    load_generic_dataset,
+)
 from advrec_common.datasets.images import decode_image, read_image_header
 from advrec_common.errors import BadImage, InvalidInput, NotFound, Overloaded, PayloadTooLarge
 from advrec_common.http import error_responses
@@ -160,12 +166,39 @@ def _layout(files: dict[str, bytes], settings: Settings, budget: _CpuBudget | No
     return out
 
 
-def dataset_id(files: dict[str, bytes]) -> str:
-    """``ds-`` + 16 hex of the SHA-256 over every (relative path, content digest), sorted."""
+def dataset_id(files: dict[str, bytes], mapping: dict[str, Any] | None = None) -> str:
+    """``ds-`` + 16 hex of the SHA-256 over every (relative path, content digest), sorted, and the column
+    mapping when one is given (the same files read with other columns are another dataset)."""
     h = hashlib.sha256()
     for rel in sorted(files):
         h.update(f"{rel}\0{hashlib.sha256(files[rel]).hexdigest()}\n".encode())
+    if mapping:
+        h.update(json.dumps(mapping, sort_keys=True).encode())
     return "ds-" + h.hexdigest()[:16]
+
+
+def parse_mapping(text: str | None, field: str, model: type[InteractionColumns] | type[CategoryColumns]) -> Any:
+    """The ``columns`` / ``category_columns`` form field (JSON) as its model; 422 naming each problem."""
+    if text is None or not text.strip():
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise InvalidInput(f"{field}: not JSON; send e.g. {_MAPPING_EXAMPLES[field]}",
+                           problems=[{"loc": field, "msg": "not JSON"}]) from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{field}: a JSON object is needed, e.g. {_MAPPING_EXAMPLES[field]}",
+                           problems=[{"loc": field, "msg": "not a JSON object"}])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = [{"loc": ".".join([field, *map(str, e["loc"])]), "msg": e["msg"]} for e in exc.errors()]
+        raise InvalidInput(f"{field}: " + "; ".join(f"{p['loc']}: {p['msg']}" for p in problems),
+                           problems=problems) from None
+
+
+_MAPPING_EXAMPLES = {"columns": '{"user": "customer", "item": "sku", "timestamp": "bought_at"}',
+                     "category_columns": '{"item": "sku", "category": "department"}'}
 
 
 def dataset_owners(settings: Settings, ds_id: str) -> list[str] | None:
@@ -191,11 +224,16 @@ def _add_owner(settings: Settings, ds_id: str, owner: str | None) -> dict[str, A
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None = None) -> dict[str, Any]:
-    """Validate ``files`` fully, then move them into ``<home>/datasets/<id>/`` (atomic rename)."""
+def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None = None,
+                  columns: InteractionColumns | None = None,
+                  category_columns: CategoryColumns | None = None) -> dict[str, Any]:
+    """Validate ``files`` fully (read with ``columns`` / ``category_columns`` when given), then move them
+    into ``<home>/datasets/<id>/`` (atomic rename)."""
     budget = _CpuBudget(settings.upload_cpu_seconds)
     files = _layout(files, settings, budget)
-    ds_id = dataset_id(files)
+    mapping = {k: m.model_dump(mode="json", exclude_none=True)
+               for k, m in (("columns", columns), ("category_columns", category_columns)) if m is not None}
+    ds_id = dataset_id(files, mapping)
     root = _datasets_dir(settings)
     final = root / ds_id
     if (final / "dataset.json").is_file():
@@ -212,7 +250,9 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = load_generic_dataset(tmp / "images", tmp / inter, tmp / cats if cats else None)
+                ds = load_generic_dataset(tmp / "images", tmp / inter, tmp / cats if cats else None,
+                                          columns=columns or InteractionColumns(),
+                                          category_columns=category_columns or CategoryColumns())
             except (InvalidInput, NotFound) as exc:
                 raise InvalidInput(f"{inter}: {str(exc).replace(str(tmp) + '/', '')}") from None
             except (UnicodeError, ValueError, OSError) as exc:  # whatever the loader did not name
@@ -225,7 +265,7 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
             "has_categories": cats is not None, "bytes": sum(len(b) for b in files.values()), "created": time.time(),
             "usable": {"users": ds.n_users, "items": len(ds.catalog)},
             "spec": {"kind": "generic", "images_dir": f"{ds_id}/images", "interactions": f"{ds_id}/{inter}",
-                     **({"categories": f"{ds_id}/{cats}"} if cats else {})},
+                     **({"categories": f"{ds_id}/{cats}"} if cats else {}), **mapping},
             "owners": [owner] if owner is not None else [],
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=1))
@@ -263,11 +303,18 @@ def upload_dataset(
     images: list[UploadFile] = File(None, description="image files named <item_id>.<jpg|png|webp>"),
     interactions: UploadFile = File(None, description="CSV/TSV with user,item[,rating,timestamp] columns"),
     categories: UploadFile = File(None, description="CSV with item,category columns"),
+    columns: str = Form(None, description="JSON: the interaction file's columns when they are not named user, "
+                        "item[, timestamp, rating], e.g. " + _MAPPING_EXAMPLES["columns"] + " (fields: user, item, "
+                        "timestamp, rating, min_rating, delimiter); kept in the dataset's spec block"),
+    category_columns: str = Form(None, description="JSON: the categories file's columns, e.g. "
+                                 + _MAPPING_EXAMPLES["category_columns"]),
     settings: Settings = Depends(get_app_settings),
     caller: Caller = Depends(require_api_key),
 ) -> dict[str, Any]:
     """Validate everything (422 naming the bad file; 413 above a size, pixel or CPU limit; 503 while
     ``upload_concurrency`` other uploads are validated), then store it."""
+    mapping = (parse_mapping(columns, "columns", InteractionColumns),
+               parse_mapping(category_columns, "category_columns", CategoryColumns))
     slots = upload_slots(request)
     if not slots.acquire(blocking=False):
         raise Overloaded(f"{settings.upload_concurrency} uploads are being validated; retry in a moment")
@@ -284,7 +331,7 @@ def upload_dataset(
                 files[f"{field}{suffix if suffix in TABLE_SUFFIXES else '.csv'}"] = _read(up)
         if not files:
             raise InvalidInput("send an archive, or images + interactions")
-        return _public(store_dataset(files, settings, caller.owner))
+        return _public(store_dataset(files, settings, caller.owner, *mapping))
     finally:
         slots.release()
 

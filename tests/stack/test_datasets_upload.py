@@ -4,6 +4,7 @@ corrupt image (naming it), and nothing written on error."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -201,3 +202,35 @@ def test_a_non_utf8_interactions_file_is_422(gateway_client, settings):
     r = gateway_client.post("/v1/datasets", files={"archive": ("bad.zip", _zip(files), "application/zip")})
     assert r.status_code == 422 and "UTF-8" in r.json()["detail"], r.text
     assert _written(settings) == []
+
+
+def test_upload_with_the_shops_own_column_names(gateway_client, settings):
+    """An export with its own headers (customer;sku;bought_at, sku,department) uploads with a column
+    mapping, which the dataset's spec block keeps; without it the answer names the column to map."""
+    from advrec_common.datasets.generic_layout import (
+        CategoryColumns,
+        InteractionColumns,
+        load_generic_dataset,
+    )
+
+    files = {f"shop/images/i{k}.png": _png(k) for k in range(5)}
+    files["shop/interactions.csv"] = ("customer;sku;bought_at\n" + "".join(
+        f"c{u};i{(u + j) % 5};2024-01-0{j + 1}T10:00:00Z\n" for u in range(6) for j in range(4))).encode()
+    files["shop/categories.csv"] = ("sku,department\n" + "".join(f"i{k},d{k % 2}\n" for k in range(5))).encode()
+    archive = ("shop.zip", _zip(files), "application/zip")
+    r = gateway_client.post("/v1/datasets", files={"archive": archive})
+    assert r.status_code == 422 and "no 'user' column" in r.json()["detail"] and "columns.user" in r.json()["detail"]
+    columns = {"user": "customer", "item": "sku", "timestamp": "bought_at"}
+    r = gateway_client.post("/v1/datasets", files={"archive": archive}, data={
+        "columns": json.dumps(columns), "category_columns": json.dumps({"item": "sku", "category": "department"})})
+    assert r.status_code == 201, r.text
+    spec = r.json()["spec"]
+    assert spec["columns"] == columns and spec["category_columns"] == {"item": "sku", "category": "department"}
+    root = settings.home / "datasets"
+    ds = load_generic_dataset(root / spec["images_dir"], root / spec["interactions"], root / spec["categories"],
+                              columns=InteractionColumns(**spec["columns"]),
+                              category_columns=CategoryColumns(**spec["category_columns"]))
+    assert ds.n_users == 6 and len(ds.catalog) == 5 and set(ds.catalog.categories) == {"d0", "d1"}
+    for bad, loc in (("{not json", "columns"), ('["user"]', "columns"), ('{"usr": "customer"}', "columns.usr")):
+        r = gateway_client.post("/v1/datasets", files={"archive": archive}, data={"columns": bad})
+        assert r.status_code == 422 and loc in [p["loc"] for p in r.json()["errors"]], r.text
