@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from advrec_common.datasets.delimited import (
     Delimiter,
@@ -48,8 +48,9 @@ class _Columns(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _names_not_blank(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
+    def _names_not_blank(cls, value: object, info: ValidationInfo) -> object:
+        # the delimiter may be a tab (blank to strip()); every other string is a column name
+        if info.field_name != "delimiter" and isinstance(value, str) and not value.strip():
             raise ValueError("a column name cannot be blank")
         return value
 

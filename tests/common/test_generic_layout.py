@@ -169,3 +169,12 @@ def test_several_images_for_one_used_item_is_an_error(shop: Path) -> None:
     Image.new("RGB", (6, 6)).save(shop / "images" / "A1.png")
     with pytest.raises(InvalidInput, match=r"item 'A1' has several images \(A1.jpg, A1.png\)"):
         load_generic_dataset(shop / "images", shop / "ratings.csv")
+
+
+def test_a_tab_delimiter_is_not_a_blank_column_name(tmp_path):
+    """``delimiter: "\\t"`` is blank to strip(); it was refused as 'a column name cannot be blank'."""
+    from advrec_common.datasets.generic_layout import InteractionColumns
+
+    assert InteractionColumns(user="customer", delimiter="\t").delimiter == "\t"
+    with pytest.raises(ValueError, match="blank"):
+        InteractionColumns(user="  ")

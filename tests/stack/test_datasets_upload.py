@@ -134,6 +134,40 @@ def test_async_client_uploads_through_asgi(settings, tmp_path):
     assert info["n_images"] == 3 and again == info
 
 
+def test_cli_column_flags_reach_the_gateway_as_a_mapping(settings, tmp_path):
+    """`advrec upload --user-col ... --delimiter tab` -> the client's form fields -> the dataset's spec block."""
+    import asyncio
+
+    import httpx
+
+    from advrec.cli import build_parser
+    from advrec.client import AsyncAdvrecClient
+    from advrec.commands.client import _upload_mappings
+    from gateway.app import create_app
+
+    from .conftest import API_KEY
+
+    args = build_parser().parse_args(["upload", "x.zip", "--user-col", "customer", "--item-col", "sku",
+                                      "--delimiter", "tab", "--category-col", "dept"])
+    columns, cats = _upload_mappings(args)
+    assert columns == {"user": "customer", "item": "sku", "delimiter": "\t"} and cats == {"category": "dept"}
+    files = {f"images/i{k}.png": _png(k) for k in range(3)}
+    files["interactions.tsv"] = ("customer\tsku\n" + "".join(f"c{u}\ti{(u + j) % 3}\n" for u in range(4)
+                                                             for j in range(2))).encode()
+    files["categories.csv"] = ("item,dept\n" + "".join(f"i{k},d{k % 2}\n" for k in range(3))).encode()
+    archive = tmp_path / "shop.zip"
+    archive.write_bytes(_zip(files))
+
+    async def go():
+        transport = httpx.ASGITransport(app=create_app(settings, reconcile_on_start=False))
+        async with AsyncAdvrecClient("http://gw", API_KEY, transport=transport) as c:
+            return await c.upload_dataset(archive, columns=columns, category_columns=cats)
+
+    info = asyncio.run(go())
+    assert info["spec"]["columns"] == columns and info["spec"]["category_columns"] == {"item": "item", **cats}
+    assert info["n_interactions"] == 8
+
+
 def _one_colour_png(side: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format="PNG", compress_level=9)
