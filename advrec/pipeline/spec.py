@@ -160,6 +160,10 @@ class AttackGridSpec(_Strict):
     def _known_method(cls, v: str) -> str:
         if v not in METHODS:
             raise ValueError(f"unknown attack {v!r}; known: {sorted(METHODS)}")
+        if v == "score":
+            raise ValueError("'score' maximises a recommender's differentiable score function, which a spec cannot "
+                             "supply: use it from Python (services.attacker.attacks.run_attack(..., score_fn=...)); "
+                             "in a spec, 'feature_match' pulls the features toward the target category's")
         return v
 
     @field_validator("eps")
@@ -281,6 +285,22 @@ class EvaluationSpec(_Strict):
         "features set to the target category's mean feature (the most moving features can do)")
     shard_size: int = Field(256, ge=1, le=100_000, description="items per attack shard")
     gallery_users: int = Field(1, ge=0, le=20)
+
+    @field_validator("attacks")
+    @classmethod
+    def _cells_unique(cls, v: list[AttackGridSpec]) -> list[AttackGridSpec]:
+        seen: dict[tuple[str, float], int] = {}
+        clashes = []
+        for i, grid in enumerate(v):
+            for eps in grid.eps:
+                if (grid.method, eps) in seen:
+                    clashes.append(f"attacks[{i}]: {grid.method} at eps {eps:g} is already attacks[{seen[grid.method, eps]}]")
+                seen.setdefault((grid.method, eps), i)
+        if clashes:
+            raise ValueError("; ".join(clashes) + " (an attack cell is its method and eps: to compare deliveries, "
+                             "norms or steps of one method and eps, run one spec per setting; the store shares the "
+                             "rest of the work)")
+        return v
 
     @field_validator("recommenders")
     @classmethod

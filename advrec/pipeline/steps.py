@@ -341,9 +341,13 @@ def step_attack_shard(ctx: StepContext) -> None:
     spec = AttackGridSpec.from_params(p).attack_spec(p["eps"], p["seed"])
     size, fit = _feature_image_size(feats, p)
     clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=size, fit=fit))
+    extra = {}
+    if spec.method == "feature_match":  # pulled toward the target category's clean features (their centroid)
+        members = np.asarray(feats.categories) == feats.category_names.index(scen["target"])
+        extra["target_features"] = torch.as_tensor(np.asarray(feats.features)[members])
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
-                             spatial=feats.spatial is not None, progress=ctx.progress)
+                             spatial=feats.spatial is not None, progress=ctx.progress, **extra)
     rows = out.measurement.to_table()
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]

@@ -185,3 +185,28 @@ def test_bprmf_is_a_clean_reference_never_an_evaluated_cell(first_run):
 def test_a_spec_with_only_bprmf_is_refused_before_any_work():
     with pytest.raises(InvalidInput, match=r"recommenders: no recommender reads anything about items \(bprmf\)"):
         parse_spec({**TINY, "recommenders": [{"name": "bprmf"}]})
+
+
+def test_feature_match_is_pulled_toward_the_target_categorys_features(first_run):
+    """The recommender-aware feature attack runs in a spec: the pipeline hands it the target category's
+    clean features (it failed at the shard: 'feature_match needs target_features')."""
+    home, store, _ = first_run
+    spec = parse_spec({**TINY, "attacks": [{"method": "feature_match", "eps": [8], "steps": 3}],
+                       "modes": ["deployment"], "replicates": 1, "controls": []})
+    record = run_inprocess(spec, store, home / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    summary = results["attacks"][0]["summary"]
+    assert summary["n_attacked"] > 0 and summary["feat_mse"] > 0
+
+
+@pytest.mark.parametrize(("attacks", "message"), [
+    ([{"method": "score", "eps": [8]}], "a spec cannot supply"),
+    ([{"method": "fgsm", "eps": [8], "delivery": "jpeg"}, {"method": "fgsm", "eps": [4, 8], "delivery": "float"}],
+     r"attacks\[1\]: fgsm at eps 8 is already attacks\[0\]"),
+])
+def test_attack_grids_that_cannot_run_as_written_are_refused(attacks, message):
+    """Two grids with the same method and eps would share one cell (one of them silently lost); 'score'
+    needs a Python score function."""
+    with pytest.raises(InvalidInput, match=message):
+        parse_spec({**TINY, "attacks": attacks})
