@@ -70,8 +70,10 @@ def effect_text(m: dict[str, Any] | None) -> str:
 
 
 def direction(m: dict[str, Any] | None) -> str:
-    """'rose' / 'fell' (significant at the run's FDR) or 'unchanged'."""
-    if not m or not m.get("significant"):
+    """'rose' / 'fell' (significant at the run's FDR), 'unchanged', or 'untested' (no p-value: one replicate)."""
+    if not m or finite(m.get("p_adjusted")) is None:
+        return "untested"
+    if not m.get("significant"):
         return "unchanged"
     eff = finite(m.get("effect")) or 0.0
     return "rose" if eff > 0 else "fell" if eff < 0 else "unchanged"
@@ -80,16 +82,24 @@ def direction(m: dict[str, Any] | None) -> str:
 def _counts(ms: list[dict[str, Any] | None]) -> dict[str, int]:
     dirs = [direction(m) for m in ms]
     return {"rose": dirs.count("rose"), "fell": dirs.count("fell"), "unchanged": dirs.count("unchanged"),
-            "n": len(dirs)}
+            "untested": dirs.count("untested"), "n": len(dirs)}
 
 
 def rise_answer(c: dict[str, int]) -> str:
-    """'yes' when some cell rose and none fell, 'partly' when cells rose and others fell, else 'no'."""
+    """'yes' when some cell rose and none fell, 'partly' when cells rose and others fell, 'n/a' when no
+    cell could be tested, else 'no'."""
+    if c["untested"] == c["n"]:
+        return "n/a"
     return "no" if not c["rose"] else "partly" if c["fell"] else "yes"
 
 
+UNTESTED = ("with one replicate there is no variance across replicates to test an effect against (set "
+            "replicates to 3 or more)")
+
+
 def _count_text(c: dict[str, int]) -> str:
-    return f"rose in {c['rose']} of {c['n']} cells, fell in {c['fell']}, unchanged in {c['unchanged']}"
+    text = f"rose in {c['rose']} of {c['n']} cells, fell in {c['fell']}, unchanged in {c['unchanged']}"
+    return text + (f", untested in {c['untested']}" if c.get("untested") else "")
 
 
 def _cell_name(e: dict[str, Any]) -> str:
@@ -120,7 +130,9 @@ def finding_oracle(results: dict[str, Any], ext: str, k: int, origin: str) -> Fi
     detail = f"largest: {_cell_name(best[0])} {effect_text(best[1])}"
     answer = rise_answer(c)
     setting = f"setting the '{origin}' items' features to the target category's mean under the {ext} extractor"
-    if answer == "yes":
+    if answer == "n/a":
+        text = f"Untested: {setting} changed CHR@{k} by {detail.removeprefix('largest: ')} at most; {UNTESTED}."
+    elif answer == "yes":
         text = f"Yes: {setting} raised CHR@{k}: {_count_text(c)} ({detail}). Features can move this category up."
     elif answer == "partly":
         text = (f"Partly: {setting} raised CHR@{k} in some cells and lowered it in others: {_count_text(c)} "
@@ -151,11 +163,18 @@ def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int
         extra += f"; {_share_text(share)}" if share is not None else ""
         parts.append(f"{_cell_name(e)} {effect_text(m)}{extra}")
     beyond = sum(1 for e in evs if ((_chr(e, k) or {}).get("beyond_placebo") or {}).get("significant"))
+    has_placebo = any(matching(results, e, "placebo") for e in evs)
     answer = rise_answer(c)
-    verb = {"yes": "raised", "partly": "moved both ways", "no": "did not raise"}[answer]
-    text = (f"{answer.capitalize()}: under the {ext} extractor, {label} {verb} CHR@{k} of '{origin}': {_count_text(c)} "
-            f"at FDR {results['alpha']:.0%}; in {beyond} of {c['n']} the change exceeded its placebo's significantly. "
-            f"Effects across replicates: " + "; ".join(parts) + ".")
+    effects = "; ".join(parts)
+    if answer == "n/a":
+        text = (f"Untested: under the {ext} extractor, {label}'s effects on CHR@{k} of '{origin}' were not tested: "
+                f"{UNTESTED}. Effects: {effects}.")
+    else:
+        verb = {"yes": "raised", "partly": "moved both ways", "no": "did not raise"}[answer]
+        placebo = (f"; in {beyond} of {c['n']} the change exceeded its placebo's significantly" if has_placebo
+                   else " (no placebo in this run: controls)")
+        text = (f"{answer.capitalize()}: under the {ext} extractor, {label} {verb} CHR@{k} of '{origin}': "
+                f"{_count_text(c)} at FDR {results['alpha']:.0%}{placebo}. Effects across replicates: {effects}.")
     return {"id": "a", "question": f"Did {label} raise CHR@{k} of the origin category under {ext}?",
             "answer": answer, "statement": text, "extractor": ext, "method": method, "eps": eps, "k": k,
             "beyond_placebo": beyond, **c}
@@ -199,6 +218,9 @@ def finding_c(results: dict[str, Any], base: str, ext: str, method: str, eps: fl
     q = f"Did the {ext} extractor prevent the CHR@{k} rise under {label}?"
     out: Finding = {"id": "c", "question": q, "extractor": ext, "baseline": base, "method": method, "eps": eps, "k": k,
                     "n_risen_baseline": len(risen)}
+    if all(direction(_chr(e, k)) == "untested" for e in base_evs):
+        return {**out, "answer": "n/a", "statement": f"Untested: whether {label} raised CHR@{k} of '{origin}' under "
+                f"{base} was not tested, so neither is whether {ext} prevented it: {UNTESTED}."}
     if not risen:
         return {**out, "answer": "n/a", "statement": f"Nothing for {ext} to prevent: {label} raised CHR@{k} of '{origin}' "
                 f"significantly in none of the {len(base_evs)} cells under {base} (FDR {results['alpha']:.0%})."}

@@ -394,3 +394,28 @@ def test_oracle_share_wording():
 
     assert _share_text(0.4) == "40% of the oracle's"
     assert _share_text(-1.55) == "opposite to the oracle's, 1.6x its size"
+
+
+def test_one_replicate_gives_untested_findings_not_no():
+    """replicates: 1 has no test across replicates: (a), (o) and (c) say 'untested', never 'no'; and a run
+    without placebo does not claim '0 of n exceeded the placebo'."""
+    from advrec.report.findings import finding_a, finding_c, finding_oracle
+
+    def ev(control, ext, rec, effect):
+        row = {"k": 10, "chr": {"effect": effect, "ci_low": None, "ci_high": None, "p_value": None,
+                                "p_adjusted": None, "significant": False}}
+        return {"control": control, "extractor": ext, "method": "pgd", "eps": 8.0, "recommender": rec,
+                "mode": "retrain", "n_replicates": 1, "per_k": [row]}
+
+    res = {"evaluations": [ev(c, x, r, 0.03) for c in ("attack", "oracle") for x in ("std", "rob") for r in ("vbpr", "amr")],
+           "scenario": {"origin": "shirt"}, "alpha": 0.05}
+    a, o = finding_a(res, "std", "pgd", 8.0, 10), finding_oracle(res, "std", 10, "shirt")
+    c = finding_c(res, "std", "rob", "pgd", 8.0, 10)
+    assert (a["answer"], o["answer"], c["answer"]) == ("n/a", "n/a", "n/a")
+    assert all(f["statement"].startswith("Untested:") and "one replicate" in f["statement"] for f in (a, o, c))
+    assert a["untested"] == 2 and "placebo" not in a["statement"]
+    # tested cells without a placebo control: the count is stated, the placebo clause says there was none
+    for e in res["evaluations"]:
+        e["per_k"][0]["chr"].update(p_value=0.01, p_adjusted=0.02, significant=True)
+    a = finding_a(res, "std", "pgd", 8.0, 10)
+    assert a["answer"] == "yes" and "(no placebo in this run: controls)" in a["statement"]
