@@ -58,7 +58,7 @@ extractors:                   # the defense variants compared; each extracts fea
 {trained}  # Your own checkpoint: {{name: mine, source: checkpoint, backbone: resnet50, checkpoint: /w/model.pth, layout: auto}}
 
 attacks:                      # each method over a list of budgets
-  - method: pgd               # fgsm | bim | pgd | mifgsm | cw | apgd | square | spsa | feature_match | score
+  - method: pgd               # fgsm | bim | pgd | mifgsm | cw | apgd | square | spsa | feature_match
     eps: [4, 8]               # L-inf budget in /255 pixel units (eps 8 = every pixel moves by at most 8/255)
     steps: 10
     # budget_space: pixel     # pixel | normalized (the study's code: about 0.23x the pixel budget)
