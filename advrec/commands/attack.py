@@ -111,6 +111,10 @@ def run_demo(args: argparse.Namespace) -> int:
         raise InvalidInput("--origin and --target must differ")
     if args.batch_size < 1 or (args.max_items is not None and args.max_items < 1):
         raise InvalidInput("--batch-size and --max-items must be >= 1")
+    from services.attacker.spec import delivery_problem
+
+    if problem := delivery_problem(args.budget_space, args.delivery):
+        raise InvalidInput(problem.replace("budget_space", "--budget-space").replace("delivery '", "--delivery '"))
     specs = build_specs(methods, args.eps, args.budget_space)  # bad settings fail before any training
     catalog, train_demo_extractor = _demo_parts()
     for name in (args.origin, args.target):
@@ -124,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
     store = ArtifactStore(args.store or get_settings().store_dir)
     print(f"attacking {len(idx)} '{args.origin}' items toward '{args.target}' ({args.delivery} delivery, "
           f"{args.budget_space} budget, device {device})")
-    header = (f"{'extractor':<9} {'method':<13} {'eps':>4} {'SR':>6} {'SR0':>6} {'flip':>6} {'featMSE':>9} {'PSNR':>6} "
+    header = (f"{'extractor':<9} {'method':<13} {'eps':>4} {'SR':>6} {'fSR':>6} {'SR0':>6} {'flip':>6} {'featMSE':>9} {'PSNR':>6} "
               f"{'SSIM':>6} {'Linf':>5} {'img/s':>7}")
     print(header)
     print("-" * len(header))
@@ -140,10 +144,12 @@ def run_demo(args: argparse.Namespace) -> int:
                                target_features=tf if spec.method == "feature_match" else None)
             s = load_attack(store, key).summary
             eps = "-" if spec.eps == 0 else f"{spec.eps:g}"
-            print(f"{defense:<9} {spec.method:<13} {eps:>4} {_fmt(s['success_rate'], '6.1%')} {_fmt(s.get('clean_target_rate'), '6.1%')} "
+            print(f"{defense:<9} {spec.method:<13} {eps:>4} {_fmt(s['success_rate'], '6.1%')} "
+                  f"{_fmt(s.get('float_success_rate'), '6.1%')} {_fmt(s.get('clean_target_rate'), '6.1%')} "
                   f"{s['flip_rate']:>6.1%} "
                   f"{s['feat_mse']:>9.2e} {_fmt(s['psnr_mean'], '6.1f')} {s['ssim_mean']:>6.3f} "
                   f"{s['linf_max_255']:>5.1f} {_fmt(s['images_per_s'], '7.1f')}")
-    print("SR: share now classified as the target (SR0: before the attack); flip: class changed; featMSE: clean vs adversarial features; "
+    print("SR: share of the delivered images now classified as the target (fSR: of the attack's float output, "
+          "before delivery; SR0: before the attack); flip: class changed; featMSE: clean vs adversarial features; "
           "PSNR/SSIM/Linf(1/255): delivered images; img/s: attack throughput when computed (cached runs repeat it)")
     return 0

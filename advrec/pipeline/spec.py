@@ -24,7 +24,7 @@ from pydantic import (
 from advrec_common.datasets.generic_layout import CategoryColumns, InteractionColumns
 from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
-from services.attacker.spec import METHODS, AttackParams, AttackSpec
+from services.attacker.spec import METHODS, AttackParams, AttackSpec, delivery_problem
 from services.extractor.named_weights import NAMED_WEIGHTS
 from services.extractor.train_config import TrainOverrides
 from services.recommender.config import MODEL_FIELDS, RecConfig, unused_fields
@@ -181,11 +181,8 @@ class AttackGridSpec(_Strict):
     def _valid_attacks(self) -> AttackGridSpec:
         """Every (method, eps) is a valid :class:`AttackSpec` (norm, budget space, eps = 0 ...), and the
         delivery can carry the budget (never a silent zero perturbation)."""
-        if self.budget_space == "normalized" and self.delivery in ("png8", "jpeg"):
-            raise ValueError(
-                f"budget_space 'normalized' allows about eps x 0.23 grey levels per channel (< 1 level at eps 4): "
-                f"delivery {self.delivery!r} rounds inside that budget and erases the attack. Use delivery "
-                "'png8_truncate' (the study's 8-bit quantisation) or 'float'")
+        if problem := delivery_problem(self.budget_space, self.delivery):
+            raise ValueError(problem)
         if self.method in METHODS:
             for eps in self.eps:
                 try:

@@ -165,6 +165,18 @@ class AttackSpec(AttackParams):
         return f"{self.method}-{self.norm}-eps{self.eps:g}" + ("-norm" if self.budget_space == "normalized" else "")
 
 
+def delivery_problem(budget_space: str, delivery: str) -> str | None:
+    """Why ``delivery`` would erase attacks in ``budget_space`` (None when it can carry them).
+
+    The normalised budget is eps/255 in normalised units, about eps x 0.23 grey levels per channel:
+    rounding to 8 bits inside that budget (png8, and JPEG after it) leaves nothing at eps 4."""
+    if budget_space == "normalized" and delivery in ("png8", "jpeg"):
+        return (f"budget_space 'normalized' allows about eps x 0.23 grey levels per channel (< 1 level at eps 4): "
+                f"delivery {delivery!r} rounds inside that budget and erases the attack. Use delivery "
+                "'png8_truncate' (the study's 8-bit quantisation) or 'float'")
+    return None
+
+
 def study_presets() -> dict[str, AttackSpec]:
     """The study's attacks (VAR, study-protocol.md section 3) in this project's pixel convention; add
     ``budget_space="normalized"`` (``spec.model_copy(update=...)``) to reproduce the seed code's budget."""

@@ -25,6 +25,7 @@ def test_specs_of_a_demo_run():
         (["--methods", "nope"], "unknown or unsupported"),
         (["--origin", "hat", "--target", "hat"], "must differ"),
         (["--defenses", "magic"], "unknown defenses"),
+        (["--budget-space", "normalized"], "erases the attack"),  # with the default png8 delivery
     ],
 )
 def test_bad_arguments_fail_before_any_training(tmp_path, capsys, argv, message):
@@ -41,7 +42,7 @@ def test_demo_attacks_the_standard_extractor(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("standard")]
     assert [r[1] for r in rows] == ["fgsm", "pgd"]
-    assert all(float(r[9]) <= 8.0 for r in rows)  # L-inf of the delivered images, in 1/255
+    assert all(float(r[10]) <= 8.0 for r in rows)  # L-inf of the delivered images, in 1/255
     n_artifacts = len(list((tmp_path / "objects").glob("*/*")))
     assert main(argv) == 0 and capsys.readouterr().out == out  # second run: everything from the store
     assert len(list((tmp_path / "objects").glob("*/*"))) == n_artifacts == 3  # extractor + 2 attacks
