@@ -7,12 +7,20 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class WorkProgress(BaseModel):
+    done: float = Field(description="estimated work finished, in work units (about a millisecond of a 2-core CPU)")
+    total: float = Field(description="estimated work of the whole plan")
+    fraction: float = Field(description="done / total in [0, 1]: what an ETA should extrapolate, not steps")
+
+
 class Progress(BaseModel):
     done: int = Field(description="steps finished (computed or reused)")
     total: int = Field(description="steps in the plan (0 until planned)")
     fraction: float = Field(description="done / total in [0, 1]")
     running: list[str] = Field(description="names of the steps running now")
     failed: list[str] = Field(description="names of failed steps")
+    work: WorkProgress | None = Field(None, description="progress in estimated work units (steps differ a "
+                                      "thousandfold); null until the plan is made or when it could not be estimated")
 
 
 class JobSummary(BaseModel):

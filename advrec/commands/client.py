@@ -66,14 +66,18 @@ def _status(args: argparse.Namespace) -> int:
 def _wait_for(c: AdvrecClient, job_id: str, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(desc=job_id, unit="step", total=0)
+    # in work units when the gateway reports them (steps differ a thousandfold: a step count predicts
+    # nothing), as per mille of the plan's estimated work; the ETA extrapolates the work done so far
+    bar = tqdm(desc=job_id, total=1000, smoothing=0,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ETA {remaining}{postfix}")
 
     def progress(st: dict[str, Any]) -> None:
         p = st["progress"]
-        if bar.total != p["total"]:
-            bar.total = p["total"]
-        bar.n = p["done"]
-        bar.set_postfix_str(st["state"] if not p["running"] else p["running"][0][-40:], refresh=False)
+        work = p.get("work")
+        fraction = work["fraction"] if work else p.get("fraction", 0.0)
+        bar.n = min(1000, round(1000 * fraction))
+        where = p["running"][0][-40:] if p["running"] else st["state"]
+        bar.set_postfix_str(f"{p['done']}/{p['total']} steps | {where}", refresh=False)
         bar.refresh()
 
     try:

@@ -85,7 +85,7 @@ class _RunProgress:
         from advrec.pipeline.work import EtaModel, estimate
 
         self.spec, self.plan, self.store = spec, p, store
-        self.facts = _facts(spec, p, store)
+        self.facts = work_facts(spec, p, store)
         self.eta = EtaModel()
         self.todo = [s for s in p if not store.has(s.key)]
         for step in self.todo:
@@ -180,7 +180,7 @@ class _RunProgress:
             self.bar.close()
 
 
-def _facts(spec: EvaluationSpec, p: Plan, store: ArtifactStore):
+def work_facts(spec: EvaluationSpec, p: Plan, store: ArtifactStore):
     """What the work estimates read, from the spec and the (stored) dataset step."""
     from advrec.pipeline.work import Facts
     from services.extractor.named_weights import NAMED_WEIGHTS

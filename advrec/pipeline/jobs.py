@@ -97,9 +97,26 @@ def _expand(d: dict[str, Any], store: ArtifactStore, settings: Settings) -> None
                           f"({settings.quota_source(owner, 'plan_steps')}); use fewer extractors, attacks, budgets "
                           f"or recommenders, or a larger shard_size")
     d["plan"] = full.to_json()
+    units = _work_units(spec, full, store)
     for row in d["plan"]:
         d["steps"].setdefault(row["name"], _pending(row))
+        if row["name"] in units:
+            d["steps"][row["name"]]["units"] = units[row["name"]]
     d.update(setup=False, n_items=n_items)
+
+
+def _work_units(spec: EvaluationSpec, full: Any, store: ArtifactStore) -> dict[str, float]:
+    """Each step's estimated work (:mod:`advrec.pipeline.work`), for the job's progress in work units
+    (empty when it cannot be estimated: progress then counts steps; an estimate never fails a job)."""
+    try:
+        from advrec.pipeline.executor import work_facts
+        from advrec.pipeline.work import estimate
+
+        facts = work_facts(spec, full, store)
+        return {s.name: round(float(estimate(s, facts).units), 1) for s in full}
+    except Exception:  # noqa: BLE001 -- progress is a convenience, the job goes on without it
+        log.warning("no work estimates for the job's progress", exc_info=True)
+        return {}
 
 
 def submit(spec: EvaluationSpec, settings: Settings | None = None, owner: str | None = None) -> str:

@@ -123,16 +123,32 @@ def publish_report(store: Any, report_key: str, run_dir: Path) -> None:
 
 
 def progress_of(record: dict[str, Any]) -> dict[str, Any]:
-    """Done/total steps and the steps currently running."""
+    """Done/total steps, the steps currently running and, when every step has a work estimate
+    (``units``, written by the Celery planner), the progress in work units: finished steps count whole,
+    a running step by its own reported ``done/total``."""
     steps = record.get("steps", {})
     done = sum(1 for s in steps.values() if s["state"] in ("done", "cached"))
-    return {
+    out: dict[str, Any] = {
         "done": done,
         "total": len(steps),
         "fraction": (done / len(steps)) if steps else 0.0,
         "running": sorted(n for n, s in steps.items() if s["state"] == "running"),
         "failed": sorted(n for n, s in steps.items() if s["state"] == "failed"),
+        "work": None,
     }
+    units = {n: s.get("units") for n, s in steps.items()}
+    if steps and all(isinstance(u, int | float) and u >= 0 for u in units.values()):
+        total = float(sum(units.values()))
+        work_done = 0.0
+        for n, st in steps.items():
+            if st["state"] in ("done", "cached"):
+                work_done += units[n]
+            elif st["state"] == "running":
+                p = st.get("progress") or {}
+                if isinstance(p.get("done"), int | float) and isinstance(p.get("total"), int | float) and p["total"] > 0:
+                    work_done += units[n] * min(max(p["done"] / p["total"], 0.0), 1.0)
+        out["work"] = {"done": work_done, "total": total, "fraction": work_done / total if total > 0 else 0.0}
+    return out
 
 
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:

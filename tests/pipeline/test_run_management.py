@@ -210,3 +210,20 @@ def test_steps_report_progress_in_their_own_units(tmp_path):
     assert {u.split(":")[0] for u in seen["attack_shard"]} == {"images"}
     attacked = load_adversarial(store, p["adversarial/standard/fgsm/eps8"].key, arrays=False).summary["n_attacked"]
     assert sum(n for name, n in totals.items() if name.startswith("attack/")) == attacked > 0
+
+
+def test_progress_counts_work_units_when_every_step_has_an_estimate():
+    """Hand-made record: a 1-unit step done, a 1000-unit attack half way, a 99-unit step pending -> the
+    work fraction is (1 + 500) / 1100 while the step count says 1 of 3; without estimates, no work."""
+    from advrec.pipeline.record import progress_of
+
+    steps = {"dataset": {"state": "done", "units": 1.0},
+             "attack/x": {"state": "running", "units": 1000.0, "progress": {"done": 32, "total": 64, "unit": "images"}},
+             "report": {"state": "pending", "units": 99.0}}
+    p = progress_of({"steps": steps})
+    assert (p["done"], p["total"], p["running"]) == (1, 3, ["attack/x"])
+    assert p["work"]["total"] == 1100.0 and p["work"]["fraction"] == pytest.approx(501 / 1100)
+    steps["attack/x"]["progress"] = {"epoch": 3}  # a progress without done/total counts nothing yet
+    assert progress_of({"steps": steps})["work"]["done"] == 1.0
+    del steps["report"]["units"]
+    assert progress_of({"steps": steps})["work"] is None

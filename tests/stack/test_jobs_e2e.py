@@ -76,10 +76,19 @@ def test_a_two_stacks_on_one_redis_db_both_match_the_inprocess_run(make_stack, i
         job = client.submit(TINY_SPEC)
         other_job = other_client.submit(TINY_SPEC)
         seen: list[int] = []
-        final = client.wait(job, progress=lambda s: seen.append(s["progress"]["done"]), poll_interval=0.5,
-                            timeout=240)
+        work: list[float] = []
+
+        def track(st):
+            seen.append(st["progress"]["done"])
+            if st["progress"]["work"]:
+                work.append(st["progress"]["work"]["fraction"])
+
+        final = client.wait(job, progress=track, poll_interval=0.5, timeout=240)
         assert final["state"] == "done" and final["progress"]["done"] == final["progress"]["total"] > 5
         assert seen == sorted(seen)  # progress never goes back
+        # once planned, progress is in estimated work units, and reaches exactly 1
+        assert final["progress"]["work"]["fraction"] == 1.0 and final["progress"]["work"]["total"] > 0
+        assert work == sorted(work)
         results = client.results(job)
         report = client.report(job, tmp_path / "report.html")
         assert other_client.wait(other_job, poll_interval=0.5, timeout=240)["state"] == "done"
