@@ -82,7 +82,7 @@ class _RunProgress:
     step's own progress (images, epochs) and a per-kind calibrated ETA."""
 
     def __init__(self, spec: EvaluationSpec, p: Plan, store: ArtifactStore, show: bool):
-        from advrec.pipeline.work import EtaModel, estimate
+        from advrec.pipeline.work import EtaModel, estimate, work_facts
 
         self.spec, self.plan, self.store = spec, p, store
         self.facts = work_facts(spec, p, store)
@@ -178,32 +178,6 @@ class _RunProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def work_facts(spec: EvaluationSpec, p: Plan, store: ArtifactStore):
-    """What the work estimates read, from the spec and the (stored) dataset step."""
-    from advrec.pipeline.work import Facts
-    from services.extractor.named_weights import NAMED_WEIGHTS
-    from services.recommender.models import RECOMMENDERS
-
-    meta = store.meta(p["dataset"].key).get("result", {})
-    facts = Facts(n_items=int(meta.get("n_items", 0)), n_users=int(meta.get("n_users", 0)),
-                  n_train=int(meta.get("n_train", 0)), decode_ms=0.5 if spec.dataset.kind == "demo" else 10.0)
-    for ext in spec.extractors:
-        if ext.source == "demo":
-            facts.extractors[ext.name] = ("tiny_cnn", ext.image_size or spec.dataset.image_size)
-            facts.demo_images[ext.name] = 10 * (ext.demo_images_per_class or 40)
-        elif ext.source == "named" and ext.weight_name in NAMED_WEIGHTS:
-            facts.extractors[ext.name] = (NAMED_WEIGHTS[ext.weight_name].backbone, ext.image_size)
-        else:
-            facts.extractors[ext.name] = (ext.backbone, ext.image_size)
-            if ext.source == "train":
-                facts.demo_images[ext.name] = facts.n_items
-    for rec in spec.recommenders:
-        cls = RECOMMENDERS.get(rec.name)
-        defaults = getattr(cls, "DEFAULTS", {}).get(rec.config.preset, {}) if cls is not None else {}
-        facts.rec_epochs[rec.name] = int(rec.config.epochs or defaults.get("epochs") or 50)
-    return facts
 
 
 def _spec_changes(record: RunRecord, spec: EvaluationSpec) -> list[str]:

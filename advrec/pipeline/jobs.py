@@ -109,8 +109,7 @@ def _work_units(spec: EvaluationSpec, full: Any, store: ArtifactStore) -> dict[s
     """Each step's estimated work (:mod:`advrec.pipeline.work`), for the job's progress in work units
     (empty when it cannot be estimated: progress then counts steps; an estimate never fails a job)."""
     try:
-        from advrec.pipeline.executor import work_facts
-        from advrec.pipeline.work import estimate
+        from advrec.pipeline.work import estimate, work_facts
 
         facts = work_facts(spec, full, store)
         return {s.name: round(float(estimate(s, facts).units), 1) for s in full}

@@ -142,6 +142,30 @@ def estimate(step: Any, facts: Facts) -> Work:
     return Work(FIXED_MS.get(kind, 100.0))
 
 
+def work_facts(spec: Any, p: Any, store: Any) -> Facts:
+    """What the work estimates read, from the spec (an ``EvaluationSpec``) and the stored dataset step of
+    plan ``p`` (torch-free: the gateway process may plan a job whose dataset is already stored)."""
+    from services.extractor.named_weights import NAMED_WEIGHTS
+    from services.recommender.defaults import default_epochs
+
+    meta = store.meta(p["dataset"].key).get("result", {})
+    facts = Facts(n_items=int(meta.get("n_items", 0)), n_users=int(meta.get("n_users", 0)),
+                  n_train=int(meta.get("n_train", 0)), decode_ms=0.5 if spec.dataset.kind == "demo" else 10.0)
+    for ext in spec.extractors:
+        if ext.source == "demo":
+            facts.extractors[ext.name] = ("tiny_cnn", ext.image_size or spec.dataset.image_size)
+            facts.demo_images[ext.name] = 10 * (ext.demo_images_per_class or 40)
+        elif ext.source == "named" and ext.weight_name in NAMED_WEIGHTS:
+            facts.extractors[ext.name] = (NAMED_WEIGHTS[ext.weight_name].backbone, ext.image_size)
+        else:
+            facts.extractors[ext.name] = (ext.backbone, ext.image_size)
+            if ext.source == "train":
+                facts.demo_images[ext.name] = facts.n_items
+    for rec in spec.recommenders:
+        facts.rec_epochs[rec.name] = int(rec.config.epochs or default_epochs(rec.name, rec.config.preset) or 50)
+    return facts
+
+
 class EtaModel:
     """Remaining time from work estimates, calibrated per step kind by the steps that ran.
 

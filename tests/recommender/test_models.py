@@ -118,3 +118,14 @@ def test_torch_free_needs_table_matches_the_model_classes():
     from services.recommender.models import RECOMMENDERS
 
     assert {n: set(v) for n, v in RECOMMENDER_NEEDS.items()} == {n: set(c.needs) for n, c in RECOMMENDERS.items()}
+
+
+def test_every_model_reads_its_presets_from_the_torch_free_table():
+    """One source for the presets: each class's DEFAULTS is its MODEL_DEFAULTS entry (the planner's work
+    estimates read the epochs there without importing torch)."""
+    from services.recommender.defaults import MODEL_DEFAULTS, default_epochs
+    from services.recommender.models import RECOMMENDERS
+
+    assert set(MODEL_DEFAULTS) == set(RECOMMENDERS)
+    assert all(cls.DEFAULTS is MODEL_DEFAULTS[name] for name, cls in RECOMMENDERS.items())
+    assert default_epochs("vbpr", "study") == 4000 and default_epochs("acf") == 40 and default_epochs("nope") is None

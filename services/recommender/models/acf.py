@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from advrec_common.datasets.types import Interactions
+from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.items import ItemSide
 from services.recommender.models.base import Recommender, bpr_loss, embedding, lr_list, penalty, reg_list
 
@@ -47,12 +48,7 @@ class ACF(Recommender):
     name = "acf"
     needs = {"spatial"}
     sample_by_user = True  # the user's attention over its history is computed once per batch
-    DEFAULTS = {
-        "fast": {"k": 64, "epochs": 40, "batch_size": 256, "optimizer": "adam", "lr": [2e-3], "regs": [1e-4],
-                 "drop_last": False},
-        "study": {"k": 64, "epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": [1e-4], "regs": [1e-5],
-                  "drop_last": True},
-    }
+    DEFAULTS = MODEL_DEFAULTS["acf"]
 
     def _dims(self, items: ItemSide | None, train: Interactions) -> dict[str, int]:
         _, length = padded_histories(train, self.config.max_history)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.models.base import Batch
 from services.recommender.models.vbpr import VBPR
 
@@ -24,6 +25,7 @@ class AMR(VBPR):
     """Adversarial Multimedia Recommendation (same scorer as the study's VBPR)."""
 
     name = "amr"
+    DEFAULTS = MODEL_DEFAULTS["amr"]
 
     @property
     def adv_start_epoch(self) -> int:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.models.base import (
     Batch,
     Recommender,
@@ -26,12 +27,7 @@ class BPRMF(Recommender):
 
     name = "bprmf"
     needs: set[str] = set()
-    DEFAULTS = {
-        "fast": {"k": 64, "epochs": 60, "batch_size": 256, "optimizer": "adagrad", "lr": [0.05],
-                 "regs": [1e-3, 1e-3], "drop_last": False},
-        "study": {"k": 64, "epochs": 4000, "batch_size": 512, "optimizer": "adagrad", "lr": [0.01],
-                  "regs": [0.1, 0.001], "drop_last": True},
-    }
+    DEFAULTS = MODEL_DEFAULTS["bprmf"]
 
     def _build(self, dims: dict[str, int]) -> None:
         k = self.config.k

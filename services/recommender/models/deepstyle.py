@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from advrec_common.datasets.types import Interactions
+from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.items import ItemSide
 from services.recommender.models.base import (
     Batch,
@@ -30,12 +31,7 @@ class DeepStyle(VisualBPRGrads, Recommender):
 
     name = "deepstyle"
     needs = {"features", "categories"}
-    DEFAULTS = {
-        "fast": {"k": 64, "epochs": 60, "batch_size": 256, "optimizer": "adagrad", "lr": [0.05, 0.05, 0.01],
-                 "regs": [1e-3, 1e-3, 0.0], "drop_last": False},
-        "study": {"k": 64, "epochs": 4000, "batch_size": 512, "optimizer": "adagrad", "lr": [0.01, 1e-4, 1e-3],
-                  "regs": [0.1, 0.001, 0.0], "drop_last": True},
-    }
+    DEFAULTS = MODEL_DEFAULTS["deepstyle"]
 
     def _dims(self, items: ItemSide | None, train: Interactions) -> dict[str, int]:
         return {"feature_dim": int(items.features.shape[1]), "n_categories": int(items.categories.max()) + 1}

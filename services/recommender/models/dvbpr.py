@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advrec_common.datasets.types import Interactions
+from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.items import ItemSide
 from services.recommender.models.base import Recommender, lr_list, penalty, reg_list
 
@@ -36,12 +37,7 @@ class DVBPR(Recommender):
 
     name = "dvbpr"
     needs = {"images"}
-    DEFAULTS = {
-        "fast": {"k": 64, "epochs": 20, "batch_size": 512, "optimizer": "adam", "lr": [3e-3],
-                 "regs": [1e-3, 1e-4], "drop_last": False, "cnn_width": 16},
-        "study": {"k": 64, "epochs": 20, "batch_size": 32, "optimizer": "adam", "lr": [1e-4],
-                  "regs": [1.0, 0.001], "drop_last": True, "cnn_width": 32},
-    }
+    DEFAULTS = MODEL_DEFAULTS["dvbpr"]
     image_chunk = 256
 
     def _dims(self, items: ItemSide | None, train: Interactions) -> dict[str, int]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from advrec_common.datasets.types import Interactions
+from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.items import ItemSide
 from services.recommender.models.base import (
     Batch,
@@ -30,11 +31,6 @@ from services.recommender.models.base import (
     penalty_grad_,
     reg_list,
 )
-
-_STUDY = {"k": 64, "epochs": 4000, "batch_size": 512, "optimizer": "adagrad", "lr": [0.01, 1e-4, 1e-3],
-          "regs": [0.1, 0.001, 0.0], "drop_last": True, "reg_form": "study_sum", "patience": 0}
-_FAST = {"k": 64, "epochs": 60, "batch_size": 256, "optimizer": "adagrad", "lr": [0.05, 0.05, 0.01],
-         "regs": [1e-3, 1e-3, 0.0], "drop_last": False}
 
 
 class _BatchItems:
@@ -204,7 +200,7 @@ class VBPR(VisualBPRGrads, Recommender):
 
     name = "vbpr"
     needs = {"features"}
-    DEFAULTS = {"fast": _FAST, "study": _STUDY}
+    DEFAULTS = MODEL_DEFAULTS["vbpr"]
 
     @property
     def full(self) -> bool:  # type: ignore[override]
