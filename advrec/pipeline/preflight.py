@@ -88,6 +88,12 @@ def _check_dataset(spec: EvaluationSpec, out: Preflight, max_pixels: int) -> Non
         for rel in ("trainingset.tsv", "testset.tsv", "original/images"):
             if not (root / rel).exists():
                 out.problems.append(("dataset.root", f"{root / rel} does not exist (the study layout needs it)"))
+        images = root / "original" / "images"
+        if images.is_dir():  # items are the numbered images 0..N-1 (the loader names any that is missing)
+            ids = [int(f.stem) for f in images.iterdir()
+                   if f.stem.isdigit() and f.suffix.lower() in (".jpg", ".jpeg", ".png")]
+            if ids:
+                out.facts["n_items"] = max(ids) + 1
         return
     from advrec_common.datasets.preflight import check_generic_dataset
 

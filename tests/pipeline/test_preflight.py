@@ -153,3 +153,16 @@ def test_unknown_backbones_are_problems(tmp_path):
         {"name": "b", "source": "checkpoint", "backbone": "timm:convnext_tiny", "checkpoint": str(tmp_path / "cats.csv")}])
     problems = dict(preflight(doc, device="cpu").problems)
     assert list(problems) == ["extractors[0].backbone"] and "unknown backbone 'resnet5'" in problems["extractors[0].backbone"]
+
+
+def test_a_study_layout_catalog_is_counted_for_k(tmp_path):
+    """The study layout's items are its numbered images: K above their number is an error before compute
+    (it was only checked for generic catalogs)."""
+    (tmp_path / "original" / "images").mkdir(parents=True)
+    for i in range(7):
+        Image.new("RGB", (8, 8)).save(tmp_path / "original" / "images" / f"{i}.jpg")
+    (tmp_path / "trainingset.tsv").write_text("0\t1\n")
+    (tmp_path / "testset.tsv").write_text("0\t2\n")
+    out = preflight(_spec({"kind": "study", "root": str(tmp_path)}, ks=[5, 10]), device="cpu")
+    assert out.facts["n_items"] == 7
+    assert ("ks[1]", "K = 10 is larger than the catalog (7 items)") in out.problems
