@@ -129,6 +129,9 @@ def _decode(call: Call, resp: httpx.Response) -> Any:
 def _dataset_files(path: str | Path | None, images: list[str | Path] | None,
                    interactions: str | Path | None, categories: str | Path | None) -> list[tuple[str, tuple]]:
     files: list[tuple[str, tuple]] = []
+    named = [path, *(images or []), interactions, categories]
+    if missing := [str(f) for f in named if f is not None and not Path(f).is_file()]:
+        raise NotFound(f"no such file: {', '.join(missing[:5])}" + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     if path is not None:
         p = Path(path)
         files.append(("archive", (p.name, p.read_bytes(), "application/zip")))

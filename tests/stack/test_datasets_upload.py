@@ -268,3 +268,11 @@ def test_upload_with_the_shops_own_column_names(gateway_client, settings):
     for bad, loc in (("{not json", "columns"), ('["user"]', "columns"), ('{"usr": "customer"}', "columns.usr")):
         r = gateway_client.post("/v1/datasets", files={"archive": archive}, data={"columns": bad})
         assert r.status_code == 422 and loc in [p["loc"] for p in r.json()["errors"]], r.text
+
+
+def test_uploading_a_missing_file_is_a_clear_error_not_a_bug(tmp_path, capsys):
+    from advrec.cli import main
+
+    assert main(["upload", str(tmp_path / "missing.zip"), "--server", "http://127.0.0.1:9", "--retry-for", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "missing.zip" in err and "bug" not in err
