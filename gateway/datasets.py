@@ -181,9 +181,12 @@ def parse_mapping(text: str | None, field: str, model: type[InteractionColumns] 
     """The ``columns`` / ``category_columns`` form field (JSON) as its model; 422 naming each problem."""
     if text is None or not text.strip():
         return None
+    if len(text) > 4096:
+        raise InvalidInput(f"{field}: longer than 4096 characters; send e.g. {_MAPPING_EXAMPLES[field]}",
+                           problems=[{"loc": field, "msg": "too long"}])
     try:
         raw = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidInput(f"{field}: not JSON; send e.g. {_MAPPING_EXAMPLES[field]}",
                            problems=[{"loc": field, "msg": "not JSON"}]) from None
     if not isinstance(raw, dict):

@@ -265,7 +265,8 @@ def test_upload_with_the_shops_own_column_names(gateway_client, settings):
                               columns=InteractionColumns(**spec["columns"]),
                               category_columns=CategoryColumns(**spec["category_columns"]))
     assert ds.n_users == 6 and len(ds.catalog) == 5 and set(ds.catalog.categories) == {"d0", "d1"}
-    for bad, loc in (("{not json", "columns"), ('["user"]', "columns"), ('{"usr": "customer"}', "columns.usr")):
+    for bad, loc in (("{not json", "columns"), ('["user"]', "columns"), ('{"usr": "customer"}', "columns.usr"),
+                     ("[" * 3000 + "]" * 3000, "columns"), ('{"user": "' + "u" * 5000 + '"}', "columns")):
         r = gateway_client.post("/v1/datasets", files={"archive": archive}, data={"columns": bad})
         assert r.status_code == 422 and loc in [p["loc"] for p in r.json()["errors"]], r.text
 
