@@ -134,3 +134,21 @@ def test_progress_after_every_batch_and_it_can_stop_the_attack(random_model, ima
     with pytest.raises(Stop):
         run_attack(random_model, images, cw, 1, batch_size=6, progress=stop_after_ten)
     assert passes == [0] * 10  # 10 passes of the expected 5,000 per batch: no image counted yet, stopped anyway
+
+
+@pytest.mark.parametrize(("method", "norm"), [("pgd", "l2"), ("apgd", "l2"), ("square", "l2"), ("pgd", "linf")])
+def test_catalog_images_as_a_permuted_view_attack_like_contiguous_ones(random_model, images, method, norm):
+    """Catalog images reach the attacks as a permuted (N,H,W,3) -> (N,3,H,W) view; torchattacks' L2 attacks
+    flatten with .view() and failed on it ('view size is not compatible') -- PGD L2 in any spec."""
+    import torch
+
+    from services.attacker.attacks import run_attack
+    from services.attacker.spec import AttackSpec
+
+    permuted = images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert not permuted.is_contiguous() and torch.equal(permuted, images)
+    spec = AttackSpec(method=method, eps=8, norm=norm, steps=2, seed=0)
+    torch.manual_seed(0)
+    from_view = run_attack(random_model, permuted, spec, 1)
+    torch.manual_seed(0)
+    assert torch.equal(from_view, run_attack(random_model, images.contiguous(), spec, 1))

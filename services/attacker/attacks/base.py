@@ -48,6 +48,8 @@ class Attack:
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # catalog images arrive as a permuted (N,H,W,3) view; torchattacks' L2 attacks .view() them flat
+        images = images.contiguous()
         adv = self.perturb(images, labels).detach().clamp(0.0, 1.0)
         return adv if self.budget is None else self.budget.project(adv, images)
 
