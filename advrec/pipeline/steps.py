@@ -462,11 +462,9 @@ def _exposure(top_before: torch.Tensor, top_after: torch.Tensor, item_cat: torch
            "ncdcg": lambda t: ncdcg_at_k(t, item_cat, origin, k)}
     out = {}
     for metric, fn in fns.items():
-        v0, u0 = fn(top_before)
+        v0, u0 = fn(top_before)  # float64 throughout: equal count changes give equal differences
         v1, u1 = fn(top_after)
-        # the means are computed in float32: round off its last digits so equal lists give equal values
-        out[metric] = (round(float(v0), 9), round(float(v1), 9), np.asarray(u0, dtype=np.float64),
-                       np.asarray(u1, dtype=np.float64))
+        out[metric] = (float(v0), float(v1), np.asarray(u0, dtype=np.float64), np.asarray(u1, dtype=np.float64))
     return out
 
 

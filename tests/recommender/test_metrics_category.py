@@ -38,7 +38,7 @@ def test_ncdcg_study_ideal_ignores_training_items():
     idcg = 3 * (1 + 1 / math.log2(3) + 0.5)  # |I_c| = 3 positions
     value, per_user = ncdcg_at_k(TOP, CATS, 0, 3)
     expected = [3 * 1.5 / idcg, 3 * (1 / math.log2(3) + 0.5) / idcg, 0.0]
-    assert torch.allclose(per_user, torch.tensor(expected))
+    assert torch.allclose(per_user, torch.tensor(expected, dtype=torch.float64))
     assert value == pytest.approx(sum(expected) / 3)
 
 

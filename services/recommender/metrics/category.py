@@ -44,7 +44,8 @@ def chr_at_k(
     "count": what the study's code reports (divided by |U| only: mean number per list, Q4).
     """
     cats, _ = _cut(top_items, item_category, k)
-    per_user = (cats == int(category)).sum(1).float()
+    # float64: exact multiples of 1/k, so equal count changes give equal differences (replicate ties)
+    per_user = (cats == int(category)).sum(1).double()
     if form == "normalized":
         per_user = per_user / int(k)
     elif form != "count":
@@ -81,8 +82,8 @@ def ncdcg_at_k(
     cats, _ = _cut(top_items, item_category, k)
     dev = cats.device
     k = int(k)
-    discount = 1.0 / torch.log2(torch.arange(k, device=dev, dtype=torch.float32) + 2.0)
-    dcg = 3.0 * ((cats == int(category)).float() * discount).sum(1)
+    discount = 1.0 / torch.log2(torch.arange(k, device=dev, dtype=torch.float64) + 2.0)
+    dcg = 3.0 * ((cats == int(category)).double() * discount).sum(1)
     in_cat = item_category.to(dev).long() == int(category)
     n_cat = torch.full((cats.shape[0],), int(in_cat.sum()), device=dev)
     if exclude_train_from_ideal is not None:
@@ -91,7 +92,7 @@ def ncdcg_at_k(
         owned = torch.zeros(cats.shape[0], dtype=torch.long, device=dev)
         owned.index_add_(0, rows, in_cat[cols].long())
         n_cat = n_cat - owned
-    ideal_cum = torch.cat([torch.zeros(1, device=dev), torch.cumsum(3.0 * discount, 0)])
+    ideal_cum = torch.cat([torch.zeros(1, device=dev, dtype=torch.float64), torch.cumsum(3.0 * discount, 0)])
     idcg = ideal_cum[n_cat.clamp(max=k)]
     per_user = torch.where(idcg > 0, dcg / idcg.clamp(min=1e-12), torch.zeros_like(dcg))
     return (float(per_user.mean()) if per_user.numel() else 0.0), per_user

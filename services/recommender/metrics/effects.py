@@ -24,6 +24,7 @@ from scipy import stats
 from advrec_common.errors import InvalidInput
 
 CONFIDENCE = 0.95
+TIE_RTOL = 1e-6  # replicate differences closer than this (relative to the metric's values) are tied
 
 
 def replicate_effect(before: Sequence[float] | np.ndarray, after: Sequence[float] | np.ndarray,
@@ -51,9 +52,11 @@ def replicate_effect(before: Sequence[float] | np.ndarray, after: Sequence[float
     if r < 2:
         return out
     sd = float(d.std(ddof=1))
-    # ties up to float rounding (the same count step computed from other floats differs in the last bits)
-    if not math.isfinite(sd) or np.allclose(d, d.mean(), rtol=1e-9, atol=1e-12):
-        if np.allclose(d, 0.0, rtol=0.0, atol=1e-12):
+    # ties up to float rounding: the same count step computed from other values differs in the last bits
+    # (1e-6 of the metric's scale: far below one step of a count metric, far above float32 noise)
+    tol = TIE_RTOL * max(float(np.abs(a).max()), float(np.abs(b).max()), 1e-12)
+    if not math.isfinite(sd) or float(np.ptp(d)) <= tol:
+        if float(np.abs(d).max()) <= tol:
             out.update(ci_low=0.0, ci_high=0.0, p_value=1.0, test="none (no replicate changed)")
         else:  # under the null each d_r is as likely negative as positive: all R signs equal has prob. 2/2^R
             out.update(p_value=min(1.0, 2.0 * 0.5**r), test="exact sign-flip (every replicate's difference equal)")
