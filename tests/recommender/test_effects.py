@@ -34,6 +34,11 @@ def test_degenerate_cases():
     assert shift["test"].startswith("exact sign-flip")
     assert replicate_effect([0.1, 0.2], [0.0995, 0.1995])["p_value"] == pytest.approx(0.5)  # R = 2
     assert replicate_effect([0] * 5, [1] * 5)["p_value"] == 0.0625  # R = 5: the smallest such p
+    # float32 metric values: the same count step (1/6000) with ~1e-8 noise (seen in a demo placebo cell,
+    # where the t-test said p = 7e-10): a tie, p = 2/2^3
+    b = np.array([0.0838336, 0.0841667, 0.0835001])
+    noisy = b + np.array([0.000166662, 0.000166669, 0.000166677])
+    assert replicate_effect(b, noisy)["p_value"] == 0.25
     # the same step computed from other floats differs in the last bits: still a tie, not p ~ 0
     d = np.array([0.2033, 0.3169, 0.2628]) - (np.array([0.2033, 0.3169, 0.2628]) - 2 / 1200)
     assert np.ptp(d) > 0 and replicate_effect(np.zeros(3), d)["p_value"] == 0.25

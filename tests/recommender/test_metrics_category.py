@@ -68,3 +68,12 @@ def test_bad_k_and_shapes():
         rank_shift(TOP, TOP[:2], torch.tensor([0]))
     with pytest.raises(InvalidInput):
         chr_at_k(torch.tensor([[7]]), CATS, 0, 1)
+
+
+def test_chr_per_user_values_are_exact_float64_multiples_of_one_over_k():
+    """Equal count changes must give equal differences (replicate ties): per-user CHR is float64."""
+    top = torch.tensor([[0, 1, 2], [1, 2, 3], [3, 3, 3]])
+    cats = torch.tensor([0, 0, 1, 0])
+    value, per_user = chr_at_k(top, cats, 0, 3, form="normalized")
+    assert per_user.dtype == torch.float64 and per_user.tolist() == [2 / 3, 2 / 3, 1.0]
+    assert value == (2 / 3 + 2 / 3 + 1.0) / 3
