@@ -93,20 +93,25 @@ class Settings(BaseSettings):
             raise ValueError(f"key_quotas must be keyed by SHA-256 hex digests (`advrec stack hash-key KEY`), got {bad}")
         return {k.strip().lower(): q for k, q in v.items()}
 
+    def _key_override(self, owner: str | None) -> tuple[str, Quotas] | None:
+        """(digest, overrides) of the ``key_quotas`` entry of the key whose owner id is ``owner``."""
+        for digest, override in self.key_quotas.items():
+            if owner and owner_of_digest(digest) == owner:
+                return digest, Quotas.model_validate(override)
+        return None
+
     def quotas(self, owner: str | None = None) -> Quotas:
         """The quotas of the key whose owner id is ``owner``: its ``key_quotas`` entry over the defaults."""
         resolved = {f: getattr(self, f"quota_{f}") for f in QUOTA_FIELDS}
-        if owner:
-            for digest, override in self.key_quotas.items():
-                if owner_of_digest(digest) == owner:
-                    resolved.update(Quotas.model_validate(override).model_dump(exclude_none=True))
+        if found := self._key_override(owner):
+            resolved.update(found[1].model_dump(exclude_none=True))
         return Quotas(**resolved)
 
     def quota_source(self, owner: str | None, field: str) -> str:
         """Where ``field``'s quota for ``owner`` comes from, for error messages."""
-        for digest, override in self.key_quotas.items():
-            if owner and owner_of_digest(digest) == owner and getattr(Quotas.model_validate(override), field) is not None:
-                return f"key_quotas[{digest[:8]}...].{field}"
+        found = self._key_override(owner)
+        if found and getattr(found[1], field) is not None:
+            return f"key_quotas[{found[0][:8]}...].{field}"
         return f"quota_{field}"
 
     @property

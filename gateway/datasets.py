@@ -34,7 +34,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from pydantic import ValidationError
 
 from advrec_common.datasets.generic_layout import (
     GENERIC_IMAGE_SUFFIXES,
@@ -47,6 +46,7 @@ from advrec_common.errors import BadImage, InvalidInput, NotFound, Overloaded, P
 from advrec_common.http import error_responses
 from advrec_common.settings import Settings
 from advrec_common.store import atomic_write
+from advrec_common.validation import validate_model
 from gateway.auth import Caller, require_api_key
 from gateway.deps import get_app_settings
 from gateway.schemas import DatasetInfo
@@ -192,12 +192,7 @@ def parse_mapping(text: str | None, field: str, model: type[InteractionColumns] 
     if not isinstance(raw, dict):
         raise InvalidInput(f"{field}: a JSON object is needed, e.g. {_MAPPING_EXAMPLES[field]}",
                            problems=[{"loc": field, "msg": "not a JSON object"}])
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = [{"loc": ".".join([field, *map(str, e["loc"])]), "msg": e["msg"]} for e in exc.errors()]
-        raise InvalidInput(f"{field}: " + "; ".join(f"{p['loc']}: {p['msg']}" for p in problems),
-                           problems=problems) from None
+    return validate_model(model, raw, root=field, what=f"invalid {field}")
 
 
 _MAPPING_EXAMPLES = {"columns": '{"user": "customer", "item": "sku", "timestamp": "bought_at"}',

@@ -28,7 +28,7 @@ from services.attacker.spec import METHODS, AttackParams, AttackSpec, delivery_p
 from services.extractor.named_weights import NAMED_WEIGHTS
 from services.extractor.train_config import TrainOverrides
 from services.recommender.config import MODEL_FIELDS, RecConfig, unused_fields
-from services.recommender.kinds import RECOMMENDER_NEEDS
+from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items
 
 SPEC_VERSION = 1
 DEMO_DEFENSES = ("standard", "pgd_at", "free_at")
@@ -302,7 +302,7 @@ class EvaluationSpec(_Strict):
     @field_validator("recommenders")
     @classmethod
     def _some_read_items(cls, v: list[RecommenderSpec]) -> list[RecommenderSpec]:
-        if not any(RECOMMENDER_NEEDS[r.name] for r in v):
+        if not any(reads_items(r.name) for r in v):
             raise ValueError(f"no recommender reads anything about items ({', '.join(r.name for r in v)}): an image "
                              "attack cannot move them; add a visual one (vbpr, amr, deepstyle, acf, dvbpr) -- BPR-MF "
                              "is trained beside them as the accuracy reference")
