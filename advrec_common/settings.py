@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from advrec_common.apikeys import owner_of_digest
+from advrec_common.errors import InvalidInput
 
 QUOTA_FIELDS = ("catalog_items", "image_pixels", "catalog_pixels", "plan_steps", "concurrent_jobs")
 
@@ -141,9 +142,23 @@ def get_settings() -> Settings:
 
 
 def resolve_device(name: str = "auto") -> str:
-    """Map 'auto' to 'cuda' when a GPU is present, else 'cpu'."""
+    """Map 'auto' to 'cuda' when a GPU is present, else 'cpu'; InvalidInput for a device this machine lacks.
+
+    (A torch error such as "Found no NVIDIA driver" deep inside a step would otherwise be the answer.)
+    """
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    if name == "cpu":
+        return name
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InvalidInput(f"device {name!r} was asked for but this machine has no usable CUDA GPU; "
+                               f"use 'cpu' or 'auto'")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise InvalidInput(f"device {name!r} does not exist here: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
+        return name
+    raise InvalidInput(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda[:n]'")

@@ -30,7 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="auto", help="checkpoint layout or 'auto'")
     p.add_argument("--images", type=Path, required=True, help="folder of <item_id>.<jpg|png|...> images")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--image-size", type=int, default=None, help="resize to SIZE x SIZE (bicubic); default native")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="bring every image to SIZE x SIZE (default: the model's own input size; 0: keep the "
+                        "images' native size, which must then be the same for all)")
+    p.add_argument("--image-fit", default="crop", choices=["crop", "pad", "stretch"],
+                   help="how an image of another aspect reaches the square size (default crop: shorter side + "
+                        "centre crop)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--spatial", action="store_true", help="also write spatial.npy (last feature map, for ACF)")
@@ -95,13 +100,23 @@ def _extract(args: argparse.Namespace) -> int:
             raise InvalidInput("--backbone is required with a checkpoint file")
         model = load_extractor(args.weights, args.backbone, layout=args.layout)
     catalog = _catalog_from_folder(args.images)
+    if args.image_size is not None and args.image_size < 0:
+        raise InvalidInput(f"--image-size must be a positive side in pixels (or 0 for native), got {args.image_size}")
+    size = model.input_size if args.image_size is None else (args.image_size or None)
     t0 = time.perf_counter()
-    result = extract_features(
-        model, catalog, batch_size=args.batch_size, device=args.device, spatial=args.spatial, image_size=args.image_size
-    )
+    try:
+        result = extract_features(model, catalog, batch_size=args.batch_size, device=args.device,
+                                  spatial=args.spatial, image_size=size, fit=args.image_fit)
+    except InvalidInput as exc:
+        if "differ in size" not in str(exc):
+            raise
+        first_clause = str(exc).split(";")[0]  # names the two items and their sizes
+        raise InvalidInput(f"{first_clause}; --image-size 0 keeps native sizes, so omit it (the model's own "
+                           f"size) or pass --image-size N") from None
     seconds = time.perf_counter() - t0
     out = write_study_outputs(result, model.class_names, catalog.item_ids, args.out)
-    print(f"extracted {len(result)} images with {model.backbone} in {seconds:.2f}s "
+    at = f"at {size}x{size} ({args.image_fit})" if size else "at native size"
+    print(f"extracted {len(result)} images {at} with {model.backbone} in {seconds:.2f}s "
           f"({len(result) / max(seconds, 1e-9):.1f} img/s)")
     print(f"features.npy {result.features.shape} float32, classes.csv {len(result)} rows"
           + (f", spatial.npy {result.spatial.shape}" if result.spatial is not None else "") + f" -> {out}")

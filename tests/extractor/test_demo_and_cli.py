@@ -72,6 +72,38 @@ def test_cli_extract_writes_study_outputs(tmp_path, capsys):
     assert rc == 2 and "5.png" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
+def test_cli_extract_defaults_to_the_models_input_size(tmp_path, capsys):
+    """Mixed-size images reach the model's own size by default; --image-size 0 (native) names the CLI fix."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", ["a", "b"], input_size=24)
+    ckpt = save_model_file(model, tmp_path / "m.pt")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 30), (50, 70)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    args = ["extractor", "extract", "--weights", str(ckpt), "--backbone", "small_cnn", "--images", str(folder),
+            "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert "at 24x24 (crop)" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "out2"), "--image-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "differ in size" in err and "--image-size" in err and "extractors[]" not in err
+    assert main([*args, "--out", str(tmp_path / "out3"), "--image-size", "16", "--image-fit", "pad"]) == 0
+    assert "at 16x16 (pad)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_cli_extract_refuses_a_missing_device_without_a_traceback(tmp_path, capsys):
+    ckpt = save_model_file(build_model("small_cnn", ["a", "b"]), tmp_path / "m.pt")
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "0.png")
+    for device, words in (("cuda", "no usable CUDA GPU"), ("tpu", "unknown device 'tpu'")):
+        rc = main(["extractor", "extract", "--weights", str(ckpt), "--backbone", "small_cnn", "--images",
+                   str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--device", device])
+        assert rc == 2 and words in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_cli_weights_lists_present_and_missing(tmp_path, capsys):
     assert main(["extractor", "weights", "--weights-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
