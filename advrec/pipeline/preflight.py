@@ -64,7 +64,50 @@ def _parse(document: Any, out: Preflight) -> EvaluationSpec | None:
         return EvaluationSpec.model_validate(data)
     except ValidationError as exc:
         out.problems.extend(validation_problems(exc))
+        out.facts["_salvaged"] = _salvage(data, exc)
         return None
+
+
+# sections the checks against the catalog read: a field problem in one of them stops those checks
+_CATALOG_SECTIONS = ("dataset", "ks", "scenario")
+# placeholders for sections the catalog checks never read (their own problems are already listed)
+_PLACEHOLDERS = {"attacks": [{"method": "fgsm", "eps": [8]}], "recommenders": [{"name": "vbpr"}]}
+
+
+def _salvage(data: dict[str, Any], exc: Any) -> EvaluationSpec | None:
+    """What of a spec that failed to parse the catalog checks can still read, so that they run too
+    ("every problem at once"): None when the dataset, ``ks`` or scenario is itself invalid.
+
+    Other failing fields take their defaults, attacks and recommenders are not read, and an extractor
+    with a problem becomes None in its place (its index, and so every spec path, stays as written).
+    """
+    from pydantic import ValidationError
+
+    bad_sections: set[str] = set()
+    bad_extractors: set[int] = set()
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        if not loc:
+            return None  # a problem of the whole spec: nothing to salvage safely
+        bad_sections.add(str(loc[0]))
+        if loc[0] == "extractors" and len(loc) > 1 and isinstance(loc[1], int):
+            bad_extractors.add(loc[1])
+        elif loc[0] == "extractors":
+            bad_extractors.add(-1)  # missing, empty or not a list: no extractor to check
+    if bad_sections & set(_CATALOG_SECTIONS):
+        return None
+    trial = {k: v for k, v in data.items() if k not in bad_sections or k == "extractors"}
+    trial.update(_PLACEHOLDERS)
+    extractors = data.get("extractors") if isinstance(data.get("extractors"), list) and -1 not in bad_extractors else []
+    good = [e for i, e in enumerate(extractors) if i not in bad_extractors]
+    trial["extractors"] = good or [{"name": "placeholder", "source": "demo", "defense": "standard"}]
+    try:
+        spec = EvaluationSpec.model_validate(trial)
+    except ValidationError:
+        return None
+    parsed = iter(spec.extractors if good else [])
+    aligned = [None if i in bad_extractors else next(parsed) for i in range(len(extractors))]
+    return spec.model_copy(update={"extractors": aligned})
 
 
 def _device_available(device: str) -> str | None:
@@ -149,6 +192,11 @@ def _check_against_catalog(spec: EvaluationSpec, out: Preflight) -> None:
                                                        f"{source}: {_few(known)}"))
 
 
+def _extractors(spec: EvaluationSpec) -> list[tuple[int, Any]]:
+    """(index, extractor) of the spec's extractors that parsed (a salvaged spec holds None for the others)."""
+    return [(i, ext) for i, ext in enumerate(spec.extractors) if ext is not None]
+
+
 def _few(names: list[str], n: int = 20) -> str:
     return ", ".join(repr(x) for x in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
@@ -184,7 +232,7 @@ def _category_sets(spec: EvaluationSpec, out: Preflight) -> list[tuple[str, str,
     if scen.category_source == "catalog" or (scen.category_source == "auto" and fully_labelled):
         return [(f, n, labels, "the catalog's labels") for f, n in names] if labels else []
     checks = []
-    for i, ext in enumerate(spec.extractors):
+    for i, ext in _extractors(spec):
         classes = _extractor_classes(spec, i)
         if classes is not None:
             checks += [(f, n, classes, f"the classes of extractor {ext.name!r} (category_source "
@@ -211,7 +259,7 @@ def _check_categories(spec: EvaluationSpec, out: Preflight) -> None:
     elif spec.scenario.category_source == "auto" and missing and spec.dataset.categories is not None:
         out.warnings.append(("scenario.category_source", f"'auto' falls back to the extractors' classes because "
                                                          f"{why}; label every item to use the catalog's own"))
-    for i, ext in enumerate(spec.extractors):
+    for i, ext in _extractors(spec):
         if ext.source == "train" and missing:
             out.problems.append((f"extractors[{i}].source", f"'train' learns the catalog's categories, but {why}"))
     labels = out.facts.get("categories")
@@ -228,7 +276,8 @@ def _check_extractors(spec: EvaluationSpec, out: Preflight, weights_dir: Path | 
         from advrec_common.settings import get_settings
 
         weights_dir = get_settings().resolved_weights_dir
-    for i, ext in enumerate(spec.extractors):
+    _check_ignored_dataset_fields(spec, out)
+    for i, ext in _extractors(spec):
         at = f"extractors[{i}]"
         if ext.source == "checkpoint" and ext.checkpoint is not None and not Path(ext.checkpoint).is_file():
             out.problems.append((f"{at}.checkpoint", f"{ext.checkpoint} does not exist"))
@@ -281,11 +330,13 @@ def _check_ignored_fields(spec: EvaluationSpec, index: int, out: Preflight) -> N
         if name in _SOURCE_FIELDS and ext.source not in _SOURCE_FIELDS[name]:
             out.warnings.append((f"extractors[{index}].{name}", f"ignored: source {ext.source!r} does not read it "
                                                                  f"(only {' or '.join(_SOURCE_FIELDS[name])} do)"))
-    if index == 0:
-        for name in sorted(n for n in spec.dataset.model_fields_set if _set(spec.dataset, n)):
-            if name in _DATASET_FIELDS and spec.dataset.kind not in _DATASET_FIELDS[name]:
-                out.warnings.append((f"dataset.{name}", f"ignored: dataset kind {spec.dataset.kind!r} does not "
-                                                        f"read it (only {' or '.join(_DATASET_FIELDS[name])})"))
+
+
+def _check_ignored_dataset_fields(spec: EvaluationSpec, out: Preflight) -> None:
+    for name in sorted(n for n in spec.dataset.model_fields_set if _set(spec.dataset, n)):
+        if name in _DATASET_FIELDS and spec.dataset.kind not in _DATASET_FIELDS[name]:
+            out.warnings.append((f"dataset.{name}", f"ignored: dataset kind {spec.dataset.kind!r} does not "
+                                                    f"read it (only {' or '.join(_DATASET_FIELDS[name])})"))
 
 
 def preflight(document: Any, *, device: str = "auto", max_pixels: int = 4096 * 4096,
@@ -299,11 +350,13 @@ def preflight(document: Any, *, device: str = "auto", max_pixels: int = 4096 * 4
     why = _device_available(device)
     if why:
         out.problems.append(("--device", why))
-    if spec is None:
+    salvaged = out.facts.pop("_salvaged", None)
+    if spec is None and salvaged is None:
         return out
-    out.spec = spec
-    _check_dataset(spec, out, max_pixels)
-    _check_against_catalog(spec, out)
-    _check_categories(spec, out)
-    _check_extractors(spec, out, Path(weights_dir) if weights_dir is not None else None)
+    out.spec = spec  # None when it did not parse: the checks below then run on what parsed
+    checked = spec if spec is not None else salvaged
+    _check_dataset(checked, out, max_pixels)
+    _check_against_catalog(checked, out)
+    _check_categories(checked, out)
+    _check_extractors(checked, out, Path(weights_dir) if weights_dir is not None else None)
     return out

@@ -39,10 +39,33 @@ def test_every_problem_at_once_with_spec_paths(tmp_path):
     doc = _spec(_catalog(tmp_path), ks=[2, 50], scenario={"origin": "sock", "target": "shoe"},
                 recommenders=[{"name": "vbpr", "config": {"epochz": 3}}])
     out = preflight(doc, device="cpu")
-    assert not out.ok and [loc for loc, _ in out.problems] == ["recommenders[0].config.epochz"]  # parse first
+    # a field problem does not hide the checks against the catalog: one answer lists all three
+    assert not out.ok and out.spec is None
+    assert [loc for loc, _ in out.problems] == ["recommenders[0].config.epochz", "ks[1]", "scenario.origin"]
     doc["recommenders"] = [{"name": "vbpr"}]
     locs = [loc for loc, _ in preflight(doc, device="cpu").problems]
     assert locs == ["ks[1]", "scenario.origin"]
+
+
+def test_a_broken_extractor_keeps_its_index_and_the_others_are_checked(tmp_path):
+    """Extractor 0 does not parse; extractor 1 (trained here) is still checked against the catalog, under
+    its own index, and the catalog checks run."""
+    dataset = _catalog(tmp_path)
+    dataset.pop("categories")
+    doc = _spec(dataset, ks=[50], extractors=[{"name": "a", "source": "named", "lr": 1},
+                                               {"name": "b", "source": "train", "backbone": "small_cnn",
+                                                "defense": "standard"}])
+    locs = [loc for loc, _ in preflight(doc, device="cpu").problems]
+    assert locs == ["extractors[0].lr", "ks[0]", "extractors[1].source"]
+    doc["extractors"] = "standard"  # not a list: no extractor checks, the catalog's still run
+    locs = [loc for loc, _ in preflight(doc, device="cpu").problems]
+    assert locs[-1] == "ks[0]" and all(loc.startswith("extractors") for loc in locs[:-1])
+
+
+def test_an_invalid_dataset_section_stops_only_the_catalog_checks(tmp_path):
+    doc = _spec({**_catalog(tmp_path), "kcore": -1}, ks=[50], recommenders=[{"name": "vbpr", "config": {"x": 1}}])
+    locs = [loc for loc, _ in preflight(doc, device="cpu").problems]
+    assert locs == ["dataset.kcore", "recommenders[0].config.x"]  # K is not judged against an unread catalog
 
 
 def test_attack_params_the_method_ignores_are_problems(tmp_path):
