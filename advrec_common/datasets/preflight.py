@@ -222,6 +222,12 @@ def check_generic_dataset(
                 if uncovered:
                     problems.append(Problem(severity="warning", file=str(categories),
                                             message=f"{len(uncovered)} item(s) have no category: {_examples(uncovered)}"))
+                kept = set(kept_items)
+                strangers = sorted(i for i in table if i not in kept)
+                if strangers:  # often ids spelt differently in the two files
+                    problems.append(Problem(severity="warning", file=str(categories), message=(
+                        f"{len(strangers)} labelled item(s) are not in the catalog (no image, or no kept "
+                        f"interaction), their labels are unused: {_examples(strangers)}")))
 
     if len(problems) > max_problems:
         rest = problems[max_problems:]

@@ -52,7 +52,7 @@ def test_several_problems_are_listed_at_once_with_file_and_line(shop: Path) -> N
     Image.new("RGB", (8, 6)).save(images / "A1.png")  # another size than the others
     log = shop / "log.csv"
     log.write_text(log.read_text() + "u4;A1;soon\nu4;E5;7\nu5\nu5;A1;9\n")  # bad ts; no image; 1 field
-    (shop / "categories.csv").write_text("item,category\nA1,shoe\nB2,bag\nA1,hat\n")
+    (shop / "categories.csv").write_text("item,category\nA1,shoe\nB2,bag\nA1,hat\nsku-9,bag\n")
 
     report = check_generic_dataset(images, log, shop / "categories.csv", COLUMNS, max_pixels=100,
                                    require_uniform_size=True)
@@ -70,6 +70,8 @@ def test_several_problems_are_listed_at_once_with_file_and_line(shop: Path) -> N
     assert has("images", None, "error", "images differ in size (6x6: 1, 8x6: 1); set extractors[].image_size")
     assert has("categories.csv", 4, "warning", "'A1' already has category 'shoe' (line 2)")
     assert has("categories.csv", None, "warning", "2 item(s) have no category: 'C3', 'D4'")
+    assert has("categories.csv", None, "warning", "1 labelled item(s) are not in the catalog (no image, or no kept "
+                                                 "interaction), their labels are unused: 'sku-9'")
     assert not report.ok and len(report.errors) == 6
     assert report.rows == 8 and report.rows_without_image == 1 and report.items_without_image == 1
     assert report.image_sizes == {"6x6": 1, "8x6": 1}  # B2 and C3 failed; D4 counted once (first file)
