@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from advrec_common.errors import AdvrecError, InvalidInput
+from advrec_common.errors import AdvrecError, InvalidInput, invalid
 
 # ``--methods all``: every registered attack that needs no recommender (``score`` does)
 ALL_METHODS = ("fgsm", "bim", "pgd", "mifgsm", "apgd", "cw", "square", "spsa", "feature_match")
@@ -50,24 +50,63 @@ def register(subparsers: Any) -> None:
 
 
 def build_specs(methods: list[str], eps_list: list[float], budget_space: str) -> list[Any]:
-    """The AttackSpecs of a demo run: the study's settings (C&W once, unbounded, as in the study)."""
+    """The AttackSpecs of a demo run: the study's settings (C&W once, unbounded, as in the study).
+
+    Every bad method or setting is listed in one InvalidInput."""
+    specs, problems = _specs_and_problems(methods, eps_list, budget_space)
+    if problems:
+        raise invalid(problems, "invalid attack settings")
+    return specs
+
+
+def _specs_and_problems(methods: list[str], eps_list: list[float],
+                        budget_space: str) -> tuple[list[Any], list[tuple[str, str]]]:
     from pydantic import ValidationError
 
-    from services.attacker.spec import METHODS, AttackSpec
+    from services.attacker.spec import METHODS, AttackSpec, eps_unit_problem
 
-    specs = []
+    specs: list[Any] = []
+    problems: list[tuple[str, str]] = [("--eps", why) for e in eps_list if (why := eps_unit_problem(e))]
     for m in methods:
         if m not in METHODS or m == "score":
-            raise InvalidInput(f"unknown or unsupported demo method {m!r}; choose from {list(ALL_METHODS)}")
-        try:
-            if m == "cw":
-                specs.append(AttackSpec(method="cw", eps=0, norm="l2"))
-                continue
-            space = budget_space if "normalized" in METHODS[m].budget_spaces else "pixel"
-            specs += [AttackSpec(method=m, eps=e, budget_space=space) for e in eps_list]
-        except ValidationError as exc:
-            raise InvalidInput(f"bad attack settings for {m}: {exc.errors()[0]['msg']}") from None
-    return specs
+            problems.append(("--methods", f"unknown or unsupported demo method {m!r}; choose from {list(ALL_METHODS)}"))
+            continue
+        if m == "cw":
+            specs.append(AttackSpec(method="cw", eps=0, norm="l2"))
+            continue
+        space = budget_space if "normalized" in METHODS[m].budget_spaces else "pixel"
+        for e in eps_list:
+            try:
+                specs.append(AttackSpec(method=m, eps=e, budget_space=space))
+            except ValidationError as exc:
+                problems += [("--eps", f"{m} at eps {e:g}: {err['msg'].removeprefix('Value error, ')}")
+                             for err in exc.errors()]
+    return specs, problems
+
+
+def _argument_problems(args: argparse.Namespace, methods: list[str], defenses: list[str]) -> list[tuple[str, str]]:
+    """Every mistake in the demo's arguments, found before anything is loaded or trained."""
+    from advrec_common.datasets.demo_images import DEMO_CATEGORIES
+    from services.attacker.spec import delivery_problem
+
+    problems: list[tuple[str, str]] = []
+    if not methods:
+        problems.append(("--methods", "names no attack"))
+    if unknown := [d for d in defenses if d not in DEFENSES]:
+        problems.append(("--defenses", f"unknown defenses {unknown}; choose from {list(DEFENSES)}"))
+    for flag, name in (("--origin", args.origin), ("--target", args.target)):
+        if name not in DEMO_CATEGORIES:
+            problems.append((flag, f"unknown category {name!r}; demo categories: {list(DEMO_CATEGORIES)}"))
+    if args.origin == args.target:
+        problems.append(("--target", "--origin and --target must differ"))
+    if args.batch_size < 1:
+        problems.append(("--batch-size", "must be >= 1"))
+    if args.max_items is not None and args.max_items < 1:
+        problems.append(("--max-items", "must be >= 1"))
+    if problem := delivery_problem(args.budget_space, args.delivery):
+        problems.append(("--budget-space", problem.replace("budget_space", "--budget-space")
+                         .replace("delivery '", "--delivery '")))
+    return problems + _specs_and_problems(methods, args.eps, args.budget_space)[1]
 
 
 def _demo_parts() -> tuple[Any, Any]:
@@ -103,28 +142,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     methods = list(ALL_METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
-    if not methods:
-        raise InvalidInput("--methods names no attack")
-    if unknown := [d for d in defenses if d not in DEFENSES]:
-        raise InvalidInput(f"unknown defenses {unknown}; choose from {list(DEFENSES)}")
-    if args.origin == args.target:
-        raise InvalidInput("--origin and --target must differ")
-    if args.batch_size < 1 or (args.max_items is not None and args.max_items < 1):
-        raise InvalidInput("--batch-size and --max-items must be >= 1")
-    from services.attacker.spec import delivery_problem
-
-    if problem := delivery_problem(args.budget_space, args.delivery):
-        raise InvalidInput(problem.replace("budget_space", "--budget-space").replace("delivery '", "--delivery '"))
-    specs = build_specs(methods, args.eps, args.budget_space)  # bad settings fail before any training
+    if problems := _argument_problems(args, methods, defenses):
+        raise invalid(problems, "invalid arguments")  # all of them, before any training
+    specs = build_specs(methods, args.eps, args.budget_space)
+    device = resolve_device(args.device or get_settings().device)
     catalog, train_demo_extractor = _demo_parts()
-    for name in (args.origin, args.target):
-        if name not in catalog.category_names:
-            raise InvalidInput(f"unknown category {name!r}; demo categories: {catalog.category_names}")
     cats = np.asarray(catalog.categories)
     idx = np.flatnonzero(cats == args.origin)[: args.max_items]
     tgt_idx = np.flatnonzero(cats == args.target)
     images, ids = catalog.images[idx], [catalog.item_ids[i] for i in idx]
-    device = resolve_device(args.device or get_settings().device)
     store = ArtifactStore(args.store or get_settings().store_dir)
     print(f"attacking {len(idx)} '{args.origin}' items toward '{args.target}' ({args.delivery} delivery, "
           f"{args.budget_space} budget, device {device})")

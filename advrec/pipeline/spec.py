@@ -24,7 +24,7 @@ from pydantic import (
 from advrec_common.datasets.generic_layout import CategoryColumns, InteractionColumns
 from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
-from services.attacker.spec import METHODS, AttackParams, AttackSpec, delivery_problem
+from services.attacker.spec import METHODS, AttackParams, AttackSpec, delivery_problem, eps_unit_problem
 from services.extractor.named_weights import NAMED_WEIGHTS
 from services.extractor.train_config import TrainOverrides
 from services.recommender.config import MODEL_FIELDS, RecConfig, unused_fields
@@ -171,10 +171,9 @@ class AttackGridSpec(_Strict):
     def _eps_ok(cls, v: list[float]) -> list[float]:
         if any(not math.isfinite(e) or e < 0 for e in v):
             raise ValueError("eps must be finite and >= 0 (in /255 units)")
-        small = [e for e in v if 0 < e < 1]
-        if small:
-            raise ValueError(f"eps is in 1/255 units (8 means 8/255), so {small[0]:g} is a fraction of one grey "
-                             f"level and changes nothing once delivered; did you mean {small[0] * 255:g}?")
+        for e in v:
+            if problem := eps_unit_problem(e):
+                raise ValueError(problem)
         return sorted(set(v))
 
     @model_validator(mode="after")

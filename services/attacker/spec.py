@@ -177,6 +177,15 @@ def delivery_problem(budget_space: str, delivery: str) -> str | None:
     return None
 
 
+def eps_unit_problem(eps: float) -> str | None:
+    """Why ``eps`` looks like a budget in [0, 1] units rather than /255 (None when it does not):
+    0.03 (a torchattacks user's 8/255) is a fraction of one grey level, a silent no-op once delivered."""
+    if 0 < eps < 1:
+        return (f"eps is in 1/255 units (8 means 8/255), so {eps:g} is a fraction of one grey level and changes "
+                f"nothing once delivered; did you mean {eps * 255:g}?")
+    return None
+
+
 def study_presets() -> dict[str, AttackSpec]:
     """The study's attacks (VAR, study-protocol.md section 3) in this project's pixel convention; add
     ``budget_space="normalized"`` (``spec.model_copy(update=...)``) to reproduce the seed code's budget."""

@@ -34,6 +34,18 @@ def test_bad_arguments_fail_before_any_training(tmp_path, capsys, argv, message)
     assert not any((tmp_path / "objects").glob("*/*"))
 
 
+def test_every_bad_argument_is_listed_at_once(tmp_path, capsys):
+    argv = ["attack", "demo", "--store", str(tmp_path), "--methods", "pgd,bogus", "--eps", "0.03,8",
+            "--origin", "Shirt", "--target", "Shirt", "--max-items", "0", "--defenses", "standard,trades"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for flag, words in (("--origin", "unknown category 'Shirt'"), ("--target", "must differ"),
+                        ("--defenses", "['trades']"), ("--max-items", ">= 1"), ("--eps", "did you mean 7.65?"),
+                        ("--methods", "'bogus'")):
+        assert f"  {flag}: " in err and words in err, (flag, err)
+    assert not any((tmp_path / "objects").glob("*/*"))
+
+
 @pytest.mark.slow
 def test_demo_attacks_the_standard_extractor(tmp_path, capsys):
     argv = ["attack", "demo", "--store", str(tmp_path), "--defenses", "standard", "--methods", "fgsm,pgd",
