@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from advrec_common.errors import AdvrecError, InvalidInput
+from advrec_common.errors import AdvrecError, InvalidInput, invalid
 
 
 def _int_list(text: str) -> list[int]:
@@ -90,6 +90,29 @@ def _popularity_row(ds: Any, ks: list[int]) -> str:
     return f"{'popularity':<10} {'-':>6} {'-':>5} {'-':>6} {a:>6.3f} {cells}"
 
 
+def _argument_problems(args: argparse.Namespace, names: list[str]) -> list[tuple[str, str]]:
+    """Every mistake in the demo's arguments, found before the extractor is trained or the data made."""
+    from advrec_common.datasets.demo import DemoConfig
+    from services.recommender.models import RECOMMENDERS
+
+    problems: list[tuple[str, str]] = []
+    if not names:
+        problems.append(("--models", "names no recommender"))
+    if unknown := [n for n in names if n not in RECOMMENDERS]:
+        problems.append(("--models", f"unknown recommenders {unknown}; known: {', '.join(sorted(RECOMMENDERS))}"))
+    for flag, value in (("--epochs", args.epochs), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            problems.append((flag, f"must be >= 1, got {value}"))
+    try:
+        DemoConfig(n_items=args.items, n_users=args.users, image_size=64, seed=args.seed).validate()
+    except InvalidInput as exc:
+        flags = {"n_items": "--items", "n_users": "--users", "seed": "--seed", "interactions_per_user": "--items"}
+        problems += [(flags.get(p["loc"], "--items"), p["msg"]) for p in exc.problems]
+    if max(args.k) > args.items:
+        problems.append(("--k", f"every cut-off must be <= the catalog's {args.items} items, got {max(args.k)}"))
+    return problems
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -101,23 +124,15 @@ def run_demo(args: argparse.Namespace) -> int:
     from services.recommender.scoring import topk
 
     names = [m.strip().lower() for m in args.models.split(",") if m.strip()]
-    if not names:
-        raise InvalidInput("--models names no recommender")
-    if args.epochs is not None and args.epochs < 1:
-        raise InvalidInput("--epochs must be >= 1")
+    if problems := _argument_problems(args, names):
+        raise invalid(problems, "invalid arguments")  # all of them, before any training
     device = resolve_device(args.device or get_settings().device)
     if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidInput("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     config: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "device": device}
     if args.epochs is not None:
         config["epochs"] = args.epochs
-    for name in names:  # unknown names fail before any training
-        build_recommender(name, 2, 2, config)
     ds, items, class_names = _demo_inputs(args, device)
-    if max(args.k) > ds.n_items:
-        raise InvalidInput(f"--k must be <= {ds.n_items}")
     categories = items.categories
     n_cat = len(class_names)
     tops: dict[str, torch.Tensor] = {}

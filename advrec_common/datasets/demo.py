@@ -16,7 +16,7 @@ from advrec_common.datasets.demo_images import DEMO_CATEGORIES, draw_products, m
 from advrec_common.datasets.demo_users import TasteWeights, simulate_shoppers
 from advrec_common.datasets.split import leave_one_out
 from advrec_common.datasets.types import Catalog, Interactions, RecDataset
-from advrec_common.errors import InvalidInput
+from advrec_common.errors import invalid
 
 __all__ = ["DEMO_CATEGORIES", "DemoConfig", "demo_attrs", "make_demo_dataset", "make_product_images"]
 
@@ -32,15 +32,22 @@ class DemoConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        """InvalidInput listing every setting out of range."""
         lo, hi = self.interactions_per_user
+        problems = []
         if self.n_items < len(DEMO_CATEGORIES):
-            raise InvalidInput(f"n_items must be at least {len(DEMO_CATEGORIES)}, got {self.n_items}")
+            problems.append(("n_items", f"n_items must be at least {len(DEMO_CATEGORIES)}, got {self.n_items}"))
         if self.n_users < 1:
-            raise InvalidInput(f"n_users must be positive, got {self.n_users}")
+            problems.append(("n_users", f"n_users must be positive, got {self.n_users}"))
         if not 2 <= lo <= hi <= self.n_items:
-            raise InvalidInput(f"interactions_per_user must satisfy 2 <= lo <= hi <= n_items, got {(lo, hi)}")
+            problems.append(("interactions_per_user", f"interactions_per_user must satisfy 2 <= lo <= hi <= "
+                                                      f"n_items, got {(lo, hi)}"))
         if self.image_size < 16:
-            raise InvalidInput(f"image_size must be at least 16, got {self.image_size}")
+            problems.append(("image_size", f"image_size must be at least 16, got {self.image_size}"))
+        if not 0 <= self.seed < 2**32:
+            problems.append(("seed", f"seed must be in 0..2**32-1, got {self.seed}"))
+        if problems:
+            raise invalid(problems, "invalid demo settings")
 
 
 def _catalog_categories(config: DemoConfig) -> list[str]:
