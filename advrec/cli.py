@@ -1,4 +1,4 @@
-"""The ``advrec`` command line: one verb per module in :mod:`advrec.commands`."""
+"""The ``advrec`` command line: one verb per module in :mod:`advrec.commands` (``_*`` modules are helpers)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of an unexpected error (any command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # shared helpers, not verbs
+            continue
         module = importlib.import_module(f"advrec.commands.{info.name}")
         module.register(sub)
     return parser

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from advrec.client import DEFAULT_RETRY_FOR, AdvrecClient
+from advrec.commands._columns import add_column_arguments, column_mappings
 from advrec.pipeline.spec import read_spec_document
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -132,18 +133,8 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _upload_mappings(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The column mappings named on the command line (None where nothing was named)."""
-    columns = {k: v for k, v in (("user", args.user_col), ("item", args.item_col), ("timestamp", args.timestamp_col),
-                                 ("rating", args.rating_col), ("min_rating", args.min_rating),
-                                 ("delimiter", "\t" if args.delimiter == "tab" else args.delimiter))
-               if v is not None}
-    cats = {k: v for k, v in (("item", args.category_item_col), ("category", args.category_col)) if v is not None}
-    return columns or None, cats or None
-
-
 def _upload(args: argparse.Namespace) -> int:
-    columns, category_columns = _upload_mappings(args)
+    columns, category_columns = column_mappings(args)
     with client_from_args(args) as c:
         if args.path is not None and Path(args.path).is_dir():
             folder = Path(args.path)
@@ -216,15 +207,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("upload", help="upload a dataset (zip, or folder with images/ + interactions.csv)")
     p.add_argument("path", help="a .zip or a folder")
-    cols = p.add_argument_group("columns, when the files do not use the default names (user, item[, timestamp, "
-                                "rating]; item, category)")
-    cols.add_argument("--user-col", help="interactions: the user column")
-    cols.add_argument("--item-col", help="interactions: the item column")
-    cols.add_argument("--timestamp-col", help="interactions: the timestamp column (ISO 8601 or epoch)")
-    cols.add_argument("--rating-col", help="interactions: the rating column")
-    cols.add_argument("--min-rating", type=float, help="drop rows rated below this")
-    cols.add_argument("--delimiter", choices=[",", ";", "tab", "|"], help="default: sniffed")
-    cols.add_argument("--category-item-col", help="categories: the item column")
-    cols.add_argument("--category-col", help="categories: the category label column")
+    add_column_arguments(p)
     _common(p)
     p.set_defaults(func=_upload)

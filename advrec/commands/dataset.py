@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from advrec.commands._columns import add_column_arguments
 from advrec_common.datasets.demo import DemoConfig, make_demo_dataset
 from advrec_common.datasets.types import RecDataset
 from advrec_common.errors import InvalidInput
@@ -57,18 +58,23 @@ def _load_study(args: argparse.Namespace) -> RecDataset:
 
 
 def _load_generic(args: argparse.Namespace) -> RecDataset:
-    from advrec_common.datasets.generic_layout import load_generic_dataset
+    from advrec.commands._columns import column_mappings
+    from advrec_common.datasets.generic_layout import (
+        CategoryColumns,
+        InteractionColumns,
+        load_generic_dataset,
+    )
+    from advrec_common.validation import validate_model
 
+    columns, category_columns = column_mappings(args)
     return load_generic_dataset(
         args.path,
         _required(args.interactions, "--interactions"),
         args.categories,
         kcore=args.kcore,
-        user_col=args.user_col,
-        item_col=args.item_col,
-        rating_col=args.rating_col,
-        timestamp_col=args.timestamp_col,
-        min_rating=args.min_rating,
+        columns=validate_model(InteractionColumns, columns or {}, root="--*-col", what="invalid column flags"),
+        category_columns=validate_model(CategoryColumns, category_columns or {}, root="--category-*-col",
+                                        what="invalid column flags"),
     )
 
 
@@ -82,9 +88,13 @@ def _required(value: str | None, flag: str) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    layout = args.layout or ("generic" if args.interactions is not None else "study")
+    if layout == "study" and not (Path(args.path) / "trainingset.tsv").exists() and Path(args.path).is_dir():
+        raise InvalidInput(f"{args.path!r} is not in the study layout (no trainingset.tsv); for a folder of images "
+                           f"and an interaction log, pass --interactions FILE (and the images folder as the path)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)  # the loaders warn about dropped rows
-        ds = LOADERS[args.layout](args)
+        ds = LOADERS[layout](args)
     for w in caught:
         print(f"advrec: warning: {w.message}", file=sys.stderr)
     print(format_summary(ds))
@@ -110,13 +120,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     inspect = verbs.add_parser("inspect", help="load a dataset folder and print its summary")
     inspect.add_argument("path", help="study layout: the dataset root; generic layout: the images folder")
-    inspect.add_argument("--layout", choices=sorted(LOADERS), default="study")
-    inspect.add_argument("--interactions", help="generic: CSV/TSV of interactions with a header")
-    inspect.add_argument("--categories", help="generic: CSV with columns item,category")
+    inspect.add_argument("--layout", choices=sorted(LOADERS), default=None,
+                         help="default: generic when --interactions is given, else study")
+    inspect.add_argument("--interactions", help="generic: the interaction log (delimited, with a header)")
+    inspect.add_argument("--categories", help="generic: item -> category file (delimited, with a header)")
     inspect.add_argument("--kcore", type=int, default=0, help="generic: k-core threshold (0 = none)")
-    inspect.add_argument("--user-col", default="user")
-    inspect.add_argument("--item-col", default="item")
-    inspect.add_argument("--rating-col", default="rating")
-    inspect.add_argument("--timestamp-col", default="timestamp")
-    inspect.add_argument("--min-rating", type=float, default=None)
+    add_column_arguments(inspect)
     inspect.set_defaults(func=_inspect)

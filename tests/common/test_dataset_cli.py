@@ -67,3 +67,23 @@ def test_inspect_generic_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "does not exist" in capsys.readouterr().err
     assert main(["dataset", "inspect", str(tmp_path), "--layout", "generic"]) == 2
     assert "needs --interactions" in capsys.readouterr().err
+
+
+def test_inspect_names_columns_like_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--interactions implies the generic layout; the column flags are upload's (and a spec's)."""
+    (tmp_path / "img").mkdir()
+    for item in ("a", "b", "c"):
+        Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "img" / f"{item}.png")
+    (tmp_path / "log.tsv").write_text("customer\tsku\tstars\nu\ta\t5\nu\tb\t1\nv\ta\t4\nv\tc\t5\n")
+    (tmp_path / "cats.csv").write_text("sku;dept\na;x\nb;y\nc;y\n")
+    argv = ["dataset", "inspect", str(tmp_path / "img"), "--interactions", str(tmp_path / "log.tsv"),
+            "--categories", str(tmp_path / "cats.csv"), "--user-col", "customer", "--item-col", "sku",
+            "--rating-col", "stars", "--min-rating", "4", "--delimiter", "tab", "--category-item-col", "sku",
+            "--category-col", "dept"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "users    2" in out and "items    2" in out  # b's only row is rated 1
+    assert main(argv[:5] + ["--user-col", "custmer"]) == 2
+    assert "no 'custmer' column" in capsys.readouterr().err
+    assert main(["dataset", "inspect", str(tmp_path)]) == 2  # a folder that is not in the study layout
+    assert "pass --interactions FILE" in capsys.readouterr().err

@@ -142,14 +142,14 @@ def test_cli_column_flags_reach_the_gateway_as_a_mapping(settings, tmp_path):
 
     from advrec.cli import build_parser
     from advrec.client import AsyncAdvrecClient
-    from advrec.commands.client import _upload_mappings
+    from advrec.commands._columns import column_mappings
     from gateway.app import create_app
 
     from .conftest import API_KEY
 
     args = build_parser().parse_args(["upload", "x.zip", "--user-col", "customer", "--item-col", "sku",
                                       "--delimiter", "tab", "--category-col", "dept"])
-    columns, cats = _upload_mappings(args)
+    columns, cats = column_mappings(args)
     assert columns == {"user": "customer", "item": "sku", "delimiter": "\t"} and cats == {"category": "dept"}
     files = {f"images/i{k}.png": _png(k) for k in range(3)}
     files["interactions.tsv"] = ("customer\tsku\n" + "".join(f"c{u}\ti{(u + j) % 3}\n" for u in range(4)
