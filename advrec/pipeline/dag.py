@@ -27,6 +27,17 @@ from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extr
 
 Inputs = dict[str, "str | list[str]"]
 
+
+
+def _report_code_version() -> str:
+    """A digest of the report package's sources: a report (findings, wording, tables) is rebuilt whenever
+    that code changes, never reused from an older advrec (it is the one step whose code changes often)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parent.parent / "report").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 # Bump a kind's version when its code changes the numbers it produces: its artifacts (and
 # everything downstream, through the keys) are then recomputed instead of reused.
 STEP_VERSIONS: dict[str, str] = {
@@ -40,7 +51,7 @@ STEP_VERSIONS: dict[str, str] = {
     "placebo": "1",
     "oracle": "1",
     "evaluate": "2",  # per-replicate metrics, replicate-level tests
-    "report": "2",
+    "report": "2-" + _report_code_version(),
 }
 
 # Which Celery queue runs each kind (GPU workers serve extract/attack).

@@ -137,19 +137,25 @@ def check_spec(spec: Any) -> dict[str, Any]:
 
 
 def _origin_recognition(feats: Any, origin: str | None) -> float | None:
-    """Share of the origin category's items that the extractor classifies as the origin class.
+    """Share of the origin category's items that the attacked classifier assigns to the origin on their
+    clean images: the extractor's own classifier, or the category head fitted on its features.
 
-    None where it is not informative: the origin is not one of the extractor's classes, or the
-    categories are the extractor's own classes (then it is 1 by construction).
+    None where it is not informative: the categories are the extractor's predicted classes (1 by
+    construction), or the origin has no item or is a class of neither classifier.
     """
-    names, cats, classes = feats.category_names, np.asarray(feats.categories), np.asarray(feats.classes)
-    if origin not in names or origin not in feats.class_names:
+    names, cats = list(feats.category_names), np.asarray(feats.categories)
+    if feats.category_info.get("used") == "extractor" or origin not in names:
         return None
-    own_classes = list(names) == list(feats.class_names) and np.array_equal(cats, classes)
     members = cats == names.index(origin)
-    if own_classes or not members.any():
+    if not members.any():
         return None
-    return float((classes[members] == feats.class_names.index(origin)).mean())
+    if feats.head is not None:  # the attacks aim at the head: its reading of the clean features
+        weight, bias = feats.head
+        logits = np.asarray(feats.features, dtype=np.float32)[members] @ weight.T.astype(np.float32) + bias
+        return float((logits.argmax(axis=1) == names.index(origin)).mean())
+    if origin not in feats.class_names:
+        return None
+    return float((np.asarray(feats.classes)[members] == feats.class_names.index(origin)).mean())
 
 
 def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> dict[str, Any]:

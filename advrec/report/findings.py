@@ -180,6 +180,18 @@ def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int
             "beyond_placebo": beyond, **c}
 
 
+def backbone_caveat(results: dict[str, Any], base: str, ext: str) -> str:
+    """A sentence when ``ext`` is compared with a baseline of another backbone (no standard extractor of its
+    own backbone in the run): the difference then mixes architecture with the defense ('' otherwise)."""
+    exts = results.get("extractors", {})
+    b0, b1 = exts.get(base, {}).get("backbone"), exts.get(ext, {}).get("backbone")
+    if not b0 or not b1 or b0 == b1:
+        return ""
+    return (f" Caveat: {ext} ({b1}) is compared with {base} ({b0}), another backbone, because the run has no "
+            f"standard {b1}: the difference mixes architecture with the defense (add a standard {b1} to isolate "
+            f"the defense).")
+
+
 def finding_b(results: dict[str, Any], pair: dict[str, Any]) -> Finding:
     base, ext, method, eps = pair["baseline"], pair["extractor"], pair["method"], pair["eps"]
     label = attack_label(method, eps)
@@ -193,6 +205,7 @@ def finding_b(results: dict[str, Any], pair: dict[str, Any]) -> Finding:
     caveat = (f" Caveat: the {ext} extractor classifies fewer than half of the origin items as the origin class "
               f"({_sr(100 * (results['extractors'][ext].get('origin_recognition') or 0))}), so it attacks images "
               "it already misreads.") if weak else ""
+    caveat += backbone_caveat(results, base, ext)
     if pair["n_paired"] == 0:
         return {**out, "answer": "n/a", "statement": f"{label}: no image was attacked and eligible under both "
                 f"{base} and {ext}; their success rates cannot be compared on the same images.{caveat}"}
@@ -205,7 +218,8 @@ def finding_b(results: dict[str, Any], pair: dict[str, Any]) -> Finding:
         answer, text = "no", f"No: under {ext} fewer images were fooled by {label}, but not significantly: {nums}."
     else:
         answer, text = "no", f"No: {ext} did not lower the success rate of {label}: {nums}."
-    return {**out, "answer": answer, "statement": text + caveat, "weak_defense": bool(weak)}
+    return {**out, "answer": answer, "statement": text + caveat, "weak_defense": bool(weak),
+            "same_backbone": not backbone_caveat(results, base, ext)}
 
 
 def finding_c(results: dict[str, Any], base: str, ext: str, method: str, eps: float, k: int) -> Finding | None:
@@ -217,7 +231,7 @@ def finding_c(results: dict[str, Any], base: str, ext: str, method: str, eps: fl
     risen = [e for e in base_evs if direction(_chr(e, k)) == "rose"]
     q = f"Did the {ext} extractor prevent the CHR@{k} rise under {label}?"
     out: Finding = {"id": "c", "question": q, "extractor": ext, "baseline": base, "method": method, "eps": eps, "k": k,
-                    "n_risen_baseline": len(risen)}
+                    "n_risen_baseline": len(risen), "same_backbone": not backbone_caveat(results, base, ext)}
     if all(direction(_chr(e, k)) == "untested" for e in base_evs):
         return {**out, "answer": "n/a", "statement": f"Untested: whether {label} raised CHR@{k} of '{origin}' under "
                 f"{base} was not tested, so neither is whether {ext} prevented it: {UNTESTED}."}
@@ -238,7 +252,7 @@ def finding_c(results: dict[str, Any], base: str, ext: str, method: str, eps: fl
     else:
         answer, verdict = "no", f"every one of the baseline's {len(risen)} significant rises remains"
     text = f"{answer.capitalize()}: under {ext}, {verdict} (FDR {results['alpha']:.0%}): " + "; ".join(parts) + "."
-    return {**out, "answer": answer, "statement": text, "n_still_risen": still}
+    return {**out, "answer": answer, "statement": text + backbone_caveat(results, base, ext), "n_still_risen": still}
 
 
 def finding_d(results: dict[str, Any], k: int, mode: str) -> Finding | None:

@@ -389,6 +389,47 @@ def test_defenses_are_compared_with_a_standard_extractor_of_their_backbone():
     assert extractor_defense({"source": "demo", "defense": "free_at"}) == "free_at"
 
 
+def test_a_baseline_of_another_backbone_is_said_in_findings_b_and_c():
+    from advrec.report.findings import finding_b
+
+    results = {"extractors": {"imagenet": {"defense": "standard", "backbone": "efficientnet_lite0"},
+                              "robust": {"defense": "pgd_at", "backbone": "small_cnn", "weak": False}},
+               "attacks": [], "alpha": 0.05}
+    pair = {"baseline": "imagenet", "extractor": "robust", "method": "fgsm", "eps": 8.0, "n_paired": 10,
+            "base_only": 10, "defense_only": 0, "p_value": 0.002, "p_adjusted": 0.06, "significant": False}
+    f = finding_b(results, pair)
+    assert f["answer"] == "no" and not f["same_backbone"]
+    assert "robust (small_cnn) is compared with imagenet (efficientnet_lite0), another backbone" in f["statement"]
+    results["extractors"]["imagenet"]["backbone"] = "small_cnn"
+    f = finding_b(results, pair)
+    assert f["same_backbone"] and "Caveat" not in f["statement"]
+
+
+def test_origin_recognition_reads_the_classifier_the_attacks_aim_at():
+    """Hand-made features: the share of origin items that the extractor's classifier, or the fitted category
+    head, assigns to the origin on clean images; None where categories are the extractor's own classes."""
+    from types import SimpleNamespace
+
+    from advrec.report.collect import _origin_recognition
+
+    cats = np.array([0, 0, 0, 0, 1, 1])  # items 0-3 are 'shoe' (the origin)
+    own = SimpleNamespace(category_names=["shoe", "bag"], categories=cats, class_names=["shoe", "bag"],
+                          classes=np.array([0, 0, 1, 1, 1, 1]), category_info={"used": "catalog"}, head=None,
+                          features=np.zeros((6, 2), np.float32))
+    assert _origin_recognition(own, "shoe") == 0.5  # the extractor reads 2 of the 4 shoes as shoes
+    own.classes = cats.copy()  # reads every item right: measured 1.0, not "uninformative"
+    assert _origin_recognition(own, "shoe") == 1.0
+    own.category_info = {"used": "extractor"}  # categories are its predictions: 1 by construction
+    assert _origin_recognition(own, "shoe") is None
+    # a head on 2-d features: logit(shoe) = x0, logit(bag) = x1; 3 of the 4 shoes have x0 > x1
+    feats = np.array([[2, 0], [1, 0], [3, 1], [0, 5], [0, 1], [0, 2]], np.float32)
+    head = SimpleNamespace(category_names=["shoe", "bag"], categories=cats, class_names=["tench", "goldfish"],
+                           classes=np.zeros(6, int), category_info={"used": "catalog"},
+                           head=(np.eye(2, dtype=np.float32), np.zeros(2, np.float32)), features=feats)
+    assert _origin_recognition(head, "shoe") == 0.75
+    assert _origin_recognition(head, "hat") is None
+
+
 def test_oracle_share_wording():
     from advrec.report.findings import _share_text
 
