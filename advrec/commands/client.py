@@ -18,6 +18,7 @@ from typing import Any
 from advrec.client import DEFAULT_RETRY_FOR, AdvrecClient
 from advrec.commands._columns import add_column_arguments, column_mappings
 from advrec.pipeline.spec import read_spec_document
+from advrec_common.errors import InvalidInput, invalid
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -133,18 +134,42 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upload_files(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``advrec upload`` sends: a zip, or images + interactions (+ categories) from a folder's
+    default names (``images/``, ``interactions.csv``, ``categories.csv``) or the file flags."""
+    named = {"images": args.images, "interactions": args.interactions, "categories": args.categories}
+    path = Path(args.path) if args.path is not None else None
+    if path is not None and path.is_file():
+        if given := [f"--{k}" for k, v in named.items() if v is not None]:
+            raise InvalidInput(f"{path} is an archive: it holds the files, so {', '.join(given)} cannot be given")
+        return {"path": path}
+    folder = path if path is not None else None
+    if folder is not None and not folder.is_dir():
+        raise InvalidInput(f"no such file or folder: {folder} (give a zip archive or a folder)")
+    images = Path(args.images) if args.images is not None else (folder / "images" if folder else None)
+    interactions = args.interactions or (folder / "interactions.csv" if folder else None)
+    categories = args.categories or (folder / "categories.csv" if folder and (folder / "categories.csv").is_file()
+                                     else None)
+    problems = []
+    if images is None or not images.is_dir():
+        problems.append(("--images", f"no images folder {str(images)!r}" if images else "give PATH or --images DIR"))
+    if interactions is None or not Path(interactions).is_file():
+        problems.append(("--interactions", f"no interactions file {str(interactions)!r} (name yours with "
+                                           f"--interactions FILE)" if interactions else "give PATH or --interactions FILE"))
+    if categories is not None and not Path(categories).is_file():
+        problems.append(("--categories", f"no categories file {str(categories)!r}"))
+    if problems:
+        raise invalid(problems, "nothing to upload")
+    assert images is not None
+    return {"images": sorted(f for f in images.iterdir() if f.is_file()), "interactions": interactions,
+            "categories": categories}
+
+
 def _upload(args: argparse.Namespace) -> int:
     columns, category_columns = column_mappings(args)
+    files = _upload_files(args)
     with client_from_args(args) as c:
-        if args.path is not None and Path(args.path).is_dir():
-            folder = Path(args.path)
-            cats = folder / "categories.csv"
-            info = c.upload_dataset(images=sorted((folder / "images").iterdir()),
-                                    interactions=folder / "interactions.csv",
-                                    categories=cats if cats.is_file() else None,
-                                    columns=columns, category_columns=category_columns)
-        else:
-            info = c.upload_dataset(args.path, columns=columns, category_columns=category_columns)
+        info = c.upload_dataset(**files, columns=columns, category_columns=category_columns)
     print(f"dataset {info['id']}: {info['n_images']} images, {info['n_interactions']} interactions")
     print("use in a spec:  dataset: " + json.dumps(info["spec"]))
     return 0
@@ -206,7 +231,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_jobs)
 
     p = sub.add_parser("upload", help="upload a dataset (zip, or folder with images/ + interactions.csv)")
-    p.add_argument("path", help="a .zip or a folder")
+    p.add_argument("path", nargs="?", help="a .zip, or a folder holding images/, interactions.csv and optionally "
+                                           "categories.csv (the flags below name other files)")
+    p.add_argument("--images", help="the images folder (default PATH/images)")
+    p.add_argument("--interactions", help="the interaction log (default PATH/interactions.csv)")
+    p.add_argument("--categories", help="item -> category file (default PATH/categories.csv when present)")
     add_column_arguments(p)
     _common(p)
     p.set_defaults(func=_upload)

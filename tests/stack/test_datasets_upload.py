@@ -277,3 +277,32 @@ def test_uploading_a_missing_file_is_a_clear_error_not_a_bug(tmp_path, capsys):
     assert main(["upload", str(tmp_path / "missing.zip"), "--server", "http://127.0.0.1:9", "--retry-for", "0"]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "missing.zip" in err and "bug" not in err
+
+
+def test_upload_names_its_files_with_flags(tmp_path, capsys):
+    """A shop folder whose log is not called interactions.csv: --interactions/--categories name the files;
+    an archive takes no file flags; every missing piece is listed at once."""
+    from advrec.cli import build_parser, main
+    from advrec.commands.client import _upload_files
+
+    shop = tmp_path / "shop"
+    (shop / "photos").mkdir(parents=True)
+    for k in range(2):
+        (shop / "photos" / f"i{k}.png").write_bytes(_png(k))
+    (shop / "events.csv").write_text("user,item\nu,i0\nu,i1\n")
+    (shop / "labels.csv").write_text("item,category\ni0,a\ni1,b\n")
+    parse = build_parser().parse_args
+    files = _upload_files(parse(["upload", "--images", str(shop / "photos"), "--interactions",
+                                 str(shop / "events.csv"), "--categories", str(shop / "labels.csv")]))
+    assert [f.name for f in files["images"]] == ["i0.png", "i1.png"]
+    assert (files["interactions"], files["categories"]) == (str(shop / "events.csv"), str(shop / "labels.csv"))
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip({"images/i0.png": _png(0)}))
+    assert _upload_files(parse(["upload", str(archive)])) == {"path": archive}
+
+    server = ["--server", "http://127.0.0.1:9", "--retry-for", "0"]
+    assert main(["upload", str(archive), "--interactions", "x.csv", *server]) == 2
+    assert "is an archive" in capsys.readouterr().err
+    assert main(["upload", str(shop), *server]) == 2  # no images/ and no interactions.csv in it
+    err = capsys.readouterr().err
+    assert "--images: no images folder" in err and "--interactions: no interactions file" in err
