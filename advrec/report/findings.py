@@ -34,6 +34,7 @@ from advrec.report.collect import (
     summary_k,
     summary_value,
 )
+from advrec.report.stats import MIN_POINTS
 
 Finding = dict[str, Any]
 
@@ -264,8 +265,8 @@ def finding_d(results: dict[str, Any], k: int, mode: str) -> Finding | None:
     n = fl["n"]
     if fl.get("p_value") is None and sr.get("p_value") is None:
         return {"id": "d", "question": q, "answer": "n/a", "mode": mode, "k": k, "n": n,
-                "statement": f"n/a ({mode}): {n} distinct attack cells (at least 4 with varying values are needed "
-                             "for a rank correlation)."}
+                "statement": f"n/a ({mode}): {n} distinct attack cells (at least {MIN_POINTS} with varying values "
+                             f"are needed: with fewer, no rank correlation can reach p < 0.05)."}
 
     def txt(c: dict[str, Any]) -> str:
         return "n/a" if c.get("rho") is None else f"rho={c['rho']:.2f}, adj. p={_p(c.get('p_adjusted'))}"

@@ -29,8 +29,10 @@ from scipy import stats
 from advrec.report.collect import TESTED_METRICS, attack_summary, finite, matching, summary_value
 from services.recommender.metrics.effects import replicate_effect
 
-# a correlation needs at least this many distinct points to be tested at all
-MIN_POINTS = 4
+# a correlation needs at least this many distinct points to be tested at all: with 4, the exact test's
+# smallest two-sided p is 2/4! = 0.083, so no order of 4 points could ever be significant at 0.05 (a
+# "no" would be the test's design, not the data's answer); with 5 it is 2/5! = 0.017
+MIN_POINTS = 5
 # up to this many points the rank correlation's p-value enumerates every pairing (9! = 362,880)
 EXACT_MAX_POINTS = 9
 PERMUTATIONS = 99_999  # above it: this many seeded random pairings

@@ -279,6 +279,10 @@ def test_correlations_count_distinct_cells_per_mode(report):
     corr = res["correlations"]
     assert {(c["mode"], c["with"]) for c in corr} == {(m, w) for m in MODES for w in ("feature_mse", "sr")}
     assert all(c["n"] == len(EXTS) * len(EPS) for c in corr)  # 4 cells, not 16 recommender x mode rows
+    # 4 points cannot reach p < 0.05 (2/4! = 0.083): not tested, and (d) answers n/a rather than "no"
+    assert all(c["p_value"] is None and c["rho"] is None for c in corr)
+    d = [f for f in res["findings"] if f["id"] == "d"]
+    assert len(d) == len(MODES) and all(f["answer"] == "n/a" and "at least 5" in f["statement"] for f in d)
 
 
 def test_tables_are_tidy_for_pandas(report):
