@@ -259,6 +259,11 @@ def _check_categories(spec: EvaluationSpec, out: Preflight) -> None:
     elif spec.scenario.category_source == "auto" and missing and spec.dataset.categories is not None:
         out.warnings.append(("scenario.category_source", f"'auto' falls back to the extractors' classes because "
                                                          f"{why}; label every item to use the catalog's own"))
+    elif spec.scenario.category_source == "auto" and spec.dataset.kind == "generic" and spec.dataset.categories is None:
+        out.warnings.append(("dataset.categories", "not set: items take the class each extractor assigns (for "
+                                                   "ImageNet weights one of 1,000 ImageNet classes), which rarely "
+                                                   "fits a shop's products and may put most items in one class; "
+                                                   "give your own labels to study your own categories"))
     for i, ext in _extractors(spec):
         if ext.source == "train" and missing:
             out.problems.append((f"extractors[{i}].source", f"'train' learns the catalog's categories, but {why}"))

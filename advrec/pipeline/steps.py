@@ -264,7 +264,7 @@ def step_scenario(ctx: StepContext) -> None:
     Categories are the features' (catalog labels or extractor classes: ``scenario.category_source``);
     every category is a valid target, since attacks aim at a head whose classes are the categories.
     """
-    from services.recommender.scenario import propose_scenario
+    from services.recommender.scenario import propose_scenario, scenario_warnings
 
     p = ctx.params
     feats = load_features(ctx.store, ctx.input("features"), arrays=False)
@@ -289,6 +289,10 @@ def step_scenario(ctx: StepContext) -> None:
                            + ", ".join(f"{n} {int(c)}" for n, c in zip(names, counts, strict=True) if c)[:400]
                            + ")") from None
     by_name = {r["name"]: r for r in proposal["table"]}
+    if origin is not None and by_name[origin]["n_items"] == 0:
+        raise InvalidInput(f"scenario.origin {origin!r} has no items (categories from {source}), so there is "
+                           f"nothing to attack; items per category: "
+                           + ", ".join(f"{r['name']} {r['n_items']}" for r in proposal["table"] if r["n_items"])[:400])
     if origin is None:  # the least exposed category with items, other than a given target
         rows = [r for r in proposal["table"] if r["n_items"] >= p["min_items"] and r["name"] != target]
         if not rows:
@@ -303,9 +307,13 @@ def step_scenario(ctx: StepContext) -> None:
                                f"categories ({source}): {_few(names)}")
     chosen_by = {(True, True): "spec", (False, False): "automatic (clean CHR@K ranking, as the study)"}.get(
         (p.get("origin") is not None, p.get("target") is not None), "spec and automatic (clean CHR@K ranking)")
+    warnings = scenario_warnings(proposal["table"], origin, target, p["select_k"],
+                                 automatic_origin=p.get("origin") is None, min_items=p["min_items"])
     write_scenario(ctx.out, {
         "origin": origin, "target": target, "chosen_by": chosen_by, "select_k": p["select_k"],
-        "ranking": proposal["table"], "n_origin_items": by_name[origin]["n_items"],
+        # categories with items (and the two named): 1,000 ImageNet classes would be mostly empty rows
+        "ranking": [r for r in proposal["table"] if r["n_items"] or r["name"] in (origin, target)],
+        "warnings": warnings, "n_origin_items": by_name[origin]["n_items"],
         "category_source": {k: info.get(k) for k in ("requested", "used", "reason")},
         "head": {k: v for k, v in (info.get("head") or {}).items() if k != "class_names"},
     })

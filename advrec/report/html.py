@@ -33,7 +33,8 @@ _TEMPLATE = """<!DOCTYPE html>
 <h1>advrec report: {{ spec.name }}</h1>
 <p>Do adversarially robust image feature extractors protect visual recommenders?
 Origin category <b>{{ scenario.origin }}</b> pushed toward target <b>{{ scenario.target }}</b>
-(chosen by: {{ scenario.chosen_by }}). Headline K = {{ k }}. Every model was trained {{ spec.replicates }} time(s)
+(chosen by: {{ scenario.chosen_by }}).{% for w in scenario.warnings or [] %}
+<b class="sig">Warning (scenario): {{ w }}.</b>{% endfor %} Headline K = {{ k }}. Every model was trained {{ spec.replicates }} time(s)
 (seeds {{ spec.seed }}..{{ spec.seed + spec.replicates - 1 }}); an effect is the mean over those replicates of
 (after - before) with its 95% interval across them, tested with a paired t-test across replicates; every verdict
 decides on Benjamini-Hochberg adjusted p-values at a false discovery rate of {{ alpha }} over the

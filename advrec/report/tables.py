@@ -294,6 +294,7 @@ def format_summary(results: dict[str, Any]) -> str:
              "(Benjamini-Hochberg over every test of the run)"]
     if categories_line(results):
         parts.insert(1, categories_line(results))
+    parts[1:1] = [f"WARNING (scenario): {w}" for w in scen.get("warnings") or []]
     for mode in results["spec"]["modes"]:
         rows = []
         for ext in (e["name"] for e in results["spec"]["extractors"]):

@@ -38,3 +38,28 @@ def propose_scenario(
     if not targets:
         raise InvalidInput("need a second category with items to serve as target")
     return {"origin": origin, "target": targets[0], "table": table, "k": int(k)}
+
+
+def scenario_warnings(table: Sequence[dict[str, Any]], origin: str, target: str, k: int, *,
+                      automatic_origin: bool, min_items: int) -> list[str]:
+    """Why a scenario may not ask the study's question (a less exposed category pushed toward a more
+    exposed one), from the clean ranking ``table`` (rows {name, chr, n_items}); [] when nothing is odd."""
+    rows = {r["name"]: r for r in table}
+    o, t = rows.get(origin), rows.get(target)
+    if o is None or t is None:
+        return []
+    n_total = sum(int(r["n_items"]) for r in table)
+    fix = "label the items (dataset.categories) or name scenario.origin and scenario.target"
+    out = []
+    eligible = [r["name"] for r in table if r["n_items"] >= min_items]
+    if automatic_origin and eligible == [origin]:
+        out.append(f"only '{origin}' has at least {min_items} items (scenario.min_items), so it is the automatic "
+                   f"origin as the only candidate, not as the least exposed category; {fix}")
+    if float(o["chr"]) >= float(t["chr"]):
+        out.append(f"the origin '{origin}' is already at least as exposed as the target '{target}' (clean CHR@{k}, "
+                   f"count form: {float(o['chr']):.3g} vs {float(t['chr']):.3g}): the study pushes a less exposed "
+                   f"category toward a more exposed one; {fix}")
+    if n_total and o["n_items"] > n_total / 2:
+        out.append(f"the origin '{origin}' holds {o['n_items']} of the catalog's {n_total} items "
+                   f"({o['n_items'] / n_total:.0%}): its exposure has little room to rise; {fix}")
+    return out

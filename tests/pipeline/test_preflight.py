@@ -189,3 +189,14 @@ def test_a_study_layout_catalog_is_counted_for_k(tmp_path):
     out = preflight(_spec({"kind": "study", "root": str(tmp_path)}, ks=[5, 10]), device="cpu")
     assert out.facts["n_items"] == 7
     assert ("ks[1]", "K = 10 is larger than the catalog (7 items)") in out.problems
+
+
+def test_a_catalog_without_labels_is_warned_about_extractor_classes(tmp_path):
+    dataset = _catalog(tmp_path)
+    dataset.pop("categories")
+    out = preflight(_spec(dataset), device="cpu")
+    warned = dict(out.warnings)
+    assert out.ok and "1,000 ImageNet classes" in warned["dataset.categories"]
+    (tmp_path / "labelled").mkdir()
+    labelled = preflight(_spec(_catalog(tmp_path / "labelled")), device="cpu")
+    assert "dataset.categories" not in dict(labelled.warnings)

@@ -64,3 +64,22 @@ def test_scenario_picks_low_exposure_origin_with_enough_items():
     assert low["origin"]["name"] == "b" and low["target"]["name"] == "c"
     with pytest.raises(InvalidInput):
         propose_scenario(top, cats, ["a", "b", "c"], k=3, min_items=50)
+
+
+def test_scenario_warnings_on_hand_made_rankings():
+    from services.recommender.scenario import scenario_warnings
+
+    # the own-catalog probe: 27 of 30 items in one ImageNet class, the only one with >= 5 items
+    table = [{"name": "velvet", "chr": 18.0, "n_items": 27}, {"name": "chain mail", "chr": 0.76, "n_items": 1},
+             {"name": "poncho", "chr": 0.68, "n_items": 2}]
+    w = scenario_warnings(table, "velvet", "chain mail", 20, automatic_origin=True, min_items=5)
+    assert len(w) == 3
+    assert w[0].startswith("only 'velvet' has at least 5 items")
+    assert "already at least as exposed as the target 'chain mail'" in w[1] and "18 vs 0.76" in w[1]
+    assert "holds 27 of the catalog's 30 items (90%)" in w[2]
+    # a named origin is not "the only candidate"; a balanced, well-posed scenario has no warning
+    assert len(scenario_warnings(table, "velvet", "chain mail", 20, automatic_origin=False, min_items=5)) == 2
+    balanced = [{"name": "c", "chr": 5.0, "n_items": 6}, {"name": "a", "chr": 4.0, "n_items": 6},
+                {"name": "b", "chr": 0.0, "n_items": 6}]
+    assert scenario_warnings(balanced, "b", "c", 3, automatic_origin=True, min_items=5) == []
+    assert scenario_warnings(balanced, "nope", "c", 3, automatic_origin=True, min_items=5) == []
