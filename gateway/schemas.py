@@ -11,6 +11,9 @@ class WorkProgress(BaseModel):
     done: float = Field(description="estimated work finished, in work units (about a millisecond of a 2-core CPU)")
     total: float = Field(description="estimated work of the whole plan")
     fraction: float = Field(description="done / total in [0, 1]: what an ETA should extrapolate, not steps")
+    eta_seconds: float | None = Field(None, description="remaining wall seconds: the remaining work priced per "
+                                      "step kind by the finished steps' seconds, over the parallelism seen so far; "
+                                      "null until a computed step has finished")
 
 
 class Progress(BaseModel):

@@ -68,10 +68,13 @@ def _status(args: argparse.Namespace) -> int:
 def _wait_for(c: AdvrecClient, job_id: str, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from advrec.pipeline.work import format_seconds
+
     # in work units when the gateway reports them (steps differ a thousandfold: a step count predicts
-    # nothing), as per mille of the plan's estimated work; the ETA extrapolates the work done so far
-    bar = tqdm(desc=job_id, total=1000, smoothing=0,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ETA {remaining}{postfix}")
+    # nothing), as per mille of the plan's estimated work; the ETA is the gateway's (remaining work
+    # priced per step kind by the finished steps), else "?"
+    bar = tqdm(desc=job_id, total=1000, smoothing=0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} "
+                                                                "elapsed{postfix}")
 
     def progress(st: dict[str, Any]) -> None:
         p = st["progress"]
@@ -79,7 +82,9 @@ def _wait_for(c: AdvrecClient, job_id: str, args: argparse.Namespace) -> int:
         fraction = work["fraction"] if work else p.get("fraction", 0.0)
         bar.n = min(1000, round(1000 * fraction))
         where = p["running"][0][-40:] if p["running"] else st["state"]
-        bar.set_postfix_str(f"{p['done']}/{p['total']} steps | {where}", refresh=False)
+        eta = work.get("eta_seconds") if work else None
+        eta_text = format_seconds(eta) if isinstance(eta, int | float) else "?"
+        bar.set_postfix_str(f"ETA {eta_text}, {p['done']}/{p['total']} steps | {where}", refresh=False)
         bar.refresh()
 
     try:

@@ -122,10 +122,10 @@ def publish_report(store: Any, report_key: str, run_dir: Path) -> None:
     tmp.rename(dst)
 
 
-def progress_of(record: dict[str, Any]) -> dict[str, Any]:
+def progress_of(record: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """Done/total steps, the steps currently running and, when every step has a work estimate
     (``units``, written by the Celery planner), the progress in work units: finished steps count whole,
-    a running step by its own reported ``done/total``."""
+    a running step by its own reported ``done/total``; with it ``eta_seconds`` (:func:`eta_of`)."""
     steps = record.get("steps", {})
     done = sum(1 for s in steps.values() if s["state"] in ("done", "cached"))
     out: dict[str, Any] = {
@@ -143,12 +143,51 @@ def progress_of(record: dict[str, Any]) -> dict[str, Any]:
         for n, st in steps.items():
             if st["state"] in ("done", "cached"):
                 work_done += units[n]
-            elif st["state"] == "running":
-                p = st.get("progress") or {}
-                if isinstance(p.get("done"), int | float) and isinstance(p.get("total"), int | float) and p["total"] > 0:
-                    work_done += units[n] * min(max(p["done"] / p["total"], 0.0), 1.0)
-        out["work"] = {"done": work_done, "total": total, "fraction": work_done / total if total > 0 else 0.0}
+            else:
+                work_done += units[n] * _running_fraction(st)
+        out["work"] = {"done": work_done, "total": total, "fraction": work_done / total if total > 0 else 0.0,
+                       "eta_seconds": eta_of(record, time.time() if now is None else now)}
     return out
+
+
+def _running_fraction(st: dict[str, Any]) -> float:
+    """How far a running step is by its own ``done/total`` (0 when it has not said, or is not running)."""
+    p = st.get("progress") or {}
+    if st["state"] == "running" and isinstance(p.get("done"), int | float) and isinstance(p.get("total"), int | float) \
+            and p["total"] > 0:
+        return min(max(p["done"] / p["total"], 0.0), 1.0)
+    return 0.0
+
+
+def eta_of(record: dict[str, Any], now: float) -> float | None:
+    """Remaining wall seconds of a job whose steps carry work estimates: the remaining work priced per
+    step kind by the seconds its finished steps took (:class:`advrec.pipeline.work.EtaModel`, as the
+    local progress bar), divided by the parallelism observed so far (compute seconds per wall second,
+    at least 1). None until some computed step has finished."""
+    from advrec.pipeline.work import EtaModel
+
+    steps = record.get("steps", {})
+    kinds = {row.get("name"): row.get("kind") for row in record.get("plan") or [] if isinstance(row, dict)}
+    model = EtaModel()
+    compute, starts, measured = 0.0, [], False
+    for name, st in steps.items():
+        model.add(name, kinds.get(name) or st.get("kind") or name.split("/", 1)[0], float(st["units"]))
+        if isinstance(st.get("started"), int | float):
+            starts.append(float(st["started"]))
+        if st["state"] == "done" and isinstance(st.get("seconds"), int | float):
+            model.finish(name, float(st["seconds"]))
+            compute += float(st["seconds"])
+            measured = True
+        elif st["state"] in ("done", "cached"):
+            model.finish(name, None)
+        elif st["state"] == "running":
+            model.advance(name, _running_fraction(st))
+            if isinstance(st.get("started"), int | float):
+                compute += max(0.0, now - float(st["started"]))
+    if not measured or not starts:
+        return None
+    wall = max(now - min(starts), 1e-6)
+    return model.remaining_seconds() / max(compute / wall, 1.0)
 
 
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:

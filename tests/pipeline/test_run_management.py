@@ -227,3 +227,29 @@ def test_progress_counts_work_units_when_every_step_has_an_estimate():
     assert progress_of({"steps": steps})["work"]["done"] == 1.0
     del steps["report"]["units"]
     assert progress_of({"steps": steps})["work"] is None
+
+
+def test_remote_eta_prices_remaining_work_per_step_kind():
+    """Hand-made record: attack shards cost 0.01 s/unit (one finished in 10 s), the dataset 0.1 s/unit; an
+    unmeasured kind takes the overall rate 11/1010; the parallelism seen so far divides the total."""
+    from advrec.pipeline.record import eta_of, progress_of
+
+    now = 1000.0
+    steps = {"dataset": {"state": "done", "units": 10.0, "seconds": 1.0, "started": now - 20},
+             "attack/a": {"state": "done", "units": 1000.0, "seconds": 10.0, "started": now - 19},
+             "attack/b": {"state": "running", "units": 1000.0, "started": now - 5,
+                          "progress": {"done": 32, "total": 64, "unit": "images"}},
+             "train/x": {"state": "pending", "units": 100.0}}
+    plan = [{"name": "dataset", "kind": "dataset"}, {"name": "attack/a", "kind": "attack_shard"},
+            {"name": "attack/b", "kind": "attack_shard"}, {"name": "train/x", "kind": "train"}]
+    serial = 500 * 0.01 + 100 * 11 / 1010
+    # 16 compute seconds in 20 wall seconds: no parallelism to credit (at least 1)
+    assert eta_of({"steps": steps, "plan": plan}, now) == pytest.approx(serial)
+    assert progress_of({"steps": steps, "plan": plan}, now)["work"]["eta_seconds"] == pytest.approx(serial)
+    for st in steps.values():  # the same work done by two workers in 8 wall seconds: twice as fast
+        if "started" in st:
+            st["started"] = max(st["started"], now - 8)
+    assert eta_of({"steps": steps, "plan": plan}, now) == pytest.approx(serial / ((1 + 10 + 5) / 8))
+    # nothing computed yet (reused or pending): no ETA rather than a guess
+    fresh = {"a": {"state": "cached", "units": 5.0}, "b": {"state": "pending", "units": 5.0}}
+    assert eta_of({"steps": fresh}, now) is None

@@ -77,11 +77,13 @@ def test_a_two_stacks_on_one_redis_db_both_match_the_inprocess_run(make_stack, i
         other_job = other_client.submit(TINY_SPEC)
         seen: list[int] = []
         work: list[float] = []
+        etas: list[float | None] = []
 
         def track(st):
             seen.append(st["progress"]["done"])
             if st["progress"]["work"]:
                 work.append(st["progress"]["work"]["fraction"])
+                etas.append(st["progress"]["work"]["eta_seconds"])
 
         final = client.wait(job, progress=track, poll_interval=0.5, timeout=240)
         assert final["state"] == "done" and final["progress"]["done"] == final["progress"]["total"] > 5
@@ -89,6 +91,8 @@ def test_a_two_stacks_on_one_redis_db_both_match_the_inprocess_run(make_stack, i
         # once planned, progress is in estimated work units, and reaches exactly 1
         assert final["progress"]["work"]["fraction"] == 1.0 and final["progress"]["work"]["total"] > 0
         assert work == sorted(work)
+        # the gateway's ETA: absent until a computed step has finished, never negative, 0 at the end
+        assert all(e is None or e >= 0 for e in etas) and final["progress"]["work"]["eta_seconds"] == 0
         results = client.results(job)
         report = client.report(job, tmp_path / "report.html")
         assert other_client.wait(other_job, poll_interval=0.5, timeout=240)["state"] == "done"
