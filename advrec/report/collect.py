@@ -365,6 +365,7 @@ SUMMARY_ALIASES: dict[str, tuple[str, ...]] = {
     "n eligible": ("n_eligible",),
     "flip %": ("flipped",),
     "feature MSE": ("feat_mse",),
+    "feature RMSE": ("feat_rmse",),
     "feature L2": ("feat_l2",),
     "feature cosine dist": ("feat_cos",),
     "PSNR": ("psnr",),
@@ -375,6 +376,8 @@ SUMMARY_ALIASES: dict[str, tuple[str, ...]] = {
     "images/s": ("images_per_s",),
     "n attacked": ("n_attacked",),
     "n changed": ("n_changed",),
+    "clean class probability": ("clean_prob",),  # of the class the extractor gives the clean image
+    "adversarial class probability": ("adv_prob",),  # of the class it gives the delivered adversarial image
 }
 
 
