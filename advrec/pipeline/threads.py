@@ -31,7 +31,7 @@ KIND_WORKLOAD: dict[str, str] = {
     "extractor": "conv", "features": "conv", "attack_shard": "conv", "placebo": "conv",
 }
 GAIN = 0.8  # another thread must bring the time to <= 80 % of the previous count's
-REPEATS = 3
+ROUNDS = 7  # interleaved timings per thread count (best of): ~0.6 s once per home on 2 cores
 
 
 def _machine() -> str:
@@ -76,18 +76,23 @@ def _rec_kernel():
     return run
 
 
-def _time(run, threads: int) -> float:
+def _times(run, counts: list[int], rounds: int = ROUNDS) -> dict[int, float]:
+    """Best wall time of ``run`` per thread count, the counts interleaved round by round (each pool
+    warmed first), so that a slow first round or a passing load does not favour one count."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        run()  # warm-up
-        best = float("inf")
-        for _ in range(REPEATS):
-            t0 = time.perf_counter()
+        for t in counts:  # warm-up: the first call with a new count also starts its thread pool
+            torch.set_num_threads(t)
             run()
-            best = min(best, time.perf_counter() - t0)
+        best = dict.fromkeys(counts, float("inf"))
+        for _ in range(rounds):
+            for t in counts:
+                torch.set_num_threads(t)
+                t0 = time.perf_counter()
+                run()
+                best[t] = min(best[t], time.perf_counter() - t0)
         return best
     finally:
         torch.set_num_threads(before)
@@ -98,8 +103,7 @@ def measure(max_threads: int | None = None) -> dict[str, Any]:
     cores = max(1, max_threads or os.cpu_count() or 1)
     out: dict[str, Any] = {"machine": _machine(), "measured_at": time.time(), "timings": {}}
     for name, kernel in (("conv", _conv_kernel), ("rec", _rec_kernel)):
-        run = kernel()
-        times = {t: _time(run, t) for t in range(1, cores + 1)}
+        times = _times(kernel(), list(range(1, cores + 1)))
         choice = 1
         for t in range(2, cores + 1):
             if times[t] <= GAIN * times[choice]:

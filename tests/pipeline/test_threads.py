@@ -28,6 +28,15 @@ def test_fixed_count_wins_and_the_measurement_is_stored_once(tmp_path, monkeypat
 
 def test_more_threads_only_when_clearly_faster(monkeypatch):
     timings = {1: 1.0, 2: 0.85, 3: 0.5, 4: 0.45}  # 2: not 20 % better than 1; 3: is; 4: not 20 % better than 3
-    monkeypatch.setattr(threads, "_time", lambda run, t: timings[t])
+    monkeypatch.setattr(threads, "_times", lambda run, counts: {t: timings[t] for t in counts})
     out = threads.measure(max_threads=4)
     assert out["conv"] == 3 and out["rec"] == 3
+
+
+def test_timings_interleave_the_counts_after_warming_each(monkeypatch):
+    """Every count is warmed once, then timed once per round in turn: a slow start cannot favour one."""
+    import torch
+
+    seen: list[int] = []
+    out = threads._times(lambda: seen.append(torch.get_num_threads()), [1, 2], rounds=3)
+    assert seen == [1, 2, 1, 2, 1, 2, 1, 2] and set(out) == {1, 2}
