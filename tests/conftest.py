@@ -11,6 +11,21 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPytho
 os.environ.setdefault("ADVREC_TORCH_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _home_isolated():
+    """`--home` sets ADVREC_HOME process-wide (advrec/commands/run.py): restore it after every test."""
+    from advrec_common.settings import get_settings
+
+    before = os.environ.get("ADVREC_HOME")
+    yield
+    if os.environ.get("ADVREC_HOME") != before:
+        if before is None:
+            os.environ.pop("ADVREC_HOME", None)
+        else:
+            os.environ["ADVREC_HOME"] = before
+        get_settings.cache_clear()
+
+
 @pytest.fixture
 def store(tmp_path):
     from advrec_common.store import ArtifactStore

@@ -15,10 +15,12 @@ from advrec_common.settings import Settings, get_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    s = get_settings()
+    """The process's settings, with ``--home`` applied process-wide (``ADVREC_HOME``): the steps read
+    the home too (its measured thread counts, its weights folder), not only this command."""
     if getattr(args, "home", None):
-        s = s.model_copy(update={"home": Path(args.home)})
-    return s
+        os.environ["ADVREC_HOME"] = str(Path(args.home))
+        get_settings.cache_clear()
+    return get_settings()
 
 
 def _run(spec, args: argparse.Namespace) -> int:

@@ -38,19 +38,23 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     for d, k in keys.items():
         if not store.has(k):
             raise RuntimeError(f"step {step.name}: input {d} is not computed")
-    _deterministic_torch(step.kind)
+    threads = _deterministic_torch(step.kind)
     roles = {role: (keys[v] if isinstance(v, str) else [keys[n] for n in v]) for role, v in step.inputs.items()}
-    meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": roles}
+    resolved = resolve_device(device)
+    # how it was computed: a training step's numbers depend on the CPU thread count (weight-gradient
+    # sums split across threads), so results.json reports it (``environment``)
+    meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": roles,
+                            "compute": {"threads": threads, "device": resolved}}
     with store.writing(step.key, meta) as out:
-        ctx = StepContext(step, store, out, keys, resolve_device(device), progress)
+        ctx = StepContext(step, store, out, keys, resolved, progress)
         STEP_FUNCTIONS[step.kind](ctx)
         meta["result"] = ctx.meta  # written to meta.json when the block exits
     return True
 
 
-def _deterministic_torch(kind: str = "") -> None:
+def _deterministic_torch(kind: str = "") -> int:
     """Same numbers in every process: a fixed CPU thread count per step kind (measured once per
-    machine and home, :mod:`advrec.pipeline.threads`) and deterministic kernels.
+    machine and home, :mod:`advrec.pipeline.threads`) and deterministic kernels; returns the count.
 
     Multi-threaded CPU backward passes of some ops (ACF's attention, DVBPR's CNN) otherwise vary
     from run to run; ``warn_only`` keeps ops without a deterministic kernel running (with a warning).
@@ -68,6 +72,7 @@ def _deterministic_torch(kind: str = "") -> None:
     if not torch.are_deterministic_algorithms_enabled():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
         torch.use_deterministic_algorithms(True, warn_only=True)
+    return n
 
 
 def plan_run(spec: EvaluationSpec, store: ArtifactStore, device: str = "auto") -> Plan:

@@ -289,7 +289,29 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
         "baselines": baselines,
         "scenario": scenario, "extractors": extractors, "clean": _clean(art, spec), "attacks": attacks,
         "oracles": oracles, "evaluations": evaluations, "sr_pairs": sr_pairs(art, spec, baselines),
+        "environment": environment(art),
     })
+
+
+def environment(art: RunArtifacts) -> dict[str, Any]:
+    """How the run's steps were computed: per step kind, the CPU thread counts and devices used (from each
+    artifact's meta, so reused steps report the run that computed them). Training numbers are the same
+    only for the same torch build, CPU and thread counts: this is what to compare when two runs differ."""
+    keys = [art.scenario, *art.extractors.values(), *art.features.values(), *art.train.values(),
+            *art.adversarial.values(), *art.evaluate.values(), *art.placebo.values(), *art.oracle.values()]
+    threads: dict[str, set[int]] = {}
+    devices: dict[str, set[str]] = {}
+    for key in dict.fromkeys(keys):
+        meta = art.store.meta(key)
+        compute, kind = meta.get("compute") or {}, meta.get("kind")
+        if not kind or not compute:
+            continue  # computed before advrec recorded it
+        if isinstance(compute.get("threads"), int):
+            threads.setdefault(kind, set()).add(compute["threads"])
+        if isinstance(compute.get("device"), str):
+            devices.setdefault(kind, set()).add(compute["device"])
+    return {"threads": {k: sorted(v) for k, v in sorted(threads.items())},
+            "devices": {k: sorted(v) for k, v in sorted(devices.items())}}
 
 
 # -- lookups used by stats, findings, tables and plots ---------------------------------------------

@@ -65,6 +65,10 @@ def test_runs_end_to_end(first_run):
             assert m["effect"] == pytest.approx(m["after"] - m["before"], abs=1e-12)
             assert m["p_adjusted"] is None or m["p_adjusted"] >= m["p_value"]  # BH never lowers a p-value
     assert results["tests"]["n_tests"] > 0
+    # how each kind was computed (tests pin ADVREC_TORCH_THREADS=1): what to compare when two runs differ
+    env = results["environment"]
+    assert {"extractor", "features", "train", "evaluate", "adversarial"} <= set(env["threads"])
+    assert all(v == [1] for v in env["threads"].values()) and all(v == ["cpu"] for v in env["devices"].values())
     assert (record.dir / "report" / "report.html").is_file()
     import pandas as pd
 

@@ -253,3 +253,13 @@ def test_remote_eta_prices_remaining_work_per_step_kind():
     # nothing computed yet (reused or pending): no ETA rather than a guess
     fresh = {"a": {"state": "cached", "units": 5.0}, "b": {"state": "pending", "units": 5.0}}
     assert eta_of({"steps": fresh}, now) is None
+
+
+def test_home_flag_reaches_the_steps_settings(tmp_path, capsys):
+    """`--home` is process-wide: a step reads the home's thread choice and weights folder through
+    get_settings(), so the flag must not stop at the command's own settings copy."""
+    from advrec_common.settings import get_settings
+
+    assert main(["list", "--home", str(tmp_path / "h")]) == 0
+    assert get_settings().home == tmp_path / "h"
+    assert get_settings().resolved_weights_dir == tmp_path / "h" / "weights"
