@@ -38,8 +38,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--users", type=int, default=800)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="cpu, cuda or auto (default: settings).")
-    demo.add_argument("--threads", type=int, default=None,
-                      help="torch CPU threads (1 is fastest for these small models on a busy machine).")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads (default 1, as the pipeline trains: the fits depend on the count, "
+                           "and 1 is fastest for these small models).")
     demo.set_defaults(func=run_demo)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 

@@ -2,10 +2,11 @@
 
 Small kernels (recommender training and scoring at catalog sizes like the demo's) run slower with
 more threads: OpenMP's barriers cost more than the work they split, and on a busy 2-core machine a
-demo-sized VBPR fit was 13x slower with all cores than with one. Convolutions (extraction, attacks,
-extractor training) do gain from threads on an idle machine. So each *workload* (``conv``, ``rec``)
-gets the smallest thread count whose measured wall time is clearly (>= 20 %) better than one thread
-less, timed on a fixed, representative kernel the first time a home runs a step on this machine.
+demo-sized VBPR fit was 13x slower with all cores than with one. Convolutions (extraction, attacks)
+do gain from threads on an idle machine. So each *workload* (``conv``, ``rec``) gets the smallest
+thread count whose measured wall time is clearly (>= 20 %) better than one thread less, timed on a
+fixed, representative kernel the first time a home runs a step on this machine. Steps that train
+(:data:`TRAINING_KINDS`) always use one thread: their numbers depend on the count.
 
 The choice is stored in ``<home>/threads.json`` (keyed by machine: host, cores, torch version) so
 every process of a home, in-process or Celery worker, uses the same counts: the thread count is
@@ -26,10 +27,13 @@ from typing import Any
 
 from advrec_common.store import atomic_write
 
-# which workload each step kind resembles (default: rec)
-KIND_WORKLOAD: dict[str, str] = {
-    "extractor": "conv", "features": "conv", "attack_shard": "conv", "placebo": "conv",
-}
+# step kinds that train models: one thread, always. Their weight gradients are sums that CPU kernels
+# split across threads, so another count gives other models and other tables (two fresh demo homes on
+# one machine measured 1 and 2 threads for convolutions and printed different tables). Forward passes
+# and input gradients (extraction, attacks, placebos) are the same at any count, so those measure.
+TRAINING_KINDS = frozenset({"extractor", "train", "evaluate"})
+# which workload each other step kind resembles (default: rec)
+KIND_WORKLOAD: dict[str, str] = {"features": "conv", "attack_shard": "conv", "placebo": "conv"}
 GAIN = 0.8  # another thread must bring the time to <= 80 % of the previous count's
 ROUNDS = 7  # interleaved timings per thread count (best of): ~0.6 s once per home on 2 cores
 
@@ -130,7 +134,10 @@ def _stored_choice(home: str) -> dict[str, Any]:
 
 
 def threads_for(kind: str, home: Path, fixed: int = 0) -> int:
-    """The CPU thread count for a step of ``kind``: ``fixed`` when > 0, else this home's measured choice."""
+    """The CPU thread count for a step of ``kind``: ``fixed`` when > 0, 1 for a training kind
+    (:data:`TRAINING_KINDS`), else this home's measured choice."""
     if fixed > 0:
         return fixed
+    if kind in TRAINING_KINDS:
+        return 1
     return int(_stored_choice(str(Path(home).resolve())).get(KIND_WORKLOAD.get(kind, "rec"), 1))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from advrec_common.cpu_threads import cpu_threads
 from advrec_common.errors import InvalidInput
 from services.extractor.training import stratified_split
 
@@ -105,6 +106,16 @@ def fit_category_head(features: np.ndarray, labels: np.ndarray, class_names: Seq
     report: dict[str, Any] = {"method": "multinomial logistic regression (L-BFGS, standardised features)",
                               "l2": l2, "n_items": int(y.size), "n_classes": len(names), "seed": seed,
                               "val_fraction": val_fraction, "held_out_accuracy": None}
+    with cpu_threads(1):  # matmul sums split across threads would change the head with the thread count
+        weight, bias, iterations = _fit_with_estimate(x, y, names, l2, max_iter, val_fraction, seed, report)
+    report.update(train_accuracy=float(((x @ weight.T + bias).argmax(1) == y).mean()), iterations=iterations,
+                  seconds=time.perf_counter() - t0)
+    return CategoryHead(weight=weight, bias=bias, class_names=names, report=report)
+
+
+def _fit_with_estimate(x: np.ndarray, y: np.ndarray, names: list[str], l2: float, max_iter: int,
+                       val_fraction: float, seed: int, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The held-out estimate (into ``report``) from a stratified split, then the fit on every item."""
     with torch.random.fork_rng(devices=[]):
         try:
             train, val = stratified_split(y, val_fraction, seed)
@@ -114,7 +125,4 @@ def fit_category_head(features: np.ndarray, labels: np.ndarray, class_names: Seq
             w, b, _ = _fit(x[train], y[train], len(names), l2, max_iter)
             report.update(held_out_accuracy=float(((x[val] @ w.T + b).argmax(1) == y[val]).mean()),
                           n_held_out=int(val.size))
-        weight, bias, iterations = _fit(x, y, len(names), l2, max_iter)
-    report.update(train_accuracy=float(((x @ weight.T + bias).argmax(1) == y).mean()), iterations=iterations,
-                  seconds=time.perf_counter() - t0)
-    return CategoryHead(weight=weight, bias=bias, class_names=names, report=report)
+        return _fit(x, y, len(names), l2, max_iter)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.nn import functional as F
 
+from advrec_common.cpu_threads import cpu_threads
 from advrec_common.errors import InvalidInput
 from advrec_common.settings import resolve_device
 from advrec_common.vision.backbones import build_model
@@ -250,7 +252,10 @@ def train_extractor(
     passes = math.ceil(config.epochs / config.replays) if config.method == "free_at" else config.epochs
     started = time.perf_counter()
     history: list[EpochStats] = []
-    with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+    # on the CPU, one thread: weight gradients summed across threads would make the model depend on the
+    # caller's thread count (the same seed must give the same model in every process and home)
+    with cpu_threads(1) if device == "cpu" else nullcontext(), \
+            torch.random.fork_rng(devices=[] if device == "cpu" else None):
         torch.manual_seed(config.seed)
         if init is None:
             model = build_model(backbone, class_names).to(device)

@@ -105,6 +105,16 @@ def test_training_is_deterministic_on_cpu(products):
     assert ra.history[0].loss == rb.history[0].loss
     c, _ = train_extractor(images[:60], labels[:60], names, "tiny_cnn", cfg.model_copy(update={"seed": 1}))
     assert not torch.equal(a.head.weight, c.head.weight)
+    # the caller's thread count does not enter: CPU training runs on one thread, and restores the count
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        d, _ = train_extractor(images[:60], labels[:60], names, "tiny_cnn", cfg)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for (k, v), (_, w) in zip(a.state_dict().items(), d.state_dict().items(), strict=True):
+        assert torch.equal(v, w), k
 
 
 def test_bad_training_input_is_rejected(products):

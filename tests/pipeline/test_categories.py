@@ -67,6 +67,14 @@ def test_category_head_is_deterministic_accurate_and_one_linear_layer():
     a = fit_category_head(x, y, ["monitor", "document", "folder"])
     b = fit_category_head(x, y, ["monitor", "document", "folder"])
     assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)  # same bits twice
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's thread count does not enter (fitted on one thread)
+    try:
+        c = fit_category_head(x, y, ["monitor", "document", "folder"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(a.weight, c.weight) and np.array_equal(a.bias, c.bias)
     assert a.report["held_out_accuracy"] >= 0.9 and a.report["train_accuracy"] == 1.0
     assert a.report["n_held_out"] == 18  # 20 % of each class
     with torch.no_grad():  # the folded standardisation: the module computes the same logits

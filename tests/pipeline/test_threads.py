@@ -18,6 +18,8 @@ def test_fixed_count_wins_and_the_measurement_is_stored_once(tmp_path, monkeypat
     monkeypatch.setattr(threads, "measure", fake_measure)
     threads._stored_choice.cache_clear()
     assert threads.threads_for("attack_shard", tmp_path) == 2 and threads.threads_for("train", tmp_path) == 1
+    # training kinds use one thread whatever was measured: their models depend on the count
+    assert all(threads.threads_for(k, tmp_path) == 1 for k in threads.TRAINING_KINDS)
     assert json.loads((tmp_path / "threads.json").read_text())["conv"] == 2
     threads._stored_choice.cache_clear()  # another process of the same home reads the file
     assert threads.threads_for("features", tmp_path) == 2 and len(calls) == 1
