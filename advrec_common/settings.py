@@ -38,9 +38,9 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'.")
     torch_threads: int = Field(
-        0, ge=0, description="CPU threads of every pipeline step (0: chosen per kind of step by measurement, "
-        "stored in <home>/threads.json). The same for every process of a home, so that the in-process and Celery "
-        "executors give bit-identical numbers."
+        0, ge=0, description="CPU threads of every pipeline step (0: one thread for steps that train, whose models "
+        "depend on the count; the others' count measured once per home, stored in <home>/threads.json). The same "
+        "for every process of a home, so that the in-process and Celery executors give bit-identical numbers."
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     stack_id: str | None = Field(
