@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="CPU threads of every pipeline step (0: one thread for steps that train, whose models "
         "depend on the count; the others' count measured once per home, stored in <home>/threads.json). The same "
-        "for every process of a home, so that the in-process and Celery executors give bit-identical numbers."
+        "for every process of a home, so that the in-process and Celery executors give bit-identical numbers. "
+        "Extractor training on the CPU and the category head fit use one thread whatever this says."
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     stack_id: str | None = Field(
