@@ -30,7 +30,8 @@ from advrec_common.store import atomic_write
 # step kinds that train models: one thread, always. Their weight gradients are sums that CPU kernels
 # split across threads, so another count gives other models and other tables (two fresh demo homes on
 # one machine measured 1 and 2 threads for convolutions and printed different tables). Forward passes
-# and input gradients (extraction, attacks, placebos) are the same at any count, so those measure.
+# and input gradients (extraction, attacks, placebos) move far less with the count (bit-identical for
+# the demo's small CNN, ~4e-6 for Lite0), so those take the measured count for speed.
 TRAINING_KINDS = frozenset({"extractor", "train", "evaluate"})
 # which workload each other step kind resembles (default: rec)
 KIND_WORKLOAD: dict[str, str] = {"features": "conv", "attack_shard": "conv", "placebo": "conv"}
