@@ -103,10 +103,14 @@ def _resume_target(args: argparse.Namespace, settings: Settings) -> dict | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from advrec.pipeline.spec import preset
+    from advrec.pipeline.preflight import preflight
 
-    _resume_target(args, _settings(args))
-    return _run(preset("demo"), args)
+    settings = _settings(args)
+    _resume_target(args, settings)
+    # the same checks as `advrec run demo` (the device above all), before a run is recorded
+    spec = preflight({"preset": "demo"}, device=args.device or settings.device,
+                     max_pixels=settings.max_image_pixels).raise_for_problems("advrec demo cannot run")
+    return _run(spec, args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

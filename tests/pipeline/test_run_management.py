@@ -263,3 +263,10 @@ def test_home_flag_reaches_the_steps_settings(tmp_path, capsys):
     assert main(["list", "--home", str(tmp_path / "h")]) == 0
     assert get_settings().home == tmp_path / "h"
     assert get_settings().resolved_weights_dir == tmp_path / "h" / "weights"
+
+
+@pytest.mark.skipif(__import__("os").path.exists("/proc/driver/nvidia/version"), reason="needs a machine without a GPU")
+def test_demo_refuses_a_missing_device_before_recording_a_run(tmp_path, capsys):
+    assert main(["demo", "--device", "cuda", "--home", str(tmp_path / "h"), "--quiet"]) == 2
+    assert "--device: device 'cuda' was asked for" in capsys.readouterr().err
+    assert not (tmp_path / "h" / "runs").exists()  # nothing started, nothing to resume
