@@ -42,8 +42,11 @@ class DemoConfig:
         if not 2 <= lo <= hi <= self.n_items:
             problems.append(("interactions_per_user", f"interactions_per_user must satisfy 2 <= lo <= hi <= "
                                                       f"n_items, got {(lo, hi)}"))
-        if self.image_size < 16:
-            problems.append(("image_size", f"image_size must be at least 16, got {self.image_size}"))
+        if not 16 <= self.image_size <= 512:
+            problems.append(("image_size", f"image_size must lie in [16, 512], got {self.image_size}"))
+        if self.n_items > 200_000 or self.n_users > 2_000_000:
+            problems.append(("n_items", f"the demo generates at most 200,000 items and 2,000,000 users, got "
+                                        f"{self.n_items} and {self.n_users}"))
         if not 0 <= self.seed < 2**32:
             problems.append(("seed", f"seed must be in 0..2**32-1, got {self.seed}"))
         if problems:

@@ -81,6 +81,10 @@ def test_demo_is_deterministic_and_well_formed(tiny_demo: RecDataset) -> None:
     assert counts.min() >= 3 and counts.max() <= 6
     with pytest.raises(InvalidInput):
         make_demo_dataset(DemoConfig(n_items=5))
+    # every out-of-range setting at once, before anything is generated (a 100,000 px demo would not fit)
+    with pytest.raises(InvalidInput) as err:
+        DemoConfig(n_items=10_000_000, image_size=100_000, seed=-1).validate()
+    assert [p["loc"] for p in err.value.problems] == ["image_size", "n_items", "seed"]
 
 
 @pytest.fixture(scope="module")
