@@ -289,9 +289,10 @@ def format_summary(results: dict[str, Any]) -> str:
     scen = results["scenario"]
     reps = max((e.get("n_replicates") or 1 for e in results["evaluations"]), default=1)
     parts = [f"scenario: push '{scen.get('origin')}' toward '{scen.get('target')}'; chosen by: {scen.get('chosen_by')}",
-             f"K = {k}; effect = CHR@{k} after - before (share of top-{k} slots held by origin items), mean over "
-             f"{reps} replicate(s) with its 95% interval; * = significant at FDR {results['alpha']:g} "
-             "(Benjamini-Hochberg over every test of the run)"]
+             f"K = {k}; effect = CHR@{k} after - before (share of top-{k} slots held by origin items), "
+             + (f"mean over {reps} replicates with its 95% interval; * = significant at FDR {results['alpha']:g} "
+                "(Benjamini-Hochberg over every test of the run)" if reps > 1 else
+                "one replicate: no interval and no test (set replicates to 3 or more)")]
     if categories_line(results):
         parts.insert(1, categories_line(results))
     parts[1:1] = [f"WARNING (scenario): {w}" for w in scen.get("warnings") or []]
