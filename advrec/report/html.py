@@ -34,11 +34,13 @@ _TEMPLATE = """<!DOCTYPE html>
 <p>Do adversarially robust image feature extractors protect visual recommenders?
 Origin category <b>{{ scenario.origin }}</b> pushed toward target <b>{{ scenario.target }}</b>
 (chosen by: {{ scenario.chosen_by }}).{% for w in scenario.warnings or [] %}
-<b class="sig">Warning (scenario): {{ w }}.</b>{% endfor %} Headline K = {{ k }}. Every model was trained {{ spec.replicates }} time(s)
+<b class="sig">Warning (scenario): {{ w }}.</b>{% endfor %} Headline K = {{ k }}.{% if spec.replicates > 1 %} Every model was trained {{ spec.replicates }} times
 (seeds {{ spec.seed }}..{{ spec.seed + spec.replicates - 1 }}); an effect is the mean over those replicates of
 (after - before) with its 95% interval across them, tested with a paired t-test across replicates; every verdict
 decides on Benjamini-Hochberg adjusted p-values at a false discovery rate of {{ alpha }} over the
-{{ tests.n_tests }} tests of this run ({{ tests.n_significant }} significant). Each attack is shown beside its
+{{ tests.n_tests }} tests of this run ({{ tests.n_significant }} significant).{% else %} Every model was trained
+once (seed {{ spec.seed }}): an effect is after - before of that one model, with no interval and no test (set
+replicates to 3 or more for verdicts).{% endif %} Each attack is shown beside its
 <b>placebo</b> (the same perturbations in random directions) and the <b>oracle</b> (the origin items' features set to
 the target category's mean: the most moving features can do). advrec {{ version }}, results schema {{ schema }}.</p>
 {% for name, e in extractors.items() %}{% if e.weak %}<p class="sig">Weak extractor: the {{ name }} extractor classifies
