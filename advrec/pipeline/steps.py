@@ -308,7 +308,8 @@ def step_scenario(ctx: StepContext) -> None:
     chosen_by = {(True, True): "spec", (False, False): "automatic (clean CHR@K ranking, as the study)"}.get(
         (p.get("origin") is not None, p.get("target") is not None), "spec and automatic (clean CHR@K ranking)")
     warnings = scenario_warnings(proposal["table"], origin, target, p["select_k"],
-                                 automatic_origin=p.get("origin") is None, min_items=p["min_items"])
+                                 automatic_origin=p.get("origin") is None, min_items=p["min_items"],
+                                 automatic_target=p.get("target") is None)
     write_scenario(ctx.out, {
         "origin": origin, "target": target, "chosen_by": chosen_by, "select_k": p["select_k"],
         # categories with items (and the two named): 1,000 ImageNet classes would be mostly empty rows

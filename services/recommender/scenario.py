@@ -41,7 +41,7 @@ def propose_scenario(
 
 
 def scenario_warnings(table: Sequence[dict[str, Any]], origin: str, target: str, k: int, *,
-                      automatic_origin: bool, min_items: int) -> list[str]:
+                      automatic_origin: bool, min_items: int, automatic_target: bool = True) -> list[str]:
     """Why a scenario may not ask the study's question (a less exposed category pushed toward a more
     exposed one), from the clean ranking ``table`` (rows {name, chr, n_items}); [] when nothing is odd."""
     rows = {r["name"]: r for r in table}
@@ -49,7 +49,9 @@ def scenario_warnings(table: Sequence[dict[str, Any]], origin: str, target: str,
     if o is None or t is None:
         return []
     n_total = sum(int(r["n_items"]) for r in table)
-    fix = "label the items (dataset.categories) or name scenario.origin and scenario.target"
+    fix = ("label the items (dataset.categories) or name scenario.origin and scenario.target"
+           if automatic_origin or automatic_target else
+           "the clean ranking (scenario.csv) shows which categories are less exposed than the target")
     out = []
     eligible = [r["name"] for r in table if r["n_items"] >= min_items]
     if automatic_origin and eligible == [origin]:

@@ -79,6 +79,9 @@ def test_scenario_warnings_on_hand_made_rankings():
     assert "holds 27 of the catalog's 30 items (90%)" in w[2]
     # a named origin is not "the only candidate"; a balanced, well-posed scenario has no warning
     assert len(scenario_warnings(table, "velvet", "chain mail", 20, automatic_origin=False, min_items=5)) == 2
+    named = scenario_warnings(table, "velvet", "chain mail", 20, automatic_origin=False, min_items=5,
+                              automatic_target=False)
+    assert all("scenario.csv" in w and "name scenario.origin" not in w for w in named)  # the user named both
     balanced = [{"name": "c", "chr": 5.0, "n_items": 6}, {"name": "a", "chr": 4.0, "n_items": 6},
                 {"name": "b", "chr": 0.0, "n_items": 6}]
     assert scenario_warnings(balanced, "b", "c", 3, automatic_origin=True, min_items=5) == []
