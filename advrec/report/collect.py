@@ -149,10 +149,9 @@ def _origin_recognition(feats: Any, origin: str | None) -> float | None:
     members = cats == names.index(origin)
     if not members.any():
         return None
-    if feats.head is not None:  # the attacks aim at the head: its reading of the clean features
-        weight, bias = feats.head
-        logits = np.asarray(feats.features, dtype=np.float32)[members] @ weight.T.astype(np.float32) + bias
-        return float((logits.argmax(axis=1) == names.index(origin)).mean())
+    read = feats.head_categories(members)  # the attacks aim at the head when there is one
+    if read is not None:
+        return float((read == names.index(origin)).mean())
     if origin not in feats.class_names:
         return None
     return float((np.asarray(feats.classes)[members] == feats.class_names.index(origin)).mean())

@@ -44,9 +44,10 @@ class DemoConfig:
                                                       f"n_items, got {(lo, hi)}"))
         if not 16 <= self.image_size <= 512:
             problems.append(("image_size", f"image_size must lie in [16, 512], got {self.image_size}"))
-        if self.n_items > 200_000 or self.n_users > 2_000_000:
-            problems.append(("n_items", f"the demo generates at most 200,000 items and 2,000,000 users, got "
-                                        f"{self.n_items} and {self.n_users}"))
+        if self.n_items > 200_000:
+            problems.append(("n_items", f"the demo generates at most 200,000 items, got {self.n_items}"))
+        if self.n_users > 2_000_000:
+            problems.append(("n_users", f"the demo generates at most 2,000,000 users, got {self.n_users}"))
         if not 0 <= self.seed < 2**32:
             problems.append(("seed", f"seed must be in 0..2**32-1, got {self.seed}"))
         if problems:

@@ -168,6 +168,16 @@ class FeatureSet:
     def n_items(self) -> int:
         return int(self.features.shape[0])
 
+    def head_categories(self, rows: np.ndarray) -> np.ndarray | None:
+        """The category index the fitted head assigns to the clean features of ``rows`` (a boolean mask
+        or indices), as :class:`~services.extractor.category_head.CategoryHead` scores them; None
+        without a head (the categories are classes of the extractor)."""
+        if self.head is None:
+            return None
+        weight, bias = self.head
+        logits = np.asarray(self.features, dtype=np.float32)[rows] @ weight.T.astype(np.float32) + bias
+        return logits.argmax(axis=1)
+
 
 def load_features(store: ArtifactStore, key: str, *, arrays: bool = True) -> FeatureSet:
     """A ``features`` artifact (``arrays=False``: only categories and names, no feature matrices)."""

@@ -412,24 +412,26 @@ def test_a_baseline_of_another_backbone_is_said_in_findings_b_and_c():
 def test_origin_recognition_reads_the_classifier_the_attacks_aim_at():
     """Hand-made features: the share of origin items that the extractor's classifier, or the fitted category
     head, assigns to the origin on clean images; None where categories are the extractor's own classes."""
-    from types import SimpleNamespace
-
     from advrec.report.collect import _origin_recognition
+    from services.extractor.artifacts import FeatureSet
+
+    def feature_set(features, classes, class_names, used="catalog", head=None):
+        return FeatureSet(features=features, classes=classes, probs=np.ones(6, np.float32), spatial=None,
+                          class_names=class_names, categories=cats, category_names=["shoe", "bag"],
+                          category_info={"used": used}, head=head)
 
     cats = np.array([0, 0, 0, 0, 1, 1])  # items 0-3 are 'shoe' (the origin)
-    own = SimpleNamespace(category_names=["shoe", "bag"], categories=cats, class_names=["shoe", "bag"],
-                          classes=np.array([0, 0, 1, 1, 1, 1]), category_info={"used": "catalog"}, head=None,
-                          features=np.zeros((6, 2), np.float32))
+    zeros = np.zeros((6, 2), np.float32)
+    own = feature_set(zeros, np.array([0, 0, 1, 1, 1, 1]), ["shoe", "bag"])
     assert _origin_recognition(own, "shoe") == 0.5  # the extractor reads 2 of the 4 shoes as shoes
-    own.classes = cats.copy()  # reads every item right: measured 1.0, not "uninformative"
+    own = feature_set(zeros, cats.copy(), ["shoe", "bag"])  # reads every item right: 1.0, not "uninformative"
     assert _origin_recognition(own, "shoe") == 1.0
-    own.category_info = {"used": "extractor"}  # categories are its predictions: 1 by construction
+    own = feature_set(zeros, cats.copy(), ["shoe", "bag"], used="extractor")  # its predictions: 1 by construction
     assert _origin_recognition(own, "shoe") is None
     # a head on 2-d features: logit(shoe) = x0, logit(bag) = x1; 3 of the 4 shoes have x0 > x1
     feats = np.array([[2, 0], [1, 0], [3, 1], [0, 5], [0, 1], [0, 2]], np.float32)
-    head = SimpleNamespace(category_names=["shoe", "bag"], categories=cats, class_names=["tench", "goldfish"],
-                           classes=np.zeros(6, int), category_info={"used": "catalog"},
-                           head=(np.eye(2, dtype=np.float32), np.zeros(2, np.float32)), features=feats)
+    head = feature_set(feats, np.zeros(6, int), ["tench", "goldfish"],
+                       head=(np.eye(2, dtype=np.float32), np.zeros(2, np.float32)))
     assert _origin_recognition(head, "shoe") == 0.75
     assert _origin_recognition(head, "hat") is None
 
