@@ -106,7 +106,7 @@ def _argument_problems(args: argparse.Namespace, methods: list[str], defenses: l
     if problem := delivery_problem(args.budget_space, args.delivery):
         problems.append(("--budget-space", problem.replace("budget_space", "--budget-space")
                          .replace("delivery '", "--delivery '")))
-    return problems + _specs_and_problems(methods, args.eps, args.budget_space)[1]
+    return problems
 
 
 def _demo_parts() -> tuple[Any, Any]:
@@ -142,9 +142,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     methods = list(ALL_METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
-    if problems := _argument_problems(args, methods, defenses):
+    specs, spec_problems = _specs_and_problems(methods, args.eps, args.budget_space)
+    if problems := _argument_problems(args, methods, defenses) + spec_problems:
         raise invalid(problems, "invalid arguments")  # all of them, before any training
-    specs = build_specs(methods, args.eps, args.budget_space)
     device = resolve_device(args.device or get_settings().device)
     catalog, train_demo_extractor = _demo_parts()
     cats = np.asarray(catalog.categories)

@@ -148,7 +148,7 @@ def _upload_files(args: argparse.Namespace) -> dict[str, Any]:
         if given := [f"--{k}" for k, v in named.items() if v is not None]:
             raise InvalidInput(f"{path} is an archive: it holds the files, so {', '.join(given)} cannot be given")
         return {"path": path}
-    folder = path if path is not None else None
+    folder = path
     if folder is not None and not folder.is_dir():
         raise InvalidInput(f"no such file or folder: {folder} (give a zip archive or a folder)")
     images = Path(args.images) if args.images is not None else (folder / "images" if folder else None)

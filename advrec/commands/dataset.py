@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from advrec.commands._columns import add_column_arguments
+from advrec.commands._columns import add_column_arguments, column_mappings
 from advrec_common.datasets.demo import DemoConfig, make_demo_dataset
 from advrec_common.datasets.types import RecDataset
 from advrec_common.errors import InvalidInput
@@ -58,7 +58,6 @@ def _load_study(args: argparse.Namespace) -> RecDataset:
 
 
 def _load_generic(args: argparse.Namespace) -> RecDataset:
-    from advrec.commands._columns import column_mappings
     from advrec_common.datasets.generic_layout import (
         CategoryColumns,
         InteractionColumns,

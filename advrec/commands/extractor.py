@@ -104,15 +104,8 @@ def _extract(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--image-size must be a positive side in pixels (or 0 for native), got {args.image_size}")
     size = model.input_size if args.image_size is None else (args.image_size or None)
     t0 = time.perf_counter()
-    try:
-        result = extract_features(model, catalog, batch_size=args.batch_size, device=args.device,
-                                  spatial=args.spatial, image_size=size, fit=args.image_fit)
-    except InvalidInput as exc:
-        if "differ in size" not in str(exc):
-            raise
-        first_clause = str(exc).split(";")[0]  # names the two items and their sizes
-        raise InvalidInput(f"{first_clause}; --image-size 0 keeps native sizes, so omit it (the model's own "
-                           f"size) or pass --image-size N") from None
+    result = extract_features(model, catalog, batch_size=args.batch_size, device=args.device,
+                              spatial=args.spatial, image_size=size, fit=args.image_fit)
     seconds = time.perf_counter() - t0
     out = write_study_outputs(result, model.class_names, catalog.item_ids, args.out)
     at = f"at {size}x{size} ({args.image_fit})" if size else "at native size"

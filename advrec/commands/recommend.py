@@ -133,6 +133,8 @@ def run_demo(args: argparse.Namespace) -> int:
     config: dict[str, Any] = {"preset": args.preset, "seed": args.seed, "device": device}
     if args.epochs is not None:
         config["epochs"] = args.epochs
+    for name in names:  # the config each model reads is validated before any training
+        build_recommender(name, 2, 2, config)
     ds, items, class_names = _demo_inputs(args, device)
     categories = items.categories
     n_cat = len(class_names)

@@ -216,8 +216,8 @@ def mixed_sizes_message(first: tuple[str, int, int], other: tuple[str, int, int]
     """The error for images of different sizes loaded at native size: (item id, width, height) of two items."""
     return (
         f"catalog images differ in size ({other[0]!r} is {other[1]}x{other[2]}, {first[0]!r} is "
-        f"{first[1]}x{first[2]}); set {IMAGE_SIZE_SPEC_PATH} in the spec (or pass size=) to load every "
-        f"image at one square size"
+        f"{first[1]}x{first[2]}); load every image at one square size: {IMAGE_SIZE_SPEC_PATH} in a spec, "
+        f"--image-size N (or no --image-size: the model's own size) on the command line, or size= in Python"
     )
 
 

@@ -119,7 +119,7 @@ def test_load_catalog_images_needs_size_for_mixed_shapes(tmp_path: Path) -> None
     same = load_catalog_images(catalog, [1, 0])
     assert same.shape == (2, 8, 8, 3)
     np.testing.assert_array_equal(same[1], decode_image(tmp_path / "0.png"))
-    with pytest.raises(InvalidInput, match="pass size="):
+    with pytest.raises(InvalidInput, match="size= in Python"):
         load_catalog_images(catalog)
     resized = load_catalog_images(catalog, size=5)
     assert resized.shape == (3, 5, 5, 3) and resized.dtype == np.uint8
@@ -235,7 +235,7 @@ def test_header_is_read_without_decoding(tmp_path: Path, picture: np.ndarray) ->
 
 def test_mixed_sizes_without_size_name_the_spec_field(tmp_path: Path) -> None:
     catalog = _file_catalog(tmp_path, [(8, 8), (8, 8), (10, 6)])
-    with pytest.raises(InvalidInput, match=r"'2' is 6x10, '0' is 8x8\); set extractors\[\]\.image_size"):
+    with pytest.raises(InvalidInput, match=r"'2' is 6x10, '0' is 8x8\); load every image at one square size: extractors\[\]\.image_size"):
         load_catalog_images(catalog)
     batches = iter_catalog_batches(catalog, batch_size=2)
     first_indices, first = next(batches)  # the first batch is fine: nothing beyond it was decoded
