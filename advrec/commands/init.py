@@ -78,7 +78,10 @@ recommenders:                 # bprmf | vbpr | amr | deepstyle | acf | dvbpr ; c
 
 ks: [5, 10, 20]               # cut-offs of CHR@K / nCDCG@K / HR@K (each must be <= the number of items)
 modes: [retrain, deployment]  # retrain the recommender on attacked features | re-score with the trained one
-seed: 0
+seed: 0                       # replicate r trains with seed + r; every number is reproducible from it
+replicates: 3                 # retrain models per cell (clean, attacked, controls); effects are tested across them
+controls: [placebo, oracle]   # placebo: random perturbation of each attack's delivered size; oracle: origin
+                              # features set to the target's mean (the most moving features can do)
 shard_size: 256               # items per attack step (progress and resume granularity)
 gallery_users: 1              # users shown before/after in the report's gallery
 """

@@ -177,6 +177,7 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
     assert "user: customer" in text and "item: sku" in text and "category: department" in text
     assert "your labels: Accessories, Apparel, Footwear" in text
     assert text.count("#") > 40  # every knob explained
+    assert "replicates: 3" in text and "controls: [placebo, oracle]" in text  # the evidence knobs are visible
     assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
     assert "spec 'shop' is valid" in capsys.readouterr().out
     assert main(["init", str(spec)]) == 2  # never overwrites without --force
