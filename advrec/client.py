@@ -158,6 +158,11 @@ class _Requests:
         return Call("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
 
     @staticmethod
+    def validate(spec: dict[str, Any] | None = None, preset: str | None = None, **overrides: Any) -> Call:
+        call = _Requests.submit(spec, preset, **overrides)
+        return Call("POST", "/v1/jobs:validate", json=call.json)
+
+    @staticmethod
     def status(job_id: str) -> Call:
         return Call("GET", f"/v1/jobs/{job_id}")
 
@@ -259,7 +264,18 @@ class AdvrecClient:
 
     def submit(self, spec: dict[str, Any] | None = None, preset: str | None = None, **overrides: Any) -> str:
         """Submit a spec dict (or a preset with top-level overrides); returns the job id."""
-        return self._do(_Requests.submit(spec, preset, **overrides))["id"]
+        return self.submit_job(spec, preset, **overrides)["id"]
+
+    def submit_job(self, spec: dict[str, Any] | None = None, preset: str | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+        """:meth:`submit`, returning the new job's status (with admission ``warnings``)."""
+        return self._do(_Requests.submit(spec, preset, **overrides))
+
+    def validate(self, spec: dict[str, Any] | None = None, preset: str | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+        """Every admission check of :meth:`submit` without queueing: the warnings, counts and plan size
+        (ApiError 422 lists every problem)."""
+        return self._do(_Requests.validate(spec, preset, **overrides))
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._do(_Requests.status(job_id))
@@ -356,7 +372,17 @@ class AsyncAdvrecClient:
         await self._http.aclose()
 
     async def submit(self, spec: dict[str, Any] | None = None, preset: str | None = None, **overrides: Any) -> str:
-        return (await self._do(_Requests.submit(spec, preset, **overrides)))["id"]
+        return (await self.submit_job(spec, preset, **overrides))["id"]
+
+    async def submit_job(self, spec: dict[str, Any] | None = None, preset: str | None = None,
+                         **overrides: Any) -> dict[str, Any]:
+        """See :meth:`AdvrecClient.submit_job`."""
+        return await self._do(_Requests.submit(spec, preset, **overrides))
+
+    async def validate(self, spec: dict[str, Any] | None = None, preset: str | None = None,
+                       **overrides: Any) -> dict[str, Any]:
+        """See :meth:`AdvrecClient.validate`."""
+        return await self._do(_Requests.validate(spec, preset, **overrides))
 
     async def status(self, job_id: str) -> dict[str, Any]:
         return await self._do(_Requests.status(job_id))

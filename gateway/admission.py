@@ -63,8 +63,9 @@ def work_pixels(spec: EvaluationSpec, facts: dict[str, Any]) -> int | None:
     return max(sides) if sides else None
 
 
-def check_quotas(report: Preflight, settings: Settings, owner: str | None = None) -> None:
-    """413 for a catalog or images above the quotas of ``owner``'s key, 422 for a plan with too many steps."""
+def check_quotas(report: Preflight, settings: Settings, owner: str | None = None) -> int | None:
+    """413 for a catalog or images above the quotas of ``owner``'s key, 422 for a plan with too many steps;
+    returns the plan's step count (None when the catalog size is unknown before the run)."""
     spec = report.spec
     assert spec is not None
     quota = settings.quotas(owner)
@@ -89,6 +90,8 @@ def check_quotas(report: Preflight, settings: Settings, owner: str | None = None
             raise InvalidInput(f"the plan has {steps} steps, above this key's quota of {quota.plan_steps} "
                                f"({name('plan_steps')}); use fewer extractors, attacks, budgets or recommenders, "
                                f"or a larger shard_size")
+        return steps
+    return None
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import FileResponse
 
 from advrec.pipeline import jobs as executor
-from advrec.pipeline.preflight import preflight
+from advrec.pipeline.preflight import Preflight, preflight
 from advrec.pipeline.record import RunRecord, list_runs, progress_of
 from advrec.pipeline.spec import EvaluationSpec, parse_spec
 from advrec_common.errors import Conflict, InvalidInput, NotFound
@@ -26,7 +27,7 @@ from gateway.admission import admission_slot, check_depth, check_quotas
 from gateway.auth import Caller, require_api_key
 from gateway.datasets import dataset_owners
 from gateway.deps import get_app_settings
-from gateway.schemas import JobStatus, JobSummary
+from gateway.schemas import JobStatus, JobSummary, SpecCheck
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
                    responses=error_responses(400, 401, 403, 404, 422, 503))
@@ -114,19 +115,61 @@ def submit_job(
     """Admit the job (every check of :mod:`gateway.admission`: 422 lists every problem, 413 above a size
     quota, 429 above the key's unfinished jobs), record it and queue it. Returns the job."""
     marker = _idempotency_marker(settings, caller, idempotency_key)
-    earlier = _earlier_job(settings, marker)
+    fingerprint = _body_fingerprint(body)
+    earlier = _earlier_job(settings, marker, fingerprint)
     if earlier is not None:
         return earlier
-    spec = confine_paths(spec_from_body(body), settings, caller)
-    report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
-    spec = report.raise_for_problems("the job cannot run")
-    check_quotas(report, settings, caller.owner)
+    report = _admit(body, settings, caller)
+    spec = report.spec
+    assert spec is not None
     with admission_slot(settings, caller):
-        run_id = executor.submit(spec, settings, owner=caller.owner)
+        earlier = _earlier_job(settings, marker, fingerprint)  # a concurrent repeat may have made it meanwhile
+        if earlier is not None:
+            return earlier
+        run_id = executor.submit(spec, settings, owner=caller.owner, warnings=_warnings(report, settings))
         if marker is not None:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(marker, run_id)
+            atomic_write(marker, json.dumps({"run_id": run_id, "body": fingerprint}))
     return _status(RunRecord.open(settings.runs_dir, run_id).read(), settings)
+
+
+@router.post(":validate", response_model=SpecCheck, summary="Check an evaluation without queueing it",
+             responses=error_responses(413),
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "anyOf": [{"$ref": "#/components/schemas/EvaluationSpec"},
+                           {"$ref": "#/components/schemas/PresetRequest"}]}}}}})
+def validate_job(
+    body: dict[str, Any] = Body(..., description="The body a submit would send.", examples=[SPEC_EXAMPLE]),
+    settings: Settings = Depends(get_app_settings),
+    caller: Caller = Depends(require_api_key),
+) -> dict[str, Any]:
+    """Every admission check of a submit (422 lists every problem, 413 above a size quota) except the
+    key's unfinished jobs; nothing is recorded or queued. 200: the warnings, what the checks counted
+    and the plan's size."""
+    report = _admit(body, settings, caller)
+    spec = report.spec
+    assert spec is not None
+    facts = {k: v for k, v in report.facts.items() if isinstance(v, int) and not isinstance(v, bool)}
+    if isinstance(report.facts.get("categories"), list):
+        facts["n_categories"] = len(report.facts["categories"])
+    return {"valid": True, "name": spec.name, "warnings": _warnings(report, settings), "facts": facts,
+            "steps": facts.pop("plan_steps", None), "spec": redact_tree(spec.model_dump(mode="json"), settings)}
+
+
+def _admit(body: dict[str, Any], settings: Settings, caller: Caller) -> Preflight:
+    """The admission checks of a submit before the concurrency slot: the preflight report of a spec
+    that passed them (its ``facts["plan_steps"]`` set when known), or the 4xx error."""
+    spec = confine_paths(spec_from_body(body), settings, caller)
+    report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
+    report.raise_for_problems("the job cannot run")
+    steps = check_quotas(report, settings, caller.owner)
+    if steps is not None:
+        report.facts["plan_steps"] = steps
+    return report
+
+
+def _warnings(report: Preflight, settings: Settings) -> list[dict[str, str]]:
+    return [{"loc": loc, "msg": redact(msg, [settings.home])} for loc, msg in report.warnings]
 
 
 def _idempotency_marker(settings: Settings, caller: Caller, key: str | None) -> Path | None:
@@ -136,12 +179,25 @@ def _idempotency_marker(settings: Settings, caller: Caller, key: str | None) -> 
     return settings.runs_dir / ".idempotency" / digest
 
 
-def _earlier_job(settings: Settings, marker: Path | None) -> dict[str, Any] | None:
-    """The job an earlier request with the same Idempotency-Key made, if any."""
+def _body_fingerprint(body: Any) -> str:
+    """A digest of a request body, independent of key order and spacing."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _earlier_job(settings: Settings, marker: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The job an earlier request with the same Idempotency-Key made, if any; 422 when that request
+    had another body (a key names one request: reusing it for another would answer the wrong job)."""
     if marker is None or not marker.is_file():
         return None
     try:
-        return _status(RunRecord.open(settings.runs_dir, marker.read_text().strip()).read(), settings)
+        made = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    if made.get("body") != fingerprint:
+        raise InvalidInput("this Idempotency-Key was used for another request body; send a new key per submit",
+                           problems=[{"loc": "Idempotency-Key", "msg": "already used with another body"}])
+    try:
+        return _status(RunRecord.open(settings.runs_dir, made["run_id"]).read(), settings)
     except (InvalidInput, NotFound):
         return None
 
@@ -151,7 +207,7 @@ def _status(rec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     steps = {name: {**st, "error": _public_error(st.get("error"), settings)} for name, st in rec.get("steps", {}).items()}
     return {**_summary(rec), "error": _public_error(rec.get("error"), settings),
             "cancel_requested": bool(rec.get("cancel_requested")), "steps": steps,
-            "spec": redact_tree(rec["spec"], settings)}
+            "spec": redact_tree(rec["spec"], settings), "warnings": rec.get("warnings") or []}
 
 
 def _public_error(error: str | None, settings: Settings) -> str | None:

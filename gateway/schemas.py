@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from advrec_common.schemas import ProblemItem
+
 
 class WorkProgress(BaseModel):
     done: float = Field(description="estimated work finished, in work units (about a millisecond of a 2-core CPU)")
@@ -50,6 +52,22 @@ class JobStatus(JobSummary):
     cancel_requested: bool = False
     steps: dict[str, StepStatus] = Field(default_factory=dict, description="state of every planned step")
     spec: dict[str, Any] = Field(description="the validated evaluation spec")
+    warnings: list[ProblemItem] = Field(default_factory=list, description="what admission noticed that does not "
+                                        "stop the job (e.g. catalog labels of items without an image, fields the "
+                                        "dataset kind ignores), each with its spec path")
+
+
+class SpecCheck(BaseModel):
+    """What `POST /v1/jobs:validate` found: the spec passed every admission check of a submit."""
+
+    valid: bool = Field(True, description="always true: a spec with problems is answered 422 as a submit would be")
+    name: str = Field(description="the spec's name")
+    warnings: list[ProblemItem] = Field(default_factory=list, description="what does not stop the job")
+    facts: dict[str, int] = Field(default_factory=dict, description="what the checks counted, e.g. n_items, "
+                                  "max_image_pixels, n_categories")
+    steps: int | None = Field(None, description="steps the job would plan (null when the catalog size is unknown "
+                              "before the run)")
+    spec: dict[str, Any] = Field(description="the spec as it would run (presets expanded, paths as given)")
 
 
 class DatasetInfo(BaseModel):

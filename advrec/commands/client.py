@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,30 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"running  {', '.join(p['running'])}")
     if st.get("error"):
         print(f"error    {st['error'].splitlines()[0]}")
+    for row in st.get("warnings") or []:
+        print(f"warning  {row['loc']}: {row['msg']}")
+
+
+def _print_warnings(rows: list[dict[str, str]]) -> None:
+    for row in rows:
+        print(f"advrec: warning: {row['loc']}: {row['msg']}", file=sys.stderr)
 
 
 def _submit(args: argparse.Namespace) -> int:
     with client_from_args(args) as c:
-        job_id = c.submit(_spec_body(args.spec))
+        if args.validate:
+            check = c.validate(_spec_body(args.spec))
+            _print_warnings(check.get("warnings", []))
+            counts = ", ".join(f"{k} {v}" for k, v in check.get("facts", {}).items())
+            steps = f"{check['steps']} steps" if check.get("steps") is not None else ""
+            detail = ", ".join(x for x in (counts, steps) if x)
+            print(f"spec {check['name']!r} passes the gateway's admission" + (f" ({detail})" if detail else "")
+                  + "; nothing was queued")
+            return 0
+        job = c.submit_job(_spec_body(args.spec))
+        job_id = job["id"]
         print(job_id, flush=True)  # first: an interrupted wait still leaves the id to resume with
+        _print_warnings(job.get("warnings", []))
         if args.wait:
             return _wait_for(c, job_id, args)
     return 0
@@ -197,6 +216,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit an evaluation to a gateway (prints the job id)")
     p.add_argument("spec", help="spec YAML/JSON file or preset name (demo, study)")
     p.add_argument("--wait", action="store_true", help="then wait with a progress bar")
+    p.add_argument("--validate", action="store_true", help="only run the gateway's admission checks (every "
+                   "problem at once, warnings, plan size); nothing is queued")
     _common(p)
     _wait_opts(p)
     p.set_defaults(func=_submit)

@@ -118,14 +118,19 @@ def _work_units(spec: EvaluationSpec, full: Any, store: ArtifactStore) -> dict[s
         return {}
 
 
-def submit(spec: EvaluationSpec, settings: Settings | None = None, owner: str | None = None) -> str:
+def submit(spec: EvaluationSpec, settings: Settings | None = None, owner: str | None = None,
+           warnings: list[dict[str, str]] | None = None) -> str:
     """Record a new run with its setup plan and enqueue what is ready; returns the run id.
+
+    ``warnings``: what admission noticed that does not stop the run (``{"loc", "msg"}`` rows), kept
+    in the record for the job's status.
 
     The record is the acceptance: if the broker is unreachable the run stays ``queued`` and the
     recovery loop enqueues it when Redis is back.
     """
     s = _settings(settings)
-    record = RunRecord.create(s.runs_dir, spec.model_dump(mode="json"), executor="celery", owner=owner)
+    record = RunRecord.create(s.runs_dir, spec.model_dump(mode="json"), executor="celery", owner=owner,
+                              warnings=list(warnings or []))
     record.update(_setup)
     try:
         advance(record.run_id, s)

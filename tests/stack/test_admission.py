@@ -141,3 +141,50 @@ def test_nul_in_an_artifact_path_is_404(gateway_client, settings):
     rec.set_state("done")
     (rec.dir / "report").mkdir()
     assert gateway_client.get(f"/v1/jobs/{rec.run_id}/artifacts/a%00b").status_code == 404
+
+
+def test_validate_runs_every_admission_check_and_queues_nothing(gateway_client, settings):
+    noted = {**TINY_SPEC, "dataset": {**TINY_SPEC["dataset"], "kcore": 5}}  # kcore: generic datasets only
+    r = gateway_client.post("/v1/jobs:validate", json=noted)
+    assert r.status_code == 200, r.text
+    check = r.json()
+    from advrec.pipeline.dag import plan
+    from advrec.pipeline.spec import parse_spec
+
+    assert check["valid"] and check["name"] == "tiny" and check["steps"] == len(plan(parse_spec(noted), 60))
+    assert check["facts"]["n_items"] == 60
+    assert [w["loc"] for w in check["warnings"]] == ["dataset.kcore"] and "ignored" in check["warnings"][0]["msg"]
+    assert _nothing_recorded(settings)
+    # a mistake answers exactly what the submit would: 422, every problem with its path
+    bad = {**TINY_SPEC, "ks": [5, 10**9], "attacks": [{"method": "pgd", "eps": [0.03]}]}
+    r = gateway_client.post("/v1/jobs:validate", json=bad)
+    submitted = gateway_client.post("/v1/jobs", json=bad)
+    assert r.status_code == submitted.status_code == 422
+    assert {e["loc"] for e in r.json()["errors"]} == {e["loc"] for e in submitted.json()["errors"]} \
+        >= {"ks[1]", "attacks[0].eps"}
+    assert gateway_client.post("/v1/jobs:validate", json={"preset": "nope"}).status_code == 422
+    assert _nothing_recorded(settings)
+
+
+def test_a_submitted_job_keeps_its_admission_warnings(gateway_client):
+    noted = {**TINY_SPEC, "dataset": {**TINY_SPEC["dataset"], "kcore": 5}}
+    r = gateway_client.post("/v1/jobs", json=noted)
+    assert r.status_code == 202, r.text
+    assert [w["loc"] for w in r.json()["warnings"]] == ["dataset.kcore"]
+    assert [w["loc"] for w in gateway_client.get(f"/v1/jobs/{r.json()['id']}").json()["warnings"]] == ["dataset.kcore"]
+    clean = gateway_client.post("/v1/jobs", json=TINY_SPEC).json()
+    assert clean["warnings"] == []
+
+
+def test_an_idempotency_key_names_one_request_body(gateway_client, settings):
+    key = {"Idempotency-Key": "batch-7"}
+    first = gateway_client.post("/v1/jobs", json=TINY_SPEC, headers=key)
+    assert first.status_code == 202, first.text
+    reordered = dict(reversed(list(TINY_SPEC.items())))  # the same body, keys in another order
+    assert gateway_client.post("/v1/jobs", json=reordered, headers=key).json()["id"] == first.json()["id"]
+    # the key reused for another body: 422, never the first body's job (and nothing new is recorded)
+    other = gateway_client.post("/v1/jobs", json={**TINY_SPEC, "seed": 1}, headers=key)
+    assert other.status_code == 422 and other.json()["errors"][0]["loc"] == "Idempotency-Key", other.text
+    invalid = gateway_client.post("/v1/jobs", json={**TINY_SPEC, "ks": [0]}, headers=key)
+    assert invalid.status_code == 422
+    assert [j["id"] for j in gateway_client.get("/v1/jobs").json()] == [first.json()["id"]]

@@ -152,8 +152,8 @@ def test_submit_wait_prints_the_job_id_first(monkeypatch, capsys):
         def __exit__(self, *exc):
             return False
 
-        def submit(self, body):
-            return "20990101-000000-demo-abcdef"
+        def submit_job(self, body):
+            return {"id": "20990101-000000-demo-abcdef", "warnings": []}
 
         def wait(self, *a, **k):
             raise KeyboardInterrupt  # the user gives up waiting: the id is already on screen
@@ -162,3 +162,33 @@ def test_submit_wait_prints_the_job_id_first(monkeypatch, capsys):
     assert main(["submit", "demo", "--wait"]) == 130  # interrupted: no traceback, the usual exit status
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == "20990101-000000-demo-abcdef" and "interrupted" in err
+
+
+def test_submit_validate_and_submit_print_admission_warnings(monkeypatch, capsys, gateway_client, settings):
+    import json
+    import re
+
+    import advrec.commands.client as cli
+    from advrec.cli import main
+    from advrec.client import AdvrecClient
+
+    from .conftest import TINY_SPEC
+
+    # the CLI's own client, sending through the in-process gateway
+    monkeypatch.setattr(cli, "AdvrecClient", lambda url, key, **kw: AdvrecClient(
+        url, API_KEY, transport=gateway_client._transport, retry_for=0))
+    spec = settings.home / "noted.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({**TINY_SPEC, "dataset": {**TINY_SPEC["dataset"], "kcore": 5}}))
+    assert main(["submit", str(spec), "--validate"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"spec 'tiny' passes the gateway's admission \(n_items 60, n_users 60, \d+ steps\); "
+                     r"nothing was queued", out), out
+    assert "warning: dataset.kcore: ignored" in err
+    assert gateway_client.get("/v1/jobs").json() == []
+    assert main(["submit", str(spec)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == gateway_client.get("/v1/jobs").json()[0]["id"] and "dataset.kcore" in err
+    spec.write_text(json.dumps({**TINY_SPEC, "ks": [0]}))
+    assert main(["submit", str(spec), "--validate"]) == 2
+    assert "ks[0]" in capsys.readouterr().err
