@@ -35,6 +35,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
+from advrec_common.datasets.delimited import Problem
 from advrec_common.datasets.generic_layout import (
     GENERIC_IMAGE_SUFFIXES,
     CategoryColumns,
@@ -42,7 +43,8 @@ from advrec_common.datasets.generic_layout import (
     load_generic_dataset,
 )
 from advrec_common.datasets.images import decode_image, read_image_header
-from advrec_common.errors import BadImage, InvalidInput, NotFound, Overloaded, PayloadTooLarge
+from advrec_common.datasets.preflight import check_generic_dataset
+from advrec_common.errors import BadImage, InvalidInput, NotFound, Overloaded, PayloadTooLarge, invalid
 from advrec_common.http import error_responses
 from advrec_common.settings import Settings
 from advrec_common.store import atomic_write
@@ -245,6 +247,14 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
             (tmp / rel).write_bytes(blob)
         inter = next(r for r in files if PurePosixPath(r).stem == "interactions" and "/" not in r)
         cats = next((r for r in files if PurePosixPath(r).stem == "categories" and "/" not in r), None)
+        checked = check_generic_dataset(tmp / "images", tmp / inter, tmp / cats if cats else None,
+                                        columns=columns or InteractionColumns(),
+                                        category_columns=category_columns or CategoryColumns(),
+                                        max_pixels=settings.max_image_pixels)
+        budget.check("checking the dataset")
+        if checked.errors:  # every problem at once, each with its file and line
+            raise invalid([(_where(p, tmp), p.message) for p in checked.errors],
+                          f"{len(checked.errors)} problem(s) in the uploaded dataset")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -265,6 +275,7 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
             "spec": {"kind": "generic", "images_dir": f"{ds_id}/images", "interactions": f"{ds_id}/{inter}",
                      **({"categories": f"{ds_id}/{cats}"} if cats else {}), **mapping},
             "owners": [owner] if owner is not None else [],
+            "warnings": [{"loc": _where(p, tmp), "msg": p.message} for p in checked.warnings],
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=1))
         root.mkdir(parents=True, exist_ok=True)
@@ -277,6 +288,12 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
         return info
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _where(problem: Problem, scratch: Path) -> str:
+    """``file[:line]`` of a problem, relative to the upload (no server path)."""
+    file = problem.file.replace(str(scratch) + "/", "")
+    return file if problem.line is None else f"{file}:{problem.line}"
 
 
 def _read(upload: UploadFile) -> bytes:

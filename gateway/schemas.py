@@ -78,3 +78,6 @@ class DatasetInfo(BaseModel):
     bytes: int = Field(description="total size of the stored files")
     created: float
     spec: dict[str, Any] = Field(description="the `dataset` block to put in an evaluation spec")
+    warnings: list[ProblemItem] = Field(default_factory=list, description="what the check found that does not "
+                                        "stop the dataset (`loc` = file:line): items without a category, labels of "
+                                        "items not in the catalog, rows without an image")

@@ -194,6 +194,7 @@ def _upload(args: argparse.Namespace) -> int:
     files = _upload_files(args)
     with client_from_args(args) as c:
         info = c.upload_dataset(**files, columns=columns, category_columns=category_columns)
+    _print_warnings(info.get("warnings", []))
     print(f"dataset {info['id']}: {info['n_images']} images, {info['n_interactions']} interactions")
     print("use in a spec:  dataset: " + json.dumps(info["spec"]))
     return 0

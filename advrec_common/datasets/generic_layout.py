@@ -101,14 +101,23 @@ class ParsedInteractions:
     time: np.ndarray | None  # (R,) int64 when every value is whole, else float64
 
 
-def _column(table: Table, role: str, name: str, required: bool) -> int | None:
+# the spec field and the `advrec upload` / `dataset inspect` flag that name each column
+_COLUMN_SETTINGS = {
+    ("columns", "user"): "--user-col", ("columns", "item"): "--item-col",
+    ("columns", "rating"): "--rating-col", ("columns", "timestamp"): "--timestamp-col",
+    ("category_columns", "item"): "--category-item-col", ("category_columns", "category"): "--category-col",
+}
+
+
+def _column(table: Table, role: str, name: str, required: bool, setting: str = "columns") -> int | None:
     found = find_column(table.header, name)
     if isinstance(found, int):
         return found
     if found is None:
         if required:
+            flag = _COLUMN_SETTINGS[setting, role]
             table.problem(table.header_line, f"no {name!r} column for the {role} in the header {table.header}; "
-                                             f"name the right one (columns.{role})")
+                                             f"name the right one ({setting}.{role}; on the command line {flag})")
         return None
     table.problem(table.header_line, f"the {role} column {name!r} is ambiguous: {[table.header[i] for i in found]} "
                                      f"all match; rename one or name it exactly")
@@ -188,8 +197,8 @@ def read_categories(
     table = read_table(path, wanted=(cols.item, cols.category), delimiter=cols.delimiter)
     if isinstance(table, Problem):
         return None, [table]
-    ii = _column(table, "item", cols.item, required=True)
-    ci = _column(table, "category", cols.category, required=True)
+    ii = _column(table, "item", cols.item, required=True, setting="category_columns")
+    ci = _column(table, "category", cols.category, required=True, setting="category_columns")
     if ii is None or ci is None:
         return None, table.problems
     out: dict[str, str | None] = {}

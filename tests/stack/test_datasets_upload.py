@@ -254,12 +254,21 @@ def test_upload_with_the_shops_own_column_names(gateway_client, settings):
     archive = ("shop.zip", _zip(files), "application/zip")
     r = gateway_client.post("/v1/datasets", files={"archive": archive})
     assert r.status_code == 422 and "no 'user' column" in r.json()["detail"] and "columns.user" in r.json()["detail"]
+    # every problem at once, each with its file and line: both files' headers, not only the first
+    assert [(e["loc"], e["msg"].split(";")[0]) for e in r.json()["errors"]] == [
+        ("interactions.csv:1", "no 'user' column for the user in the header ['customer', 'sku', 'bought_at']"),
+        ("interactions.csv:1", "no 'item' column for the item in the header ['customer', 'sku', 'bought_at']"),
+        ("categories.csv:1", "no 'item' column for the item in the header ['sku', 'department']"),
+        ("categories.csv:1", "no 'category' column for the category in the header ['sku', 'department']")]
+    assert "category_columns.category; on the command line --category-col" in r.json()["errors"][3]["msg"]
+    assert str(settings.home) not in r.text
     columns = {"user": "customer", "item": "sku", "timestamp": "bought_at"}
     r = gateway_client.post("/v1/datasets", files={"archive": archive}, data={
         "columns": json.dumps(columns), "category_columns": json.dumps({"item": "sku", "category": "department"})})
     assert r.status_code == 201, r.text
     spec = r.json()["spec"]
     assert spec["columns"] == columns and spec["category_columns"] == {"item": "sku", "category": "department"}
+    assert r.json()["warnings"] == []
     root = settings.home / "datasets"
     ds = load_generic_dataset(root / spec["images_dir"], root / spec["interactions"], root / spec["categories"],
                               columns=InteractionColumns(**spec["columns"]),
@@ -306,3 +315,17 @@ def test_upload_names_its_files_with_flags(tmp_path, capsys):
     assert main(["upload", str(shop), *server]) == 2  # no images/ and no interactions.csv in it
     err = capsys.readouterr().err
     assert "--images: no images folder" in err and "--interactions: no interactions file" in err
+
+
+def test_an_upload_answers_what_its_check_noticed(gateway_client):
+    """Labels of items that are not in the catalog do not stop an upload; the answer says so."""
+    files = {f"images/i{k}.png": _png(k) for k in range(5)}
+    files["interactions.csv"] = ("user,item\n" + "".join(f"u{u},i{(u + j) % 5}\n" for u in range(6)
+                                                         for j in range(3))).encode()
+    files["categories.csv"] = ("item,category\n" + "".join(f"i{k},c{k % 2}\n" for k in range(5))
+                               + "I-3,c0\n").encode()  # an id spelt otherwise than in the log
+    r = gateway_client.post("/v1/datasets", files={"archive": ("shop.zip", _zip(files), "application/zip")})
+    assert r.status_code == 201, r.text
+    assert [w["loc"] for w in r.json()["warnings"]] == ["categories.csv"]
+    assert "1 labelled item(s) are not in the catalog" in r.json()["warnings"][0]["msg"]
+    assert "I-3" in r.json()["warnings"][0]["msg"]
