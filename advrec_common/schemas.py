@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 KEY_PATTERN = r"^[0-9a-f]{64}$"
+FLOAT32_MAX = 3.4028234663852886e38
 ArtifactKey = str
 
 
@@ -199,9 +200,13 @@ class ItemFeatures(_Model):
     @field_validator("features")
     @classmethod
     def _finite(cls, v: list[float]) -> list[float]:
-        if not all(math.isfinite(x) for x in v):
-            raise ValueError("features must be finite (no NaN or inf)")
+        # float32 is what the model reads: a larger value would become inf there
+        if not all(math.isfinite(x) and abs(x) <= FLOAT32_MAX for x in v):
+            raise ValueError(f"features must be finite float32 values (no NaN or inf, |x| <= {FLOAT32_MAX:.4g})")
         return v
+
+
+MAX_SCORE_PAIRS = 100_000  # rows of a score answer: one per (user, item)
 
 
 class ScoreRequest(_Model):
@@ -209,6 +214,14 @@ class ScoreRequest(_Model):
 
     users: list[str] = Field(min_length=1, max_length=10_000, description="External user ids.")
     items: list[ItemFeatures] = Field(min_length=1, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _bounded_answer(self) -> ScoreRequest:
+        pairs = len(self.users) * len(self.items)
+        if pairs > MAX_SCORE_PAIRS:
+            raise ValueError(f"{len(self.users)} users x {len(self.items)} items = {pairs} (user, item) rows in the "
+                             f"answer, above {MAX_SCORE_PAIRS}; split the request")
+        return self
 
 
 class ItemScoreChange(BaseModel):

@@ -150,15 +150,24 @@ def ranks_of(masked: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def score_changes(ctx: ModelContext, users: torch.Tensor, items: torch.Tensor, before_state: Any, after_state: Any,
-                  user_ids: list[str]) -> list[ItemScoreChange]:
-    """Score and rank of ``items`` (M,) for ``users`` (U,) under two item states."""
+                  user_ids: list[str], user_batch: int = 512) -> list[ItemScoreChange]:
+    """Score and rank of ``items`` (M,) for ``users`` (U,) under two item states (users scored
+    ``user_batch`` at a time against the whole catalog: memory bounded whatever U).
+
+    InvalidInput when the new state's scores are not finite (features that overflow the model)."""
     rows = []
     for state in (before_state, after_state):
-        scores = ctx.scores(users, state).float().cpu()
-        masked = ctx.pairs.mask_(scores.clone(), users)
-        vals = scores[:, items]
-        rows.append((vals, ranks_of(masked, vals), torch.isneginf(masked[:, items])))
+        parts = []
+        for block in users.split(user_batch):
+            scores = ctx.scores(block, state).float().cpu()
+            masked = ctx.pairs.mask_(scores.clone(), block)
+            vals = scores[:, items]
+            parts.append((vals, ranks_of(masked, vals), torch.isneginf(masked[:, items])))
+        rows.append(tuple(torch.cat(col) for col in zip(*parts, strict=True)))
     (s0, r0, t0), (s1, r1, t1) = rows
+    if not torch.isfinite(s1).all():
+        raise InvalidInput(f"the new features make {ctx.model.name}'s scores overflow (not finite); "
+                           "give features of the extractor's scale")
     out = []
     for ui, uid in enumerate(user_ids):
         for mi, item in enumerate(items.tolist()):

@@ -135,7 +135,8 @@ def test_top_errors(recommender_client, tiny, case, status):
 
 @pytest.mark.parametrize(
     ("case", "status"),
-    [("nan", 422), ("wrong_dim", 422), ("unknown_item", 404), ("unknown_user", 404), ("duplicate", 422)],
+    [("nan", 422), ("wrong_dim", 422), ("unknown_item", 404), ("unknown_user", 404), ("duplicate", 422),
+     ("beyond_float32", 422), ("scores_overflow", 422), ("too_many_pairs", 422)],
 )
 def test_score_errors_change_nothing(recommender_client, tiny, case, status):
     _, ds, _ = _loaded(tiny)
@@ -151,6 +152,13 @@ def test_score_errors_change_nothing(recommender_client, tiny, case, status):
         body["users"] = ["nobody"]
     elif case == "duplicate":
         body["items"] = [item, item]
+    elif case == "beyond_float32":  # a float64 the model would read as inf (it answered score_after: null)
+        item["features"] = [1e300] * 128
+    elif case == "scores_overflow":  # each value a float32, their dot products not
+        item["features"] = [3e38] * 128
+    elif case == "too_many_pairs":  # 10,000 x 10,000 rows in the answer
+        body["users"] = [ds.user_ids[0]] * 400
+        body["items"] = [{"item_id": ds.catalog.item_ids[i % 30], "features": [0.5] * 128} for i in range(300)]
     before = store_snapshot(tiny.home)
 
     r = recommender_client.post(f"/v1/models/{tiny.keys['train']}/score", content=json.dumps(body, allow_nan=True),
@@ -182,3 +190,22 @@ def test_image_refresh_errors_write_no_overlay(recommender_client, tiny, case, s
                                 files={"image": ("x.png", payload, "image/png")}, params=params)
     assert r.status_code == status, r.text
     assert store_snapshot(tiny.home) == before and not (tiny.home / "overlays").exists()
+
+
+def test_scores_are_the_same_whatever_the_user_batch(tiny):
+    from services.recommender.serving import ModelContext, score_changes
+
+    _clear_overlay(tiny)
+    _, ds, _ = _loaded(tiny)
+    ctx = ModelContext(tiny.store, tiny.home, tiny.keys["train"])
+    before = ctx.item_state(None)
+    after = ctx.item_state({"items": np.asarray([4]), "features": np.full((1, 128), 0.25, dtype=np.float32)})
+    users, items, ids = torch.arange(7), torch.tensor([4, 9]), list(ds.user_ids[:7])
+    whole = score_changes(ctx, users, items, before, after, ids)
+    assert len(whole) == 14 and any(c.score_before != c.score_after for c in whole)
+    batched = score_changes(ctx, users, items, before, after, ids, user_batch=2)
+    # the same rows and ranks; scores within float32 rounding (a matmul's sums depend on its block shape)
+    assert [(c.user_id, c.item_id, c.rank_before, c.rank_after) for c in batched] == \
+        [(c.user_id, c.item_id, c.rank_before, c.rank_after) for c in whole]
+    assert np.allclose([(c.score_before, c.score_after) for c in batched],
+                       [(c.score_before, c.score_after) for c in whole], rtol=1e-5, atol=1e-9)
