@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     extract_max_queue: int = Field(1024, ge=1, description="extractor micro-batcher: queued images before 503")
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    max_sync_attack_passes: int = Field(
+        500, ge=1, description="attacker service, one synchronous request: images x model passes per image x "
+        "(pixels / 224^2); ResNet-50 takes 0.33 s a pass on 2 CPU cores, so ~3 minutes, inside the gateway proxy's "
+        "300 s read timeout. Larger attacks run as jobs (sharded, resumable, cancellable)")
     # uploads: what one upload may cost the gateway before anything is kept
     max_zip_members: int = Field(20_000, ge=1, description="files in one uploaded zip")
     max_zip_ratio: float = Field(100.0, gt=1, description="largest uncompressed/compressed size of one zip member")

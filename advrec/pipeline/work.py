@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from advrec.pipeline.spec import AttackGridSpec
 from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
 
 # one image's forward pass at the backbone's own input size, in ms on 2 CPU cores (torch 2.14, batches
@@ -59,17 +60,8 @@ def image_ms(backbone: str | None, size: int | None) -> float:
 
 
 def attack_iterations(params: dict[str, Any]) -> int:
-    """Gradient (or query) evaluations per image of an attack cell's parameters."""
-    method = params.get("method", "pgd")
-    extra = params.get("params") or {}
-    if method == "cw":
-        return int(extra.get("cw_steps", 1000)) * int(extra.get("cw_binary_steps", 5))
-    if method == "square":
-        return int(extra.get("queries") or 1000) // 3  # forward-only queries
-    if method == "spsa":
-        return int(params.get("steps") or 100) * int(extra.get("queries") or 128) // 3
-    defaults = {"fgsm": 1, "bim": 10, "pgd": 10, "mifgsm": 10, "apgd": 50}
-    return int(params.get("steps") or defaults.get(method, 10))
+    """Model passes per image of an attack cell's parameters (the attacker's own count)."""
+    return AttackGridSpec.from_params(params).attack_spec(params["eps"], seed=0).passes_per_image()
 
 
 @dataclass

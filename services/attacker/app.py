@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Depends, FastAPI, File, Form, UploadFile
 from PIL import Image
-from pydantic import ValidationError
 
 from advrec_common.datasets.artifact import load_dataset_artifact
 from advrec_common.datasets.images import decode_image, load_catalog_images, resize_image, to_tensor
-from advrec_common.errors import InvalidInput
+from advrec_common.errors import InvalidInput, PayloadTooLarge
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
 from advrec_common.schemas import AttackedImage, AttackInfo, AttackResponse, CatalogAttackRequest, Delivery
 from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
+from advrec_common.validation import validate_model
 from advrec_common.vision.artifact import load_extractor_artifact
 from services.attacker.attacks import ATTACKS
 from services.attacker.core import attack_and_measure
@@ -33,19 +33,27 @@ from services.attacker.delivery import to_u8
 from services.attacker.spec import AttackSpec
 
 MAX_IMAGES_PER_REQUEST = 64
+REFERENCE_PIXELS = 224 * 224  # the unit of max_sync_attack_passes: a pass of one 224x224 image
 # run_attack moves the (shared, cached) model to the device and back: one attack at a time per process
 _ATTACK_LOCK = threading.Lock()
 
 
-def parse_spec(spec: dict[str, Any]):
-    """An :class:`AttackSpec` from request fields; every validation problem as one InvalidInput."""
-    try:
-        return AttackSpec(**spec)
-    except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
-        raise InvalidInput("invalid attack spec: " + "; ".join(lines)) from None
-    except TypeError as exc:
-        raise InvalidInput(f"invalid attack spec: {exc}") from None
+def parse_spec(spec: dict[str, Any]) -> AttackSpec:
+    """An :class:`AttackSpec` from request fields; every validation problem (``spec.<field>``) in one InvalidInput."""
+    return validate_model(AttackSpec, spec, root="spec", what="invalid attack spec")
+
+
+def check_sync_work(spec: AttackSpec, n_images: int, height: int, width: int, settings: Settings) -> None:
+    """PayloadTooLarge when one request would cost more than ``settings.max_sync_attack_passes``
+    (images x passes per image x pixels / 224^2): the service runs one attack at a time, and a
+    request cannot be cancelled."""
+    passes = n_images * spec.passes_per_image() * (height * width) / REFERENCE_PIXELS
+    if passes > settings.max_sync_attack_passes:
+        raise PayloadTooLarge(
+            f"{n_images} image(s) x {spec.passes_per_image()} passes of {spec.method} at {height}x{width} px = "
+            f"{passes:,.0f} passes at 224x224, above this service's limit for one request "
+            f"({settings.max_sync_attack_passes:,}, ADVREC_MAX_SYNC_ATTACK_PASSES); send fewer images or steps, a "
+            f"smaller image_size, or run it as an evaluation job (POST /v1/jobs: sharded, resumable, cancellable)")
 
 
 def load_extractor(store: ArtifactStore, key: str):
@@ -162,6 +170,7 @@ async def attack_uploads(
         data = await read_upload(up, settings.max_upload_bytes)
         decoded.append(await asyncio.to_thread(decode_image, data, settings.max_image_pixels))
     batch = _stack(decoded, image_size)
+    check_sync_work(parse_spec(spec_fields), *batch.shape[:3], settings)
     out = await asyncio.to_thread(attack_images, model, batch, spec_fields, target, delivery, jpeg_quality,
                                   resolve_device(settings.device))
     return _response(*out, target, delivery, [{"filename": up.filename} for up in images])
@@ -174,12 +183,13 @@ async def attack_catalog(
     settings: Settings = Depends(get_settings),
     store: ArtifactStore = Depends(get_store),
 ) -> AttackResponse:
-    parse_spec(req.spec)
+    spec = parse_spec(req.spec)
     require_artifact(store, req.dataset, "dataset", "dataset")
     model = await asyncio.to_thread(load_extractor, store, req.extractor)
     ds = await asyncio.to_thread(load_dataset_artifact, store, req.dataset)
     idx = [ds.catalog.index_of(i) for i in req.items]
     batch = await asyncio.to_thread(load_catalog_images, ds.catalog, idx, req.image_size)
+    check_sync_work(spec, *batch.shape[:3], settings)
     out = await asyncio.to_thread(attack_images, model, batch, req.spec, req.target, req.delivery, req.jpeg_quality,
                                   resolve_device(settings.device))
     return _response(*out, req.target, req.delivery, [{"item_id": i} for i in req.items])

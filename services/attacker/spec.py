@@ -160,6 +160,17 @@ class AttackSpec(AttackParams):
     def resolved_queries(self) -> int:
         return self.queries if self.queries is not None else DEFAULT_QUERIES.get(self.method, 1000)
 
+    def passes_per_image(self) -> int:
+        """What one image costs, in forward + backward passes of the model: the iterations (C&W: steps x
+        binary-search steps); forward-only queries (Square, SPSA's samples) count a third of a pass."""
+        if self.method == "cw":
+            return self.cw_steps * self.cw_binary_steps
+        if self.method == "square":
+            return max(1, self.resolved_queries // 3)
+        if self.method == "spsa":
+            return max(1, self.resolved_steps * self.resolved_queries // 3)
+        return self.resolved_steps
+
     def label(self) -> str:
         """Short human name, e.g. ``pgd-linf-eps4``."""
         return f"{self.method}-{self.norm}-eps{self.eps:g}" + ("-norm" if self.budget_space == "normalized" else "")

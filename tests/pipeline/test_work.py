@@ -20,9 +20,9 @@ FACTS = Facts(n_items=600, n_users=600, n_train=10_000, extractors={"std": ("res
 
 
 def test_estimates_scale_with_images_iterations_backbone_and_epochs():
-    shard = _step("attack_shard", "attack/std/pgd/eps8/shard0", method="pgd", steps=10, items=[0, 256])
-    small = _step("attack_shard", "attack/demo/pgd/eps8/shard0", method="pgd", steps=10, items=[0, 256])
-    fgsm = _step("attack_shard", "attack/std/fgsm/eps8/shard0", method="fgsm", items=[0, 256])
+    shard = _step("attack_shard", "attack/std/pgd/eps8/shard0", method="pgd", eps=8, steps=10, items=[0, 256])
+    small = _step("attack_shard", "attack/demo/pgd/eps8/shard0", method="pgd", eps=8, steps=10, items=[0, 256])
+    fgsm = _step("attack_shard", "attack/std/fgsm/eps8/shard0", method="fgsm", eps=8, items=[0, 256])
     scenario = _step("scenario", "scenario")
     big = estimate(shard, FACTS)
     assert big.unit == "images" and big.count == 26  # 256 items / 10 categories before the scenario is known
@@ -35,7 +35,9 @@ def test_estimates_scale_with_images_iterations_backbone_and_epochs():
     train = _step("train", "train/std/vbpr", recommender="vbpr", config={"epochs": 40})
     assert estimate(train, FACTS).unit == "epochs" and estimate(train, FACTS).count == 40
     assert estimate(_step("features", "features/std"), FACTS).count == 600
-    assert attack_iterations({"method": "cw", "params": {"cw_steps": 100, "cw_binary_steps": 2}}) == 200
+    assert attack_iterations({"method": "cw", "eps": 0, "norm": "l2", "params": {"cw_steps": 100, "cw_binary_steps": 2}}) == 200
+    assert attack_iterations({"method": "pgd", "eps": 8}) == 10 and attack_iterations({"method": "fgsm", "eps": 8}) == 1
+    assert attack_iterations({"method": "square", "eps": 8, "params": {"queries": 300}}) == 100
     assert image_ms("resnet50", 448) == pytest.approx(4 * image_ms("resnet50", None))  # cost grows with pixels
 
 

@@ -78,3 +78,33 @@ def test_catalog_unknown_item_is_404(attacker_client, tiny):
     req = {"dataset": tiny.keys["dataset"], "items": ["no-such-item"], "extractor": tiny.keys["extractor"],
            "spec": {"method": "fgsm", "eps": 4}, "target": "class0"}
     assert attacker_client.post("/v1/attack/catalog", json=req).status_code == 404
+
+
+def test_spec_problems_are_listed_with_their_paths(attacker_client, tiny):
+    ds, _ = _images(tiny, [2])
+    req = {"dataset": tiny.keys["dataset"], "items": [ds.catalog.item_ids[2]], "extractor": tiny.keys["extractor"],
+           "spec": {"method": "pgd", "eps": -1, "steps": 0, "cw_lr": "x"}, "target": "class0"}
+    r = attacker_client.post("/v1/attack/catalog", json=req)
+    assert r.status_code == 422
+    assert {e["loc"] for e in r.json()["errors"]} >= {"spec.eps", "spec.steps", "spec.cw_lr"}, r.json()
+
+
+def test_one_request_is_bounded_in_work(attacker_client, tiny):
+    """The service runs one attack at a time and a request cannot be cancelled: one costing more
+    than max_sync_attack_passes is a 413 before any pass, pointing at jobs."""
+    from advrec_common.settings import get_settings
+
+    ds, clean = _images(tiny, [0, 1])
+    side = clean.shape[1]
+    per_image = get_settings().max_sync_attack_passes * 224 * 224 // (side * side)  # passes one image may take
+    req = {"dataset": tiny.keys["dataset"], "items": [ds.catalog.item_ids[0], ds.catalog.item_ids[1]],
+           "extractor": tiny.keys["extractor"], "spec": {"method": "pgd", "eps": 8, "steps": per_image // 2 + 1},  # two images: just above
+           "target": "class0"}
+    before = store_snapshot(tiny.home)
+    r = attacker_client.post("/v1/attack/catalog", json=req)
+    assert r.status_code == 413 and "POST /v1/jobs" in r.json()["detail"], r.text
+    files = [("images", (f"{i}.png", png_bytes(im), "image/png")) for i, im in enumerate(clean)]
+    r = attacker_client.post("/v1/attack", files=files, data={
+        "extractor": tiny.keys["extractor"], "spec": json.dumps(req["spec"]), "target": "class1"})
+    assert r.status_code == 413, r.text
+    assert store_snapshot(tiny.home) == before
