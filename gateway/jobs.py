@@ -114,8 +114,9 @@ def submit_job(
 ) -> dict[str, Any]:
     """Admit the job (every check of :mod:`gateway.admission`: 422 lists every problem, 413 above a size
     quota, 429 above the key's unfinished jobs), record it and queue it. Returns the job."""
+    check_depth(body)  # before anything walks the body
     marker = _idempotency_marker(settings, caller, idempotency_key)
-    fingerprint = _body_fingerprint(body)
+    fingerprint = _body_fingerprint(body) if marker is not None else ""
     earlier = _earlier_job(settings, marker, fingerprint)
     if earlier is not None:
         return earlier

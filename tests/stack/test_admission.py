@@ -56,6 +56,9 @@ def test_deep_nesting_is_a_4xx_problem_not_a_500(gateway_client, settings, depth
     body = json.dumps({**TINY_SPEC, "attacks": [{"method": "fgsm", "eps": [8], "params": "X"}]})
     r = _raw(gateway_client, body.replace('"X"', '{"a": ' * depth + "1" + "}" * depth))
     assert r.status_code in (400, 422), r.text
+    r = gateway_client.post("/v1/jobs", content=body.replace('"X"', '{"a": ' * depth + "1" + "}" * depth),
+                            headers={"content-type": "application/json", "Idempotency-Key": f"deep-{depth}"})
+    assert r.status_code in (400, 422), r.text
     assert r.json()["type"].startswith("urn:advrec:problem:")
     assert _nothing_recorded(settings)
 
