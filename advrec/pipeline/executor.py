@@ -42,14 +42,22 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     roles = {role: (keys[v] if isinstance(v, str) else [keys[n] for n in v]) for role, v in step.inputs.items()}
     resolved = resolve_device(device)
     # how it was computed: a training step's numbers depend on the CPU thread count (weight-gradient
-    # sums split across threads), so results.json reports it (``environment``)
+    # sums split across threads) and on the kernels the CPU's vector ISA selects (AVX2 and AVX-512
+    # round differently), so results.json reports them (``environment``)
     meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": roles,
-                            "compute": {"threads": threads, "device": resolved}}
+                            "compute": {"threads": threads, "device": resolved, **_build_and_cpu()}}
     with store.writing(step.key, meta) as out:
         ctx = StepContext(step, store, out, keys, resolved, progress)
         STEP_FUNCTIONS[step.kind](ctx)
         meta["result"] = ctx.meta  # written to meta.json when the block exits
     return True
+
+
+def _build_and_cpu() -> dict[str, str]:
+    """The torch version and the CPU kernels it dispatches to (``AVX2``, ``AVX512``, ...)."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_isa": torch.backends.cpu.get_cpu_capability()}
 
 
 def _deterministic_torch(kind: str = "") -> int:

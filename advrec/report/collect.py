@@ -40,6 +40,20 @@ TESTED_METRICS = ("chr", "ncdcg")
 # -- small shared helpers --------------------------------------------------------------------------
 
 
+NOISE = 1e-12  # an effect this small is float rounding of a zero difference (CHR steps are >= 1e-8)
+
+
+def signed(x: float, digits: int = 3) -> str:
+    """'+0.0123': an effect or bound with its sign; float noise of a zero difference prints as +0."""
+    return f"{0.0 if abs(x) < NOISE else x:+.{digits}g}"
+
+
+def effect_value(x: Any) -> float | None:
+    """An effect or interval bound for the tables: :func:`finite`, with float noise of a zero difference as 0."""
+    v = finite(x)
+    return None if v is None else (0.0 if abs(v) < NOISE else v)
+
+
 def finite(x: Any) -> float | None:
     """``x`` as a float, or None when missing / NaN / infinite."""
     if x is None or isinstance(x, bool) or not isinstance(x, int | float | np.number):
@@ -294,12 +308,15 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
 
 def environment(art: RunArtifacts) -> dict[str, Any]:
     """How the run's steps were computed: per step kind, the CPU thread counts and devices used (from each
-    artifact's meta, so reused steps report the run that computed them). Training numbers are the same
-    only for the same torch build, CPU and thread counts: this is what to compare when two runs differ."""
+    artifact's meta, so reused steps report the run that computed them), and the torch builds and CPU
+    vector ISAs (``AVX2``, ``AVX512``) that computed them. Training numbers are the same only for the
+    same torch build, CPU ISA and thread counts: this is what to compare when two runs differ."""
     keys = [art.scenario, *art.extractors.values(), *art.features.values(), *art.train.values(),
             *art.adversarial.values(), *art.evaluate.values(), *art.placebo.values(), *art.oracle.values()]
     threads: dict[str, set[int]] = {}
     devices: dict[str, set[str]] = {}
+    builds: set[str] = set()
+    cpus: set[str] = set()
     for key in dict.fromkeys(keys):
         meta = art.store.meta(key)
         compute, kind = meta.get("compute") or {}, meta.get("kind")
@@ -309,8 +326,13 @@ def environment(art: RunArtifacts) -> dict[str, Any]:
             threads.setdefault(kind, set()).add(compute["threads"])
         if isinstance(compute.get("device"), str):
             devices.setdefault(kind, set()).add(compute["device"])
+        if isinstance(compute.get("torch"), str):
+            builds.add(compute["torch"])
+        if isinstance(compute.get("cpu_isa"), str):
+            cpus.add(compute["cpu_isa"])
     return {"threads": {k: sorted(v) for k, v in sorted(threads.items())},
-            "devices": {k: sorted(v) for k, v in sorted(devices.items())}}
+            "devices": {k: sorted(v) for k, v in sorted(devices.items())},
+            "torch": sorted(builds), "cpu_isa": sorted(cpus)}
 
 
 # -- lookups used by stats, findings, tables and plots ---------------------------------------------

@@ -31,6 +31,7 @@ from advrec.report.collect import (
     finite,
     matching,
     per_k,
+    signed,
     summary_k,
     summary_value,
 )
@@ -66,8 +67,8 @@ def effect_text(m: dict[str, Any] | None) -> str:
     eff, lo, hi = finite(m.get("effect")), finite(m.get("ci_low")), finite(m.get("ci_high"))
     if eff is None:
         return "n/a"
-    ci = f" [{lo:+.3g}, {hi:+.3g}]" if lo is not None and hi is not None else ""
-    return f"{eff:+.3g}{ci}, adj. p={_p(m.get('p_adjusted'))}"
+    ci = f" [{signed(lo)}, {signed(hi)}]" if lo is not None and hi is not None else ""
+    return f"{signed(eff)}{ci}, adj. p={_p(m.get('p_adjusted'))}"
 
 
 def direction(m: dict[str, Any] | None) -> str:

@@ -19,9 +19,11 @@ from advrec.report.collect import (
     attack_keys,
     attack_label,
     attack_summary,
+    effect_value,
     finite,
     matching,
     per_k,
+    signed,
     summary_extra_keys,
     summary_k,
     summary_value,
@@ -108,9 +110,9 @@ def category_rows(results: dict[str, Any], mode: str) -> list[Row]:
                 lab = f"{_METRIC_LABEL[metric]}@{k}"
                 row[f"{lab} before"] = num(m.get("before"))
                 row[f"{lab} after"] = num(m.get("after"))
-                row[f"{lab} effect"] = num(m.get("effect"))
-                row[f"{lab} 95% CI low"] = num(m.get("ci_low"))
-                row[f"{lab} 95% CI high"] = num(m.get("ci_high"))
+                row[f"{lab} effect"] = num(effect_value(m.get("effect")))
+                row[f"{lab} 95% CI low"] = num(effect_value(m.get("ci_low")))
+                row[f"{lab} 95% CI high"] = num(effect_value(m.get("ci_high")))
                 row[f"{lab} p (replicates)"] = num(m.get("p_value"), 3)
                 row[f"{lab} p adjusted"] = num(m.get("p_adjusted"), 3)
                 row[f"{lab} significant"] = yes_no(m.get("significant"))
@@ -135,11 +137,11 @@ def long_rows(results: dict[str, Any]) -> list[Row]:
                     "eps_255": None if e["control"] == "oracle" else e["eps"], "recommender": e["recommender"],
                     "mode": e["mode"], "k": r["k"], "metric": metric, "unit": METRIC_UNITS[metric],
                     "before": finite(m.get("before")), "after": finite(m.get("after")),
-                    "delta": finite(m.get("effect")), "ci_low": finite(m.get("ci_low")),
-                    "ci_high": finite(m.get("ci_high")), "p_value": finite(m.get("p_value")),
+                    "delta": effect_value(m.get("effect")), "ci_low": effect_value(m.get("ci_low")),
+                    "ci_high": effect_value(m.get("ci_high")), "p_value": finite(m.get("p_value")),
                     "p_adjusted": finite(m.get("p_adjusted")), "significant": bool(m.get("significant")),
                     "user_p_value": finite(m.get("user_t_pvalue")), "user_p_adjusted": finite(m.get("user_p_adjusted")),
-                    "beyond_placebo_delta": finite(bp.get("effect")),
+                    "beyond_placebo_delta": effect_value(bp.get("effect")),
                     "beyond_placebo_p_adjusted": finite(bp.get("p_adjusted")),
                     "n_replicates": e.get("n_replicates"), "n_perturbed": e.get("n_perturbed"),
                 })
@@ -258,8 +260,8 @@ def effect_cell(m: dict[str, Any] | None) -> str:
     if not m or finite(m.get("effect")) is None:
         return ""
     lo, hi = finite(m.get("ci_low")), finite(m.get("ci_high"))
-    ci = f" [{lo:+.2g}, {hi:+.2g}]" if lo is not None and hi is not None else ""
-    return f"{m['effect']:+.3g}{ci}{'*' if m.get('significant') else ''}"
+    ci = f" [{signed(lo, 2)}, {signed(hi, 2)}]" if lo is not None and hi is not None else ""
+    return f"{signed(m['effect'])}{ci}{'*' if m.get('significant') else ''}"
 
 
 def categories_line(results: dict[str, Any]) -> str:

@@ -69,6 +69,9 @@ def test_runs_end_to_end(first_run):
     env = results["environment"]
     assert {"extractor", "features", "train", "evaluate", "adversarial"} <= set(env["threads"])
     assert all(v == [1] for v in env["threads"].values()) and all(v == ["cpu"] for v in env["devices"].values())
+    import torch
+
+    assert env["torch"] == [torch.__version__] and env["cpu_isa"] == [torch.backends.cpu.get_cpu_capability()]
     assert (record.dir / "report" / "report.html").is_file()
     import pandas as pd
 

@@ -466,3 +466,19 @@ def test_one_replicate_gives_untested_findings_not_no():
         e["per_k"][0]["chr"].update(p_value=0.01, p_adjusted=0.02, significant=True)
     a = finding_a(res, "std", "pgd", 8.0, 10)
     assert a["answer"] == "yes" and "(no placebo in this run: controls)" in a["statement"]
+
+
+def test_float_noise_of_a_zero_effect_prints_as_zero():
+    """Replicate differences that cancel (CHR steps of 1/(U*K)) leave ~1e-17 of float noise, which the
+    tables, findings and CSVs show as 0; a real effect, however small, keeps its value."""
+    from advrec.report.collect import effect_value, signed
+    from advrec.report.findings import effect_text
+    from advrec.report.tables import effect_cell
+
+    noise = (0.15 - 0.14) + (0.13 - 0.14)
+    assert noise != 0 and abs(noise) < 1e-15
+    m = {"effect": noise, "ci_low": -0.0018, "ci_high": 0.0018 + noise, "p_adjusted": 1.0}
+    assert effect_cell(m) == "+0 [-0.0018, +0.0018]"
+    assert effect_text(m).startswith("+0 [-0.0018, +0.0018], adj. p=")
+    assert effect_value(noise) == 0.0 and effect_value(2e-8) == 2e-8 and effect_value(None) is None
+    assert signed(-3.2e-8) == "-3.2e-08" and signed(0.01234) == "+0.0123"
