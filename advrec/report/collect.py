@@ -48,6 +48,17 @@ def signed(x: float, digits: int = 3) -> str:
     return f"{0.0 if abs(x) < NOISE else x:+.{digits}g}"
 
 
+def interval_text(m: dict[str, Any], digits: int) -> str:
+    """' [-0.003, +0.027]', ' (all 3 equal)' for replicates that tied (no interval exists), or ''."""
+    lo, hi = finite(m.get("ci_low")), finite(m.get("ci_high"))
+    if lo is not None and hi is not None:
+        return f" [{signed(lo, digits)}, {signed(hi, digits)}]"
+    n = m.get("n_replicates")
+    if isinstance(n, int) and n > 1 and str(m.get("test", "")).startswith("exact sign-flip"):
+        return f" (all {n} equal)"
+    return ""
+
+
 def effect_value(x: Any) -> float | None:
     """An effect or interval bound for the tables: :func:`finite`, with float noise of a zero difference as 0."""
     v = finite(x)

@@ -29,6 +29,7 @@ from advrec.report.collect import (
     baselines_of,
     evaluations_of,
     finite,
+    interval_text,
     matching,
     per_k,
     signed,
@@ -64,11 +65,10 @@ def effect_text(m: dict[str, Any] | None) -> str:
     """'+0.0123 [+0.004, +0.021], adj. p=0.01' (or n/a)."""
     if not m:
         return "n/a"
-    eff, lo, hi = finite(m.get("effect")), finite(m.get("ci_low")), finite(m.get("ci_high"))
+    eff = finite(m.get("effect"))
     if eff is None:
         return "n/a"
-    ci = f" [{signed(lo)}, {signed(hi)}]" if lo is not None and hi is not None else ""
-    return f"{signed(eff)}{ci}, adj. p={_p(m.get('p_adjusted'))}"
+    return f"{signed(eff)}{interval_text(m, 3)}, adj. p={_p(m.get('p_adjusted'))}"
 
 
 def direction(m: dict[str, Any] | None) -> str:

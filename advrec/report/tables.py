@@ -21,6 +21,7 @@ from advrec.report.collect import (
     attack_summary,
     effect_value,
     finite,
+    interval_text,
     matching,
     per_k,
     signed,
@@ -259,9 +260,7 @@ def effect_cell(m: dict[str, Any] | None) -> str:
     """'+0.012 [-0.003, +0.027]*' (* = significant at the run's FDR)."""
     if not m or finite(m.get("effect")) is None:
         return ""
-    lo, hi = finite(m.get("ci_low")), finite(m.get("ci_high"))
-    ci = f" [{signed(lo, 2)}, {signed(hi, 2)}]" if lo is not None and hi is not None else ""
-    return f"{signed(m['effect'])}{ci}{'*' if m.get('significant') else ''}"
+    return f"{signed(m['effect'])}{interval_text(m, 2)}{'*' if m.get('significant') else ''}"
 
 
 def categories_line(results: dict[str, Any]) -> str:

@@ -482,3 +482,15 @@ def test_float_noise_of_a_zero_effect_prints_as_zero():
     assert effect_text(m).startswith("+0 [-0.0018, +0.0018], adj. p=")
     assert effect_value(noise) == 0.0 and effect_value(2e-8) == 2e-8 and effect_value(None) is None
     assert signed(-3.2e-8) == "-3.2e-08" and signed(0.01234) == "+0.0123"
+
+
+def test_replicates_that_tie_say_so_instead_of_an_interval():
+    from advrec.report.findings import effect_text
+    from advrec.report.tables import effect_cell
+    from services.recommender.metrics.effects import replicate_effect
+
+    tied = replicate_effect([0.0787, 0.0730, 0.0762], [0.0597, 0.0540, 0.0572])  # each fell by 0.019
+    assert tied["ci_low"] is None and tied["test"].startswith("exact sign-flip")
+    assert effect_cell(tied) == "-0.019 (all 3 equal)"
+    assert effect_text({**tied, "p_adjusted": 0.33}) == "-0.019 (all 3 equal), adj. p=0.33"
+    assert effect_cell(replicate_effect([0.07], [0.05])) == "-0.02"  # one replicate: no interval, nothing to say
