@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return get_settings()
 
 
-def _run(spec, args: argparse.Namespace) -> int:
+def _run(spec, args: argparse.Namespace, warnings: list[tuple[str, str]] = ()) -> int:
     from advrec.pipeline.executor import ERROR_LOG, run_inprocess
     from advrec.report import format_summary
     from advrec_common.store import ArtifactStore
@@ -42,7 +42,7 @@ def _run(spec, args: argparse.Namespace) -> int:
     try:
         record = run_inprocess(spec, store, settings.runs_dir, run_id=args.resume,
                                device=args.device or settings.device, show_progress=not args.quiet,
-                               announce=announce)
+                               announce=announce, warnings=[{"loc": loc, "msg": msg} for loc, msg in warnings])
     except KeyboardInterrupt:
         if not started:
             raise
@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         facts = ", ".join(f"{k} {v}" for k, v in checked.facts.items() if isinstance(v, int))
         print(f"spec {spec.name!r} is valid" + (f" ({facts})" if facts else ""))
         return 0
-    return _run(spec, args)
+    return _run(spec, args, checked.warnings)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

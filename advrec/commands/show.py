@@ -50,6 +50,8 @@ def describe(doc: dict[str, Any], *, run_dir: Path | None = None, server: str | 
         lines.append(f"error    {err[0]}")
         if run_dir is not None and (run_dir / "error.log").is_file():
             lines.append(f"         traceback: {run_dir / 'error.log'}")
+    for row in doc.get("warnings") or []:  # what the checks before the run noticed
+        lines.append(f"warning  {row.get('loc')}: {row.get('msg')}")
     if steps:
         done = sum(1 for s in steps.values() if s.get("state") in _DONE)
         failed = [n for n, s in steps.items() if s.get("state") == "failed"]

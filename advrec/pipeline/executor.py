@@ -208,12 +208,14 @@ def _spec_changes(record: RunRecord, spec: EvaluationSpec) -> list[str]:
 
 def run_inprocess(spec: EvaluationSpec, store: ArtifactStore, runs_dir: Path, *, run_id: str | None = None,
                   device: str = "auto", show_progress: bool = True, stop_after: int | None = None,
-                  announce: Callable[[RunRecord, bool], None] | None = None) -> RunRecord:
+                  announce: Callable[[RunRecord, bool], None] | None = None,
+                  warnings: list[dict[str, str]] | None = None) -> RunRecord:
     """Run (or resume) the whole evaluation in this process; returns the run's record.
 
     ``run_id`` of an existing run resumes it: its spec must equal ``spec`` (InvalidInput naming
     what differs otherwise). ``announce(record, resumed)`` is called once the record exists, before
-    any work. ``stop_after`` computes at most that many steps (used by tests to simulate a crash
+    any work. ``warnings``: what the preflight noticed (``{"loc", "msg"}`` rows), kept in a new run's
+    record for ``advrec show``. ``stop_after`` computes at most that many steps (used by tests to simulate a crash
     mid-way). Ctrl-C (KeyboardInterrupt) marks the run and its running step "interrupted" and is
     re-raised; any other exception marks them "failed", writes the traceback to the run's
     ``error.log`` and is re-raised.
@@ -229,7 +231,7 @@ def run_inprocess(spec: EvaluationSpec, store: ArtifactStore, runs_dir: Path, *,
                 + ". Resume it with its own spec (`advrec run --resume RUN` reads it from the run), or start a "
                   "new run: every step the two specs share is reused from the store")
     else:
-        record = RunRecord.create(runs_dir, spec.model_dump(mode="json"), run_id=run_id)
+        record = RunRecord.create(runs_dir, spec.model_dump(mode="json"), run_id=run_id, warnings=list(warnings or []))
     if announce is not None:
         announce(record, resumed)
     if resumed:  # asked for explicitly: whatever stopped it before (failure, Ctrl-C) is history

@@ -63,6 +63,10 @@ robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | nu
 <dt>modes, K</dt><dd>{{ spec.modes | join(', ') }}; K = {{ spec.ks | join(', ') }}</dd>
 <dt>seed, replicates</dt><dd>{{ spec.seed }}, {{ spec.replicates }}</dd>
 <dt>controls</dt><dd>{{ spec.controls | join(', ') or 'none' }}</dd>
+{% if environment.cpu_isa or environment.torch %}<dt>computed with</dt><dd>torch {{ environment.torch | join(', ') }},
+CPU kernels {{ environment.cpu_isa | join(', ') }}{% if environment.threads %}; CPU threads per step kind:
+{% for kind, counts in environment.threads.items() %}{{ kind }} {{ counts | join('/') }}{% if not loop.last %}, {% endif %}{% endfor %}{% endif %}
+(trained models are the same only for the same torch build, CPU kernels and thread counts)</dd>{% endif %}
 </dl>
 
 <h2>Findings</h2>
@@ -114,6 +118,6 @@ def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: di
         extractors=results["extractors"], findings=results["findings"], questions=QUESTIONS, plots=plots,
         caption=caption, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
         version=results["advrec_version"], schema=results["schema_version"], tests=results.get("tests") or {},
-        spec_json=json.dumps(results["spec"], indent=1),
+        spec_json=json.dumps(results["spec"], indent=1), environment=results.get("environment") or {},
         categories=categories_line(results).removeprefix("categories: "),
     )

@@ -72,6 +72,8 @@ def test_runs_end_to_end(first_run):
     import torch
 
     assert env["torch"] == [torch.__version__] and env["cpu_isa"] == [torch.backends.cpu.get_cpu_capability()]
+    html = (record.dir / "report" / "report.html").read_text()
+    assert f"CPU kernels {torch.backends.cpu.get_cpu_capability()}" in html and "evaluate 1" in html
     assert (record.dir / "report" / "report.html").is_file()
     import pandas as pd
 

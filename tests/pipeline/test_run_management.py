@@ -271,3 +271,13 @@ def test_demo_refuses_a_missing_device_before_recording_a_run(tmp_path, capsys):
     assert main(["demo", "--device", "cuda", "--home", str(tmp_path / "h"), "--quiet"]) == 2
     assert "--device: device 'cuda' was asked for" in capsys.readouterr().err
     assert not (tmp_path / "h" / "runs").exists()  # nothing started, nothing to resume
+
+
+def test_show_lists_what_the_checks_before_the_run_noticed(home, capsys):
+    noted = {**TINY, "seed": 3, "dataset": {**TINY["dataset"], "kcore": 5}}  # kcore: generic datasets only
+    (home / "noted.yaml").write_text(yaml.safe_dump(noted))
+    assert _run(home, str(home / "noted.yaml")) == 0
+    out, err = capsys.readouterr()
+    assert "warning: dataset.kcore: ignored" in err
+    assert main(["show", _run_id(out), "--home", str(home)]) == 0
+    assert "warning  dataset.kcore: ignored: dataset kind 'demo' does not read it" in capsys.readouterr().out
