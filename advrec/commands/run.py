@@ -42,7 +42,8 @@ def _run(spec, args: argparse.Namespace, warnings: list[tuple[str, str]] = ()) -
     try:
         record = run_inprocess(spec, store, settings.runs_dir, run_id=args.resume,
                                device=args.device or settings.device, show_progress=not args.quiet,
-                               announce=announce, warnings=[{"loc": loc, "msg": msg} for loc, msg in warnings])
+                               announce=announce, warnings=[{"loc": loc, "msg": msg} for loc, msg in warnings],
+                               jobs=getattr(args, "jobs", 1))
     except KeyboardInterrupt:
         if not started:
             raise
@@ -194,6 +195,17 @@ def job_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
 
 
+def _jobs(text: str) -> int:
+    """``--jobs``: an integer from 1 to 64."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64, got {n}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", help="advrec home (store, runs); default $ADVREC_HOME or ./.advrec")
 
@@ -212,6 +224,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--resume", metavar="RUN", help="resume this run id (reuses every stored step)")
         p.add_argument("--device", help="auto, cpu or cuda[:n] (default from settings)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                       help="compute up to N ready steps at once, each in its own process (same numbers; "
+                            "training steps use one thread each, so N = the number of cores suits; default 1)")
         p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
         _common(p)
         p.set_defaults(func=fn)

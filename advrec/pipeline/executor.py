@@ -105,6 +105,8 @@ class _RunProgress:
             self.eta.add(step.name, step.kind, estimate(step, self.facts).units)
         self._estimate = estimate
         self.current: Step | None = None
+        self.running: dict[str, Step] = {}  # started, not finished (several with jobs > 1)
+        self.index = 0
         self.inner = ""
         self.started = time.perf_counter()
         self._drawn = 0.0
@@ -117,17 +119,20 @@ class _RunProgress:
 
     def start(self, step: Step, index: int) -> None:
         self.current, self.inner, self.index = step, "", index
+        self.running[step.name] = step
         self._draw(force=True)
 
-    def inner_progress(self, info: dict[str, Any]) -> None:
-        """The running step's own progress: ``{"done", "total", "unit"}``."""
-        step = self.current
+    def inner_progress(self, info: dict[str, Any], name: str | None = None) -> None:
+        """A running step's own progress: ``{"done", "total", "unit"}`` (``name``: which step, when
+        several run at once; default the one started last)."""
+        step = self.running.get(name) if name is not None else self.current
         if step is None or step.name not in self.eta.units:
             return
         done, total = info.get("done"), info.get("total")
         if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
             self.eta.advance(step.name, done / total)
-            self.inner = f"{int(done)}/{int(total)} {info.get('unit', '')}".rstrip()
+            if step is self.current:
+                self.inner = f"{int(done)}/{int(total)} {info.get('unit', '')}".rstrip()
         self._draw()
 
     def finish(self, step: Step, computed: bool, seconds: float) -> None:
@@ -135,7 +140,10 @@ class _RunProgress:
             self.eta.finish(step.name, seconds if computed else None)
         if computed:
             self._refine(step)
-        self.current, self.inner = None, ""
+        self.running.pop(step.name, None)
+        if self.current is step or self.current is None or self.current.name not in self.running:
+            self.current = next(reversed(self.running.values()), None)
+            self.inner = ""
         self._draw(force=True)
 
     def _refine(self, step: Step) -> None:
@@ -183,6 +191,8 @@ class _RunProgress:
         self._drawn = now
         step = self.current
         where = f"step {self.index + 1}/{len(self.plan)} {step.name}" if step is not None else "done"
+        if len(self.running) > 1:
+            where = f"{len(self.running)} steps running, latest {step.name}" if step is not None else where
         self.bar.n = min(round(self.eta.done), self.bar.total)
         self.bar.set_postfix_str(f"ETA {format_seconds(self.eta.remaining_seconds())} | {where}"
                                  + (f": {self.inner}" if self.inner else ""), refresh=False)
@@ -191,6 +201,114 @@ class _RunProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+_WORKER_PROGRESS: Any = None  # a worker process's queue to the parent (set by _init_worker)
+
+
+def _init_worker(queue: Any) -> None:
+    """A worker of :func:`_run_parallel`: Ctrl-C is the parent's to handle (it terminates the workers)."""
+    import signal
+
+    global _WORKER_PROGRESS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_PROGRESS = queue
+
+
+def _execute_in_worker(step: Step, plan_: Plan, store_root: str, device: str) -> tuple[bool, float]:
+    """:func:`execute_step` in a worker process; its inner progress goes to the parent's queue."""
+    queue = _WORKER_PROGRESS
+    last = [0.0]
+
+    def progress(info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if queue is not None and now - last[0] >= 0.2:
+            last[0] = now
+            queue.put((step.name, info))
+
+    t0 = time.perf_counter()
+    did = execute_step(step, plan_, ArtifactStore(store_root), device, progress=progress)
+    return did, time.perf_counter() - t0
+
+
+def _ignoring_sigint(start: Callable[[], Any]) -> Any:
+    """``start()`` with SIGINT ignored, so processes it spawns ignore Ctrl-C from their first
+    instruction (an ignored signal stays ignored across exec): the parent handles it for all."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return start()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_parallel(p: Plan, store: ArtifactStore, device: str, jobs: int, record: RunRecord,
+                  progress: _RunProgress, running: dict[str, Step]) -> None:
+    """Compute every step of ``p`` not in the store with up to ``jobs`` worker processes (spawned: a
+    forked torch can deadlock), each step as soon as its inputs exist; ``running`` (name -> step) is
+    kept current for the caller's error handling, the failed step first. Reused steps cost no
+    process. On any error or Ctrl-C the workers are terminated (a step's artifact is written
+    atomically: a killed step leaves nothing behind)."""
+    import multiprocessing
+    import queue as queue_module
+
+    ctx = multiprocessing.get_context("spawn")
+    inner: Any = ctx.Queue()
+    pending = list(p)
+    index = {s.name: i for i, s in enumerate(p)}
+    finished: set[str] = set()
+    results: dict[str, tuple[Step, Any]] = {}
+    pool = _ignoring_sigint(lambda: ctx.Pool(jobs, initializer=_init_worker, initargs=(inner,)))
+    try:
+        while pending or results:
+            if record.read().get("cancel_requested"):
+                raise CancelledRun()
+            for step in [s for s in pending if all(d in finished for d in s.deps)]:
+                if store.has(step.key):
+                    pending.remove(step)
+                    record.set_step(step.name, state="cached", seconds=0.0)
+                    progress.finish(step, False, 0.0)
+                    finished.add(step.name)
+                elif len(results) < jobs:
+                    pending.remove(step)
+                    record.set_step(step.name, state="running")
+                    progress.start(step, index[step.name])
+                    running[step.name] = step
+                    results[step.name] = (step, pool.apply_async(_execute_in_worker, (step, p, str(store.root), device)))
+            if not results:
+                continue
+            try:  # wait for a step's progress (or 0.2 s), then collect the finished steps
+                name, info = inner.get(timeout=0.2)
+                progress.inner_progress(info, name)
+            except queue_module.Empty:
+                pass
+            for name, (step, result) in list(results.items()):
+                if not result.ready():
+                    continue
+                del results[name]
+                try:
+                    did, seconds = result.get()  # a step's error is raised here
+                except BaseException:
+                    others = [s for n, s in running.items() if n != step.name]
+                    running.clear()  # the failed step first: the caller reports it
+                    running.update({s.name: s for s in (step, *others)})
+                    raise
+                running.pop(step.name)
+                record.set_step(step.name, state="done" if did else "cached", seconds=round(seconds, 3))
+                progress.finish(step, did, seconds)
+                finished.add(step.name)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        inner.close()
+        inner.join_thread()
 
 
 def _spec_changes(record: RunRecord, spec: EvaluationSpec) -> list[str]:
@@ -209,13 +327,15 @@ def _spec_changes(record: RunRecord, spec: EvaluationSpec) -> list[str]:
 def run_inprocess(spec: EvaluationSpec, store: ArtifactStore, runs_dir: Path, *, run_id: str | None = None,
                   device: str = "auto", show_progress: bool = True, stop_after: int | None = None,
                   announce: Callable[[RunRecord, bool], None] | None = None,
-                  warnings: list[dict[str, str]] | None = None) -> RunRecord:
+                  warnings: list[dict[str, str]] | None = None, jobs: int = 1) -> RunRecord:
     """Run (or resume) the whole evaluation in this process; returns the run's record.
 
     ``run_id`` of an existing run resumes it: its spec must equal ``spec`` (InvalidInput naming
     what differs otherwise). ``announce(record, resumed)`` is called once the record exists, before
     any work. ``warnings``: what the preflight noticed (``{"loc", "msg"}`` rows), kept in a new run's
-    record for ``advrec show``. ``stop_after`` computes at most that many steps (used by tests to simulate a crash
+    record for ``advrec show``. ``jobs`` > 1 computes up to that many ready steps at once, each in a
+    worker process (the same numbers: every step is a function of its inputs, with its pinned thread
+    count). ``stop_after`` computes at most that many steps (used by tests to simulate a crash
     mid-way). Ctrl-C (KeyboardInterrupt) marks the run and its running step "interrupted" and is
     re-raised; any other exception marks them "failed", writes the traceback to the run's
     ``error.log`` and is re-raised.
@@ -245,21 +365,32 @@ def run_inprocess(spec: EvaluationSpec, store: ArtifactStore, runs_dir: Path, *,
         record.set_plan(p.to_json())
         progress = _RunProgress(spec, p, store, show_progress)
         computed = 0
-        for index, step in enumerate(p):
-            if record.read().get("cancel_requested"):
-                raise CancelledRun()
-            if stop_after is not None and computed >= stop_after and not store.has(step.key):
-                record.set_state("interrupted")
-                progress.close()
-                return record
-            record.set_step(step.name, state="running")
-            progress.start(step, index)
-            t0 = time.perf_counter()
-            did = execute_step(step, p, store, device, progress=progress.inner_progress)
-            seconds = time.perf_counter() - t0
-            computed += int(did)
-            record.set_step(step.name, state="done" if did else "cached", seconds=round(seconds, 3))
-            progress.finish(step, did, seconds)
+        if jobs > 1 and stop_after is None:
+            running: dict[str, Step] = {}
+            try:
+                _run_parallel(p, store, device, jobs, record, progress, running)
+            except BaseException:
+                stopped = list(running.values())  # the failed step first, then the others cut short
+                step = stopped[0] if stopped else None
+                for other in stopped[1:]:
+                    record.set_step(other.name, state="interrupted")
+                raise
+        else:
+            for index, step in enumerate(p):
+                if record.read().get("cancel_requested"):
+                    raise CancelledRun()
+                if stop_after is not None and computed >= stop_after and not store.has(step.key):
+                    record.set_state("interrupted")
+                    progress.close()
+                    return record
+                record.set_step(step.name, state="running")
+                progress.start(step, index)
+                t0 = time.perf_counter()
+                did = execute_step(step, p, store, device, progress=progress.inner_progress)
+                seconds = time.perf_counter() - t0
+                computed += int(did)
+                record.set_step(step.name, state="done" if did else "cached", seconds=round(seconds, 3))
+                progress.finish(step, did, seconds)
         step = None
         progress.close()
         publish_report(store, p["report"].key, record.dir)

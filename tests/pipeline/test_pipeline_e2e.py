@@ -219,3 +219,39 @@ def test_attack_grids_that_cannot_run_as_written_are_refused(attacks, message):
     needs a Python score function."""
     with pytest.raises(InvalidInput, match=message):
         parse_spec({**TINY, "attacks": attacks})
+
+
+def test_parallel_steps_give_the_sequential_numbers_and_a_failure_names_its_step(tmp_path, first_run):
+    """``jobs=2``: ready steps run in two worker processes, with exactly the numbers of the sequential
+    run (every step is a function of its inputs, with its pinned thread count). A step that fails in
+    a worker fails the run at that step, with its error and log, and leaves no step "running"."""
+    import shutil
+
+    from advrec.pipeline.executor import ERROR_LOG
+
+    _, _, first = first_run
+    store = ArtifactStore(tmp_path / "store")
+    spec = parse_spec(TINY)
+    record = run_inprocess(spec, store, tmp_path / "runs", show_progress=False, jobs=2)
+    data = record.read()
+    assert data["state"] == "done" and {s["state"] for s in data["steps"].values()} <= {"done", "cached"}
+    assert all(s["seconds"] is not None for s in data["steps"].values())
+    a = json.loads((first.dir / "report" / "results.json").read_text())
+    b = json.loads((record.dir / "report" / "results.json").read_text())
+    assert _numbers(a) == _numbers(b)
+
+    # a corrupted input: the scenario's file unreadable, the steps that read it to be computed again
+    p = plan_run(spec, store)
+    (store.open(p["scenario"].key) / "scenario.json").write_text("{not json")
+    readers = [s for s in p if s.kind in ("evaluate", "oracle", "report")]
+    for s in readers:
+        shutil.rmtree(store.path(s.key))
+    failed = tmp_path / "runs-failed"
+    with pytest.raises(json.JSONDecodeError):  # the worker's error, raised in the parent
+        run_inprocess(spec, store, failed, show_progress=False, jobs=2)
+    rec = list_runs(failed)[0]
+    data = RunRecord.open(failed, rec["run_id"]).read()
+    assert data["state"] == "failed" and data["failed_step"] in {s.name for s in readers}
+    assert data["steps"][data["failed_step"]]["state"] == "failed" and "JSONDecodeError" in data["error"]
+    assert "running" not in {s["state"] for s in data["steps"].values()}
+    assert (failed / rec["run_id"] / ERROR_LOG).is_file()

@@ -281,3 +281,43 @@ def test_show_lists_what_the_checks_before_the_run_noticed(home, capsys):
     assert "warning: dataset.kcore: ignored" in err
     assert main(["show", _run_id(out), "--home", str(home)]) == 0
     assert "warning  dataset.kcore: ignored: dataset kind 'demo' does not read it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_jobs_out_of_range_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--jobs", value])
+    assert exit_.value.code == 2 and "--jobs" in capsys.readouterr().err
+
+
+def test_ctrl_c_with_parallel_steps_stops_the_workers_without_a_traceback(tmp_path):
+    """A real SIGINT to ``advrec run --jobs 2`` (the process group, as a terminal sends it): exit 130,
+    the resume hint, no traceback from the parent or the workers, and no step left "running"."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = {**TINY, "seed": 11, "extractors": [{"name": "standard", "demo_images_per_class": 30, "epochs": 40}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "advrec.cli", "run", str(tmp_path / "spec.yaml"), "--home",
+                             str(home), "--quiet", "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 120
+    record = None
+    while time.monotonic() < deadline and record is None:  # until the extractor (40 epochs) is training
+        time.sleep(0.5)
+        for path in (home / "runs").glob("*/record.json") if (home / "runs").is_dir() else []:
+            data = json.loads(path.read_text())
+            if data["steps"].get("extractor/standard", {}).get("state") == "running":
+                record = path
+    assert record is not None, proc.communicate(timeout=60)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "advrec run --resume" in err and "Traceback" not in err, err
+    data = json.loads(record.read_text())
+    assert data["state"] == "interrupted" and "running" not in {s["state"] for s in data["steps"].values()}
