@@ -6,6 +6,7 @@ inside workers; only the scheduling differs.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from advrec.pipeline.record import RunRecord, publish_report
 from advrec.pipeline.spec import EvaluationSpec
 from advrec.pipeline.steps import STEP_FUNCTIONS
 from advrec.pipeline.threads import threads_for
-from advrec_common.errors import InvalidInput
+from advrec_common.errors import InvalidInput, Unavailable
 from advrec_common.settings import resolve_device
 from advrec_common.store import ArtifactStore
 
@@ -67,8 +68,6 @@ def _deterministic_torch(kind: str = "") -> int:
     Multi-threaded CPU backward passes of some ops (ACF's attention, DVBPR's CNN) otherwise vary
     from run to run; ``warn_only`` keeps ops without a deterministic kernel running (with a warning).
     """
-    import os
-
     import torch
 
     from advrec_common.settings import get_settings
@@ -212,6 +211,8 @@ def _init_worker(queue: Any) -> None:
 
     global _WORKER_PROGRESS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it spawned this process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _WORKER_PROGRESS = queue
 
 
@@ -231,19 +232,27 @@ def _execute_in_worker(step: Step, plan_: Plan, store_root: str, device: str) ->
     return did, time.perf_counter() - t0
 
 
-def _ignoring_sigint(start: Callable[[], Any]) -> Any:
-    """``start()`` with SIGINT ignored, so processes it spawns ignore Ctrl-C from their first
-    instruction (an ignored signal stays ignored across exec): the parent handles it for all."""
+def _fail_first(running: dict[str, Step], step: Step) -> None:
+    """Put ``step`` first in ``running`` (in place): the caller reports it as the failed one."""
+    others = [s for n, s in running.items() if n != step.name]
+    running.clear()
+    running.update({s.name: s for s in (step, *others)})
+
+
+def _blocking_sigint(start: Callable[[], Any]) -> Any:
+    """``start()`` with SIGINT blocked: a process it spawns inherits the mask, so Ctrl-C cannot hit it
+    before :func:`_init_worker` ignores the signal; a Ctrl-C meanwhile stays pending for this process
+    (delivered when the mask is restored, never lost)."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         return start()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _run_parallel(p: Plan, store: ArtifactStore, device: str, jobs: int, record: RunRecord,
@@ -251,20 +260,23 @@ def _run_parallel(p: Plan, store: ArtifactStore, device: str, jobs: int, record:
     """Compute every step of ``p`` not in the store with up to ``jobs`` worker processes (spawned: a
     forked torch can deadlock), each step as soon as its inputs exist; ``running`` (name -> step) is
     kept current for the caller's error handling, the failed step first. Reused steps cost no
-    process. On any error or Ctrl-C the workers are terminated (a step's artifact is written
-    atomically: a killed step leaves nothing behind)."""
+    process. A worker that dies (killed, out of memory) fails its step; on any error or Ctrl-C the
+    other workers are terminated (a step's artifact is written atomically: a killed step leaves
+    nothing behind)."""
     import multiprocessing
     import queue as queue_module
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")
     inner: Any = ctx.Queue()
     pending = list(p)
     index = {s.name: i for i, s in enumerate(p)}
     finished: set[str] = set()
-    results: dict[str, tuple[Step, Any]] = {}
-    pool = _ignoring_sigint(lambda: ctx.Pool(jobs, initializer=_init_worker, initargs=(inner,)))
+    futures: dict[Future, Step] = {}
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(inner,))
     try:
-        while pending or results:
+        while pending or futures:
             if record.read().get("cancel_requested"):
                 raise CancelledRun()
             for step in [s for s in pending if all(d in finished for d in s.deps)]:
@@ -273,42 +285,56 @@ def _run_parallel(p: Plan, store: ArtifactStore, device: str, jobs: int, record:
                     record.set_step(step.name, state="cached", seconds=0.0)
                     progress.finish(step, False, 0.0)
                     finished.add(step.name)
-                elif len(results) < jobs:
+                elif len(futures) < jobs:
                     pending.remove(step)
                     record.set_step(step.name, state="running")
                     progress.start(step, index[step.name])
                     running[step.name] = step
-                    results[step.name] = (step, pool.apply_async(_execute_in_worker, (step, p, str(store.root), device)))
-            if not results:
+                    # workers start on demand: with Ctrl-C blocked until they ignore it (never lost here)
+                    futures[_blocking_sigint(lambda step=step: pool.submit(
+                        _execute_in_worker, step, p, str(store.root), device))] = step
+            if not futures:
                 continue
-            try:  # wait for a step's progress (or 0.2 s), then collect the finished steps
-                name, info = inner.get(timeout=0.2)
-                progress.inner_progress(info, name)
+            done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+            try:  # the steps' own progress
+                while True:
+                    name, info = inner.get_nowait()
+                    progress.inner_progress(info, name)
             except queue_module.Empty:
                 pass
-            for name, (step, result) in list(results.items()):
-                if not result.ready():
-                    continue
-                del results[name]
+            for fut in done:
+                step = futures.pop(fut)
                 try:
-                    did, seconds = result.get()  # a step's error is raised here
+                    did, seconds = fut.result()  # a step's error is raised here
+                except BrokenProcessPool:  # a worker died; the pool then stops every worker
+                    _fail_first(running, step)
+                    raise Unavailable(f"a worker process died (killed, out of memory?) while computing "
+                                      f"{', '.join(running)}; every finished step is stored, resume the run "
+                                      "to go on") from None
                 except BaseException:
-                    others = [s for n, s in running.items() if n != step.name]
-                    running.clear()  # the failed step first: the caller reports it
-                    running.update({s.name: s for s in (step, *others)})
+                    _fail_first(running, step)
                     raise
                 running.pop(step.name)
                 record.set_step(step.name, state="done" if did else "cached", seconds=round(seconds, 3))
                 progress.finish(step, did, seconds)
                 finished.add(step.name)
-        pool.close()
     except BaseException:
-        pool.terminate()
+        _terminate_workers(pool)
         raise
     finally:
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
         inner.close()
-        inner.join_thread()
+        inner.cancel_join_thread()  # a killed writer must not block this process's exit
+
+
+def _terminate_workers(pool: Any) -> None:
+    """Stop a process pool's workers now (Python 3.14 has ``terminate_workers``; before, its processes)."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
 
 
 def _spec_changes(record: RunRecord, spec: EvaluationSpec) -> list[str]:

@@ -308,7 +308,7 @@ def test_ctrl_c_with_parallel_steps_stops_the_workers_without_a_traceback(tmp_pa
                             text=True, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + 120
     record = None
-    while time.monotonic() < deadline and record is None:  # until the extractor (40 epochs) is training
+    while time.monotonic() < deadline and record is None and proc.poll() is None:  # until the extractor trains
         time.sleep(0.5)
         for path in (home / "runs").glob("*/record.json") if (home / "runs").is_dir() else []:
             data = json.loads(path.read_text())
@@ -321,3 +321,61 @@ def test_ctrl_c_with_parallel_steps_stops_the_workers_without_a_traceback(tmp_pa
     assert "advrec run --resume" in err and "Traceback" not in err, err
     data = json.loads(record.read_text())
     assert data["state"] == "interrupted" and "running" not in {s["state"] for s in data["steps"].values()}
+
+
+def test_a_killed_worker_fails_its_step_instead_of_hanging(tmp_path):
+    """SIGKILL of the worker process computing a step (what the OOM killer does): the run fails at that
+    step with a clear message within seconds (a process pool would wait for its result forever)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = {**TINY, "seed": 12, "extractors": [{"name": "standard", "demo_images_per_class": 60, "epochs": 500}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "advrec.cli", "run", str(tmp_path / "spec.yaml"), "--home",
+                             str(home), "--quiet", "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    deadline, record = time.monotonic() + 120, None
+    while time.monotonic() < deadline and record is None and proc.poll() is None:
+        time.sleep(0.5)
+        for path in (home / "runs").glob("*/record.json") if (home / "runs").is_dir() else []:
+            if json.loads(path.read_text())["steps"].get("extractor/standard", {}).get("state") == "running":
+                record = path
+    assert record is not None, proc.communicate(timeout=60)
+    time.sleep(1)  # the worker is training (500 epochs: minutes)
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    workers = [pid for pid in children if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert workers
+    for pid in workers:  # the pool's workers (one of them computes the extractor)
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert "failed at step extractor/standard" in err and "worker process died" in err, err
+    assert "Traceback" not in err, err
+    data = json.loads(record.read_text())
+    assert data["state"] == "failed" and data["failed_step"] == "extractor/standard"
+    assert "running" not in {s["state"] for s in data["steps"].values()}
+
+
+def test_a_ctrl_c_while_a_worker_starts_is_delivered_not_lost():
+    """While a worker process is spawned SIGINT is blocked (the child inherits the mask and ignores
+    Ctrl-C before unblocking); a Ctrl-C in that window reaches this process as soon as it ends."""
+    import os
+    import signal
+
+    from advrec.pipeline.executor import _blocking_sigint
+
+    reached = []
+
+    def spawn_window():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append(True)  # still here: the signal is pending, not delivered
+        return "spawned"
+
+    with pytest.raises(KeyboardInterrupt):
+        _blocking_sigint(spawn_window)
+    assert reached == [True]
