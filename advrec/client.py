@@ -149,18 +149,20 @@ class _Requests:
     """The request-building core shared by both clients."""
 
     @staticmethod
-    def submit(spec: dict[str, Any] | None = None, preset: str | None = None, **overrides: Any) -> Call:
+    def _job_body(spec: dict[str, Any] | None, preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
         if (spec is None) == (preset is None):
             raise InvalidInput("give exactly one of spec or preset")
-        body = dict(spec) if spec is not None else {"preset": preset}
-        body.update(overrides)
+        return {**(dict(spec) if spec is not None else {"preset": preset}), **overrides}
+
+    @staticmethod
+    def submit(spec: dict[str, Any] | None = None, preset: str | None = None, **overrides: Any) -> Call:
         # one key per submit: a repeat after a lost answer returns the job made the first time
-        return Call("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+        return Call("POST", "/v1/jobs", json=_Requests._job_body(spec, preset, overrides),
+                    headers={"Idempotency-Key": uuid.uuid4().hex})
 
     @staticmethod
     def validate(spec: dict[str, Any] | None = None, preset: str | None = None, **overrides: Any) -> Call:
-        call = _Requests.submit(spec, preset, **overrides)
-        return Call("POST", "/v1/jobs:validate", json=call.json)
+        return Call("POST", "/v1/jobs:validate", json=_Requests._job_body(spec, preset, overrides))
 
     @staticmethod
     def status(job_id: str) -> Call:

@@ -36,7 +36,8 @@ Origin category <b>{{ scenario.origin }}</b> pushed toward target <b>{{ scenario
 (chosen by: {{ scenario.chosen_by }}).{% for w in scenario.warnings or [] %}
 <b class="sig">Warning (scenario): {{ w }}.</b>{% endfor %} Headline K = {{ k }}.{% if spec.replicates > 1 %} Every model was trained {{ spec.replicates }} times
 (seeds {{ spec.seed }}..{{ spec.seed + spec.replicates - 1 }}); an effect is the mean over those replicates of
-(after - before) with its 95% interval across them, tested with a paired t-test across replicates; every verdict
+(after - before) with its 95% interval across them, tested with a paired t-test across replicates (the exact
+sign-flip test when every replicate changed by the same amount); every verdict
 decides on Benjamini-Hochberg adjusted p-values at a false discovery rate of {{ alpha }} over the
 {{ tests.n_tests }} tests of this run ({{ tests.n_significant }} significant).{% else %} Every model was trained
 once (seed {{ spec.seed }}): an effect is after - before of that one model, with no interval and no test (set

@@ -163,14 +163,14 @@ async def attack_uploads(
         raise InvalidInput(f"spec is not valid JSON: {exc}") from None
     if not isinstance(spec_fields, dict):
         raise InvalidInput("spec must be a JSON object")
-    parse_spec(spec_fields)  # fail fast, before decoding anything
+    spec_model = parse_spec(spec_fields)  # fail fast, before decoding anything
     model = await asyncio.to_thread(load_extractor, store, extractor)
     decoded = []
     for up in images:
         data = await read_upload(up, settings.max_upload_bytes)
         decoded.append(await asyncio.to_thread(decode_image, data, settings.max_image_pixels))
     batch = _stack(decoded, image_size)
-    check_sync_work(parse_spec(spec_fields), *batch.shape[:3], settings)
+    check_sync_work(spec_model, *batch.shape[:3], settings)
     out = await asyncio.to_thread(attack_images, model, batch, spec_fields, target, delivery, jpeg_quality,
                                   resolve_device(settings.device))
     return _response(*out, target, delivery, [{"filename": up.filename} for up in images])
@@ -184,6 +184,8 @@ async def attack_catalog(
     store: ArtifactStore = Depends(get_store),
 ) -> AttackResponse:
     spec = parse_spec(req.spec)
+    if req.image_size:  # the size is known: refuse before loading any image
+        check_sync_work(spec, len(req.items), req.image_size, req.image_size, settings)
     require_artifact(store, req.dataset, "dataset", "dataset")
     model = await asyncio.to_thread(load_extractor, store, req.extractor)
     ds = await asyncio.to_thread(load_dataset_artifact, store, req.dataset)

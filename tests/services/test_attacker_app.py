@@ -103,6 +103,9 @@ def test_one_request_is_bounded_in_work(attacker_client, tiny):
     before = store_snapshot(tiny.home)
     r = attacker_client.post("/v1/attack/catalog", json=req)
     assert r.status_code == 413 and "POST /v1/jobs" in r.json()["detail"], r.text
+    sized = {**req, "dataset": "f" * 64, "image_size": side}  # a known size: refused before the dataset is read
+    r = attacker_client.post("/v1/attack/catalog", json=sized)
+    assert r.status_code == 413, r.text
     files = [("images", (f"{i}.png", png_bytes(im), "image/png")) for i, im in enumerate(clean)]
     r = attacker_client.post("/v1/attack", files=files, data={
         "extractor": tiny.keys["extractor"], "spec": json.dumps(req["spec"]), "target": "class1"})
