@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         500, ge=1, description="attacker service, one synchronous request: images x model passes per image x "
         "(pixels / 224^2); ResNet-50 takes 0.33 s a pass on 2 CPU cores, so ~3 minutes, inside the gateway proxy's "
         "300 s read timeout. Larger attacks run as jobs (sharded, resumable, cancellable)")
+    max_sync_extract_images: int = Field(
+        2_000, ge=1, description="extractor service, one /v1/extract/catalog request that computes features: items x "
+        "(pixels / 224^2); ResNet-50 takes 0.12 s a forward per 224x224 image on 2 CPU cores, so ~4 minutes, inside "
+        "the gateway proxy's 300 s read timeout. Larger catalogs get their features in an evaluation job")
     # uploads: what one upload may cost the gateway before anything is kept
     max_zip_members: int = Field(20_000, ge=1, description="files in one uploaded zip")
     max_zip_ratio: float = Field(100.0, gt=1, description="largest uncompressed/compressed size of one zip member")

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 
 from advrec_common.datasets.artifact import load_dataset_artifact
 from advrec_common.datasets.images import decode_image, resize_image
-from advrec_common.errors import InvalidInput
+from advrec_common.errors import InvalidInput, PayloadTooLarge
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
 from advrec_common.schemas import (
     BackboneInfo,
@@ -33,10 +33,16 @@ from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import extractor_info, load_extractor_artifact
 from advrec_common.vision.backbones import BACKBONES
-from services.extractor.artifacts import features_key, features_params, write_catalog_features
+from services.extractor.artifacts import (
+    features_key,
+    features_params,
+    resolved_image_size,
+    write_catalog_features,
+)
 from services.extractor.batcher import MicroBatcher
 
 MAX_IMAGES_PER_REQUEST = 256
+REFERENCE_PIXELS = 224 * 224  # the unit of max_sync_extract_images: a forward of one 224x224 image
 def load_extractor(store: ArtifactStore, key: str):
     """The :class:`ImageModel` of extractor artifact ``key`` (loaded once per key, LRU)."""
     require_artifact(store, key, "extractor", "extractor")
@@ -66,19 +72,44 @@ def get_batcher(request: Request, settings: Settings = Depends(get_settings)) ->
     return state.batcher
 
 
-def catalog_features(store: ArtifactStore, req: CatalogFeaturesRequest, device: str) -> CatalogFeaturesResponse:
-    """Compute (or reuse) the features of a dataset under an extractor: the same key as a pipeline run."""
+def check_sync_extract(n_items: int, side: int | None, first_image_shape: tuple[int, ...] | None,
+                       settings: Settings) -> None:
+    """PayloadTooLarge when computing a catalog's features in one request would cost more than
+    ``settings.max_sync_extract_images`` forwards of a 224x224 image (the request cannot be cancelled).
+    ``side``: the size images are brought to (None: their own, read from the first image)."""
+    pixels = side * side if side else (first_image_shape[0] * first_image_shape[1] if first_image_shape
+                                       else REFERENCE_PIXELS)
+    forwards = n_items * pixels / REFERENCE_PIXELS
+    if forwards > settings.max_sync_extract_images:
+        size = f"{side}x{side}" if side else "their own size"
+        raise PayloadTooLarge(
+            f"{n_items:,} catalog images at {size} = {forwards:,.0f} forwards at 224x224, above this service's "
+            f"limit for one request ({settings.max_sync_extract_images:,}, ADVREC_MAX_SYNC_EXTRACT_IMAGES); submit an "
+            "evaluation job (POST /v1/jobs: its features step computes the same artifact, with progress, resumable "
+            "and cancellable), or ask for a smaller image_size")
+
+
+def catalog_features(store: ArtifactStore, req: CatalogFeaturesRequest, device: str,
+                     settings: Settings) -> CatalogFeaturesResponse:
+    """Compute (or reuse) the features of a dataset under an extractor: the same key as a pipeline run.
+    A computation above ``settings.max_sync_extract_images`` is refused (413) before any forward."""
     require_artifact(store, req.dataset, "dataset", "dataset")
     require_artifact(store, req.extractor, "extractor", "extractor")
     params = features_params(req.image_size, req.spatial, req.category_source)
     key = features_key(req.dataset, req.extractor, params)
     computed = not store.has(key)
     if computed:
+        dataset, model = load_dataset_artifact(store, req.dataset), load_extractor(store, req.extractor)
+        side = resolved_image_size(params["image_size"], model)
+        first = None
+        if side is None and len(dataset.catalog):
+            from advrec_common.datasets.images import load_catalog_images
+            first = load_catalog_images(dataset.catalog, [0])[0].shape
+        check_sync_extract(len(dataset.catalog), side, first, settings)
         meta = {"step": "features/service", "kind": "features", "params": params,
                 "deps": {"dataset": req.dataset, "extractor": req.extractor}}
         with store.writing(key, meta) as out:
-            meta["result"] = write_catalog_features(out, load_dataset_artifact(store, req.dataset),
-                                                    load_extractor(store, req.extractor), params, device)
+            meta["result"] = write_catalog_features(out, dataset, model, params, device)
     result = store.meta(key).get("result", {})
     return CatalogFeaturesResponse(features=key, computed=computed, n_items=int(result.get("n", 0)),
                                    dim=int(result.get("dim", 0)))
@@ -164,7 +195,7 @@ async def extract_catalog(
     settings: Settings = Depends(get_settings),
     store: ArtifactStore = Depends(get_store),
 ) -> CatalogFeaturesResponse:
-    return await asyncio.to_thread(catalog_features, store, req, resolve_device(settings.device))
+    return await asyncio.to_thread(catalog_features, store, req, resolve_device(settings.device), settings)
 
 
 def create_app() -> FastAPI:

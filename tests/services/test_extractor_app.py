@@ -132,3 +132,25 @@ def test_catalog_errors(extractor_client, tiny):
     assert r.status_code == 404
     r = extractor_client.post("/v1/extract/catalog", json={"dataset": "../x", "extractor": tiny.keys["extractor"]})
     assert r.status_code == 422
+
+
+def test_catalog_work_above_the_sync_limit_is_413_before_any_forward(extractor_client, tiny):
+    """Computing a catalog's features costs items x pixels / 224^2 forwards; above
+    max_sync_extract_images it is refused before anything runs (pointing at jobs); stored features
+    cost nothing and are still served."""
+    from advrec_common.settings import get_settings
+
+    limit = 30 * 32 * 32 // (224 * 224) + 1  # above what 30 items cost at 32x32, far below 448x448
+    low = tiny.settings.model_copy(update={"max_sync_extract_images": limit})
+    extractor_client.app.dependency_overrides[get_settings] = lambda: low
+    body = {"dataset": tiny.keys["dataset"], "extractor": tiny.keys["extractor"]}
+    assert extractor_client.post("/v1/extract/catalog", json=body).json()["computed"] is False  # stored: served
+    before = store_snapshot(tiny.home)
+    r = extractor_client.post("/v1/extract/catalog", json={**body, "image_size": 448})
+    assert r.status_code == 413, r.text
+    detail = r.json()["detail"]
+    assert "30 catalog images at 448x448" in detail and "ADVREC_MAX_SYNC_EXTRACT_IMAGES" in detail
+    assert "POST /v1/jobs" in detail
+    assert store_snapshot(tiny.home) == before
+    r = extractor_client.post("/v1/extract/catalog", json={**body, "image_size": 32})  # 30 x 32^2 px: within
+    assert r.status_code == 200 and r.json()["computed"] is True
