@@ -13,12 +13,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from advrec_common.errors import InvalidInput
+from services.recommender.kinds import CONFIG_BLOCKS
 
 # a finite, non-negative number (a NaN or inf learning rate or weight would train garbage quietly)
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+
+
+def _one_for_all(value: Any) -> Any:
+    """``lr: 0.05`` means ``lr: [0.05]`` (one value for every parameter block)."""
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+PerBlock = Annotated[list[Weight], BeforeValidator(_one_for_all)]
 
 
 class RecConfig(BaseModel):
@@ -31,9 +40,10 @@ class RecConfig(BaseModel):
     epochs: int | None = Field(None, ge=1, le=20_000, description="Maximum number of epochs.")
     batch_size: int | None = Field(None, ge=1, le=1_000_000)
     optimizer: Literal["adagrad", "adam"] | None = None
-    lr: list[Weight] | None = Field(None, max_length=8, description="One lr per parameter block, or one for all.")
-    regs: list[Weight] | None = Field(None, max_length=8,
-                                      description="Regularisation weights per block (model-specific).")
+    lr: PerBlock | None = Field(None, max_length=8, description="One lr per parameter block, or one for all "
+                                "(a number or a one-value list).")
+    regs: PerBlock | None = Field(None, max_length=8, description="Regularisation weights, one per parameter block "
+                                  "(model-specific) or one for all.")
     reg_form: Literal["l2", "study_sum"] | None = Field(
         None, description="'l2' = squared L2 norms; 'study_sum' = the study's plain sums (quirk Q8)."
     )
@@ -96,6 +106,29 @@ def unused_fields(recommender: str, config: RecConfig) -> list[str]:
     return [name for name, users in MODEL_FIELDS.items()
             if recommender not in users and name in config.model_fields_set
             and getattr(config, name) != RecConfig.model_fields[name].default]
+
+
+def block_problems(recommender: str, config: RecConfig) -> list[str]:
+    """Why ``config.lr`` / ``config.regs`` do not fit ``recommender``'s parameter blocks (one value for all, or
+    one per block, in :data:`CONFIG_BLOCKS` order); empty when they do."""
+    problems = []
+    for field, blocks in CONFIG_BLOCKS[recommender].items():
+        values = getattr(config, field)
+        if values is not None and len(values) not in (1, len(blocks)):
+            per = f" or one per block: {len(blocks)} ({', '.join(blocks)})" if len(blocks) > 1 else ""
+            problems.append(f"config.{field}: {recommender} takes one value for all its parameters{per}; "
+                            f"got {len(values)} values")
+    return problems
+
+
+def values_per_block(recommender: str, field: Literal["lr", "regs"], values: list[float]) -> list[float]:
+    """``values`` as one per parameter block of ``recommender`` (a single value is broadcast)."""
+    n = len(CONFIG_BLOCKS[recommender][field])
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise InvalidInput(f"{recommender}: {field} needs 1 or {n} values, got {len(values)}")
+    return list(values)
 
 
 def parse_config(config: RecConfig | dict[str, Any] | None) -> RecConfig:

@@ -3,6 +3,8 @@
 ``needs`` names the :class:`~services.recommender.items.ItemSide` fields a model reads:
 ``features`` (pooled CNN features), ``spatial`` (region features), ``images`` (raw pixels: the
 model learns its own CNN), ``categories``. The model classes declare the same sets (a test checks).
+``CONFIG_BLOCKS`` names the parameter blocks that take one value each of ``config.lr`` and
+``config.regs`` (the models read their values through it, and the spec checks lengths with it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ RECOMMENDER_NEEDS: dict[str, frozenset[str]] = {
     "deepstyle": frozenset({"features", "categories"}),
     "acf": frozenset({"spatial"}),
     "dvbpr": frozenset({"images"}),
+}
+
+_USER_ITEM_VISUAL = ("users", "items", "visual projection E")
+
+CONFIG_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
+    "bprmf": {"lr": ("users", "items"), "regs": ("users", "items")},
+    "vbpr": {"lr": _USER_ITEM_VISUAL, "regs": _USER_ITEM_VISUAL},
+    "amr": {"lr": _USER_ITEM_VISUAL, "regs": _USER_ITEM_VISUAL},
+    "deepstyle": {"lr": ("users", "items and categories", "visual projection E"), "regs": _USER_ITEM_VISUAL},
+    "acf": {"lr": ("all parameters",), "regs": ("all parameters",)},
+    "dvbpr": {"lr": ("all parameters",), "regs": ("user vectors theta", "CNN weights")},
 }
 
 

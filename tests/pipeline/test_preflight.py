@@ -85,6 +85,24 @@ def test_recommender_config_another_model_reads_is_a_problem(tmp_path):
     assert problems == [("recommenders[0]", "vbpr does not use config adv_eps (read only by adv_eps: amr)")]
 
 
+def test_lr_and_regs_lengths_are_checked_against_the_model_blocks_before_compute(tmp_path):
+    """lr/regs take one value for all blocks or one per block (a number means one for all); other
+    lengths are problems named per recommender, found before anything trains."""
+    doc = _spec(_catalog(tmp_path), recommenders=[
+        {"name": "vbpr", "config": {"lr": [0.1, 0.2], "regs": [1, 2, 3, 4]}},
+        {"name": "bprmf", "config": {"lr": 0.05, "regs": [0.1, 0.2]}},
+        {"name": "acf", "config": {"lr": [0.1, 0.2]}},
+        {"name": "dvbpr", "config": {"regs": [0.1, 0.2], "lr": [1e-4]}},
+    ])
+    problems = preflight(doc, device="cpu").problems
+    assert [loc for loc, _ in problems] == ["recommenders[0]", "recommenders[2]"]
+    assert problems[0][1] == (
+        "config.lr: vbpr takes one value for all its parameters or one per block: 3 (users, items, visual "
+        "projection E); got 2 values; config.regs: vbpr takes one value for all its parameters or one per block: "
+        "3 (users, items, visual projection E); got 4 values")
+    assert problems[1][1] == "config.lr: acf takes one value for all its parameters; got 2 values"
+
+
 def test_missing_files_and_devices_are_problems_not_tracebacks(tmp_path):
     bad = {"kind": "generic", "images_dir": str(tmp_path / "nope"), "interactions": str(tmp_path / "none.csv")}
     out = preflight(_spec(bad), device="cuda:3" if not _has_gpu() else "tpu")

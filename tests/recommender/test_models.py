@@ -120,6 +120,31 @@ def test_torch_free_needs_table_matches_the_model_classes():
     assert {n: set(v) for n, v in RECOMMENDER_NEEDS.items()} == {n: set(c.needs) for n, c in RECOMMENDERS.items()}
 
 
+def test_config_blocks_cover_every_model_and_its_presets_fit_them():
+    """CONFIG_BLOCKS (torch-free, what the spec checks lr/regs lengths with) has every model, and every
+    preset's lr/regs fit it; a number is one value for all blocks; a model refuses a wrong length at once."""
+    from pydantic import ValidationError
+
+    from services.recommender.config import RecConfig, block_problems
+    from services.recommender.kinds import CONFIG_BLOCKS
+    from services.recommender.models import RECOMMENDERS
+
+    assert set(CONFIG_BLOCKS) == set(RECOMMENDERS)
+    for name, cls in RECOMMENDERS.items():
+        for preset in ("fast", "study"):
+            config = RecConfig(preset=preset).resolved(cls.DEFAULTS)
+            assert block_problems(name, config) == [], (name, preset)
+            model = cls(5, 5, {"preset": preset})
+            assert [len(model.per_block(f)) for f in ("lr", "regs")] == [len(CONFIG_BLOCKS[name]["lr"]),
+                                                                        len(CONFIG_BLOCKS[name]["regs"])]
+    assert RecConfig(lr=0.05).lr == [0.05] and RecConfig(regs=0).regs == [0.0]
+    assert RECOMMENDERS["vbpr"](5, 5, {"lr": 0.05}).per_block("lr") == [0.05] * 3
+    with pytest.raises(InvalidInput, match=r"config.lr: bprmf takes one value .* or one per block: 2 \(users, items\)"):
+        RECOMMENDERS["bprmf"](5, 5, {"lr": [0.1, 0.2, 0.3]})
+    with pytest.raises(ValidationError):
+        RecConfig.model_validate({"lr": True})  # not a number: refused, not taken as 1.0
+
+
 def test_every_model_reads_its_presets_from_the_torch_free_table():
     """One source for the presets: each class's DEFAULTS is its MODEL_DEFAULTS entry (the planner's work
     estimates read the epochs there without importing torch)."""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from advrec_common.datasets.types import Interactions
 from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.items import ItemSide
-from services.recommender.models.base import Recommender, bpr_loss, embedding, lr_list, penalty, reg_list
+from services.recommender.models.base import Recommender, bpr_loss, embedding, penalty
 
 
 def padded_histories(train: Interactions, max_len: int) -> tuple[np.ndarray, int]:
@@ -113,10 +113,10 @@ class ACF(Recommender):
         xc, xi = self._project(self.items_spatial[items_needed])
         reprs = self._user_repr(uniq_users, xc, xi, items_needed)[u_inv]
         v_pos, v_neg = self.V[pos], self.V[neg]
-        (reg,) = reg_list(self.config.regs, 1)
+        (reg,) = self.per_block("regs")
         penalty_ = reg * penalty([self.U[users], v_pos, v_neg], self.config.reg_form)
         return bpr_loss((reprs * v_pos).sum(1), (reprs * v_neg).sum(1)) + penalty_
 
     def param_groups(self) -> list[dict[str, Any]]:
-        (lr,) = lr_list(self.config.lr, 1)
+        (lr,) = self.per_block("lr")
         return [{"params": list(self.parameters()), "lr": lr}]

@@ -24,14 +24,14 @@ import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from advrec_common.datasets.types import Interactions
 from advrec_common.errors import BadCheckpoint, InvalidInput, NotFound
-from services.recommender.config import RecConfig, parse_config
+from services.recommender.config import RecConfig, block_problems, parse_config, values_per_block
 from services.recommender.items import ItemSide, max_abs_scale
 from services.recommender.sampling import Batch
 from services.recommender.scoring import as_user_tensor
@@ -62,10 +62,17 @@ class Recommender(nn.Module):
             raise InvalidInput(f"need n_users >= 1 and n_items >= 2, got {n_users}, {n_items}")
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.config = parse_config(config).resolved(self.DEFAULTS)
+        if problems := block_problems(self.name, self.config):
+            raise InvalidInput("; ".join(problems))
         self.dims: dict[str, int] = {}
         self.fitted = False
         self.register_buffer("feature_scale", torch.tensor(1.0))
         self.register_buffer("spatial_scale", torch.tensor(1.0))
+
+    def per_block(self, field: Literal["lr", "regs"]) -> list[float]:
+        """``config.lr`` / ``config.regs`` as one value per parameter block, in
+        :data:`~services.recommender.kinds.CONFIG_BLOCKS` order (a single value is broadcast)."""
+        return values_per_block(self.name, field, getattr(self.config, field))
 
     # ----------------------------------------------------------------- hooks
     def _dims(self, items: ItemSide | None, train: Interactions) -> dict[str, int]:
@@ -363,18 +370,3 @@ def dot_items(user_vecs: Tensor, item_vecs: Tensor, bias: Tensor | None, items: 
     return s if bias is None else s + bias[items]
 
 
-def lr_list(lr: list[float], n: int) -> list[float]:
-    """One lr per parameter block: a single value is broadcast; otherwise lengths must match."""
-    if len(lr) == 1:
-        return lr * n
-    if len(lr) != n:
-        raise InvalidInput(f"lr needs 1 or {n} values, got {len(lr)}")
-    return list(lr)
-
-
-def reg_list(regs: list[float], n: int) -> list[float]:
-    if len(regs) == 1:
-        return regs * n
-    if len(regs) != n:
-        raise InvalidInput(f"regs needs 1 or {n} values, got {len(regs)}")
-    return list(regs)

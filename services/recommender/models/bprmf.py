@@ -15,10 +15,8 @@ from services.recommender.models.base import (
     bpr_loss,
     dot_items,
     embedding,
-    lr_list,
     penalty,
     penalty_grad_,
-    reg_list,
 )
 
 
@@ -50,17 +48,17 @@ class BPRMF(Recommender):
         p = self.P[users]
         x_pos = (p * self.Q[pos]).sum(1) + self.b[pos]
         x_neg = (p * self.Q[neg]).sum(1) + self.b[neg]
-        r_user, r_item = reg_list(self.config.regs, 2)
+        r_user, r_item = self.per_block("regs")
         form = self.config.reg_form
         reg = r_user * penalty([p], form) + r_item * penalty([self.Q[pos], self.Q[neg]], form)
         return bpr_loss(x_pos, x_neg) + reg
 
     def param_groups(self) -> list[dict[str, Any]]:
-        lr_u, lr_i = lr_list(self.config.lr, 2)
+        lr_u, lr_i = self.per_block("lr")
         return [{"params": [self.P], "lr": lr_u}, {"params": [self.Q, self.b], "lr": lr_i}]
 
     def train_tables(self) -> dict[str, tuple[str, float]]:
-        lr_u, lr_i = lr_list(self.config.lr, 2)
+        lr_u, lr_i = self.per_block("lr")
         return {"P": ("user", lr_u), "Q": ("item", lr_i), "b": ("item", lr_i)}
 
     def bpr_grads(self, W: dict[str, Tensor], G: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, list[Tensor]]]:
@@ -72,7 +70,7 @@ class BPRMF(Recommender):
         x = (p * d).sum(1).add_(torch.index_select(b, 0, i)).sub_(torch.index_select(b, 0, j))
         z = torch.sigmoid(-x)
         zc = z.unsqueeze(1)
-        r_u, r_i = reg_list(self.config.regs, 2)
+        r_u, r_i = self.per_block("regs")
         form = self.config.reg_form
         # (a per-table penalty, count_row * 2r * w_row, measured slower than these per-row terms)
         G["P"].index_add_(0, u, penalty_grad_(d.mul_(zc.neg()), p, r_u, form))

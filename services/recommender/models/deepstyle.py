@@ -19,9 +19,7 @@ from services.recommender.models.base import (
     bpr_loss,
     dot_items,
     embedding,
-    lr_list,
     penalty,
-    reg_list,
 )
 from services.recommender.models.vbpr import VisualBPRGrads, _BatchItems
 
@@ -62,7 +60,7 @@ class DeepStyle(VisualBPRGrads, Recommender):
         u = self.P[users]
         v_pos = self._item_vectors(pos, f[pos], c[pos])
         v_neg = self._item_vectors(neg, f[neg], c[neg])
-        r_u, r_i, r_e = reg_list(self.config.regs, 3)
+        r_u, r_i, r_e = self.per_block("regs")
         form = self.config.reg_form
         reg = r_u * penalty([u], form) + r_i * penalty([v_pos, v_neg], form)
         if r_e:
@@ -70,12 +68,12 @@ class DeepStyle(VisualBPRGrads, Recommender):
         return bpr_loss((u * v_pos).sum(1), (u * v_neg).sum(1)) + reg
 
     def param_groups(self) -> list[dict[str, Any]]:
-        lr_u, lr_i, lr_e = lr_list(self.config.lr, 3)
+        lr_u, lr_i, lr_e = self.per_block("lr")
         return [{"params": [self.P], "lr": lr_u}, {"params": [self.Q, self.L], "lr": lr_i},
                 {"params": [self.E], "lr": lr_e}]
 
     def train_tables(self) -> dict[str, tuple[str, float]]:
-        lr_u, lr_i, lr_e = lr_list(self.config.lr, 3)
+        lr_u, lr_i, lr_e = self.per_block("lr")
         return {"P": ("user", lr_u), "Q": ("item", lr_i), "L": ("category", lr_i), "E": ("dense", lr_e)}
 
     def _category_rows(self, bi: _BatchItems, batch: Batch) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from advrec_common.datasets.types import Interactions
 from services.recommender.defaults import MODEL_DEFAULTS
 from services.recommender.items import ItemSide
-from services.recommender.models.base import Recommender, lr_list, penalty, reg_list
+from services.recommender.models.base import Recommender, penalty
 
 
 def small_cnn_f(width: int, k: int) -> nn.Sequential:
@@ -88,10 +88,10 @@ class DVBPR(Recommender):
         th = self.theta[users]
         diff = (th * emb[inv[: pos.numel()]]).sum(1) - (th * emb[inv[pos.numel() :]]).sum(1)
         loss = nn.functional.softplus(-diff.clamp(min=-80.0)).sum()  # the study clips the difference
-        r_theta, r_cnn = reg_list(self.config.regs, 2)
+        r_theta, r_cnn = self.per_block("regs")
         weights = [m.weight for m in self.cnn.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         return loss + r_theta * penalty([th], self.config.reg_form) + r_cnn * penalty(weights, self.config.reg_form)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        (lr,) = lr_list(self.config.lr, 1)
+        (lr,) = self.per_block("lr")
         return [{"params": list(self.parameters()), "lr": lr}]

@@ -26,10 +26,8 @@ from services.recommender.models.base import (
     bpr_loss,
     dot_items,
     embedding,
-    lr_list,
     penalty,
     penalty_grad_,
-    reg_list,
 )
 
 
@@ -110,7 +108,7 @@ class VisualBPRGrads:
     def bpr_grads(self, W: dict[str, Tensor], G: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, list[Tensor]]]:
         cfg = self.config
         full = self.full
-        form, (r_u, r_i, r_e) = cfg.reg_form, reg_list(cfg.regs, 3)
+        form, (r_u, r_i, r_e) = cfg.reg_form, self.per_block("regs")
         k = W["Q"].shape[1]
         bi = _BatchItems(batch, self.n_items, self.items_features)
         vis = bi.project(bi.features, W["E"])
@@ -255,7 +253,7 @@ class VBPR(VisualBPRGrads, Recommender):
         x_pos, x_neg = (u * v_pos).sum(1), (u * v_neg).sum(1)
         if b_pos is not None:
             x_pos, x_neg = x_pos + b_pos, x_neg + b_neg
-        r_u, r_i, r_e = reg_list(self.config.regs, 3)
+        r_u, r_i, r_e = self.per_block("regs")
         form = self.config.reg_form
         # the study regularises q~ = q + E^T f (its item vector), p_u and E
         reg = r_u * penalty([u], form) + r_i * penalty([v_pos, v_neg], form)
@@ -273,7 +271,7 @@ class VBPR(VisualBPRGrads, Recommender):
         return loss + reg
 
     def param_groups(self) -> list[dict[str, Any]]:
-        lr_u, lr_i, lr_e = lr_list(self.config.lr, 3)
+        lr_u, lr_i, lr_e = self.per_block("lr")
         full = self.config.full_vbpr
         return [
             {"params": [self.P] + ([self.theta] if full else []), "lr": lr_u},
@@ -282,7 +280,7 @@ class VBPR(VisualBPRGrads, Recommender):
         ]
 
     def train_tables(self) -> dict[str, tuple[str, float]]:
-        lr_u, lr_i, lr_e = lr_list(self.config.lr, 3)
+        lr_u, lr_i, lr_e = self.per_block("lr")
         tables = {"P": ("user", lr_u), "Q": ("item", lr_i), "E": ("dense", lr_e)}
         if self.config.full_vbpr:
             tables.update(theta=("user", lr_u), b=("item", lr_i), beta=("dense", lr_e))
