@@ -216,9 +216,23 @@ def _is_outage(exc: Exception) -> bool:
         isinstance(exc, ApiError) and exc.status_code in RETRY_STATUSES)
 
 
+def gateway_url(base_url: str) -> httpx.URL:
+    """``base_url`` as an http(s) URL with a host; InvalidInput saying what is wrong otherwise (a malformed
+    ``--server`` / ``ADVREC_SERVER`` is the user's to fix, not a connection failure)."""
+    try:
+        url = httpx.URL(base_url.strip().rstrip("/"))
+    except httpx.InvalidURL as exc:
+        raise InvalidInput(f"gateway URL {base_url!r} is not a valid URL ({exc}); give e.g. http://127.0.0.1:8000 "
+                           "(--server or ADVREC_SERVER)") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidInput(f"gateway URL {base_url!r} needs http:// or https:// and a host, e.g. "
+                           "http://127.0.0.1:8000 (--server or ADVREC_SERVER)")
+    return url
+
+
 def _client_kwargs(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
     headers = {"X-API-Key": api_key} if api_key else {}
-    return {"base_url": base_url.rstrip("/"), "headers": headers, "timeout": httpx.Timeout(timeout, connect=5.0)}
+    return {"base_url": gateway_url(base_url), "headers": headers, "timeout": httpx.Timeout(timeout, connect=5.0)}
 
 
 def _check_wait(status: dict[str, Any], raise_on_failure: bool) -> bool:

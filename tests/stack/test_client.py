@@ -45,6 +45,21 @@ def test_unreachable_gateway_is_a_typed_error():
         c.list_jobs()
 
 
+@pytest.mark.parametrize(("url", "says"), [("http://[::1", "is not a valid URL"), ("localhost:8000", "needs http://"),
+                                          ("ftp://gw", "needs http://"), ("http://", "needs http://")])
+def test_a_malformed_gateway_url_is_a_user_error_naming_the_flag(url, says, capsys):
+    """A malformed --server is InvalidInput naming --server / ADVREC_SERVER (before any request), and the
+    CLI prints it as a user error (exit 2), not as an unexpected bug."""
+    from advrec.cli import main
+    from advrec.client import AdvrecClient
+
+    with pytest.raises(InvalidInput, match=f"{says}.*--server or ADVREC_SERVER"):
+        AdvrecClient(url, API_KEY)
+    assert main(["jobs", "--server", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("advrec: error: gateway URL") and "bug" not in err
+
+
 class Flaky(httpx.AsyncBaseTransport):
     """The real gateway behind a transport that fails the first ``n`` requests: ``mode`` = "connect" (never
     arrives), "lost" (arrives, the answer is lost) or an HTTP status the "proxy" answers instead."""
