@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # idle OpenMP threads sleep instead of spinning (a busy machine otherwise loses whole cores)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
+    try:
+        parser = build_parser()  # some commands read the settings (ADVREC_*) as they load
+    except AdvrecError as exc:
+        print(f"advrec: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from advrec_common.apikeys import owner_of_digest
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
         "for every process of a home, so that the in-process and Celery executors give bit-identical numbers. "
         "Extractor training on the CPU and the category head fit use one thread whatever this says."
     )
+    jobs: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="Steps an in-process run (`advrec run`, `advrec demo`) computes at once, each in its own "
+        "worker process, with the numbers of a sequential run; 'auto': one per CPU idle now, within the memory "
+        "available (advrec/pipeline/parallelism.py). `--jobs` overrides it.")
     redis_url: str = "redis://127.0.0.1:6379/0"
     stack_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -146,8 +151,28 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process (cached; tests build their own ``Settings``)."""
-    return Settings()
+    """The settings of this process (cached; tests build their own ``Settings``). InvalidInput names every
+    ``ADVREC_*`` variable whose value does not fit, at once."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidInput(settings_problems(exc)) from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """A ValidationError of :class:`Settings` as one line per environment variable (a field whose type is a
+    union gets one line, its alternatives' messages joined)."""
+    by_var: dict[str, list[str]] = {}
+    got: dict[str, object] = {}
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        var = f"ADVREC_{field.upper()}"
+        by_var.setdefault(var, [])
+        if err["msg"] not in by_var[var]:
+            by_var[var].append(err["msg"])
+        got.setdefault(var, err.get("input"))
+    lines = [f"  {var}={got[var]!r}: {' or '.join(msgs)}" for var, msgs in by_var.items()]
+    return "invalid settings (environment variables):\n" + "\n".join(lines)
 
 
 def resolve_device(name: str = "auto") -> str:

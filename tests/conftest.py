@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython at import time
 # one CPU thread per pipeline step in tests and the workers they start: the 2 cores are shared
 os.environ.setdefault("ADVREC_TORCH_THREADS", "1")
+# one step at a time unless a test asks for more (--jobs auto depends on the load; monkeypatches reach this
+# process only)
+os.environ.setdefault("ADVREC_JOBS", "1")
 
 
 @pytest.fixture(autouse=True)

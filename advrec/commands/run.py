@@ -43,7 +43,7 @@ def _run(spec, args: argparse.Namespace, warnings: list[tuple[str, str]] = ()) -
         record = run_inprocess(spec, store, settings.runs_dir, run_id=args.resume,
                                device=args.device or settings.device, show_progress=not args.quiet,
                                announce=announce, warnings=[{"loc": loc, "msg": msg} for loc, msg in warnings],
-                               jobs=getattr(args, "jobs", 1))
+                               jobs=_resolve_jobs(args, settings))
     except KeyboardInterrupt:
         if not started:
             raise
@@ -79,6 +79,20 @@ def _run(spec, args: argparse.Namespace, warnings: list[tuple[str, str]] = ()) -
     print(f"report: {record.dir / 'report' / 'report.html'}")
     print(f"tables: {record.dir / 'report' / 'tables'}")
     return 0
+
+
+def _resolve_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """``--jobs`` (else ``ADVREC_JOBS``) as a number; ``auto`` measures the machine now and says what it chose."""
+    value = args.jobs if getattr(args, "jobs", None) is not None else settings.jobs
+    if value != "auto":
+        return int(value)
+    from advrec.pipeline.parallelism import auto_jobs
+    from advrec_common.settings import resolve_device
+
+    choice = auto_jobs(resolve_device(args.device or settings.device))
+    if not args.quiet:
+        print(f"steps at once: {choice.jobs} (--jobs auto: {choice.reason}; --jobs N sets it)", flush=True)
+    return choice.jobs
 
 
 def _failed_step(runs_dir: Path, run_id: str) -> str | None:
@@ -195,8 +209,10 @@ def job_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
 
 
-def _jobs(text: str) -> int:
-    """``--jobs``: an integer from 1 to 64."""
+def _jobs(text: str) -> int | str:
+    """``--jobs``: ``auto`` or an integer from 1 to 64."""
+    if text == "auto":
+        return text
     try:
         n = int(text)
     except ValueError:
@@ -224,9 +240,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--resume", metavar="RUN", help="resume this run id (reuses every stored step)")
         p.add_argument("--device", help="auto, cpu or cuda[:n] (default from settings)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
-        p.add_argument("--jobs", type=_jobs, default=1, metavar="N",
-                       help="compute up to N ready steps at once, each in its own process (same numbers; "
-                            "training steps use one thread each, so N = the number of cores suits; default 1)")
+        p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                       help="compute up to N ready steps at once, each in its own process (same numbers as one at "
+                            "a time); default auto (ADVREC_JOBS): one per CPU idle now, within the memory available")
         p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
         _common(p)
         p.set_defaults(func=fn)
