@@ -6,8 +6,10 @@ the numbers of a sequential run. Whether a second worker helps depends on what t
 process busy on one core leaves nothing for a second worker. So ``auto`` samples the CPUs' idle time
 over a fraction of a second (``/proc/stat``) and the memory available (``/proc/meminfo``), and takes
 one job per CPU that was at least 75 % idle, at most one per :data:`WORKER_MEMORY_BYTES` available,
-never more than this process may run on. On a GPU one job: steps share the device in one process.
-Where the measurements are unavailable (not Linux) it runs one step at a time.
+never more than this process may run on: its affinity mask and, in a container, its cgroup's CPU
+quota and memory limit (``/sys/fs/cgroup``, v2 or v1: a container sees the host's /proc). On a GPU
+one job: steps share the device in one process. Where the measurements are unavailable (not Linux)
+it runs one step at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 WORKER_MEMORY_BYTES = 2 * 1024**3  # a demo step's worker peaks at ~1.5 GB (GNU time, 2026-11-30)
 IDLE_SHARE = 0.75  # a CPU counts as free when at least this share of it was idle during the sample
 SAMPLE_S = 0.3
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,47 @@ def choose_jobs(cpus: int, idle_cpus: float | None, mem_available: int | None, d
     return JobsChoice(jobs, reason)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
+def _read(path: Path) -> str | None:
     try:
-        return len(os.sched_getaffinity(0))
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of the cgroup's CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None without one."""
+    v2 = _read(root / "cpu.max")
+    if v2 is not None:
+        quota, _, period = v2.partition(" ")
+        return None if quota == "max" or not period else int(quota) / int(period)
+    quota_v1, period_v1 = _read(root / "cpu" / "cpu.cfs_quota_us"), _read(root / "cpu" / "cpu.cfs_period_us")
+    if quota_v1 is None or period_v1 is None or int(quota_v1) <= 0:
+        return None
+    return int(quota_v1) / int(period_v1)
+
+
+def cgroup_memory_available(root: Path = CGROUP_ROOT) -> int | None:
+    """Bytes the cgroup may still use (limit - usage; v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None
+    without a limit (v1 writes "no limit" as a number near 2^63)."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit, usage = _read(root / limit_file), _read(root / usage_file)
+        if limit is None or usage is None:
+            continue
+        if limit == "max" or int(limit) >= 2**60:
+            return None
+        return max(0, int(limit) - int(usage))
+    return None
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one, within its cgroup's quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
 def auto_jobs(device: str, sample_s: float = SAMPLE_S) -> JobsChoice:
@@ -93,6 +131,10 @@ def auto_jobs(device: str, sample_s: float = SAMPLE_S) -> JobsChoice:
         time.sleep(sample_s)
         idle = idle_cpus_between(before, stat.read_text())
         mem = available_memory(meminfo.read_text())
+        in_cgroup = cgroup_memory_available()
+        if in_cgroup is not None:
+            mem = in_cgroup if mem is None else min(mem, in_cgroup)
+        cpus = usable_cpus()
     except (OSError, ValueError, IndexError):
-        pass
-    return choose_jobs(usable_cpus(), idle, mem, device)
+        return choose_jobs(1, None, None, device)
+    return choose_jobs(cpus, idle, mem, device)

@@ -109,3 +109,32 @@ def test_bad_settings_are_one_user_error_naming_every_variable(monkeypatch, caps
     assert err.startswith("advrec: error: invalid settings (environment variables):")
     assert "ADVREC_JOBS='0': Input should be greater than or equal to 1 or Input should be 'auto'" in err
     assert "ADVREC_TORCH_THREADS='-1'" in err and "Traceback" not in err
+
+
+def test_a_containers_cgroup_limits_cpus_and_memory(tmp_path):
+    """A container sees the host's /proc: its cgroup's CPU quota and memory limit (v2 or v1) bound the jobs."""
+    from advrec.pipeline.parallelism import cgroup_cpu_limit, cgroup_memory_available, usable_cpus
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    (v2 / "memory.max").write_text(f"{6 * GB}\n")
+    (v2 / "memory.current").write_text(f"{1 * GB}\n")
+    assert cgroup_cpu_limit(v2) == 1.5 and cgroup_memory_available(v2) == 5 * GB
+    assert usable_cpus(v2) <= 2
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_cpu_limit(v2) is None and cgroup_memory_available(v2) is None
+
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "memory").mkdir()
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{GB}\n")
+    assert cgroup_cpu_limit(v1) is None and cgroup_memory_available(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{3 * GB}\n")
+    assert cgroup_cpu_limit(v1) == 4.0 and cgroup_memory_available(v1) == 2 * GB
+    assert cgroup_cpu_limit(tmp_path / "none") is None and cgroup_memory_available(tmp_path / "none") is None
