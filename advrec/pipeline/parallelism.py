@@ -137,4 +137,19 @@ def auto_jobs(device: str, sample_s: float = SAMPLE_S) -> JobsChoice:
         cpus = usable_cpus()
     except (OSError, ValueError, IndexError):
         return choose_jobs(1, None, None, device)
-    return choose_jobs(cpus, idle, mem, device)
+    choice = choose_jobs(cpus, idle, mem, device)
+    if choice.jobs > 1 and (why := _no_worker_queue()):
+        return JobsChoice(1, f"{choice.reason}, but {why}")
+    return choice
+
+
+def _no_worker_queue() -> str | None:
+    """Why worker processes cannot report back here (no POSIX semaphores, e.g. a container without
+    /dev/shm), or None when they can."""
+    import multiprocessing
+
+    try:
+        multiprocessing.get_context("spawn").Queue().close()
+    except (OSError, ImportError) as exc:
+        return f"worker processes cannot share a queue here ({type(exc).__name__}: {exc})"
+    return None

@@ -138,3 +138,22 @@ def test_a_containers_cgroup_limits_cpus_and_memory(tmp_path):
     (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{3 * GB}\n")
     assert cgroup_cpu_limit(v1) == 4.0 and cgroup_memory_available(v1) == 2 * GB
     assert cgroup_cpu_limit(tmp_path / "none") is None and cgroup_memory_available(tmp_path / "none") is None
+
+
+def test_auto_runs_one_step_at_a_time_where_workers_cannot_share_a_queue(monkeypatch):
+    """Without POSIX semaphores (a container without /dev/shm) multiprocessing queues fail: auto falls
+    back to one step at a time and says why, instead of failing the run."""
+    import multiprocessing
+
+    import advrec.pipeline.parallelism as parallelism
+
+    monkeypatch.setattr(parallelism, "choose_jobs", lambda *a: parallelism.JobsChoice(2, "2.0 of 2 CPUs idle"))
+
+    class NoSemaphores:
+        def Queue(self):  # noqa: N802 (multiprocessing's name)
+            raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: NoSemaphores())
+    choice = parallelism.auto_jobs("cpu", sample_s=0.01)
+    assert choice.jobs == 1
+    assert choice.reason.startswith("2.0 of 2 CPUs idle, but worker processes cannot share a queue here (OSError")
