@@ -27,7 +27,7 @@ from advrec_common.validation import validation_problems
 from services.attacker.spec import METHODS, AttackParams, AttackSpec, delivery_problem, eps_unit_problem
 from services.extractor.named_weights import NAMED_WEIGHTS
 from services.extractor.train_config import TrainOverrides
-from services.recommender.config import MODEL_FIELDS, RecConfig, block_problems, unused_fields
+from services.recommender.config import RecConfig, config_problems
 from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items
 
 SPEC_VERSION = 1
@@ -244,11 +244,7 @@ class RecommenderSpec(_Strict):
 
     @model_validator(mode="after")
     def _config_fits(self) -> RecommenderSpec:
-        problems = block_problems(self.name, self.config)
-        ignored = unused_fields(self.name, self.config)
-        if ignored:
-            readers = "; ".join(f"{f}: {', '.join(MODEL_FIELDS[f])}" for f in ignored)
-            problems.append(f"{self.name} does not use config {', '.join(ignored)} (read only by {readers})")
+        problems = config_problems(self.name, self.config)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -10,12 +10,12 @@ import logging
 
 from advrec.pipeline.dag import Plan
 from advrec.pipeline.record import RunRecord
-from advrec_common.errors import InvalidInput, NotFound
+from advrec_common.errors import InvalidInput, NotFound, invalid
 from advrec_common.schemas import TrainJob, TrainRequest
 from advrec_common.settings import Settings
 from advrec_common.store import ArtifactStore
 from advrec_common.validation import validate_model
-from services.recommender.config import RecConfig
+from services.recommender.config import RecConfig, config_problems
 from services.recommender.kinds import RECOMMENDER_NEEDS, uses_extractor
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def plan_training(store: ArtifactStore, req: TrainRequest) -> Plan:
     if req.recommender not in RECOMMENDER_NEEDS:
         raise NotFound(f"unknown recommender {req.recommender!r}; known: {sorted(RECOMMENDER_NEEDS)}")
     config = validate_model(RecConfig, req.config, root="config", what="invalid recommender config")
+    if problems := config_problems(req.recommender, config):
+        raise invalid([("config", m) for m in problems], "invalid recommender config")
     plan = Plan()
     _stored(store, req.dataset, "dataset", "dataset")
     plan.add_stored("dataset", "dataset", req.dataset)

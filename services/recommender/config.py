@@ -121,6 +121,17 @@ def block_problems(recommender: str, config: RecConfig) -> list[str]:
     return problems
 
 
+def config_problems(recommender: str, config: RecConfig) -> list[str]:
+    """Everything in ``config`` that does not fit ``recommender``: lr/regs lengths, and fields only other
+    models read (:func:`unused_fields`); empty when it fits."""
+    problems = block_problems(recommender, config)
+    ignored = unused_fields(recommender, config)
+    if ignored:
+        readers = "; ".join(f"{f}: {', '.join(MODEL_FIELDS[f])}" for f in ignored)
+        problems.append(f"{recommender} does not use config {', '.join(ignored)} (read only by {readers})")
+    return problems
+
+
 def values_per_block(recommender: str, field: Literal["lr", "regs"], values: list[float]) -> list[float]:
     """``values`` as one per parameter block of ``recommender`` (a single value is broadcast)."""
     n = len(CONFIG_BLOCKS[recommender][field])

@@ -136,6 +136,20 @@ def test_preflight_problems_are_422_and_never_show_server_paths(gateway_client, 
     assert _nothing_recorded(settings)
 
 
+def test_a_training_request_whose_config_does_not_fit_the_model_is_422_before_anything_is_recorded(
+        gateway_client, settings):
+    """POST /v1/models checks the config against the recommender (lr/regs blocks, fields other models
+    read) like a spec's recommenders[] are checked: every problem at once, no job recorded."""
+    body = {"dataset": "0" * 64, "recommender": "vbpr", "config": {"lr": [0.1, 0.2], "adv_eps": 0.5}}
+    r = gateway_client.post("/v1/models", json=body)
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert [e["loc"] for e in errors] == ["config", "config"]
+    assert errors[0]["msg"].startswith("config.lr: vbpr takes one value for all its parameters or one per block: 3")
+    assert errors[1]["msg"] == "vbpr does not use config adv_eps (read only by adv_eps: amr)"
+    assert _nothing_recorded(settings)
+
+
 def test_nul_in_an_artifact_path_is_404(gateway_client, settings):
     from advrec.pipeline.record import RunRecord
     from advrec_common.apikeys import owner_id
