@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-WORKER_MEMORY_BYTES = 2 * 1024**3  # a demo step's worker peaks at ~1.5 GB (GNU time, 2026-11-30)
+WORKER_MEMORY_BYTES = 5 * 1024**3 // 2  # peak RSS measured 2026-11-30: 1.4-1.6 GB (demo), 2.4 GB (Lite0 at 224 px)
 IDLE_SHARE = 0.75  # a CPU counts as free when at least this share of it was idle during the sample
 SAMPLE_S = 0.3
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -75,7 +75,7 @@ def choose_jobs(cpus: int, idle_cpus: float | None, mem_available: int | None, d
         by_memory = max(1, mem_available // WORKER_MEMORY_BYTES)
         if by_memory < jobs:
             jobs = int(by_memory)
-        reason += f", {mem_available / 1024**3:.1f} GB available ({WORKER_MEMORY_BYTES // 1024**3} GB per worker)"
+        reason += f", {mem_available / 1024**3:.1f} GB available ({WORKER_MEMORY_BYTES / 1024**3:.1f} GB per worker)"
     return JobsChoice(jobs, reason)
 
 

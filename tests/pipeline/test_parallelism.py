@@ -42,7 +42,7 @@ def test_available_memory_reads_memavailable():
     (2, 1.8, 20 * GB, "cpu", 2),       # 80 % idle counts as free
     (2, 1.7, 20 * GB, "cpu", 1),       # 70 % does not
     (2, 0.1, 20 * GB, "cpu", 1),       # a saturated machine still runs one step
-    (16, 15.9, 20 * GB, "cpu", 10),    # memory caps it: 20 GB / 2 GB per worker
+    (16, 15.9, 20 * GB, "cpu", 8),     # memory caps it: 20 GB / 2.5 GB per worker
     (16, 15.9, 1 * GB, "cpu", 1),      # little memory: one
     (4, 3.99, None, "cpu", 4),         # memory unknown: the CPUs decide
     (2, None, 20 * GB, "cpu", 1),      # idle time unknown (not Linux): one
@@ -55,7 +55,7 @@ def test_choose_jobs(cpus, idle, mem, device, jobs):
     assert choice.reason  # says why, printed by the CLI
     if idle is not None and not device.startswith("cuda"):
         assert f"{idle:.1f} of {cpus} CPUs idle" in choice.reason
-    assert WORKER_MEMORY_BYTES == 2 * GB
+    assert WORKER_MEMORY_BYTES == 2.5 * GB
 
 
 def test_the_cli_says_what_auto_chose_and_an_explicit_count_wins(monkeypatch, tmp_path, capsys):
