@@ -108,6 +108,8 @@ class _RunProgress:
         self.index = 0
         self.inner = ""
         self.started = time.perf_counter()
+        self.busy_seconds = 0.0  # compute seconds of the finished steps (their sum outgrows the wall with jobs > 1)
+        self.busy_wall = 0.0  # wall seconds from the start to the last step that finished
         self._drawn = 0.0
         self.bar = None
         if show and self.todo:
@@ -138,6 +140,8 @@ class _RunProgress:
         if step.name in self.eta.units:
             self.eta.finish(step.name, seconds if computed else None)
         if computed:
+            self.busy_seconds += seconds
+            self.busy_wall = time.perf_counter() - self.started
             self._refine(step)
         self.running.pop(step.name, None)
         if self.current is step or self.current is None or self.current.name not in self.running:
@@ -180,7 +184,7 @@ class _RunProgress:
             self.bar.total = round(self.eta.total)
 
     def _draw(self, force: bool = False) -> None:
-        from advrec.pipeline.work import format_seconds
+        from advrec.pipeline.work import format_seconds, wall_eta
 
         if self.bar is None:
             return
@@ -193,7 +197,8 @@ class _RunProgress:
         if len(self.running) > 1:
             where = f"{len(self.running)} steps running, latest {step.name}" if step is not None else where
         self.bar.n = min(round(self.eta.done), self.bar.total)
-        self.bar.set_postfix_str(f"ETA {format_seconds(self.eta.remaining_seconds())} | {where}"
+        eta = wall_eta(self.eta.remaining_seconds(), self.busy_seconds, self.busy_wall)
+        self.bar.set_postfix_str(f"ETA {format_seconds(eta)} | {where}"
                                  + (f": {self.inner}" if self.inner else ""), refresh=False)
         self.bar.refresh()
 

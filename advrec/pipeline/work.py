@@ -214,6 +214,14 @@ class EtaModel:
         return sum((self.units[n] - self.done_units[n]) * self.rate(self.kinds[n]) for n in self.units)
 
 
+def wall_eta(remaining_step_seconds: float, busy_seconds: float, wall_seconds: float) -> float:
+    """Wall time left when steps run concurrently: the remaining step-seconds divided by the
+    concurrency measured so far (step-seconds of finished steps per second of wall time, at least 1:
+    a sequential run's overheads never make its ETA longer)."""
+    concurrency = busy_seconds / wall_seconds if wall_seconds > 0 else 1.0
+    return remaining_step_seconds / max(1.0, concurrency)
+
+
 def format_seconds(seconds: float) -> str:
     """'42s', '3m05s', '1h12m'."""
     if not math.isfinite(seconds):

@@ -101,3 +101,13 @@ def test_inner_progress_and_refined_estimates_move_the_bar():
     assert eta.remaining_seconds() == pytest.approx(6.0)
     eta.finish("b", None)  # reused from the store: nothing learnt, nothing left
     assert eta.remaining_seconds() == 0 and format_seconds(3725) == "1h02m" and format_seconds(65) == "1m05s"
+
+
+def test_wall_eta_divides_by_the_measured_concurrency():
+    from advrec.pipeline.work import wall_eta
+
+    # two steps at once: 120 step-seconds finished in 60 s of wall -> 100 step-seconds left take 50 s
+    assert wall_eta(100.0, busy_seconds=120.0, wall_seconds=60.0) == 50.0
+    # sequential: start-up and bookkeeping make busy < wall; the ETA is never stretched
+    assert wall_eta(100.0, busy_seconds=50.0, wall_seconds=60.0) == 100.0
+    assert wall_eta(100.0, busy_seconds=0.0, wall_seconds=0.0) == 100.0  # nothing finished yet
