@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from advrec_common.apikeys import owner_of_digest
 from advrec_common.errors import InvalidInput
+from advrec_common.validation import loc_path
 
 QUOTA_FIELDS = ("catalog_items", "image_pixels", "catalog_pixels", "plan_steps", "concurrent_jobs")
 
@@ -157,6 +159,14 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise InvalidInput(settings_problems(exc)) from None
+    except SettingsError as exc:  # a list/dict variable that is not JSON
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "?"
+        raise InvalidInput(f"invalid settings (environment variables):\n  ADVREC_{field.upper()}: not valid JSON "
+                           "(lists and mappings are given as JSON, e.g. '[\"...\"]')") from None
+
+
+# pydantic names the member of a union type an error comes from in its loc ("constrained-int", "literal['auto']")
+_UNION_MEMBER = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|list\[.*\]|dict\[.*\])$")
 
 
 def settings_problems(exc: ValidationError) -> str:
@@ -166,12 +176,14 @@ def settings_problems(exc: ValidationError) -> str:
     got: dict[str, object] = {}
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
-        var = f"ADVREC_{field.upper()}"
+        inner = loc_path(p for p in err["loc"][1:] if not _UNION_MEMBER.match(str(p)))
+        var = f"ADVREC_{field.upper()}" + (f" ({inner})" if inner else "")
         by_var.setdefault(var, [])
         if err["msg"] not in by_var[var]:
             by_var[var].append(err["msg"])
-        got.setdefault(var, err.get("input"))
-    lines = [f"  {var}={got[var]!r}: {' or '.join(msgs)}" for var, msgs in by_var.items()]
+        secret = any(word in field for word in ("token", "secret", "password", "key"))
+        got.setdefault(var, "<hidden>" if secret else repr(err.get("input")))
+    lines = [f"  {var}={got[var]}: {' or '.join(msgs)}" for var, msgs in by_var.items()]
     return "invalid settings (environment variables):\n" + "\n".join(lines)
 
 

@@ -111,6 +111,27 @@ def test_bad_settings_are_one_user_error_naming_every_variable(monkeypatch, caps
     assert "ADVREC_TORCH_THREADS='-1'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("env", "says"), [
+    ({"ADVREC_API_KEY_HASHES": "notjson"}, "ADVREC_API_KEY_HASHES: not valid JSON"),
+    ({"ADVREC_KEY_QUOTAS": '{"x": {"bogus": 1}}'}, "ADVREC_KEY_QUOTAS (x.bogus)=<hidden>: Extra inputs"),
+])
+def test_settings_errors_name_the_variable_and_hide_secret_values(monkeypatch, env, says):
+    from advrec_common.errors import InvalidInput
+    from advrec_common.settings import get_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidInput) as caught:
+            get_settings()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert says in str(caught.value)
+    assert "bogus\": 1" not in str(caught.value)  # a value of a key-bearing variable is never echoed
+
+
 def test_a_containers_cgroup_limits_cpus_and_memory(tmp_path):
     """A container sees the host's /proc: its cgroup's CPU quota and memory limit (v2 or v1) bound the jobs."""
     from advrec.pipeline.parallelism import cgroup_cpu_limit, cgroup_memory_available, usable_cpus
