@@ -160,9 +160,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     path = Path(out)
+    if path.is_dir():
+        raise InvalidInput(f"{path} is a folder; give the spec file's name (e.g. {path / 'advrec.yaml'})")
     if path.exists() and not args.force:
         raise InvalidInput(f"{path} exists; choose another FILE or pass --force")
-    path.write_text(text)
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}"
+                           + (" (its folder does not exist)" if not path.parent.is_dir() else "")) from None
     print(f"wrote {path}; check it with:  advrec run {json.dumps(str(path))[1:-1]} --validate")
     return 0
 

@@ -187,6 +187,12 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
                  str(paths["interactions"])]) == 0
     assert "source: train" not in bare.read_text().replace("(source: train", "")
     assert main(["run", str(bare), "--validate", "--home", str(tmp_path / "h")]) == 0
+    capsys.readouterr()
+    # where it cannot write: a user error naming the path, not an "unexpected" bug
+    assert main(["init", str(tmp_path / "no" / "such" / "x.yaml")]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
+    assert main(["init", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_steps_report_progress_in_their_own_units(tmp_path):
