@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: one paragraph, the traceback on request
         if getattr(args, "debug", False) or getattr(args, "debug_all", False):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # a path the user gave (or the disk) refused it: name it; not a bug of advrec
+            where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+            print(f"advrec: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"advrec: error: unexpected {type(exc).__name__}: {exc}. This is most likely a bug in advrec; "
               f"rerun with --debug to see the traceback.", file=sys.stderr)
         return 1

@@ -87,3 +87,16 @@ def test_inspect_names_columns_like_a_spec(tmp_path: Path, capsys: pytest.Captur
     assert "no 'custmer' column" in capsys.readouterr().err
     assert main(["dataset", "inspect", str(tmp_path)]) == 2  # a folder that is not in the study layout
     assert "pass --interactions FILE" in capsys.readouterr().err
+
+
+def test_a_path_the_system_refuses_is_a_user_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError about a path (here: a folder under a regular file) is printed with the path and exit 2,
+    not as an "unexpected ... bug"; --debug still shows the traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = blocker / "demo"
+    assert main(["dataset", "demo", "--out", str(target), "--items", "20", "--users", "12", "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"advrec: error: {target}") and "bug" not in err
+    with pytest.raises(OSError):
+        main(["--debug", "dataset", "demo", "--out", str(target), "--items", "20", "--users", "12", "--size", "16"])
