@@ -88,20 +88,39 @@ def _catalog_from_folder(folder: Path):
     return Catalog(item_ids=stems, image_paths=files)
 
 
+def _check_extract_args(args: argparse.Namespace, named: set[str]) -> None:
+    """InvalidInput listing every problem of ``advrec extractor extract``'s flags."""
+    from advrec_common.errors import invalid
+    from advrec_common.vision.backbones import BACKBONES
+
+    problems = []
+    if args.weights not in named:
+        if not Path(args.weights).is_file():
+            problems.append(("--weights", f"{args.weights!r} is neither a checkpoint file nor a named weight "
+                                          "(`advrec extractor weights` lists them)"))
+        if args.backbone is None:
+            problems.append(("--backbone", "required with a checkpoint file"))
+    if args.backbone is not None and args.backbone not in BACKBONES:
+        problems.append(("--backbone", f"unknown backbone {args.backbone!r}; known: {', '.join(sorted(BACKBONES))}"))
+    if not Path(args.images).is_dir():
+        problems.append(("--images", f"image folder {str(args.images)!r} does not exist"))
+    if args.image_size is not None and args.image_size < 0:
+        problems.append(("--image-size", f"a positive side in pixels (or 0 for native), got {args.image_size}"))
+    if problems:
+        raise invalid(problems, "invalid arguments")
+
+
 def _extract(args: argparse.Namespace) -> int:
     from services.extractor.extraction import extract_features, write_study_outputs
     from services.extractor.weights import NAMED_WEIGHTS, load_extractor, resolve_named_weights
 
     settings = get_settings()
+    _check_extract_args(args, set(NAMED_WEIGHTS))  # every flag problem at once, before loading anything
     if args.weights in NAMED_WEIGHTS:
         model = resolve_named_weights(args.weights, settings.resolved_weights_dir)
     else:
-        if args.backbone is None:
-            raise InvalidInput("--backbone is required with a checkpoint file")
         model = load_extractor(args.weights, args.backbone, layout=args.layout)
     catalog = _catalog_from_folder(args.images)
-    if args.image_size is not None and args.image_size < 0:
-        raise InvalidInput(f"--image-size must be a positive side in pixels (or 0 for native), got {args.image_size}")
     size = model.input_size if args.image_size is None else (args.image_size or None)
     t0 = time.perf_counter()
     result = extract_features(model, catalog, batch_size=args.batch_size, device=args.device,

@@ -104,6 +104,16 @@ def test_cli_extract_refuses_a_missing_device_without_a_traceback(tmp_path, caps
         assert rc == 2 and words in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_cli_extract_lists_every_flag_problem_before_loading(tmp_path, capsys):
+    rc = main(["extractor", "extract", "--weights", "nope:x", "--backbone", "nope", "--images", str(tmp_path / "none"),
+               "--out", str(tmp_path / "out"), "--image-size", "-3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("advrec: error: invalid arguments:")
+    assert [line.split(":")[0].strip() for line in err.splitlines()[1:]] == [
+        "--weights", "--backbone", "--images", "--image-size"]
+    assert "neither a checkpoint file nor a named weight" in err and not (tmp_path / "out").exists()
+
+
 def test_cli_weights_lists_present_and_missing(tmp_path, capsys):
     assert main(["extractor", "weights", "--weights-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
