@@ -396,6 +396,9 @@ def parse_spec(data: dict[str, Any]) -> EvaluationSpec:
         raise invalid(validation_problems(exc), "invalid evaluation spec") from None
 
 
+MAX_SPEC_BYTES = 1_000_000
+
+
 def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:
     """The unvalidated spec document of a YAML/JSON file, or ``{"preset": NAME}``."""
     text = str(path_or_preset)
@@ -404,12 +407,21 @@ def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:
     path = Path(text)
     if not path.is_file():
         raise InvalidInput(f"no spec file {path} (and not a preset: {sorted(PRESETS)})")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise InvalidInput(f"{path}: {path.stat().st_size:,} bytes; a spec is at most {MAX_SPEC_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start}); a spec is a YAML or JSON file") from None
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML/JSON: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(exc, "problem", None) or str(exc)
+        raise InvalidInput(f"{where}: not valid YAML/JSON: {what}") from None
+    if data is None:
+        raise InvalidInput(f"{path}: the file is empty; `advrec init` writes a commented example spec")
     if not isinstance(data, dict):
-        raise InvalidInput(f"{path}: a spec must be a mapping")
+        raise InvalidInput(f"{path}: a spec must be a mapping (field: value lines), not a {type(data).__name__}")
     return data
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from advrec.pipeline.preflight import preflight
@@ -218,3 +221,20 @@ def test_a_catalog_without_labels_is_warned_about_extractor_classes(tmp_path):
     (tmp_path / "labelled").mkdir()
     labelled = preflight(_spec(_catalog(tmp_path / "labelled")), device="cpu")
     assert "dataset.categories" not in dict(labelled.warnings)
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"a: [1, 2\n", "bad.yaml:2:1: not valid YAML/JSON: expected ',' or ']'"),
+    (b"", "the file is empty"),
+    (b"\x00\x01\xff", "not UTF-8 text (byte 2)"),
+    (b"- 1\n- 2\n", "a spec must be a mapping (field: value lines), not a list"),
+    (b"x" * 1_000_001, "a spec is at most 1,000,000"),
+])
+def test_a_spec_file_that_is_not_a_spec_is_one_clear_error(tmp_path, monkeypatch, content, says):
+    from advrec.pipeline.spec import read_spec_document
+    from advrec_common.errors import InvalidInput
+
+    monkeypatch.chdir(tmp_path)
+    Path("bad.yaml").write_bytes(content)
+    with pytest.raises(InvalidInput, match=re.escape(says)):
+        read_spec_document("bad.yaml")
