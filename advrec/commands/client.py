@@ -166,6 +166,11 @@ def _upload_files(args: argparse.Namespace) -> dict[str, Any]:
     if path is not None and path.is_file():
         if given := [f"--{k}" for k, v in named.items() if v is not None]:
             raise InvalidInput(f"{path} is an archive: it holds the files, so {', '.join(given)} cannot be given")
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise InvalidInput(f"{path} is not a zip archive; upload a zip (images/ + interactions.csv inside) or a "
+                               "folder, or name the files with --images DIR --interactions FILE")
         return {"path": path}
     folder = path
     if folder is not None and not folder.is_dir():

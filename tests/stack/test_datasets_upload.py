@@ -315,6 +315,8 @@ def test_upload_names_its_files_with_flags(tmp_path, capsys):
     assert main(["upload", str(shop), *server]) == 2  # no images/ and no interactions.csv in it
     err = capsys.readouterr().err
     assert "--images: no images folder" in err and "--interactions: no interactions file" in err
+    assert main(["upload", str(shop / "events.csv"), *server]) == 2  # a file that is no zip: said before sending
+    assert "is not a zip archive" in capsys.readouterr().err
 
 
 def test_an_upload_answers_what_its_check_noticed(gateway_client):
