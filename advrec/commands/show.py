@@ -64,6 +64,10 @@ def describe(doc: dict[str, Any], *, run_dir: Path | None = None, server: str | 
         lines.append(f"  {'kind':<14} {'steps':>5} {'computed':>8} {'reused':>6} {'seconds':>9} {'share':>6}")
         for kind, n, comp, reused, sec in rows:
             lines.append(f"  {kind:<14} {n:>5} {comp:>8} {reused:>6} {sec:>9.1f} {100 * sec / total:>5.0f}%")
+        wall = (doc["updated"] - doc["created"]) if all(isinstance(doc.get(k), int | float)
+                                                          for k in ("created", "updated")) else None
+        if wall and total > 1.1 * wall:  # --jobs > 1: the steps' seconds overlap
+            lines.append(f"  (steps ran at once: their {total:.0f} s of compute took {wall:.0f} s of wall time)")
     if run_dir is not None:
         report = run_dir / "report" / "report.html"
         lines.append(f"report   {report}" if report.is_file() else "report   (none yet)")

@@ -395,3 +395,15 @@ def test_a_ctrl_c_while_a_worker_starts_is_delivered_not_lost():
         signal.signal(signal.SIGINT, previous)
     assert received == [signal.SIGINT]  # delivered once, not lost
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the mask is restored
+
+
+def test_show_says_when_steps_ran_at_once():
+    """With --jobs > 1 the steps' seconds add up to more than the run's wall time: show says so, not
+    a sequential run."""
+    from advrec.commands.show import describe
+
+    steps = {f"evaluate/{i}": {"state": "done", "kind": "evaluate", "seconds": 50.0} for i in range(4)}
+    parallel = describe({"run_id": "r", "state": "done", "created": 1000.0, "updated": 1110.0, "steps": steps})
+    assert "(steps ran at once: their 200 s of compute took 110 s of wall time)" in parallel
+    sequential = describe({"run_id": "r", "state": "done", "created": 1000.0, "updated": 1205.0, "steps": steps})
+    assert "ran at once" not in sequential
