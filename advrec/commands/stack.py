@@ -6,16 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from advrec.stack.launcher import Stack, StackConfig
+from advrec.stack.launcher import SERVICE_PORTS, Stack, StackConfig
 from advrec_common.settings import get_settings
 
 
 def _stack(args: argparse.Namespace) -> Stack:
     s = get_settings()
     home = Path(args.home) if args.home else s.home
+    # the services listen next to the gateway (8000 -> 8001..8003), so two stacks differ by --port alone
+    services = {svc: args.port + 1 + i for i, svc in enumerate(SERVICE_PORTS)}
     return Stack(StackConfig(home=home, port=args.port, redis_url=args.redis_url or s.redis_url,
-                             services=not args.no_services, device=s.device, stack_id=s.stack_id,
-                             api_key_hashes=s.api_key_hashes or None))
+                             services=not args.no_services, service_ports=services, device=s.device,
+                             stack_id=s.stack_id, api_key_hashes=s.api_key_hashes or None))
 
 
 def _print_status(status: dict) -> None:
@@ -82,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--home", help="stack home (default ADVREC_HOME)")
-        q.add_argument("--port", type=int, default=8000, help="gateway port")
+        q.add_argument("--port", type=int, default=8000, help="gateway port; the services take the next three "
+                                                              "(default 8000: 8001-8003)")
         q.add_argument("--redis-url", help="default ADVREC_REDIS_URL")
         q.add_argument("--no-services", action="store_true", help="only gateway + workers")
         q.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")

@@ -255,6 +255,11 @@ class Stack:
         if leftovers:
             raise Conflict(f"processes of an earlier run of {self.home} are still alive: {leftovers}; "
                            f"run `advrec stack down` first")
+        busy = self.busy_ports()
+        if busy:
+            raise Conflict(f"port(s) already in use on {self.config.host}: {', '.join(busy)}; another program (or "
+                           "another stack) holds them: `advrec stack up --port N` moves the gateway to N and the "
+                           "services to N+1..N+3")
         self.dir.mkdir(parents=True, exist_ok=True)
         redis_plan = None
         if self.redis_answers():
@@ -279,6 +284,21 @@ class Stack:
             self.down(timeout=10)
             raise
         return self.status()
+
+    def busy_ports(self) -> list[str]:
+        """``"8000 (gateway)"`` for every port this stack would listen on that something else holds now."""
+        c = self.config
+        names = {p["name"] for p in self.processes()}
+        wanted = {"gateway": c.port, **{svc: port for svc, port in c.service_ports.items() if svc in names}}
+        busy = []
+        for name, port in wanted.items():
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                try:
+                    sock.bind((c.host, port))
+                except OSError:
+                    busy.append(f"{port} ({name})")
+        return busy
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Poll the gateway's /readyz (and each service's /healthz) until all answer 200."""
