@@ -324,6 +324,9 @@ def environment(art: RunArtifacts) -> dict[str, Any]:
     same torch build, CPU ISA and thread counts: this is what to compare when two runs differ."""
     keys = [art.scenario, *art.extractors.values(), *art.features.values(), *art.train.values(),
             *art.adversarial.values(), *art.evaluate.values(), *art.placebo.values(), *art.oracle.values()]
+    for key in art.adversarial.values():  # the attacks themselves ran in the shards the merge step lists
+        shards = (art.store.meta(key).get("deps") or {}).get("shards") or []
+        keys.extend(k for k in shards if isinstance(k, str) and art.store.has(k))
     threads: dict[str, set[int]] = {}
     devices: dict[str, set[str]] = {}
     builds: set[str] = set()

@@ -67,7 +67,7 @@ def test_runs_end_to_end(first_run):
     assert results["tests"]["n_tests"] > 0
     # how each kind was computed (tests pin ADVREC_TORCH_THREADS=1): what to compare when two runs differ
     env = results["environment"]
-    assert {"extractor", "features", "train", "evaluate", "adversarial"} <= set(env["threads"])
+    assert {"extractor", "features", "train", "evaluate", "adversarial", "attack_shard"} <= set(env["threads"])
     assert all(v == [1] for v in env["threads"].values()) and all(v == ["cpu"] for v in env["devices"].values())
     import torch
 
