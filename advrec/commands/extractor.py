@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from advrec_common.errors import InvalidInput, NotFound
+from advrec_common.errors import InvalidInput
 from advrec_common.settings import get_settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
@@ -73,10 +73,9 @@ def _train_demo(args: argparse.Namespace) -> int:
 
 
 def _catalog_from_folder(folder: Path):
+    """The catalog of an image folder (its existence was checked with the other flags)."""
     from advrec_common.datasets.types import Catalog
 
-    if not folder.is_dir():
-        raise NotFound(f"image folder {str(folder)!r} does not exist")
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")

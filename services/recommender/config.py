@@ -133,13 +133,9 @@ def config_problems(recommender: str, config: RecConfig) -> list[str]:
 
 
 def values_per_block(recommender: str, field: Literal["lr", "regs"], values: list[float]) -> list[float]:
-    """``values`` as one per parameter block of ``recommender`` (a single value is broadcast)."""
-    n = len(CONFIG_BLOCKS[recommender][field])
-    if len(values) == 1:
-        return list(values) * n
-    if len(values) != n:
-        raise InvalidInput(f"{recommender}: {field} needs 1 or {n} values, got {len(values)}")
-    return list(values)
+    """``values`` as one per parameter block of ``recommender`` (a single value is broadcast); the lengths
+    were checked by :func:`block_problems` when the model was built."""
+    return list(values) * len(CONFIG_BLOCKS[recommender][field]) if len(values) == 1 else list(values)
 
 
 def parse_config(config: RecConfig | dict[str, Any] | None) -> RecConfig:

@@ -189,8 +189,10 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
     assert main(["run", str(bare), "--validate", "--home", str(tmp_path / "h")]) == 0
     capsys.readouterr()
     # where it cannot write: a user error naming the path, not an "unexpected" bug
-    assert main(["init", str(tmp_path / "no" / "such" / "x.yaml")]) == 2
-    assert "its folder does not exist" in capsys.readouterr().err
+    missing = tmp_path / "no" / "such" / "x.yaml"
+    assert main(["init", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"advrec: error: {missing}: No such file or directory") and "bug" not in err
     assert main(["init", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
