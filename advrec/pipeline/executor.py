@@ -247,12 +247,20 @@ def _fail_first(running: dict[str, Step], step: Step) -> None:
 def _blocking_sigint(start: Callable[[], Any]) -> Any:
     """``start()`` with SIGINT blocked: a process it spawns inherits the mask, so Ctrl-C cannot hit it
     before :func:`_init_worker` ignores the signal; a Ctrl-C meanwhile stays pending for this process
-    (delivered when the mask is restored, never lost)."""
+    (delivered when the mask is restored, never lost).
+
+    multiprocessing's resource tracker is started first: launching it (on the first spawn of the
+    process) *unblocks* SIGINT when it is done (``resource_tracker.ensure_running`` ends with
+    ``SIG_UNBLOCK``), which inside this window left the first worker spawned with Ctrl-C deliverable
+    during its start-up: a Ctrl-C then killed it with a traceback (a flaky test, issue 23 item 13)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         return start()
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # idempotent; never inside the window (see above)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return start()
