@@ -8,10 +8,15 @@ far as features can move.
   delivery (8-bit values stay on the grid; JPEG is applied again). Clipping to [0,1] may shrink it
   slightly; its measured size is reported beside the attack's. An attack whose effect is no larger
   than its placebo's moved the recommender no more than noise of its size does.
-* **Oracle** (:func:`oracle_rows`): the origin items' features replaced by the mean clean feature of
-  the target category's items — what an attacker who could set the features directly would aim
-  for. Its effect bounds what moving the features can do (a positive control: if the oracle does not
-  move the category's exposure, no attack on the images can be expected to).
+* **Oracle** (:func:`oracle_rows`): every origin item takes the clean features of one *real* target
+  item (a seeded draw that uses the target's items as evenly as possible) — a perfect visual disguise,
+  what an attacker who could set the features directly would aim for. It keeps the target's spread:
+  some disguises land on the target's best-scored items, and those reach users' top-K. Its effect
+  bounds what moving the features can do (a positive control: if the oracle does not raise the
+  category's exposure, no attack on the images can be expected to).
+* **Centroid oracle** (:func:`centroid_rows`, control ``oracle_centroid``): every origin item takes the
+  *mean* feature of the target's items. One vector scores like the target's average item, below any
+  user's top-K tail, so it can miss a rise the real disguise shows; kept as its own control.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from advrec_common.errors import InvalidInput
 
 
 def placebo_images(clean_u8: np.ndarray, delivered: np.ndarray, draws: int, seed: int, delivery: str = "png8",
-                   jpeg_quality: int = 90) -> np.ndarray:
+                   jpeg_quality: int = 90, start: int = 0) -> np.ndarray:
     """clean_u8 (M,H,W,3) uint8, delivered (M,H,W,3) uint8 (or float32 in [0,1] for ``float``) ->
-    (draws,M,H,W,3) placebo images of the same dtype as ``delivered``."""
+    (draws,M,H,W,3) placebo images of the same dtype as ``delivered``; draw r uses the random stream
+    ``[seed, start + r]`` (``start`` lets a caller shuffle another perturbation per draw with the same streams)."""
     if clean_u8.shape != delivered.shape or clean_u8.ndim != 4 or clean_u8.dtype != np.uint8:
         raise InvalidInput(f"clean (M,H,W,3) uint8 and delivered must match, got {clean_u8.shape} {clean_u8.dtype} "
                            f"and {delivered.shape}")
@@ -37,7 +43,7 @@ def placebo_images(clean_u8: np.ndarray, delivered: np.ndarray, draws: int, seed
     flat = delta.reshape(m, -1)
     out = np.empty((draws, *delivered.shape), dtype=delivered.dtype)
     for r in range(draws):
-        rng = np.random.default_rng([seed, r])
+        rng = np.random.default_rng([seed, start + r])
         # one permutation per image: argsort of uniform keys, vectorised over images
         order = np.argsort(rng.random(flat.shape), axis=1, kind="stable")
         shuffled = np.take_along_axis(flat, order, axis=1).reshape(delta.shape)
@@ -53,18 +59,43 @@ def placebo_images(clean_u8: np.ndarray, delivered: np.ndarray, draws: int, seed
     return out
 
 
-def oracle_rows(features: np.ndarray, categories: np.ndarray, origin: int, target: int) -> tuple[np.ndarray, np.ndarray]:
-    """(items (M,) of the origin category, rows (M,...) all equal to the target category's mean feature).
+def _members(categories: np.ndarray, origin: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    categories = np.asarray(categories)
+    items, targets = np.flatnonzero(categories == origin), np.flatnonzero(categories == target)
+    if targets.size == 0:
+        raise InvalidInput(f"the target category (id {target}) has no items: the oracle has nothing to aim at")
+    return items.astype(np.int64), targets.astype(np.int64)
+
+
+def oracle_sources(categories: np.ndarray, origin: int, target: int, seed: int,
+                   stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(origin items (M,), the target item whose features each takes (M,)): a seeded permutation of the
+    target's items, repeated when the origin has more items, so every target item is used
+    floor(M/T) or ceil(M/T) times and the disguises keep the target's spread. ``stream`` gives an
+    independent draw of the same seed (the scenario's choice uses another draw than the evaluation)."""
+    items, targets = _members(categories, origin, target)
+    rng = np.random.default_rng([int(seed), int(origin), int(target), int(stream)])
+    repeats = -(-items.size // targets.size) if items.size else 0
+    order = np.concatenate([rng.permutation(targets) for _ in range(repeats)]) if repeats else targets[:0]
+    return items, order[: items.size].astype(np.int64)
+
+
+def oracle_rows(features: np.ndarray, categories: np.ndarray, origin: int, target: int,
+                seed: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(items (M,) of the origin category, rows (M,...) = the clean features of a real target item each,
+    the source target items (M,)) — see :func:`oracle_sources`.
 
     ``features`` (I,...) clean features (pooled (I,D) or spatial (I,D',h,w)); ``categories`` (I,) ids.
     """
-    categories = np.asarray(categories)
-    items = np.flatnonzero(categories == origin)
-    targets = np.flatnonzero(categories == target)
-    if targets.size == 0:
-        raise InvalidInput(f"the target category (id {target}) has no items: the oracle has nothing to aim at")
+    items, sources = oracle_sources(categories, origin, target, seed, stream)
+    return items, np.asarray(features[sources], dtype=np.float32).copy(), sources
+
+
+def centroid_rows(features: np.ndarray, categories: np.ndarray, origin: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items (M,) of the origin category, rows (M,...) all equal to the target category's mean feature)."""
+    items, targets = _members(categories, origin, target)
     mean = np.asarray(features[targets], dtype=np.float64).mean(axis=0).astype(np.float32)
-    return items.astype(np.int64), np.broadcast_to(mean, (items.size, *mean.shape)).copy()
+    return items, np.broadcast_to(mean, (items.size, *mean.shape)).copy()
 
 
 def perturbation_size(clean_u8: np.ndarray, images: np.ndarray) -> dict[str, float]:

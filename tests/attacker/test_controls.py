@@ -8,7 +8,7 @@ import torch
 
 from advrec_common.errors import InvalidInput
 from services.attacker.budget import Budget
-from services.attacker.controls import oracle_rows, perturbation_size, placebo_images
+from services.attacker.controls import centroid_rows, oracle_rows, perturbation_size, placebo_images
 from services.attacker.delivery import deliver
 
 
@@ -49,14 +49,33 @@ def test_placebo_clips_to_the_image_range_and_keeps_float_deliveries_float():
         placebo_images(clean, adv[:, :2], 1, 0)
 
 
-def test_oracle_sets_origin_rows_to_the_target_mean():
+def test_centroid_oracle_sets_origin_rows_to_the_target_mean():
     feats = np.arange(12, dtype=np.float32).reshape(6, 2)
     cats = np.array([0, 1, 0, 2, 1, 0])
-    items, rows = oracle_rows(feats, cats, origin=0, target=1)
+    items, rows = centroid_rows(feats, cats, origin=0, target=1)
     assert items.tolist() == [0, 2, 5]
     np.testing.assert_allclose(rows, np.tile((feats[1] + feats[4]) / 2, (3, 1)))
     with pytest.raises(InvalidInput, match="no items"):
-        oracle_rows(feats, cats, origin=0, target=3)
+        centroid_rows(feats, cats, origin=0, target=3)
+
+
+def test_oracle_gives_each_origin_item_a_real_target_items_features():
+    """Hand-made catalog: origin 0 has 5 items, target 1 has 2. Every origin row equals the clean row of
+    a target item, each target item is used 2 or 3 times (the spread is kept), and the draw is seeded."""
+    feats = np.arange(20, dtype=np.float32).reshape(10, 2)
+    cats = np.array([0, 1, 0, 2, 0, 1, 0, 2, 0, 2])
+    items, rows, sources = oracle_rows(feats, cats, origin=0, target=1, seed=7)
+    assert items.tolist() == [0, 2, 4, 6, 8]
+    assert set(sources.tolist()) == {1, 5} and sorted(np.bincount(sources)[[1, 5]].tolist()) == [2, 3]
+    np.testing.assert_array_equal(rows, feats[sources])
+    again = oracle_rows(feats, cats, origin=0, target=1, seed=7)
+    np.testing.assert_array_equal(again[2], sources)
+    assert any(not np.array_equal(oracle_rows(feats, cats, 0, 1, seed=s)[2], sources) for s in range(8))
+    # with more target items than origin items, no target item is used twice
+    _, _, once = oracle_rows(feats, cats, origin=2, target=0, seed=1)
+    assert set(once.tolist()) <= {0, 2, 4, 6, 8} and len(set(once.tolist())) == len(once) == 3
+    with pytest.raises(InvalidInput, match="no items"):
+        oracle_rows(feats, cats, origin=0, target=3, seed=0)
 
 
 def test_study_truncation_reproduces_the_minus_one_levels():
