@@ -2,7 +2,9 @@
 
 Generative model (all vectorised over users x items)::
 
-    theta_u ~ Dirichlet(alpha_cat * 1_C)               preference over product types
+    theta_u ~ Dirichlet(alpha_cat * C * z)             preference over product types; z = Zipf(skew)
+                                                       shares in a seeded order: some types are much
+                                                       more popular than others
     C_u     = 2 colours drawn without replacement      favourite colours
     P_u     = 1 pattern drawn uniformly                favourite pattern
     pop_i   ~ Normal(0, 1)                             item popularity
@@ -36,6 +38,7 @@ class TasteWeights:
     popularity: float = 0.6
     alpha_category: float = 0.5
     temperature: float = 1.0
+    category_skew: float = 1.0
 
 
 @dataclass
@@ -80,6 +83,17 @@ def utility(
     )
 
 
+def category_concentration(n_categories: int, weights: TasteWeights, rng: np.random.Generator) -> np.ndarray:
+    """(C,) Dirichlet concentration of the users' category preferences: ``alpha_category`` per category
+    on average, spread over the categories as a Zipf law of exponent ``category_skew`` in a seeded random
+    order (0: every category equally popular; 1.2: the most popular ~15x the least)."""
+    if weights.category_skew == 0:
+        return np.full(n_categories, weights.alpha_category)
+    share = (1.0 + np.arange(n_categories)) ** -weights.category_skew
+    share = share[rng.permutation(n_categories)]
+    return weights.alpha_category * n_categories * share / share.sum()
+
+
 def simulate_shoppers(
     attrs: list[dict],
     category_names: list[str],
@@ -91,7 +105,7 @@ def simulate_shoppers(
     """Draw ``n_users`` tastes and their interactions with the items described by ``attrs``."""
     n_items = len(attrs)
     item_cat, item_color, item_pattern = item_codes(attrs, category_names)
-    category_pref = rng.dirichlet(np.full(len(category_names), weights.alpha_category), size=n_users)
+    category_pref = rng.dirichlet(category_concentration(len(category_names), weights, rng), size=n_users)
     favourite_colors = np.argsort(rng.random((n_users, len(COLORS))), axis=1)[:, :2]
     favourite_pattern = rng.integers(0, len(PATTERNS), size=n_users)
     popularity = rng.normal(0.0, 1.0, size=n_items)
