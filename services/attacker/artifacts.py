@@ -12,6 +12,12 @@
   feature matrix with the attacked rows replaced (``features.npy``, ``spatial.npy``), the attacked
   ``items.npy`` with their images/classes/probabilities, ``table.json`` and ``summary.json``
   (:func:`summarize_attack_table`).
+* ``promo_attack`` / ``promo_transfer`` (item promotion, :func:`write_promotion_attack`): ``items.npy``
+  (N,) the promoted catalog rows, per draw ``features.npy`` (R',N,D), ``spatial.npy`` (R',N,D',h,w)
+  when extracted, ``images.npy`` (R',N,H,W,3) delivered images (uint8; float32 for ``float``) --
+  one draw per replicate when the attack is white-box against replicate r's recommender, else one --
+  ``table.json`` (per draw and image: feature loss, perceptual distance) and ``summary.json``. Read as
+  a :class:`Perturbation` by :func:`load_perturbation`, like the placebo and the oracle.
 """
 
 from __future__ import annotations
@@ -295,6 +301,27 @@ def write_oracle(out: Path, items: np.ndarray, features: np.ndarray, spatial: np
     _write_json(out / "summary.json", summary)
 
 
+def write_promotion_attack(out: Path, items: np.ndarray, features: np.ndarray, spatial: np.ndarray | None,
+                           images: np.ndarray, table: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Fill a ``promo_attack`` or ``promo_transfer`` directory (see the module docstring)."""
+    if features.ndim != 3 or images.ndim != 5 or features.shape[:2] != images.shape[:2]:
+        raise ValueError(f"expected (R',N,D) features and (R',N,H,W,3) images, got {features.shape}, {images.shape}")
+    np.save(out / "items.npy", np.asarray(items, dtype=np.int64))
+    np.save(out / "features.npy", features.astype(np.float32))
+    if spatial is not None:
+        np.save(out / "spatial.npy", spatial.astype(np.float32))
+    np.save(out / "images.npy", images)
+    _write_json(out / "table.json", table)
+    _write_json(out / "summary.json", summary)
+
+
+def load_promotion_attack(store: ArtifactStore, key: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(items (N,), delivered images (R',N,H,W,3) as stored, summary) of a ``promo_attack``/``promo_transfer``."""
+    d = store.open(key)
+    return (np.load(d / "items.npy", allow_pickle=False), np.load(d / "images.npy", allow_pickle=False),
+            json.loads((d / "summary.json").read_text()))
+
+
 @dataclass
 class Perturbation:
     """What one evaluation cell replaces in the catalog's item side: the rows of ``items`` (M,), with,
@@ -319,7 +346,8 @@ class Perturbation:
 
 
 def load_perturbation(store: ArtifactStore, key: str) -> Perturbation:
-    """The rows an ``adversarial``, ``placebo`` or ``oracle`` artifact replaces (see :class:`Perturbation`)."""
+    """The rows an ``adversarial``, ``placebo``, ``oracle``, ``promo_attack`` or ``promo_transfer`` artifact
+    replaces (see :class:`Perturbation`)."""
     kind = store.meta(key).get("kind")
     d = store.open(key)
     if kind == "adversarial":

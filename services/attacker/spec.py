@@ -29,6 +29,10 @@ class MethodInfo:
     params: tuple[str, ...] = ()
     # params the method pins: stating that value is harmless (as is any param's default, so dumps round-trip)
     fixed: tuple[tuple[str, object], ...] = ()
+    # the attack reads per-image inputs (an item's catalog row): its labels are the images' positions
+    positional: bool = False
+    # it needs what only the pipeline can give (a recommender's objective, popular items' features)
+    promotion: bool = False
 
     def accepted_params(self) -> tuple[str, ...]:
         return (("targeted",) if self.needs_labels else ()) + self.params
@@ -47,7 +51,15 @@ METHODS: dict[str, MethodInfo] = {
     "spsa": MethodInfo(params=("queries",)),
     "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
     "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
+    # item promotion (Liu & Larson's INSA and EXPA): a seller's own item, not a category
+    "insa": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                       positional=True, promotion=True),
+    "insa_topk": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                            positional=True, promotion=True),
+    "expa": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                       promotion=True),
 }
+PROMOTION_METHODS = tuple(m for m, info in METHODS.items() if info.promotion)
 
 
 def method_info(method: str) -> MethodInfo:
@@ -66,6 +78,9 @@ DEFAULT_STEPS: dict[str, int] = {
     "spsa": 100,  # study: nb_iter 100
     "feature_match": 10,
     "score": 10,
+    "insa": 20,
+    "insa_topk": 20,
+    "expa": 20,
 }
 DEFAULT_QUERIES: dict[str, int] = {"square": 1000, "spsa": 128}
 
@@ -116,6 +131,13 @@ class AttackSpec(AttackParams):
     @classmethod
     def _known_method(cls, v: str) -> str:
         method_info(v)
+        return v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_in_255_units(cls, v: float) -> float:
+        if problem := eps_unit_problem(v):
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

@@ -9,6 +9,10 @@
 * ``evaluate``: ``topk.npy`` (R,U,K) lists after the perturbation, per replicate, and
   ``metrics.json`` (per-K category metrics per replicate with their effects and tests, accuracy
   after, rank shift).
+* ``promo_items``: ``items.npy`` (N,) the catalog rows a seller promotes and ``promoted.json`` (their ids,
+  how they were chosen, their clean slot counts).
+* ``promo_evaluate``: ``metrics.json``: per replicate, per promoted item, its standing before and after
+  (:func:`services.recommender.promotion.promotion_metrics`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from services.recommender.models.base import Recommender
 
 MODEL_DIR, TOPK_FILE, TRAIN_FILE, LINEAGE_FILE = "model.pt", "topk.npy", "train.json", "lineage.json"
 SCENARIO_FILE, METRICS_FILE = "scenario.json", "metrics.json"
+PROMOTED_ITEMS, PROMOTED_FILE = "items.npy", "promoted.json"
 
 
 def _dump(path: Path, obj: Any) -> None:
@@ -109,3 +114,21 @@ def write_evaluation(out: Path, tops_after: np.ndarray, metrics: dict[str, Any])
 
 def load_metrics(store: ArtifactStore, key: str) -> dict[str, Any]:
     return json.loads((store.open(key) / METRICS_FILE).read_text())
+
+
+# -- item promotion --------------------------------------------------------------------------------
+def write_promoted_items(out: Path, rows: np.ndarray, info: dict[str, Any]) -> None:
+    """Fill a ``promo_items`` directory: the promoted catalog rows (N,) and how they were chosen."""
+    np.save(out / PROMOTED_ITEMS, np.asarray(rows, dtype=np.int64))
+    _dump(out / PROMOTED_FILE, info)
+
+
+def load_promoted_items(store: ArtifactStore, key: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """(rows (N,), info) of a ``promo_items`` artifact."""
+    d = store.open(key)
+    return np.load(d / PROMOTED_ITEMS, allow_pickle=False), json.loads((d / PROMOTED_FILE).read_text())
+
+
+def write_promotion_evaluation(out: Path, metrics: dict[str, Any]) -> None:
+    """Fill a ``promo_evaluate`` directory (``metrics.json``, read back by :func:`load_metrics`)."""
+    _dump(out / METRICS_FILE, metrics)

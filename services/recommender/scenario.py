@@ -1,9 +1,13 @@
 """Pick the attack scenario from a clean run: a low-exposure origin and a high-exposure target category.
 
 The study chose origin/target by hand from per-class CHR over all users (e.g. sandal -> running
-shoe on Amazon Men). Here: rank categories by CHR@K (count form); origin = the least exposed
-category with at least ``min_items`` items (an attack needs items to push); target = the most
-exposed category other than the origin.
+shoe on Amazon Men). Here: rank categories by CHR@K (count form); the candidates are the few least
+exposed categories with at least ``min_items`` items (an attack needs items to push) and the few most
+exposed categories (:func:`candidate_pairs`); among them the pipeline measures the oracle (a perfect
+visual disguise) in deployment and keeps the pair where it raises the origin's exposure most
+(:func:`choose_pair`), so the scenario asks a question a rise can answer. Without that measurement
+(no recommender reads the extractor's features) the origin is the least exposed candidate and the
+target the most exposed one.
 """
 
 from __future__ import annotations
@@ -65,3 +69,33 @@ def scenario_warnings(table: Sequence[dict[str, Any]], origin: str, target: str,
         out.append(f"the origin '{origin}' holds {o['n_items']} of the catalog's {n_total} items "
                    f"({o['n_items'] / n_total:.0%}): its exposure has little room to rise; {fix}")
     return out
+
+
+def candidate_pairs(table: Sequence[dict[str, Any]], *, origin: str | None, target: str | None, min_items: int,
+                    n: int) -> list[tuple[str, str]]:
+    """(origin, target) names to measure: the ``n`` least exposed categories with at least ``min_items`` items
+    (or the given origin) x the ``n`` most exposed categories with items (or the given target); rows of
+    ``table`` are {name, chr, n_items, id}, sorted by CHR descending."""
+    rows = sorted(table, key=lambda r: (-float(r["chr"]), r["id"]))
+    origins = [origin] if origin is not None else [
+        r["name"] for r in sorted((r for r in rows if r["n_items"] >= min_items and r["name"] != target),
+                                  key=lambda r: (float(r["chr"]), -r["n_items"], r["id"]))[:n]]
+    targets = [target] if target is not None else [
+        r["name"] for r in rows if r["n_items"] > 0 and r["name"] != origin][:n]
+    return [(o, t) for o in origins for t in targets if o != t]
+
+
+def choose_pair(measured: Sequence[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any]:
+    """The measured pair whose oracle raised the origin's exposure most, and whether that rise is real.
+
+    ``measured``: rows {origin, target, effect, p_value, ...} (the oracle's effect on the origin's CHR in
+    deployment across replicates). ``feasible`` when the best effect is positive and its p-value,
+    Bonferroni-adjusted for the number of pairs tried (the choice takes the largest of them), is at
+    most ``alpha``; ``p_adjusted`` is that value (None when the pair could not be tested)."""
+    if not measured:
+        raise InvalidInput("no candidate pair was measured")
+    best = max(measured, key=lambda r: (float(r["effect"]), -measured.index(r)))
+    p = best.get("p_value")
+    adjusted = None if p is None else min(1.0, float(p) * len(measured))
+    feasible = float(best["effect"]) > 0 and adjusted is not None and adjusted <= alpha
+    return {**best, "p_adjusted": adjusted, "n_pairs": len(measured), "feasible": feasible}

@@ -61,3 +61,54 @@ def test_score_attack_raises_a_recommender_score(random_model, images):
 def test_feature_attack_argument_errors(random_model, images, method, kwargs, message):
     with pytest.raises(InvalidInput, match=message):
         run_attack(random_model, images, AttackSpec(method=method, eps=4, steps=1), None, **kwargs)
+
+
+def test_insa_ascends_each_items_own_objective_by_its_catalog_row(random_model, images):
+    """INSA's labels are the images' positions: image i ascends the objective of catalog row rows[i] (here a
+    different visual direction per row), within the budget, across batches."""
+    g = torch.Generator().manual_seed(3)
+    rows = torch.tensor([40, 7, 12, 3, 99, 51])
+    directions = {int(r): torch.randn(random_model.feature_dim, generator=g) for r in rows}
+    seen: list[list[int]] = []
+
+    def objective(features, spatial, batch_rows):
+        seen.append(batch_rows.tolist())
+        return torch.stack([features[j] @ directions[int(r)] for j, r in enumerate(batch_rows)])
+
+    spec = AttackSpec(method="insa", eps=4, steps=6)
+    adv = run_attack(random_model, images, spec, None, batch_size=4, objective=objective, rows=rows)
+    assert seen[0] == rows[:4].tolist() and seen[-1] == rows[4:].tolist()  # batches read their own rows
+    before = torch.stack([_features(random_model, images)[j] @ directions[int(r)] for j, r in enumerate(rows)])
+    after = torch.stack([_features(random_model, adv)[j] @ directions[int(r)] for j, r in enumerate(rows)])
+    assert torch.all(after > before)
+    assert (adv - images).abs().max() <= 4 / 255 + 1e-6
+    # the objective of another row would have moved the image elsewhere: the mapping matters
+    wrong = run_attack(random_model, images, spec, None, objective=objective, rows=rows.flip(0))
+    assert not torch.equal(wrong, adv)
+
+
+def test_insa_gives_the_feature_map_when_the_objective_needs_it(random_model, images):
+    maps = []
+
+    def objective(features, spatial, batch_rows):
+        maps.append(spatial)
+        return spatial.mean(dim=(1, 2, 3))
+
+    run_attack(random_model, images, AttackSpec(method="insa_topk", eps=4, steps=1), None,
+               objective=objective, rows=torch.arange(6), objective_spatial=True)
+    assert maps[0] is not None and maps[0].ndim == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({}, "needs objective"), ({"objective": lambda f, s, r: f.sum(1)}, "needs rows"),
+     ({"objective": lambda f, s, r: f, "rows": torch.arange(6)}, "one value per image")],
+)
+def test_insa_argument_errors(random_model, images, kwargs, message):
+    with pytest.raises(InvalidInput, match=message):
+        run_attack(random_model, images, AttackSpec(method="insa", eps=4, steps=1), None, **kwargs)
+
+
+def test_promotion_methods_need_budgets_in_255_units():
+    with pytest.raises(ValueError, match="did you mean 7.65"):
+        AttackSpec(method="insa", eps=0.03)

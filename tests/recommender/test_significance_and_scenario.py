@@ -86,3 +86,36 @@ def test_scenario_warnings_on_hand_made_rankings():
                 {"name": "b", "chr": 0.0, "n_items": 6}]
     assert scenario_warnings(balanced, "b", "c", 3, automatic_origin=True, min_items=5) == []
     assert scenario_warnings(balanced, "nope", "c", 3, automatic_origin=True, min_items=5) == []
+
+
+def test_candidate_pairs_are_the_least_x_most_exposed_categories():
+    from services.recommender.scenario import candidate_pairs
+
+    table = [{"id": i, "name": n, "chr": c, "n_items": m} for i, (n, c, m) in enumerate(
+        [("a", 9.0, 10), ("b", 7.0, 10), ("c", 5.0, 10), ("d", 2.0, 10), ("e", 1.0, 3), ("f", 0.5, 10)])]
+    pairs = candidate_pairs(table, origin=None, target=None, min_items=5, n=2)
+    assert pairs == [("f", "a"), ("f", "b"), ("d", "a"), ("d", "b")]  # e has too few items to be an origin
+    assert candidate_pairs(table, origin="c", target=None, min_items=5, n=2) == [("c", "a"), ("c", "b")]
+    assert candidate_pairs(table, origin=None, target="b", min_items=5, n=2) == [("f", "b"), ("d", "b")]
+    assert candidate_pairs(table, origin="d", target="a", min_items=5, n=3) == [("d", "a")]
+    two = table[:2]
+    assert candidate_pairs(two, origin=None, target=None, min_items=5, n=3) == [("b", "a"), ("a", "b")]
+
+
+def test_choose_pair_keeps_the_largest_rise_and_corrects_for_the_choice():
+    """The best of n measured pairs is feasible only when its p-value times n (Bonferroni: the choice took the
+    largest) is at most alpha, and its effect is a rise."""
+    from services.recommender.scenario import choose_pair
+
+    rows = [{"origin": "o1", "target": "t1", "effect": 0.01, "p_value": 0.2},
+            {"origin": "o1", "target": "t2", "effect": 0.05, "p_value": 0.004},
+            {"origin": "o2", "target": "t1", "effect": -0.02, "p_value": 0.001}]
+    best = choose_pair(rows)
+    assert (best["origin"], best["target"], best["n_pairs"]) == ("o1", "t2", 3)
+    assert best["p_adjusted"] == pytest.approx(0.012) and best["feasible"]
+    rows[1]["p_value"] = 0.02  # 0.06 after the correction
+    assert not choose_pair(rows)["feasible"]
+    falls = [{"origin": "o", "target": "t", "effect": -0.01, "p_value": 1e-6}]
+    assert not choose_pair(falls)["feasible"]  # a significant fall is not a possible rise
+    untested = [{"origin": "o", "target": "t", "effect": 0.3, "p_value": None}]
+    assert choose_pair(untested)["feasible"] is False and choose_pair(untested)["p_adjusted"] is None

@@ -89,6 +89,18 @@ def test_spec_problems_are_listed_with_their_paths(attacker_client, tiny):
     assert {e["loc"] for e in r.json()["errors"]} >= {"spec.eps", "spec.steps", "spec.cw_lr"}, r.json()
 
 
+def test_a_budget_in_0_1_units_is_refused_as_specs_refuse_it(attacker_client, tiny):
+    """eps 0.03 (a torchattacks user's 8/255) is a fraction of one grey level: the service says so, as specs and
+    the CLI do, instead of attacking with nothing."""
+    ds, _ = _images(tiny, [2])
+    body = {"dataset": tiny.keys["dataset"], "items": [ds.catalog.item_ids[2]], "extractor": tiny.keys["extractor"],
+            "spec": {"method": "pgd", "eps": 0.03}, "target": "class0"}
+    r = attacker_client.post("/v1/attack/catalog", json=body)
+    assert r.status_code == 422
+    errors = r.json()["errors"]
+    assert any(e["loc"] == "spec.eps" and "did you mean 7.65" in e["msg"] for e in errors), errors
+
+
 def test_one_request_is_bounded_in_work(attacker_client, tiny):
     """The service runs one attack at a time and a request cannot be cancelled: one costing more
     than max_sync_attack_passes is a 413 before any pass, pointing at jobs."""

@@ -22,12 +22,14 @@ from services.attacker.attacks.feature import FeatureMatch, ScoreAttack
 from services.attacker.attacks.fgsm import FGSM
 from services.attacker.attacks.mifgsm import MIFGSM
 from services.attacker.attacks.pgd import PGD
+from services.attacker.attacks.promotion import Expa, Insa, InsaTopK
 from services.attacker.attacks.spsa import SPSA
 from services.attacker.attacks.square import Square
 from services.attacker.spec import AttackSpec
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FGSM, BIM, PGD, MIFGSM, CarliniWagnerL2, APGD, Square, SPSA, FeatureMatch, ScoreAttack)
+    cls.name: cls for cls in (FGSM, BIM, PGD, MIFGSM, CarliniWagnerL2, APGD, Square, SPSA, FeatureMatch, ScoreAttack,
+                              Insa, InsaTopK, Expa)
 }
 
 
@@ -46,10 +48,14 @@ def check_images(images: torch.Tensor) -> None:
 
 
 def resolve_labels(
-    model: ImageModel, images: torch.Tensor, target: int | torch.Tensor | None, targeted: bool, needs_labels: bool
+    model: ImageModel, images: torch.Tensor, target: int | torch.Tensor | None, targeted: bool, needs_labels: bool,
+    positional: bool = False,
 ) -> torch.Tensor:
-    """(N,) long labels for the attack: the target class(es) if targeted, else the clean class (given or predicted)."""
+    """(N,) long labels for the attack: the target class(es) if targeted, else the clean class (given or predicted);
+    a positional attack's labels are the images' positions 0..N-1 (it reads per-image inputs by them)."""
     n = images.shape[0]
+    if positional:
+        return torch.arange(n)
     if target is None:
         if targeted and needs_labels:
             raise InvalidInput("a targeted attack needs a target class")
@@ -102,7 +108,8 @@ def run_attack(
     ``progress`` is called after every batch with ``{"done": n_done, "total": n, "unit": "images"}``,
     and within a batch whenever the network's forward passes so far stand for one more image (an
     exception it raises, e.g. a cancellation, stops the attack there).
-    ``extra``: ``target_features`` (feature_match) or ``score_fn`` (score).
+    ``extra``: ``target_features`` (feature_match, expa), ``score_fn`` (score), or ``objective``, ``rows`` and
+    ``objective_spatial`` (insa, insa_topk: :mod:`~services.attacker.attacks.promotion`).
     """
     if not isinstance(spec, AttackSpec):
         raise InvalidInput(f"spec must be an AttackSpec, got {type(spec).__name__}")
@@ -113,7 +120,8 @@ def run_attack(
     dev = torch.device(device)
     with _attack_mode(model, dev, spec.seed):
         attack = cls(model, spec, dev, **extra)
-        labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.info().needs_labels)
+        labels = resolve_labels(model, images.to(dev), target, spec.targeted, cls.info().needs_labels,
+                                cls.info().positional)
         n = images.shape[0]
         out = []
         for i in range(0, n, batch_size):

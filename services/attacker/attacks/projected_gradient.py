@@ -60,11 +60,13 @@ def projected_gradient(
     space: str = "pixel",
     random_start: bool = False,
     decay: float = 0.0,
+    spatial: bool = False,
 ) -> torch.Tensor:
     """images (N,3,H,W) in [0,1] -> adversarial images (N,3,H,W) in pixel units (clamp/projection by caller).
 
-    radius, step: in [0,1] units of ``space``; decay > 0 turns on MI-FGSM momentum (L-inf).
-    Uses the global RNG for the random start (the caller seeds it).
+    radius, step: in [0,1] units of ``space``; decay > 0 turns on MI-FGSM momentum (L-inf); ``spatial``: the
+    loss also reads the feature map (``out.spatial``). Uses the global RNG for the random start (the caller
+    seeds it).
     """
     normalized = space == "normalized"
     z0 = model.normalize(images) if normalized else images.clone()
@@ -79,7 +81,7 @@ def projected_gradient(
     single_step = steps == 1 and not random_start and step <= radius and norm == "linf"
     for _ in range(steps):
         adv.requires_grad_(True)
-        loss = loss_fn(model.forward_all(adv, normalized=normalized), labels).mean()
+        loss = loss_fn(model.forward_all(adv, spatial=spatial, normalized=normalized), labels).mean()
         grad = torch.autograd.grad(loss, adv)[0]
         adv = adv.detach()
         if decay > 0:
