@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from advrec.pipeline.spec import EvaluationSpec
+from advrec_common.conventions import headline_k
 from advrec_common.store import artifact_key, file_digest
 from services.extractor.artifacts import FEATURES_VERSION, features_params
 from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extractor
@@ -41,17 +42,21 @@ def _report_code_version() -> str:
 # Bump a kind's version when its code changes the numbers it produces: its artifacts (and
 # everything downstream, through the keys) are then recomputed instead of reused.
 STEP_VERSIONS: dict[str, str] = {
-    "dataset": "1",
+    "dataset": "2",  # 2: the demo world's categories differ in popularity (demo_users.category_concentration)
     "extractor": "1",
     "features": FEATURES_VERSION,  # the extractor service computes the same key
     "train": "2",  # R replicates per model
-    "scenario": "4",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named
+    "scenario": "5",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides
     "attack_shard": "3",  # per-image eligibility, float-domain success, changed flags
     "adversarial": "2",  # SR over eligible images, float SR, all-zero flag
     "placebo": "1",
-    "oracle": "1",
+    "oracle": "2",  # 2: real target items' features (form draw), the centroid as its own control
     "evaluate": "2",  # per-replicate metrics, replicate-level tests
     "report": "2-" + _report_code_version(),
+    "promo_items": "1",
+    "promo_attack": "1",
+    "promo_transfer": "1",
+    "promo_evaluate": "1",
 }
 
 # Which Celery queue runs each kind (GPU workers serve extract/attack).
@@ -67,6 +72,10 @@ STEP_QUEUES: dict[str, str] = {
     "oracle": "recommend",
     "evaluate": "recommend",
     "report": "orchestrate",
+    "promo_items": "recommend",
+    "promo_attack": "attack",
+    "promo_transfer": "extract",
+    "promo_evaluate": "recommend",
 }
 
 
@@ -244,7 +253,8 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
             p.add(train_name(ext.name, rec.name), "train", rec_params(rec), inputs)
 
     scen_rec = next((r.name for r in spec.recommenders if uses_extractor(r.name)), first_rec)
-    p.add("scenario", "scenario", {**spec.scenario.model_dump(mode="json"), "recommender": scen_rec},
+    p.add("scenario", "scenario", {**spec.scenario.model_dump(mode="json"), "recommender": scen_rec,
+                                   "k": headline_k(spec.ks), "seed": spec.seed},
           {"dataset": "dataset", "features": f"features/{first_ext}", "train": train_name(first_ext, scen_rec)})
 
     def evaluations(prefix: str, ext_name: str, perturbation: str, control: str,
@@ -260,11 +270,13 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
     movable = [r for r in spec.recommenders if reads_items(r.name)]
     n_shards = max(1, -(-n_items // spec.shard_size))
     for ext in spec.extractors:
-        if "oracle" in spec.controls:
-            oracle = p.add(f"oracle/{ext.name}", "oracle", {"spatial": spatial},
+        for control, form in (("oracle", {"form": "draw", "seed": spec.seed}), ("oracle_centroid", {"form": "centroid"})):
+            if control not in spec.controls:
+                continue
+            oracle = p.add(f"{control}/{ext.name}", "oracle", {"spatial": spatial, **form},
                            {"features": f"features/{ext.name}", "scenario": "scenario"})
             # the oracle moves features: a recommender that learns from pixels has nothing it could move
-            evaluations(f"evaluate/{ext.name}/oracle", ext.name, oracle, "oracle",
+            evaluations(f"evaluate/{ext.name}/{control}", ext.name, oracle, control,
                         [r for r in spec.recommenders if uses_extractor(r.name)])
         for atk in spec.attacks:
             for eps in atk.eps:
@@ -287,9 +299,81 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
                                     {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
                                      "features": f"features/{ext.name}", "adversarial": adversarial})
                     evaluations(f"evaluate/{cell}/placebo", ext.name, placebo, "placebo", movable)
-    evals = [s.name for s in p if s.kind == "evaluate"]
+    if spec.promotion is not None:
+        _plan_promotion(p, spec, rec_params, first_ext, scen_rec, spatial)
+    evals = [s.name for s in p if s.kind in ("evaluate", "promo_evaluate")]
     p.add("report", "report", {"spec": json.loads(spec.model_dump_json()),
                                "gallery_users": spec.gallery_users},
           {"steps": [s.name for s in p if s.kind in ("dataset", "extractor", "features", "train", "scenario",
-                                                      "adversarial", "placebo", "oracle")] + evals})
+                                                      "adversarial", "placebo", "oracle", "promo_items", "promo_attack",
+                                                      "promo_transfer")] + evals})
     return p
+
+
+def promo_cell_name(extractor: str, method: str, eps: float, recommender: str, source: str | None = None) -> str:
+    """An item-promotion cell: ``<extractor>/<method>/eps<eps>/<recommender>`` (``/from-<source>`` for the
+    transfer of another extractor's images)."""
+    return f"{extractor}/{method}/{eps_label(eps)}/{recommender}" + (f"/from-{source}" if source else "")
+
+
+def _plan_promotion(p: Plan, spec: EvaluationSpec, rec_params: Any, first_ext: str, scen_rec: str,
+                    spatial: bool) -> None:
+    """Item promotion: the promoted items, then per extractor x attack x budget x visual recommender the
+    attack (white-box against that recommender), its placebo and their evaluations in each mode; with
+    ``transfer_from``, the source extractor's images delivered to every other extractor too."""
+    promo = spec.promotion
+    assert promo is not None
+    k = headline_k(spec.ks)
+    items = p.add("promotion/items", "promo_items", {"items": promo.items.model_dump(mode="json"), "k": k},
+                  {"dataset": "dataset", "features": f"features/{first_ext}", "train": train_name(first_ext, scen_rec),
+                   "scenario": "scenario"})
+    recs = [r for r in spec.recommenders if uses_extractor(r.name)]
+    modes = spec.promotion_modes()
+
+    def evaluations(cell: str, ext: str, rec: Any, perturbation: str, control: str) -> None:
+        for mode in modes:
+            suffix = f"/{control}" if control == "placebo" else ""
+            p.add(f"promote_eval/{cell}{suffix}/{mode}", "promo_evaluate",
+                  {**rec_params(rec), "mode": mode, "ks": spec.ks, "k": k, "control": control},
+                  {"dataset": "dataset", "features": f"features/{ext}", "train": train_name(ext, rec.name),
+                   "items": items, "perturbation": perturbation})
+
+    def placebo(cell: str, ext: Any, atk: Any, perturbation: str) -> str:
+        return p.add(f"promote/{cell}/placebo", "placebo",
+                     {"draws": spec.replicates, "seed": spec.seed, "image_size": ext.image_size,
+                      "delivery": atk.delivery, "jpeg_quality": atk.jpeg_quality, "spatial": spatial},
+                     {"dataset": "dataset", "extractor": f"extractor/{ext.name}", "features": f"features/{ext.name}",
+                      "perturbation": perturbation})
+
+    sources: dict[tuple[str, str, float, str], str] = {}
+    for ext in spec.extractors:
+        for atk in promo.attacks:
+            for eps in atk.eps:
+                for rec in recs:
+                    cell = promo_cell_name(ext.name, atk.method, eps, rec.name)
+                    attack = p.add(f"promote/{cell}", "promo_attack", {
+                        **atk.attack_params(), "eps": eps, "seed": spec.seed, "image_size": ext.image_size,
+                        "recommender": rec.name, "k": k, "users": promo.users.model_dump(mode="json"),
+                        "topk_temperature": promo.topk_temperature, "expa_targets": promo.expa_targets},
+                        {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
+                         "features": f"features/{ext.name}", "items": items, "train": train_name(ext.name, rec.name)})
+                    sources[ext.name, atk.method, eps, rec.name] = attack
+                    evaluations(cell, ext.name, rec, attack, "attack")
+                    evaluations(cell, ext.name, rec, placebo(cell, ext, atk, attack), "placebo")
+    if promo.transfer_from is None:
+        return
+    for ext in spec.extractors:
+        if ext.name == promo.transfer_from:
+            continue
+        for atk in promo.attacks:
+            for eps in atk.eps:
+                for rec in recs:
+                    cell = promo_cell_name(ext.name, atk.method, eps, rec.name, promo.transfer_from)
+                    moved = p.add(f"promote/{cell}", "promo_transfer",
+                                  {"image_size": ext.image_size, "spatial": spatial},
+                                  {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
+                                   "features": f"features/{ext.name}",
+                                   "source": sources[promo.transfer_from, atk.method, eps, rec.name]})
+                    evaluations(cell, ext.name, rec, moved, "attack")
+                    evaluations(cell, ext.name, rec, placebo(cell, ext, atk, moved), "placebo")
+

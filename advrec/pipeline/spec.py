@@ -24,11 +24,18 @@ from pydantic import (
 from advrec_common.datasets.generic_layout import CategoryColumns, InteractionColumns
 from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
-from services.attacker.spec import METHODS, AttackParams, AttackSpec, delivery_problem, eps_unit_problem
+from services.attacker.spec import (
+    METHODS,
+    PROMOTION_METHODS,
+    AttackParams,
+    AttackSpec,
+    delivery_problem,
+    eps_unit_problem,
+)
 from services.extractor.named_weights import NAMED_WEIGHTS
 from services.extractor.train_config import TrainOverrides
 from services.recommender.config import RecConfig, config_problems
-from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items
+from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extractor
 
 SPEC_VERSION = 1
 DEMO_DEFENSES = ("standard", "pgd_at", "free_at")
@@ -163,7 +170,10 @@ class AttackGridSpec(_Strict):
         if v == "score":
             raise ValueError("'score' maximises a recommender's differentiable score function, which a spec cannot "
                              "supply: use it from Python (services.attacker.attacks.run_attack(..., score_fn=...)); "
-                             "in a spec, 'feature_match' pulls the features toward the target category's")
+                             "in a spec, 'feature_match' pulls the features toward the target category's, and "
+                             "promotion.attacks runs 'insa' (a recommender's score of the seller's own item)")
+        if v in PROMOTION_METHODS:
+            raise ValueError(f"{v!r} promotes a seller's own items, not a category: list it under promotion.attacks")
         return v
 
     @field_validator("eps")
@@ -210,6 +220,71 @@ class AttackGridSpec(_Strict):
         return AttackSpec(method=self.method, eps=eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
                           budget_space=self.budget_space, seed=seed,
                           **self.params.model_dump(exclude_unset=True))
+
+
+class PromotionAttackSpec(AttackGridSpec):
+    """One item-promotion attack over a list of budgets (``insa``, ``insa_topk``, ``expa``)."""
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in PROMOTION_METHODS:
+            raise ValueError(f"unknown promotion attack {v!r}; known: {list(PROMOTION_METHODS)} (category attacks such "
+                             f"as fgsm or pgd go under attacks)")
+        return v
+
+
+class PromotedItems(_Strict):
+    """Which items the seller promotes: ``ids`` (catalog item ids), or the ``least_exposed`` N items of
+    ``category`` (None: the scenario's origin) in the clean top-K lists (ties in catalog order)."""
+
+    ids: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    category: str | None = None
+    least_exposed: int = Field(20, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PromotedItems:
+        if self.ids is not None and self.category is not None:
+            raise ValueError("give either ids or category (with least_exposed), not both")
+        if self.ids is not None and len(set(self.ids)) != len(self.ids):
+            raise ValueError("ids lists an item twice")
+        return self
+
+
+class UserSegment(_Strict):
+    """The users whose scores INSA raises: all of them, or those who bought in ``category``."""
+
+    category: str | None = None
+
+
+class PromotionSpec(_Strict):
+    """Item promotion (Liu & Larson): a seller perturbs the images of their own items. Per attacked item:
+    prediction shift, share of users whose score rose, HR@K and share of top-K slots, median rank change;
+    with a placebo per attack, replicates and the run's Benjamini-Hochberg family."""
+
+    items: PromotedItems = Field(default_factory=PromotedItems)
+    attacks: list[PromotionAttackSpec] = Field(..., min_length=1, max_length=8)
+    users: UserSegment = Field(default_factory=UserSegment,
+                               description="whose scores the insider raises (insa, insa_topk); default all users")
+    transfer_from: str | None = Field(None, description="an extractor name: its attacked images are also delivered "
+                                                        "to every other extractor (a transfer attack)")
+    modes: list[Literal["retrain", "deployment"]] | None = Field(
+        None, min_length=1, description="None: the spec's modes")
+    topk_temperature: float = Field(0.5, gt=0, le=100, allow_inf_nan=False,
+                                    description="insa_topk: the sigmoid's temperature, in units of the users' score "
+                                                "spread")
+    expa_targets: int = Field(10, ge=1, le=10_000, description="expa: how many of the most exposed items to imitate")
+
+    @field_validator("attacks")
+    @classmethod
+    def _cells_unique(cls, v: list[PromotionAttackSpec]) -> list[PromotionAttackSpec]:
+        seen: set[tuple[str, float]] = set()
+        for i, grid in enumerate(v):
+            for eps in grid.eps:
+                if (grid.method, eps) in seen:
+                    raise ValueError(f"attacks[{i}]: {grid.method} at eps {eps:g} is listed twice")
+                seen.add((grid.method, eps))
+        return v
 
 
 class ScenarioSpec(_Strict):
@@ -274,10 +349,13 @@ class EvaluationSpec(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     replicates: int = Field(3, ge=1, le=50, description="retrain seeds seed..seed+R-1: every trained model "
                             "(clean, attacked, controls) is trained R times; effects are tested across them")
-    controls: list[Literal["placebo", "oracle"]] = Field(
+    controls: list[Literal["placebo", "oracle", "oracle_centroid"]] = Field(
         default_factory=lambda: ["placebo", "oracle"],
-        description="placebo: random perturbations of each attack's delivered size; oracle: origin items' "
-        "features set to the target category's mean feature (the most moving features can do)")
+        description="placebo: random perturbations of each attack's delivered size; oracle: every origin item "
+        "takes the clean features of a real target item (a perfect visual disguise: the most moving features "
+        "can do); oracle_centroid: origin items' features set to the target category's mean feature")
+    promotion: PromotionSpec | None = Field(None, description="item promotion: a seller's own items attacked with "
+                                                             "insa, insa_topk or expa (None: none)")
     shard_size: int = Field(256, ge=1, le=100_000, description="items per attack shard")
     gallery_users: int = Field(1, ge=0, le=20)
 
@@ -321,13 +399,30 @@ class EvaluationSpec(_Strict):
         recs = [r.name for r in self.recommenders]
         if len(set(recs)) != len(recs):
             raise ValueError(f"recommender names must be unique: {recs}")
+        promo = self.promotion
+        if promo is not None:
+            if promo.transfer_from is not None and promo.transfer_from not in names:
+                raise ValueError(f"promotion.transfer_from {promo.transfer_from!r} is not an extractor of the spec; "
+                                 f"extractors: {names}")
+            if promo.transfer_from is not None and len(names) < 2:
+                raise ValueError("promotion.transfer_from needs a second extractor to deliver the images to")
+            if not any(uses_extractor(r) for r in recs):
+                raise ValueError("promotion needs a recommender that reads the extractor's features (vbpr, amr, "
+                                 "deepstyle, acf): the attacks act through the extractor")
         return self
+
+    def promotion_modes(self) -> list[str]:
+        """The modes item promotion is evaluated in (its own, else the spec's)."""
+        if self.promotion is None:
+            return []
+        return list(self.promotion.modes or self.modes)
 
 
 def _demo_preset() -> dict[str, Any]:
     """The README's main command: the study's question with its science (3 defenses, replicates,
     placebo and oracle controls, corrected tests) on a grid cut to run in minutes on 2 CPU cores:
-    the study's arXiv-era recommenders (VBPR, AMR) and attacks at the budgets where they differ."""
+    the study's arXiv-era recommenders (VBPR, AMR) and attacks at the budgets where they differ, and
+    item promotion (INSA, its exposure-aware variant and EXPA) in deployment."""
     return {
         "name": "demo",
         "dataset": {"kind": "demo", "n_users": 600},
@@ -340,6 +435,11 @@ def _demo_preset() -> dict[str, Any]:
         "ks": [5, 10, 20, 50],
         "replicates": 3,
         "controls": ["placebo", "oracle"],
+        # a seller promoting their own items: the 20 least exposed items of the origin, in deployment, white-box
+        # under each extractor and crafted on the standard one (the transfer a seller without the shop's model
+        # could mount)
+        "promotion": {"attacks": [{"method": m, "eps": [8], "steps": 20} for m in ("insa", "insa_topk", "expa")],
+                      "transfer_from": "standard", "modes": ["deployment"]},
     }
 
 

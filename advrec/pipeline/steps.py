@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from advrec.pipeline.context import StepContext
-from advrec.pipeline.dag import cell_name, train_name
+from advrec.pipeline.dag import cell_name, promo_cell_name, train_name
 from advrec.pipeline.spec import AttackGridSpec
 from advrec.report.collect import RunArtifacts, check_spec
 from advrec_common.datasets.artifact import load_dataset_artifact, write_dataset_artifact
-from advrec_common.datasets.images import load_catalog_images, to_tensor
+from advrec_common.datasets.images import load_catalog_images, to_tensor, to_uint8
 from advrec_common.datasets.types import RecDataset
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore
@@ -29,18 +29,23 @@ from services.attacker.artifacts import (
     Perturbation,
     load_adversarial,
     load_perturbation,
+    load_promotion_attack,
     merge_shards,
     read_shard,
     write_oracle,
     write_placebo,
+    write_promotion_attack,
     write_shard,
 )
 from services.extractor.artifacts import FeatureSet, category_model, load_features, write_catalog_features
 from services.recommender.artifacts import (
     load_model,
+    load_promoted_items,
     load_scenario,
     load_topk,
     write_evaluation,
+    write_promoted_items,
+    write_promotion_evaluation,
     write_scenario,
     write_train_artifact,
 )
@@ -263,8 +268,17 @@ def step_scenario(ctx: StepContext) -> None:
 
     Categories are the features' (catalog labels or extractor classes: ``scenario.category_source``);
     every category is a valid target, since attacks aim at a head whose classes are the categories.
+    Before any attack, the oracle (every origin item given a real target item's features) is measured
+    in deployment for the candidate pairs (:func:`services.recommender.scenario.candidate_pairs`: the
+    named categories, or the few least x most exposed); an automatic choice keeps the pair where it
+    raises the origin's CHR@K most, and ``feasibility`` records whether even that rise is real.
     """
-    from services.recommender.scenario import propose_scenario, scenario_warnings
+    from services.recommender.scenario import (
+        candidate_pairs,
+        choose_pair,
+        propose_scenario,
+        scenario_warnings,
+    )
 
     p = ctx.params
     feats = load_features(ctx.store, ctx.input("features"), arrays=False)
@@ -293,20 +307,34 @@ def step_scenario(ctx: StepContext) -> None:
         raise InvalidInput(f"scenario.origin {origin!r} has no items (categories from {source}), so there is "
                            f"nothing to attack; items per category: "
                            + ", ".join(f"{r['name']} {r['n_items']}" for r in proposal["table"] if r["n_items"])[:400])
-    if origin is None:  # the least exposed category with items, other than a given target
+    if origin is None:
         rows = [r for r in proposal["table"] if r["n_items"] >= p["min_items"] and r["name"] != target]
         if not rows:
             raise InvalidInput(f"no category other than {target!r} has scenario.min_items = {p['min_items']} items "
                                f"to push; lower scenario.min_items or name scenario.origin")
-        origin = proposal["origin"]["name"] if proposal["origin"]["name"] != target else \
-            min(rows, key=lambda r: (r["chr"], -r["n_items"], r["id"]))["name"]
-    if target is None:  # the most exposed category other than the origin
-        target = next((r["name"] for r in proposal["table"] if r["name"] != origin and r["n_items"] > 0), None)
-        if target is None:
-            raise InvalidInput(f"no category other than {origin!r} has items to serve as target; "
-                               f"categories ({source}): {_few(names)}")
-    chosen_by = {(True, True): "spec", (False, False): "automatic (clean CHR@K ranking, as the study)"}.get(
-        (p.get("origin") is not None, p.get("target") is not None), "spec and automatic (clean CHR@K ranking)")
+    if target is None and not any(r["n_items"] > 0 and r["name"] != origin for r in proposal["table"]):
+        raise InvalidInput(f"no category other than {origin!r} has items to serve as target; "
+                           f"categories ({source}): {_few(names)}")
+    k = int(p.get("k") or p["select_k"])
+    n_candidates = int(p.get("candidates", 3))
+    pairs = candidate_pairs(proposal["table"], origin=origin, target=target, min_items=p["min_items"], n=n_candidates)
+    feasibility: dict[str, Any] = {"measured": False, "k": k, "mode": "deployment", "recommender": p["recommender"],
+                                   "extractor": ctx.step.inputs.get("features", "").split("/", 1)[-1] or None}
+    if "features" in RECOMMENDER_NEEDS[p["recommender"]] or "spatial" in RECOMMENDER_NEEDS[p["recommender"]]:
+        measured = _oracle_in_deployment(ctx, load_features(ctx.store, ctx.input("features")), pairs, k,
+                                         int(p.get("seed", 0)))
+        chosen = choose_pair(measured)
+        feasibility.update(measured=True, candidates=measured, chosen={x: chosen[x] for x in (
+            "origin", "target", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "n_pairs", "before", "after")},
+            feasible=bool(chosen["feasible"]))
+        origin, target = chosen["origin"], chosen["target"]
+    else:  # a pixel recommender: nothing to measure the feature oracle with
+        feasibility["reason"] = f"{p['recommender']} does not read the extractor's features"
+        origin, target = pairs[0]
+    both = (p.get("origin") is not None, p.get("target") is not None)
+    how = (f"the pair of {len(pairs)} candidates where the oracle raised the origin's CHR@{k} most in deployment"
+           if feasibility["measured"] else "clean CHR@K ranking, as the study")
+    chosen_by = {(True, True): "spec", (False, False): f"automatic ({how})"}.get(both, f"spec and automatic ({how})")
     warnings = scenario_warnings(proposal["table"], origin, target, p["select_k"],
                                  automatic_origin=p.get("origin") is None, min_items=p["min_items"],
                                  automatic_target=p.get("target") is None)
@@ -317,7 +345,44 @@ def step_scenario(ctx: StepContext) -> None:
         "warnings": warnings, "n_origin_items": by_name[origin]["n_items"],
         "category_source": {k: info.get(k) for k in ("requested", "used", "reason")},
         "head": {k: v for k, v in (info.get("head") or {}).items() if k != "class_names"},
+        "feasibility": feasibility,
     })
+
+
+def _oracle_in_deployment(ctx: StepContext, feats: FeatureSet, pairs: list[tuple[str, str]], k: int,
+                          seed: int) -> list[dict[str, Any]]:
+    """Per (origin, target): the oracle's effect on the origin's CHR@k when every replicate of the clean
+    model re-scores the catalog with the origin items disguised as real target items (a draw of its own,
+    ``stream=1``, apart from the evaluation's). Rows carry the per-replicate values and the replicate test."""
+    from services.attacker.controls import oracle_rows
+    from services.recommender.metrics.category import chr_at_k
+    from services.recommender.metrics.effects import replicate_effect
+
+    ds = _dataset(ctx)
+    rec = ctx.params["recommender"]
+    needs = RECOMMENDER_NEEDS[rec]
+    train_key = ctx.input("train")
+    tops = torch.as_tensor(load_topk(ctx.store, train_key))
+    clean = _item_side(feats, ds, needs)
+    cats = np.asarray(feats.categories)
+    item_cat = torch.as_tensor(cats, dtype=torch.int64)
+    names = feats.category_names
+    models = [load_model(ctx.store, train_key, r) for r in range(tops.shape[0])]
+    rows = []
+    for done, (o, t) in enumerate(pairs):
+        origin, target = names.index(o), names.index(t)
+        items, rep, sources = oracle_rows(feats.features, cats, origin, target, seed, stream=1)
+        pert = Perturbation("oracle", items, rep[None],
+                            None if feats.spatial is None else np.asarray(feats.spatial[sources])[None], None, {})
+        side = _perturbed(clean, pert, 0, needs)
+        before = [chr_at_k(tops[r], item_cat, origin, k, form="normalized")[0] for r in range(len(models))]
+        after = [chr_at_k(_ranked(m, ds, [k], k, items=side)[0], item_cat, origin, k, form="normalized")[0]
+                 for m in models]
+        eff = replicate_effect(before, after)
+        rows.append({"origin": o, "target": t, "before_per_replicate": before, "after_per_replicate": after,
+                     **{x: eff[x] for x in ("before", "after", "effect", "ci_low", "ci_high", "p_value")}})
+        ctx.report_progress(done + 1, len(pairs), "pairs")
+    return rows
 
 
 def _few(names: list[str], n: int = 20) -> str:
@@ -382,45 +447,67 @@ def step_adversarial(ctx: StepContext) -> None:
 
 
 def step_placebo(ctx: StepContext) -> None:
-    """R placebo draws of an attack cell: its delivered perturbations shuffled per image, re-extracted."""
-    from services.attacker.controls import perturbation_size, placebo_images
-    from services.extractor.extraction import extract_features
+    """R placebo draws of an attack cell (input ``adversarial``) or of an item-promotion attack (input
+    ``perturbation``, one delivered perturbation per draw): its delivered perturbations shuffled per image,
+    re-extracted."""
+    from services.attacker.controls import placebo_images
 
     p = ctx.params
     ds = _dataset(ctx)
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
     feats = load_features(ctx.store, ctx.input("features"))
-    adv = load_adversarial(ctx.store, ctx.input("adversarial"))
-    items, draws = adv.items, int(p["draws"])
-    dim = feats.features.shape[1]
-    if len(items) == 0 or adv.images is None:
-        empty = np.zeros((draws, 0, dim), np.float32)
+    draws = int(p["draws"])
+    if ctx.has_input("adversarial"):
+        adv = load_adversarial(ctx.store, ctx.input("adversarial"))
+        items, sources, summary = adv.items, None if adv.images is None else adv.images[None], adv.summary
+    else:
+        items, sources, summary = load_promotion_attack(ctx.store, ctx.input("perturbation"))
+    if len(items) == 0 or sources is None:
+        empty = np.zeros((draws, 0, feats.features.shape[1]), np.float32)
         write_placebo(ctx.out, items, empty, None, np.zeros((draws, 0, 1, 1, 3), np.uint8), {"n": 0})
         return
     size, fit = _feature_image_size(feats, p)
     clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit)
-    images = placebo_images(clean, adv.images, draws, int(p["seed"]), p["delivery"], int(p["jpeg_quality"]))
+    if sources.shape[0] == 1:  # one perturbation: every draw shuffles it (the category attacks)
+        images = placebo_images(clean, _at_size(sources[0], size) if size else sources[0], draws, int(p["seed"]),
+                                p["delivery"], int(p["jpeg_quality"]))
+    else:  # one per replicate (white-box against replicate r's model): draw r shuffles perturbation r
+        images = np.concatenate([
+            placebo_images(clean, _at_size(sources[min(r, len(sources) - 1)], size) if size else
+                           sources[min(r, len(sources) - 1)], 1, int(p["seed"]), p["delivery"],
+                           int(p["jpeg_quality"]), start=r) for r in range(draws)])
+    features, maps, sizes = _extract_draws(ctx, clean, images, bool(p["spatial"]))
+    clean_rows = np.asarray(feats.features)[items]
+    out = {"n": int(len(items)), "draws": draws, **_average(sizes),
+           "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)),
+           "attack_linf_255": summary.get("linf_255"), "attack_l2_255": summary.get("l2_255"),
+           "attack_feat_mse": summary.get("feat_mse")}
+    write_placebo(ctx.out, items, features, maps, images, out)
+
+
+def _extract_draws(ctx: StepContext, clean: np.ndarray, images: np.ndarray,
+                   spatial: bool) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float]]]:
+    """Features (R',N,D), maps (R',N,D',h,w) or None, and the perturbation sizes of (R',N,H,W,3) images of
+    the same items as ``clean``, extracted by the step's ``extractor``."""
+    from services.attacker.controls import perturbation_size
+    from services.extractor.extraction import extract_features
+
+    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
     rows, maps, sizes = [], [], []
-    for r in range(draws):
+    for r in range(images.shape[0]):
         x = images[r] if images.dtype == np.uint8 else np.ascontiguousarray(images[r].transpose(0, 3, 1, 2))
-        res = extract_features(model, x, device=ctx.device, spatial=bool(p["spatial"]))
+        res = extract_features(model, x, device=ctx.device, spatial=spatial)
         rows.append(res.features)
         if res.spatial is not None:
             maps.append(res.spatial)
         sizes.append(perturbation_size(clean, images[r]))
-        ctx.report_progress(r + 1, draws, "draws")
-    features = np.stack(rows)
-    clean_rows = np.asarray(feats.features)[items]
-    summary = {"n": int(len(items)), "draws": draws, **_average(sizes),
-               "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)),
-               "attack_linf_255": adv.summary.get("linf_255"), "attack_l2_255": adv.summary.get("l2_255"),
-               "attack_feat_mse": adv.summary.get("feat_mse")}
-    write_placebo(ctx.out, items, features, np.stack(maps) if maps else None, images, summary)
+        ctx.report_progress(r + 1, images.shape[0], "draws")
+    return np.stack(rows), np.stack(maps) if maps else None, sizes
 
 
 def step_oracle(ctx: StepContext) -> None:
-    """The positive control: origin items' features set to the target category's mean feature."""
-    from services.attacker.controls import oracle_rows
+    """The positive control: every origin item takes the clean features of a real target item (``form``
+    "draw", the control ``oracle``) or the target category's mean feature ("centroid", ``oracle_centroid``)."""
+    from services.attacker.controls import centroid_rows, oracle_rows
 
     feats = load_features(ctx.store, ctx.input("features"))
     scen = load_scenario(ctx.store, ctx.input("scenario"))
@@ -430,12 +517,21 @@ def step_oracle(ctx: StepContext) -> None:
         raise InvalidInput(f"oracle: {missing} is not a category of the catalog's items under this extractor")
     origin, target = names.index(scen["origin"]), names.index(scen["target"])
     cats = np.asarray(feats.categories)
-    items, rows = oracle_rows(feats.features, cats, origin, target)
-    spatial = None
-    if ctx.params.get("spatial") and feats.spatial is not None:
-        spatial = oracle_rows(feats.spatial, cats, origin, target)[1]
-    summary = {"n": int(len(items)), "n_target_items": int((cats == target).sum()),
+    form = ctx.params.get("form", "draw")
+    want_spatial = bool(ctx.params.get("spatial")) and feats.spatial is not None
+    spatial, sources = None, None
+    if form == "centroid":
+        items, rows = centroid_rows(feats.features, cats, origin, target)
+        if want_spatial:
+            spatial = centroid_rows(feats.spatial, cats, origin, target)[1]
+    else:
+        items, rows, sources = oracle_rows(feats.features, cats, origin, target, int(ctx.params["seed"]))
+        if want_spatial:
+            spatial = np.asarray(feats.spatial[sources], dtype=np.float32)
+    summary = {"n": int(len(items)), "n_target_items": int((cats == target).sum()), "form": form,
                "feat_mse": float(np.mean((rows - np.asarray(feats.features)[items]) ** 2)) if len(items) else 0.0}
+    if sources is not None:
+        summary["n_distinct_sources"] = int(len(np.unique(sources)))
     write_oracle(ctx.out, items, rows, spatial, summary)
 
 
@@ -543,6 +639,180 @@ def step_evaluate(ctx: StepContext) -> None:
     })
 
 
+# ----------------------------------------------------------------------------------------------
+# item promotion: a seller's own items
+
+
+def step_promo_items(ctx: StepContext) -> None:
+    """The items a seller promotes: the spec's ids, or the N least exposed items of a category (the scenario's
+    origin by default) in every replicate's clean top-K lists of the scenario's model."""
+    from services.recommender.promotion import least_exposed
+
+    p = ctx.params
+    ds = _dataset(ctx)
+    ids = p["items"].get("ids")
+    if ids:
+        where = {item: i for i, item in enumerate(ds.catalog.item_ids)}
+        unknown = [i for i in ids if i not in where]
+        if unknown:
+            raise InvalidInput(f"promotion.items.ids: {len(unknown)} id(s) not in the catalog: "
+                               f"{', '.join(map(repr, unknown[:10]))}; ids look like {ds.catalog.item_ids[0]!r}")
+        rows = np.asarray([where[i] for i in ids], dtype=np.int64)
+        how = "the spec's ids"
+        category = None
+    else:
+        feats = load_features(ctx.store, ctx.input("features"), arrays=False)
+        category = p["items"].get("category") or load_scenario(ctx.store, ctx.input("scenario"))["origin"]
+        if category not in feats.category_names:
+            raise InvalidInput(f"promotion.items.category {category!r} is not a category; categories: "
+                               f"{_few(feats.category_names)}")
+        members = np.flatnonzero(np.asarray(feats.categories) == feats.category_names.index(category))
+        if members.size == 0:
+            raise InvalidInput(f"promotion.items.category {category!r} has no items")
+        n = int(p["items"].get("least_exposed") or 20)
+        rows = least_exposed(load_topk(ctx.store, ctx.input("train")), members, n)
+        how = (f"the {len(rows)} least exposed '{category}' items (fewest slots in the clean top-{p['k']} lists of "
+               f"every replicate; ties in catalog order)")
+    tops = load_topk(ctx.store, ctx.input("train"))
+    flat = tops.reshape(-1)
+    counts = np.bincount(flat[flat >= 0], minlength=ds.n_items)[rows]
+    write_promoted_items(ctx.out, rows, {"ids": [ds.catalog.item_ids[int(r)] for r in rows], "category": category,
+                                         "chosen_by": how, "clean_slots": counts.tolist(),
+                                         "lists": {"replicates": int(tops.shape[0]), "k": int(tops.shape[-1])}})
+    ctx.meta.update(n=int(len(rows)))
+
+
+def _segment_users(ctx: StepContext, ds: RecDataset, feats: FeatureSet) -> torch.Tensor:
+    """The users whose scores the insider raises: all, or those with a training item of a category."""
+    category = (ctx.params.get("users") or {}).get("category")
+    if category is None:
+        return torch.arange(ds.n_users)
+    if category not in feats.category_names:
+        raise InvalidInput(f"promotion.users.category {category!r} is not a category; categories: "
+                           f"{_few(feats.category_names)}")
+    members = np.asarray(feats.categories)[ds.train.item] == feats.category_names.index(category)
+    users = np.unique(ds.train.user[members])
+    if users.size == 0:
+        raise InvalidInput(f"promotion.users.category {category!r}: no user bought in it")
+    return torch.as_tensor(users, dtype=torch.long)
+
+
+def step_promo_attack(ctx: StepContext) -> None:
+    """Attack the promoted items' images under one extractor: ``insa``/``insa_topk`` white-box against each
+    replicate's clean recommender (one delivered image per item and replicate), ``expa`` toward the features of
+    the most exposed items (one image per item)."""
+    from advrec.pipeline.spec import PromotionAttackSpec
+    from services.attacker.core import attack_and_measure
+    from services.recommender.promotion import entry_bar, mean_score_objective, most_exposed, topk_objective
+
+    p = ctx.params
+    ds = _dataset(ctx)
+    feats = load_features(ctx.store, ctx.input("features"))
+    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
+    rows, _ = load_promoted_items(ctx.store, ctx.input("items"))
+    train_key = ctx.input("train")
+    size, fit = _feature_image_size(feats, p)
+    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in rows], size=size, fit=fit))
+    grid = PromotionAttackSpec.from_params(p)
+    needs = RECOMMENDER_NEEDS[p["recommender"]]
+    spatial = "spatial" in needs
+    common = {"device": ctx.device, "clean_features": torch.as_tensor(np.asarray(feats.features)[rows]),
+              "spatial": spatial}
+    outcomes = []
+    if grid.method == "expa":
+        targets = most_exposed(load_topk(ctx.store, train_key), int(p["expa_targets"]))
+        spec = grid.attack_spec(p["eps"], p["seed"])
+        outcomes.append(attack_and_measure(model, clean, spec, None, p["delivery"], p["jpeg_quality"], **common,
+                                           target_features=torch.as_tensor(np.asarray(feats.features)[targets])))
+        ctx.meta.update(expa_targets=[ds.catalog.item_ids[int(t)] for t in targets])
+    else:
+        users = _segment_users(ctx, ds, feats)
+        clean_side = _item_side(feats, ds, needs)
+        n_rep = len(load_topk(ctx.store, train_key))
+        for r in range(n_rep):
+            rec = load_model(ctx.store, train_key, r)
+            if grid.method == "insa":
+                objective = mean_score_objective(rec, clean_side, users)
+            else:
+                bar = entry_bar(rec, clean_side, ds.train, users, torch.as_tensor(rows), int(p["k"]),
+                                float(p["topk_temperature"]))
+                objective = topk_objective(rec, clean_side, users, bar)
+            spec = grid.attack_spec(p["eps"], int(p["seed"]) + r)
+            outcomes.append(attack_and_measure(model, clean, spec, None, p["delivery"], p["jpeg_quality"], **common,
+                                               objective=objective, rows=torch.as_tensor(rows, dtype=torch.long),
+                                               objective_spatial=spatial))
+            ctx.report_progress(r + 1, n_rep, "replicates")
+    delivered = [o.delivered for o in outcomes]
+    images = np.stack([to_uint8(d) if p["delivery"] != "float" else d.permute(0, 2, 3, 1).numpy() for d in delivered])
+    features = np.stack([o.features.numpy() for o in outcomes])
+    maps = np.stack([o.spatial.numpy() for o in outcomes]) if spatial else None
+    table = []
+    for r, o in enumerate(outcomes):
+        for row, item in zip(o.measurement.to_table(), rows, strict=True):
+            table.append({**row, "item": ds.catalog.item_ids[int(item)], "draw": r})
+    summaries = [o.measurement.summary() for o in outcomes]
+    summary = {k: float(np.mean([sm[k] for sm in summaries])) for k in summaries[0]
+               if all(isinstance(sm.get(k), int | float) and not isinstance(sm.get(k), bool) for sm in summaries)}
+    summary.update(n=int(len(rows)), draws=len(outcomes), attack_seconds=float(sum(o.seconds for o in outcomes)))
+    write_promotion_attack(ctx.out, rows, features, maps, images, table, summary)
+
+
+def step_promo_transfer(ctx: StepContext) -> None:
+    """A transfer attack: another extractor's attacked images of the promoted items, delivered to this one
+    (re-extracted at this extractor's size, like any upload)."""
+    p = ctx.params
+    ds = _dataset(ctx)
+    feats = load_features(ctx.store, ctx.input("features"))
+    items, source, summary = load_promotion_attack(ctx.store, ctx.input("source"))
+    size, fit = _feature_image_size(feats, p)
+    clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit)
+    if source.dtype != np.uint8 and size and source.shape[2] != size:  # float delivery at another size: 8 bits
+        source = np.round(np.clip(source, 0, 1) * 255).astype(np.uint8)
+    images = np.stack([_at_size(d, size) if size else d for d in source]) if source.dtype == np.uint8 else source
+    features, maps, sizes = _extract_draws(ctx, clean, images, bool(p["spatial"]))
+    clean_rows = np.asarray(feats.features)[items]
+    out = {**_average(sizes), "n": int(len(items)), "draws": int(len(images)),
+           "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)), "source_feat_mse": summary.get("feat_mse")}
+    write_promotion_attack(ctx.out, items, features, maps, images, [], out)
+
+
+def step_promo_evaluate(ctx: StepContext) -> None:
+    """Per replicate and promoted item: its standing for every user before (the clean model) and after the
+    perturbation (re-scored in deployment, or from the model retrained on it)."""
+    from services.recommender.promotion import item_standing, promotion_metrics
+
+    p = ctx.params
+    ds = _dataset(ctx)
+    feats = load_features(ctx.store, ctx.input("features"))
+    train_key = ctx.input("train")
+    needs = RECOMMENDER_NEEDS[p["recommender"]]
+    rows, _ = load_promoted_items(ctx.store, ctx.input("items"))
+    pert = load_perturbation(ctx.store, ctx.input("perturbation"))
+    if not np.array_equal(pert.items, rows):
+        raise InvalidInput("the perturbation does not cover the promoted items")
+    clean = _item_side(feats, ds, needs)
+    seeds = _seeds(p)
+    by_draw = {d: _perturbed(clean, pert, d, needs) for d in sorted({pert.draw(r) for r in range(len(seeds))})}
+    sides = [by_draw[pert.draw(r)] for r in range(len(seeds))]
+    k = int(p["k"])
+    if p["mode"] == "retrain":
+        models = [m for m, _ in _fit_replicates(p["recommender"], p["config"], seeds, ds, sides, ctx.device,
+                                                ctx.progress)]
+        afters = [item_standing(m, ds.train, rows, k) for m in models]
+    else:
+        afters = []
+        for r, side in enumerate(sides):
+            afters.append(item_standing(load_model(ctx.store, train_key, r), ds.train, rows, k, items=side))
+            ctx.report_progress(r + 1, len(sides), "models")
+    befores = [item_standing(load_model(ctx.store, train_key, r), ds.train, rows, k) for r in range(len(seeds))]
+    ks = [x for x in p["ks"] if x <= ds.n_items]
+    write_promotion_evaluation(ctx.out, {
+        "mode": p["mode"], "control": p["control"], "recommender": p["recommender"], "seeds": seeds,
+        "items": [ds.catalog.item_ids[int(r)] for r in rows], "n_items": int(len(rows)), "k": k,
+        "per_replicate": [promotion_metrics(b, a, ks) for b, a in zip(befores, afters, strict=True)],
+    })
+
+
 def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, Any]) -> RunArtifacts:
     """The report's inputs by role, from the keys of a run's steps by name (the DAG's naming)."""
     spec = check_spec(spec)
@@ -563,19 +833,40 @@ def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, An
                 evaluate["attack", c, r, m] = key(f"evaluate/{cell_name(*c)}/{r}/{m}")
                 if "placebo" in controls:
                     evaluate["placebo", c, r, m] = key(f"evaluate/{cell_name(*c)}/placebo/{r}/{m}")
-    if "oracle" in controls:
+    oracles = [c for c in ("oracle", "oracle_centroid") if c in controls]
+    for control in oracles:
         for e in exts:
             for r in recs:
                 if uses_extractor(r):
                     for m in modes:
-                        evaluate["oracle", (e, "oracle", 0.0), r, m] = key(f"evaluate/{e}/oracle/{r}/{m}")
+                        evaluate[control, (e, control, 0.0), r, m] = key(f"evaluate/{e}/{control}/{r}/{m}")
+    promo = spec.get("promotion")
+    promo_attacks: dict[Any, str] = {}
+    promotion: dict[Any, str] = {}
+    if promo:
+        visual = [r for r in recs if uses_extractor(r)]
+        promo_modes = promo.get("modes") or modes
+        source = promo.get("transfer_from")
+        for e in exts:
+            for a in promo["attacks"]:
+                for eps in a["eps"]:
+                    for r in visual:
+                        for src in [None] + ([source] if source and e != source else []):
+                            cell = promo_cell_name(e, a["method"], float(eps), r, src)
+                            pc = (e, a["method"], float(eps), r, src)
+                            promo_attacks[pc] = key(f"promote/{cell}")
+                            for m in promo_modes:
+                                promotion[pc, m, "attack"] = key(f"promote_eval/{cell}/{m}")
+                                promotion[pc, m, "placebo"] = key(f"promote_eval/{cell}/placebo/{m}")
     return RunArtifacts(
         store=store, scenario=key("scenario"), dataset=keys.get("dataset"),
+        promoted_items=key("promotion/items") if promo else None, promotion_attacks=promo_attacks,
+        promotion=promotion,
         extractors={e: key(f"extractor/{e}") for e in exts}, features={e: key(f"features/{e}") for e in exts},
         train={(e, r): key(train_name(e, r)) for e in exts for r in recs},
         adversarial={c: key(f"adversarial/{cell_name(*c)}") for c in cells},
         placebo={c: key(f"placebo/{cell_name(*c)}") for c in cells} if "placebo" in controls else {},
-        oracle={e: key(f"oracle/{e}") for e in exts} if "oracle" in controls else {},
+        oracle={(c, e): key(f"{c}/{e}") for c in oracles for e in exts},
         evaluate=evaluate, uses_extractor={r: uses_extractor(r) for r in recs},
     )
 
@@ -601,4 +892,8 @@ STEP_FUNCTIONS: dict[str, Callable[[StepContext], None]] = {
     "oracle": step_oracle,
     "evaluate": step_evaluate,
     "report": step_report,
+    "promo_items": step_promo_items,
+    "promo_attack": step_promo_attack,
+    "promo_transfer": step_promo_transfer,
+    "promo_evaluate": step_promo_evaluate,
 }

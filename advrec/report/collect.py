@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from advrec import __version__
+from advrec_common.conventions import headline_k
 from advrec_common.datasets.artifact import dataset_name
 from advrec_common.errors import InvalidInput
 from advrec_common.store import ArtifactStore
@@ -24,7 +25,7 @@ from advrec_common.vision.artifact import extractor_info
 from services.attacker.artifacts import load_adversarial, load_perturbation
 from services.extractor.artifacts import load_features
 from services.extractor.named_weights import NAMED_WEIGHTS
-from services.recommender.artifacts import load_metrics, load_scenario, train_info
+from services.recommender.artifacts import load_metrics, load_promoted_items, load_scenario, train_info
 
 SCHEMA_VERSION = 2
 ALPHA = 0.05  # false discovery rate of the verdicts (Benjamini-Hochberg over every test of the run)
@@ -32,7 +33,13 @@ ALPHA = 0.05  # false discovery rate of the verdicts (Benjamini-Hochberg over ev
 # the extractor's training report fields worth keeping in results.json
 _EXTRACTOR_REPORT_FIELDS = ("method", "clean_accuracy", "robust_accuracy", "eval_eps", "eval_steps", "epochs",
                             "train_seconds", "n_train", "n_val")
-CONTROLS = ("attack", "placebo", "oracle")
+CONTROLS = ("attack", "placebo", "oracle", "oracle_centroid")
+ORACLES = ("oracle", "oracle_centroid")  # controls of one extractor, not of an attack cell
+
+
+def is_oracle(control: str) -> bool:
+    """Whether ``control`` is an oracle (its evaluations belong to an extractor, not to an attack cell)."""
+    return control in ORACLES
 # metrics whose tests enter the family (chr_count is chr times K: the same hypothesis)
 TESTED_METRICS = ("chr", "ncdcg")
 
@@ -79,14 +86,6 @@ def is_significant(p: Any, alpha: float = ALPHA) -> bool:
     return v is not None and v <= alpha
 
 
-def headline_k(ks: list[int]) -> int:
-    """The K the summary and findings speak about: the second-smallest K, or the only one."""
-    ks = sorted(set(int(k) for k in ks))
-    if not ks:
-        raise InvalidInput("the spec lists no K")
-    return ks[1] if len(ks) > 1 else ks[0]
-
-
 def attack_label(method: str, eps: float) -> str:
     """'PGD eps 8', or 'CW' for an unbounded (eps 0) attack."""
     return method.upper() if eps == 0 else f"{method.upper()} eps {eps:g}"
@@ -124,6 +123,7 @@ def cells(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], float]]:
 
 
 Cell = tuple[str, str, float]  # (extractor, method, eps)
+PromoCell = tuple[str, str, float, str, "str | None"]  # (extractor, method, eps, recommender, source extractor)
 
 
 @dataclass
@@ -132,8 +132,8 @@ class RunArtifacts:
 
     ``train`` is keyed by (extractor, recommender) (a pixel recommender's one model is listed under
     every extractor, with ``uses_extractor`` False), ``adversarial``/``placebo`` by cell,
-    ``oracle`` by extractor, ``evaluate`` by (control, cell, recommender, mode) where the cell of an
-    oracle evaluation is ``(extractor, "oracle", 0.0)``.
+    ``oracle`` by (control, extractor) with control ``oracle`` or ``oracle_centroid``, ``evaluate`` by
+    (control, cell, recommender, mode) where the cell of an oracle evaluation is ``(extractor, control, 0.0)``.
     """
 
     store: ArtifactStore
@@ -144,9 +144,14 @@ class RunArtifacts:
     adversarial: dict[Cell, str]
     evaluate: dict[tuple[str, Cell, str, str], str]
     placebo: dict[Cell, str] = field(default_factory=dict)
-    oracle: dict[str, str] = field(default_factory=dict)
+    oracle: dict[tuple[str, str], str] = field(default_factory=dict)
     dataset: str | None = None
     uses_extractor: dict[str, bool] = field(default_factory=dict)
+    # item promotion: the promoted items, and per cell (extractor, method, eps, recommender, source) its attack
+    # artifact and its evaluations by (cell, mode, control)
+    promoted_items: str | None = None
+    promotion_attacks: dict[PromoCell, str] = field(default_factory=dict)
+    promotion: dict[tuple[PromoCell, str, str], str] = field(default_factory=dict)
 
 
 # -- collection -------------------------------------------------------------------------------------
@@ -294,7 +299,8 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
         if cell in art.placebo:
             entry["placebo"] = load_perturbation(store, art.placebo[cell]).summary
         attacks.append(entry)
-    oracles = [{"extractor": e, "summary": load_perturbation(store, k).summary} for e, k in art.oracle.items()]
+    oracles = [{"extractor": e, "control": c, "summary": load_perturbation(store, k).summary}
+               for (c, e), k in art.oracle.items()]
     for (control, cell, rec, mode), key in art.evaluate.items():
         m = load_metrics(store, key)
         evaluations.append({
@@ -308,6 +314,7 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
     base = next((n for n in names if extractors[n].get("defense") == "standard"), names[0])
     baselines = defense_baselines(extractors, names)
     return json_clean({
+        "promotion": collect_promotion(art, spec),
         "schema_version": SCHEMA_VERSION, "advrec_version": __version__, "alpha": ALPHA,
         "headline_k": headline_k(spec["ks"]), "spec": spec, "dataset": dataset, "baseline": base,
         "baselines": baselines,
@@ -315,6 +322,29 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
         "oracles": oracles, "evaluations": evaluations, "sr_pairs": sr_pairs(art, spec, baselines),
         "environment": environment(art),
     })
+
+
+def collect_promotion(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The item-promotion numbers: the promoted items, each attack cell's summary, and every evaluation's
+    per-replicate, per-item standing before and after (None without promotion)."""
+    if art.promoted_items is None or not spec.get("promotion"):
+        return None
+    store = art.store
+    rows, info = load_promoted_items(store, art.promoted_items)
+    attacks = []
+    for (ext, method, eps, rec, source), key in art.promotion_attacks.items():
+        attacks.append({"extractor": ext, "method": method, "eps": eps, "recommender": rec, "source": source,
+                        "summary": load_perturbation(store, key).summary,
+                        "expa_targets": store.meta(key).get("result", {}).get("expa_targets")})
+    evaluations = []
+    for ((ext, method, eps, rec, source), mode, control), key in art.promotion.items():
+        m = load_metrics(store, key)
+        evaluations.append({"extractor": ext, "method": method, "eps": eps, "recommender": rec, "source": source,
+                            "mode": mode, "control": control, "seeds": m.get("seeds"),
+                            "per_replicate": m["per_replicate"]})
+    modes = list(dict.fromkeys(e["mode"] for e in evaluations))
+    return {"k": headline_k(spec["ks"]), "modes": modes, "items": {**info, "rows": rows.tolist()},
+            "attacks": attacks, "evaluations": evaluations, "spec": spec["promotion"]}
 
 
 def environment(art: RunArtifacts) -> dict[str, Any]:
@@ -399,7 +429,7 @@ def evaluations_of(results: dict[str, Any], control: str, extractor: str, method
                    eps: float | None = None) -> list[dict[str, Any]]:
     """The evaluations of one control in one cell (oracle: of one extractor), in plan order."""
     return [e for e in results["evaluations"] if e["control"] == control and e["extractor"] == extractor
-            and (control == "oracle" or (e["method"], e["eps"]) == (method, eps))]
+            and (is_oracle(control) or (e["method"], e["eps"]) == (method, eps))]
 
 
 def matching(results: dict[str, Any], ev: dict[str, Any], control: str) -> dict[str, Any] | None:
@@ -409,7 +439,7 @@ def matching(results: dict[str, Any], ev: dict[str, Any], control: str) -> dict[
         if (e["control"], e["extractor"], e["recommender"], e["mode"]) != (control, ev["extractor"],
                                                                             ev["recommender"], ev["mode"]):
             continue
-        if control == "oracle" or (e["method"], e["eps"]) == (ev["method"], ev["eps"]):
+        if is_oracle(control) or (e["method"], e["eps"]) == (ev["method"], ev["eps"]):
             return e
     return None
 

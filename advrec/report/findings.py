@@ -4,15 +4,22 @@ Every answer decides on Benjamini-Hochberg adjusted p-values at the run's false 
 (:mod:`.stats`), counts both ways ("rose in a of n cells, fell in b, unchanged in c") and quotes
 effect sizes with their 95 % intervals across replicates.
 
-(o) Could moving features raise the origin's exposure at all? The oracle (positive control).
+(o) Could moving features raise the origin's exposure at all? The oracle (positive control: every
+    origin item disguised as a real target item).
 (a) Did the attack raise the origin category's CHR@K? Per defense and attack setting, across the
     recommender x mode cells; with each cell's placebo and the attack's share of the oracle.
     (o) and (a) answer yes only when some cell rose and none fell; rises and falls together are
-    "partly" (:func:`rise_answer`).
+    "partly" (:func:`rise_answer`). An attack's change counts only when it is significant *and*
+    beyond its placebo's (:func:`direction`).
+
+When the scenario's oracle, measured in deployment before any attack, could not raise the origin's
+exposure, every finding starts by saying so (:func:`infeasible_caveat`).
 (b) Did the robust extractors lower the attack's success rate? Paired on the same images (McNemar).
 (c) Did they prevent the rise? The baseline's significant rises, cell by cell, under each defense.
 (d) (the study's reading) Does the exposure change follow the feature loss rather than the SR?
     Spearman over distinct attack cells, per mode.
+(p) Can a seller promote an item with an image? Item promotion (:mod:`.promotion`): the promoted items'
+    score and exposure, each beyond its placebo.
 
 Each finding is a dict with ``id``, ``question``, ``answer`` (yes / no / partly / n/a), a
 ``statement`` generated from the numbers, and the numbers themselves.
@@ -36,6 +43,7 @@ from advrec.report.collect import (
     summary_k,
     summary_value,
 )
+from advrec.report.promotion import finding_p
 from advrec.report.stats import MIN_POINTS
 
 Finding = dict[str, Any]
@@ -72,24 +80,36 @@ def effect_text(m: dict[str, Any] | None) -> str:
 
 
 def direction(m: dict[str, Any] | None) -> str:
-    """'rose' / 'fell' (significant at the run's FDR), 'unchanged', or 'untested' (no p-value: one replicate)."""
+    """'rose' / 'fell': significant at the run's FDR and, for an attack with a placebo, also beyond its
+    placebo's change (``beyond_placebo`` significant, same sign); 'like placebo': significant against the
+    clean model but not beyond the placebo (noise of the perturbation's size moved it as much);
+    'unchanged'; or 'untested' (no p-value: one replicate)."""
     if not m or finite(m.get("p_adjusted")) is None:
         return "untested"
     if not m.get("significant"):
         return "unchanged"
     eff = finite(m.get("effect")) or 0.0
-    return "rose" if eff > 0 else "fell" if eff < 0 else "unchanged"
+    if eff == 0:
+        return "unchanged"
+    beyond = m.get("beyond_placebo")
+    if isinstance(beyond, dict):
+        b = finite(beyond.get("effect")) or 0.0
+        if finite(beyond.get("p_adjusted")) is None:
+            return "untested"
+        if not beyond.get("significant") or b * eff <= 0:
+            return "like placebo"
+    return "rose" if eff > 0 else "fell"
 
 
 def _counts(ms: list[dict[str, Any] | None]) -> dict[str, int]:
     dirs = [direction(m) for m in ms]
     return {"rose": dirs.count("rose"), "fell": dirs.count("fell"), "unchanged": dirs.count("unchanged"),
-            "untested": dirs.count("untested"), "n": len(dirs)}
+            "like_placebo": dirs.count("like placebo"), "untested": dirs.count("untested"), "n": len(dirs)}
 
 
 def rise_answer(c: dict[str, int]) -> str:
     """'yes' when some cell rose and none fell, 'partly' when cells rose and others fell, 'n/a' when no
-    cell could be tested, else 'no'."""
+    cell could be tested, else 'no'. Rises and falls count only beyond their placebo (:func:`direction`)."""
     if c["untested"] == c["n"]:
         return "n/a"
     return "no" if not c["rose"] else "partly" if c["fell"] else "yes"
@@ -101,6 +121,8 @@ UNTESTED = ("with one replicate there is no variance across replicates to test a
 
 def _count_text(c: dict[str, int]) -> str:
     text = f"rose in {c['rose']} of {c['n']} cells, fell in {c['fell']}, unchanged in {c['unchanged']}"
+    if c.get("like_placebo"):
+        text += f", moved no more than its placebo in {c['like_placebo']}"
     return text + (f", untested in {c['untested']}" if c.get("untested") else "")
 
 
@@ -131,7 +153,7 @@ def finding_oracle(results: dict[str, Any], ext: str, k: int, origin: str) -> Fi
     best = max(zip(evs, ms, strict=True), key=lambda em: finite((em[1] or {}).get("effect")) or float("-inf"))
     detail = f"largest: {_cell_name(best[0])} {effect_text(best[1])}"
     answer = rise_answer(c)
-    setting = f"setting the '{origin}' items' features to the target category's mean under the {ext} extractor"
+    setting = f"giving each '{origin}' item the features of a real target item under the {ext} extractor"
     if answer == "n/a":
         text = f"Untested: {setting} changed CHR@{k} by {detail.removeprefix('largest: ')} at most; {UNTESTED}."
     elif answer == "yes":
@@ -141,7 +163,7 @@ def finding_oracle(results: dict[str, Any], ext: str, k: int, origin: str) -> Fi
                 f"({detail}). Features can move this category, but not up everywhere: an attack's 'no' is weak "
                 "evidence of robustness in the cells where the oracle did not rise.")
     else:
-        text = (f"No: even the oracle (the '{origin}' items' features set to the target's mean) did not raise "
+        text = (f"No: even the oracle (each '{origin}' item disguised as a real target item) did not raise "
                 f"CHR@{k} significantly under the {ext} extractor: {_count_text(c)} ({detail}). Moving these "
                 f"items' features toward the target did not raise their exposure with {evs[0].get('n_replicates', 1)} "
                 "replicates, so an attack's 'no' under this extractor is weak evidence of robustness.")
@@ -165,7 +187,7 @@ def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int
         extra += f"; {_share_text(share)}" if share is not None else ""
         parts.append(f"{_cell_name(e)} {effect_text(m)}{extra}")
     beyond = sum(1 for e in evs if ((_chr(e, k) or {}).get("beyond_placebo") or {}).get("significant"))
-    has_placebo = any(matching(results, e, "placebo") for e in evs)
+    has_placebo = any(matching(results, e, "placebo") or (_chr(e, k) or {}).get("beyond_placebo") for e in evs)
     answer = rise_answer(c)
     effects = "; ".join(parts)
     if answer == "n/a":
@@ -173,8 +195,8 @@ def finding_a(results: dict[str, Any], ext: str, method: str, eps: float, k: int
                 f"{UNTESTED}. Effects: {effects}.")
     else:
         verb = {"yes": "raised", "partly": "moved both ways", "no": "did not raise"}[answer]
-        placebo = (f"; in {beyond} of {c['n']} the change exceeded its placebo's significantly" if has_placebo
-                   else " (no placebo in this run: controls)")
+        placebo = (" (a change counts only when it is significant and beyond its placebo's)" if has_placebo
+                   else " (no placebo in this run, so a change counts when it is significant: controls)")
         text = (f"{answer.capitalize()}: under the {ext} extractor, {label} {verb} CHR@{k} of '{origin}': "
                 f"{_count_text(c)} at FDR {results['alpha']:.0%}{placebo}. Effects across replicates: {effects}.")
     return {"id": "a", "question": f"Did {label} raise CHR@{k} of the origin category under {ext}?",
@@ -288,8 +310,34 @@ def finding_d(results: dict[str, Any], k: int, mode: str) -> Finding | None:
             "n": n, "rho_feature_mse": r_fl, "rho_sr": r_sr}
 
 
+def infeasible_caveat(results: dict[str, Any]) -> str | None:
+    """The sentence every finding starts with when the scenario's oracle, measured in deployment before any
+    attack, could not raise the origin's exposure (None when it could, or was not measured)."""
+    feas = (results.get("scenario") or {}).get("feasibility") or {}
+    if not feas.get("measured") or feas.get("feasible"):
+        return None
+    chosen = feas.get("chosen") or {}
+    eff, p = finite(chosen.get("effect")), finite(chosen.get("p_adjusted"))
+    detail = (f" (the best of {chosen.get('n_pairs')} candidate pairs, '{chosen.get('origin')}' -> "
+              f"'{chosen.get('target')}', changed CHR@{feas.get('k')} by {signed(eff)} in deployment, "
+              f"Bonferroni-adjusted p={_p(p)})") if eff is not None else ""
+    return f"On this catalog even a perfect visual disguise does not raise exposure{detail}: a 'no' says nothing " \
+           "about robustness."
+
+
 def derive_findings(results: dict[str, Any]) -> list[Finding]:
-    """Every finding (o, a, b, c, d) in a fixed, deterministic order."""
+    """Every finding (o, a, b, c, d) in a fixed, deterministic order; each starts with the scenario's
+    caveat when even the oracle could not raise the origin's exposure (:func:`infeasible_caveat`)."""
+    out = _findings(results)
+    caveat = infeasible_caveat(results)
+    if caveat:
+        for f in out:
+            f["statement"] = f"{caveat} {f['statement']}"
+            f["infeasible_scenario"] = True
+    return out
+
+
+def _findings(results: dict[str, Any]) -> list[Finding]:
     k = summary_k(results)
     origin = results["scenario"].get("origin")
     extractors = [e["name"] for e in results["spec"]["extractors"]]
@@ -313,6 +361,7 @@ def derive_findings(results: dict[str, Any]) -> list[Finding]:
         d = finding_d(results, k, mode)
         if d:
             out.append(d)
+    out += finding_p(results)
     return out
 
 
@@ -322,4 +371,5 @@ QUESTIONS = {
     "b": "(b) Did the robust extractors lower the attacks' success rate?",
     "c": "(c) Did the robust extractors prevent the CHR rise?",
     "d": "(d) Does the CHR change follow the feature loss rather than the success rate?",
+    "p": "(p) Can a seller promote an item with an image?",
 }

@@ -22,6 +22,7 @@ from advrec.report.collect import (  # noqa: E402
     attack_label,
     attack_summary,
     finite,
+    is_oracle,
     per_k,
     summary_k,
     summary_value,
@@ -111,7 +112,7 @@ def effects(results: dict[str, Any], mode: str, k: int) -> str | None:
             labels = []
             for x, (control, setting) in enumerate(slots):
                 e = next((e for e in evs if (e["recommender"], e["extractor"], e["control"]) == (rec, ext, control)
-                          and (control == "oracle" or (e["method"], e["eps"]) == setting)), None)
+                          and (is_oracle(control) or (e["method"], e["eps"]) == setting)), None)
                 labels.append("oracle" if control == "oracle" else
                               attack_label(*setting) + (" plc" if control == "placebo" else ""))
                 m = ((per_k(e, k) if e else None) or {}).get("chr") or {}

@@ -10,7 +10,9 @@ The family is every test the report's verdicts rest on:
 * each paired success-rate comparison of a defended extractor with the baseline on the same images
   (exact McNemar: a binomial test on the discordant pairs);
 * each rank correlation of the exposure change with the feature loss and with the success rate,
-  per mode, over distinct attack cells.
+  per mode, over distinct attack cells;
+* each item-promotion cell's change of the promoted items' score and exposure, and the change beyond
+  its placebo's (:mod:`.promotion`).
 
 :func:`annotate` writes ``p_adjusted`` and ``significant`` (adjusted p <= alpha: a false discovery
 rate of alpha over the family) next to every raw p-value. The study's own test (paired over users
@@ -27,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from advrec.report.collect import TESTED_METRICS, attack_summary, finite, matching, summary_value
+from advrec.report.promotion import promotion_tests
 from services.recommender.metrics.effects import replicate_effect
 
 # a correlation needs at least this many distinct points to be tested at all: with 4, the exact test's
@@ -167,7 +170,8 @@ def annotate(results: dict[str, Any], k: int) -> dict[str, Any]:
     for pair in results.get("sr_pairs", []):
         pair["p_value"] = mcnemar_exact(pair["base_only"], pair["defense_only"])
     results["correlations"] = correlations(results, k)
-    tests = _exposure_tests(results) + beyond_placebo(results) + results.get("sr_pairs", []) + results["correlations"]
+    tests = (_exposure_tests(results) + beyond_placebo(results) + results.get("sr_pairs", []) + results["correlations"]
+             + promotion_tests(results))
     testable = [t for t in tests if finite(t.get("p_value")) is not None]
     for t, adj in zip(testable, benjamini_hochberg([float(t["p_value"]) for t in testable]), strict=True):
         t["p_adjusted"] = adj

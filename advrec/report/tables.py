@@ -22,6 +22,7 @@ from advrec.report.collect import (
     effect_value,
     finite,
     interval_text,
+    is_oracle,
     matching,
     per_k,
     signed,
@@ -29,6 +30,7 @@ from advrec.report.collect import (
     summary_k,
     summary_value,
 )
+from advrec.report.promotion import promotion_item_rows, promotion_rows
 from services.recommender.kinds import RECOMMENDER_NEEDS
 
 Row = dict[str, Any]
@@ -61,8 +63,8 @@ def yes_no(flag: Any) -> str:
 
 
 def control_label(e: dict[str, Any]) -> str:
-    if e["control"] == "oracle":
-        return "oracle"
+    if is_oracle(e["control"]):
+        return {"oracle": "oracle", "oracle_centroid": "oracle (centroid)"}[e["control"]]
     label = attack_label(e["method"], e["eps"])
     return f"{label} placebo" if e["control"] == "placebo" else label
 
@@ -79,8 +81,8 @@ def _order(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     def key(e: dict[str, Any]) -> tuple:
         exts = [x["name"] for x in results["spec"]["extractors"]]
-        setting = -1 if e["control"] == "oracle" else settings.index((e["method"], e["eps"]))
-        return (exts.index(e["extractor"]), setting, ("oracle", "attack", "placebo").index(e["control"]),
+        setting = -1 if is_oracle(e["control"]) else settings.index((e["method"], e["eps"]))
+        return (exts.index(e["extractor"]), setting, ("oracle", "oracle_centroid", "attack", "placebo").index(e["control"]),
                 recs.index(e["recommender"]))
 
     return sorted(results["evaluations"], key=key)
@@ -99,7 +101,7 @@ def category_rows(results: dict[str, Any], mode: str) -> list[Row]:
         if e["mode"] != mode:
             continue
         row: Row = {"defense": e["extractor"], "perturbation": control_label(e), "control": e["control"],
-                    "eps (/255)": "" if e["control"] == "oracle" else e["eps"], "recommender": e["recommender"],
+                    "eps (/255)": "" if is_oracle(e["control"]) else e["eps"], "recommender": e["recommender"],
                     "replicates": e.get("n_replicates")}
         summary = attack_summary(results, e["extractor"], e["method"], e["eps"]) if e["control"] == "attack" else {}
         for col in CATEGORY_ATTACK_COLUMNS:
@@ -134,8 +136,8 @@ def long_rows(results: dict[str, Any]) -> list[Row]:
                 bp = m.get("beyond_placebo") or {}
                 rows.append({
                     "extractor": e["extractor"], "defense": results["extractors"][e["extractor"]].get("defense"),
-                    "control": e["control"], "method": None if e["control"] == "oracle" else e["method"],
-                    "eps_255": None if e["control"] == "oracle" else e["eps"], "recommender": e["recommender"],
+                    "control": e["control"], "method": None if is_oracle(e["control"]) else e["method"],
+                    "eps_255": None if is_oracle(e["control"]) else e["eps"], "recommender": e["recommender"],
                     "mode": e["mode"], "k": r["k"], "metric": metric, "unit": METRIC_UNITS[metric],
                     "before": finite(m.get("before")), "after": finite(m.get("after")),
                     "delta": effect_value(m.get("effect")), "ci_low": effect_value(m.get("ci_low")),
@@ -217,6 +219,9 @@ def build_tables(results: dict[str, Any]) -> dict[str, list[Row]]:
     tables["attacks"] = attack_rows(results)
     tables["clean_accuracy"] = clean_rows(results)
     tables["scenario"] = scenario_rows(results)
+    if results.get("promotion"):
+        tables["promotion"] = promotion_rows(results)
+        tables["promotion_items"] = promotion_item_rows(results)
     return tables
 
 
@@ -284,6 +289,27 @@ def categories_line(results: dict[str, Any]) -> str:
     return line
 
 
+def promotion_summary(results: dict[str, Any]) -> str | None:
+    """The summary's item-promotion tables: per cell, the score shift and the top-K share with their verdicts."""
+    promo = results.get("promotion")
+    if not promo:
+        return None
+    k = promo["k"]
+    items = promo["items"]
+    lines = [f"\n== item promotion: {len(items['ids'])} items ({items.get('chosen_by')}) ==",
+             f"score = the items' mean score over users (prediction shift); top-{k} share = their share of all top-{k} "
+             "slots; a verdict counts a change only when it is significant and beyond its placebo's"]
+    rows_all = promotion_rows(results)
+    for mode in promo["modes"]:
+        rows = [[r["extractor"], r["attack"], r["recommender"],
+                 f"{signed(r['score change effect'] or 0.0)} ({r['score verdict']})",
+                 f"{fmt(r['exposure before'], 3)} -> {fmt(r['exposure after'], 3)} ({r['exposure verdict']})"]
+                for r in rows_all if r["mode"] == mode]
+        lines.append(f"-- {mode} --\n" + text_table(["extractor", "attack", "recommender", "score shift",
+                                                      f"top-{k} share"], rows))
+    return "\n".join(lines)
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """Compact per-mode tables of CHR@K effects with intervals, controls beside the attacks, + findings."""
     k = summary_k(results)
@@ -329,6 +355,9 @@ def format_summary(results: dict[str, Any]) -> str:
             if a["summary"].get("all_zero")]
     if zero:
         parts.append(f"all-zero delivered perturbation (the delivery erased the attack): {', '.join(zero)}")
+    promotion = promotion_summary(results)
+    if promotion:
+        parts.append(promotion)
     findings = results.get("findings") or []
     if findings:
         parts.append("\nfindings:")

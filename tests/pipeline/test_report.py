@@ -465,7 +465,8 @@ def test_one_replicate_gives_untested_findings_not_no():
     for e in res["evaluations"]:
         e["per_k"][0]["chr"].update(p_value=0.01, p_adjusted=0.02, significant=True)
     a = finding_a(res, "std", "pgd", 8.0, 10)
-    assert a["answer"] == "yes" and "(no placebo in this run: controls)" in a["statement"]
+    assert a["answer"] == "yes" and "(no placebo in this run, so a change counts when it is significant: controls)" \
+        in a["statement"]
 
 
 def test_float_noise_of_a_zero_effect_prints_as_zero():
@@ -494,3 +495,53 @@ def test_replicates_that_tie_say_so_instead_of_an_interval():
     assert effect_cell(tied) == "-0.019 (all 3 equal)"
     assert effect_text({**tied, "p_adjusted": 0.33}) == "-0.019 (all 3 equal), adj. p=0.33"
     assert effect_cell(replicate_effect([0.07], [0.05])) == "-0.02"  # one replicate: no interval, nothing to say
+
+
+def test_a_rise_no_larger_than_its_placebos_is_not_a_yes():
+    """(a) counts a cell only when its change is significant *and* beyond its placebo's: the pure-noise
+    attack of issue 20 rose significantly against the clean model exactly as much as its placebo did, and
+    (a) had answered "Yes: ... raised"."""
+    from advrec.report.findings import direction, finding_a
+
+    def cell(effect, significant, beyond_effect, beyond_significant, beyond_p=0.01):
+        chr_ = {"effect": effect, "ci_low": effect - 0.01, "ci_high": effect + 0.01, "p_value": 0.001,
+                "p_adjusted": 0.01 if significant else 0.5, "significant": significant,
+                "beyond_placebo": {"effect": beyond_effect, "p_value": beyond_p,
+                                   "p_adjusted": 0.02 if beyond_significant else 0.6,
+                                   "significant": beyond_significant}}
+        return {"control": "attack", "extractor": "std", "method": "pgd", "eps": 8.0, "recommender": "vbpr",
+                "mode": "retrain", "n_replicates": 3, "per_k": [{"k": 10, "chr": chr_}]}
+
+    like_placebo = cell(0.02, True, 0.0004, False)
+    beyond = cell(0.02, True, 0.015, True)
+    opposite = cell(0.02, True, -0.01, True)  # rose against the clean model, less than its placebo
+    assert [direction(c["per_k"][0]["chr"]) for c in (like_placebo, beyond, opposite)] == \
+        ["like placebo", "rose", "like placebo"]
+    for evaluation, answer in ((like_placebo, "no"), (beyond, "yes"), (opposite, "no")):
+        res = {"evaluations": [evaluation], "scenario": {"origin": "shirt"}, "alpha": 0.05}
+        f = finding_a(res, "std", "pgd", 8.0, 10)
+        assert f["answer"] == answer, f["statement"]
+    text = finding_a({"evaluations": [like_placebo], "scenario": {"origin": "shirt"}, "alpha": 0.05},
+                     "std", "pgd", 8.0, 10)["statement"]
+    assert "moved no more than its placebo in 1" in text and "beyond its placebo's" in text
+    # a fall counts the same way: significant and beyond the placebo, with the same sign
+    assert direction(cell(-0.02, True, -0.015, True)["per_k"][0]["chr"]) == "fell"
+    assert direction(cell(-0.02, True, -0.015, False)["per_k"][0]["chr"]) == "like placebo"
+
+
+def test_every_finding_starts_with_the_caveat_when_even_the_oracle_cannot_raise_exposure(report):
+    """A scenario whose oracle, measured in deployment before any attack, raised nothing: every finding says
+    first that a 'no' says nothing about robustness; a feasible one adds nothing."""
+    from advrec.report.findings import derive_findings
+
+    results = _results(report)
+    results["scenario"]["feasibility"] = {
+        "measured": True, "k": 10, "feasible": False,
+        "chosen": {"origin": "sandal", "target": "sneaker", "effect": -0.002, "p_adjusted": 0.9, "n_pairs": 9}}
+    findings = derive_findings(results)
+    assert findings and all(f["statement"].startswith("On this catalog even a perfect visual disguise does not raise "
+                                                      "exposure") for f in findings)
+    assert all("a 'no' says nothing about robustness" in f["statement"] and f["infeasible_scenario"] for f in findings)
+    assert "'sandal' -> 'sneaker'" in findings[0]["statement"] and "9 candidate pairs" in findings[0]["statement"]
+    results["scenario"]["feasibility"]["feasible"] = True
+    assert not any("perfect visual disguise" in f["statement"] for f in derive_findings(results))
