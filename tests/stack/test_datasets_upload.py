@@ -238,6 +238,20 @@ def test_a_non_utf8_interactions_file_is_422(gateway_client, settings):
     assert _written(settings) == []
 
 
+@pytest.mark.parametrize(("table", "words"), [
+    (b"user,item," + b"x" * 140_000 + b"\nu0,i0,\n", "longer than 131,072 characters"),  # was a 500
+    (b"user,item\nu0,i\x000\nu1,i1\nu2,i2\n", "NUL bytes"),  # was stored, ids holding a NUL
+])
+def test_a_csv_that_is_no_text_table_is_422_and_stores_nothing(gateway_client, settings, table, words):
+    for field in ("interactions", "categories"):
+        files = _catalog()
+        files[f"shop/{field}.csv"] = table
+        r = gateway_client.post("/v1/datasets", files={"archive": ("bad.zip", _zip(files), "application/zip")})
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+        assert words in r.text and [e["loc"].split(":")[0] for e in r.json()["errors"]] == [f"{field}.csv"], r.text
+        assert _written(settings) == []
+
+
 def test_upload_with_the_shops_own_column_names(gateway_client, settings):
     """An export with its own headers (customer;sku;bought_at, sku,department) uploads with a column
     mapping, which the dataset's spec block keeps; without it the answer names the column to map."""
