@@ -51,7 +51,8 @@ it already misreads.</p>{% endif %}{% endfor %}
 <h2>Setup</h2>
 <dl class="kv">
 {% if dataset %}<dt>dataset</dt><dd>{{ dataset.name }}: {{ dataset.n_items }} items, {{ dataset.n_users }} users,
-{{ dataset.n_train }} train / {{ dataset.n_test }} test interactions</dd>{% endif %}
+{{ dataset.n_train }} train / {{ dataset.n_test }} test interactions{% for note in dataset.notes or [] %};
+<b class="sig">{{ note }}</b>{% endfor %}</dd>{% endif %}
 <dt>extractors</dt><dd>{% for name, e in extractors.items() %}<b>{{ name }}</b> ({{ e.backbone }},
 {{ e.defense or e.source }}{% if e.report %}, clean acc {{ e.report.clean_accuracy | num }},
 robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | num }}{% endif %};

@@ -23,6 +23,7 @@ from advrec_common.datasets.generic_layout import (
     ParsedInteractions,
     Selection,
     duplicate_image_problem,
+    file_order_split_message,
     index_images,
     read_categories,
     read_interactions,
@@ -199,6 +200,9 @@ def check_generic_dataset(
         problems += [duplicate_image_problem(images_dir, s, ps, s in used) for s, ps in sorted(duplicates.items())]
         sel = select_interactions(parsed, images, (columns or InteractionColumns()).min_rating, kcore, iterative_kcore)
         problems += _selection_problems(images_dir, parsed, sel, images, kcore)
+        if parsed.time is None and sel.rows.size:
+            problems.append(Problem(severity="warning", file=str(parsed.path), line=parsed.header_line,
+                                    message=file_order_split_message(parsed.unmapped_time_columns)))
         kept_items = sorted(set(parsed.items[sel.rows].tolist()))
         report.rows = int(parsed.users.size)
         report.interactions = int(sel.rows.size)

@@ -83,6 +83,26 @@ def test_walkthrough_uses_the_catalog_labels_and_attacks_origin_toward_target(sh
     assert "category head fitted" in html and "origin-category item (Footwear)" in html
 
 
+def test_a_split_in_file_order_is_said_in_the_report(shop):
+    """Without a timestamp column each user's test item is the last row in file order: the dataset's line
+    in results.json and the report says so (it was silent)."""
+    out, dataset, _ = shop
+    untimed = {**dataset, "columns": {"user": "customer", "item": "sku"}}  # bought_at left unmapped
+    extractor = {"name": "cnn", "source": "train", "backbone": "tiny_cnn", "defense": "standard", "image_size": 16,
+                 "epochs": 1}
+    spec = parse_spec(_spec(untimed, extractors=[extractor], modes=["deployment"], replicates=1, controls=[]))
+    record = run_inprocess(spec, ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    assert results["dataset"]["notes"] == ["test item = last row in file order (no timestamp column)"]
+    html = (record.dir / "report" / "report.html").read_text()
+    assert "test item = last row in file order (no timestamp column)" in html
+    timed = run_inprocess(parse_spec(_spec(dataset, extractors=[extractor], modes=["deployment"], replicates=1,
+                                           controls=[])),
+                          ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert "notes" not in json.loads((timed.dir / "report" / "results.json").read_text())["dataset"]
+
+
 def test_catalog_source_chooses_origin_and_target_among_the_labels(shop):
     """``category_source: catalog`` with no names: the study's automatic choice, among the shop's labels
     (this crashed with a bare StopIteration before: no label was a class of the extractor)."""

@@ -197,6 +197,47 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_init_maps_the_time_column_by_its_values_and_validation_says_when_none_is(tmp_path, capsys):
+    """A shop export whose time column has a name of its own (purchased_at, fecha), rows newest first: init
+    maps it, so each user's test item is the latest purchase; a spec without it validates with a warning
+    that the test item is the last row in file order and which column holds the times (it said nothing)."""
+    import runpy
+
+    sample = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "own_catalog" / "make_sample.py"))
+    paths = sample["write_sample_catalog"](tmp_path / "shop", n_items=30, n_users=40, image_size=16)
+    header, *rows = paths["interactions"].read_text().splitlines()
+    assert header == "customer;sku;bought_at"
+    export = tmp_path / "shop" / "export.csv"
+    export.write_text("customer;sku;purchased_at\n" + "\n".join(reversed(rows)) + "\n")  # newest first
+    spec = tmp_path / "shop.yaml"
+    args = ["--images", str(paths["images_dir"]), "--interactions", str(export)]
+    assert main(["init", str(spec), *args]) == 0
+    assert "    timestamp: purchased_at " in spec.read_text()
+    assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
+    assert "file order" not in capsys.readouterr().err
+
+    spec.write_text(spec.read_text().replace("    timestamp: purchased_at", "    # timestamp: purchased_at"))
+    assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
+    err = capsys.readouterr().err
+    assert f"advrec: warning: dataset.interactions: {export}:1: no timestamp column is mapped, so each user's " \
+           "held-out test item is the last row in file order" in err
+    assert "column 'purchased_at' holds times: name it (columns.timestamp" in err
+
+    # by its values alone: epoch milliseconds under a Spanish name; a quantity column is no time
+    fecha = tmp_path / "shop" / "fecha.csv"
+    fecha.write_text("cliente,sku,cantidad,fecha\n" + "".join(
+        f"c{i % 7},SKU{i % 30:04d},{i % 3 + 1},{1_700_000_000_000 + 3_600_000 * i}\n" for i in range(60)))
+    assert main(["init", "-", "--images", str(paths["images_dir"]), "--interactions", str(fecha)]) == 0
+    assert "    timestamp: fecha " in capsys.readouterr().out
+    # a column named like a time whose values are not dates the loader reads: said, not mapped
+    us = tmp_path / "shop" / "us.csv"
+    us.write_text("customer,sku,order_date\n" + "".join(f"c{i % 7},SKU{i:04d},05/0{i % 9 + 1}/2024\n" for i in range(30)))
+    assert main(["init", "-", "--images", str(paths["images_dir"]), "--interactions", str(us)]) == 0
+    out = capsys.readouterr().out
+    assert "timestamp: order_date" not in out and "column 'order_date' looks like a time, but values such as " \
+                                                     "'05/01/2024' are neither ISO 8601 dates" in out
+
+
 def test_steps_report_progress_in_their_own_units(tmp_path):
     from services.attacker.artifacts import load_adversarial
 

@@ -342,6 +342,7 @@ def test_an_upload_answers_what_its_check_noticed(gateway_client):
                                + "I-3,c0\n").encode()  # an id spelt otherwise than in the log
     r = gateway_client.post("/v1/datasets", files={"archive": ("shop.zip", _zip(files), "application/zip")})
     assert r.status_code == 201, r.text
-    assert [w["loc"] for w in r.json()["warnings"]] == ["categories.csv"]
-    assert "1 labelled item(s) are not in the catalog" in r.json()["warnings"][0]["msg"]
-    assert "I-3" in r.json()["warnings"][0]["msg"]
+    warned = r.json()["warnings"]
+    assert [w["loc"] for w in warned] == ["interactions.csv:1", "categories.csv"]
+    assert "last row in file order" in warned[0]["msg"]  # no timestamp column: the split follows the file
+    assert "1 labelled item(s) are not in the catalog" in warned[1]["msg"] and "I-3" in warned[1]["msg"]
