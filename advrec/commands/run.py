@@ -191,12 +191,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     report_dir = record.dir / "report"
     if not (report_dir / "results.json").is_file():
         raise NotFound(f"run {args.run} has no report yet (state: {record.read()['state']})")
+    html = report_dir / "report.html"
     if args.output:
-        out = Path(args.output)
-        out.write_bytes((report_dir / "report.html").read_bytes())
-        print(f"wrote {out}")
+        Path(args.output).write_bytes(html.read_bytes())
     print(format_summary(json.loads((report_dir / "results.json").read_text())))
-    print(f"\nreport: {report_dir / 'report.html'}")
+    print(f"\nreport: {args.output or html}")  # with -o: the copy just written
     return 0
 
 
