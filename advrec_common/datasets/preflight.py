@@ -61,6 +61,7 @@ class PreflightReport(BaseModel):
     image_modes: dict[str, int] = {}
     categories: int = 0
     items_without_category: int = 0
+    items_per_category: dict[str, int] = {}  # kept items per label, most first (with a categories file)
     seconds: float = 0.0
 
     @property
@@ -223,6 +224,7 @@ def check_generic_dataset(
             if parsed is not None:
                 uncovered = [i for i in kept_items if table.get(i) is None]
                 report.items_without_category = len(uncovered)
+                report.items_per_category = _by_count(Counter(c for i in kept_items if (c := table.get(i))))
                 if uncovered:
                     problems.append(Problem(severity="warning", file=str(categories),
                                             message=f"{len(uncovered)} item(s) have no category: {_examples(uncovered)}"))
