@@ -252,6 +252,20 @@ def test_a_csv_that_is_no_text_table_is_422_and_stores_nothing(gateway_client, s
         assert _written(settings) == []
 
 
+def test_upload_warnings_name_the_uploaded_files_not_a_server_folder(gateway_client, settings):
+    """Orders of SKUs without an image: the warning said "... in '/srv/.../tmp/upload-k3x9/images'"."""
+    files = _catalog()
+    files["shop/interactions.csv"] += b"u0,gone1,90\nu1,gone2,91\n"
+    r = gateway_client.post("/v1/datasets", files={"archive": ("shop.zip", _zip(files), "application/zip")})
+    assert r.status_code == 201, r.text
+    (warning,) = [w for w in r.json()["warnings"] if "no image" in w["msg"]]
+    assert warning["loc"] == "interactions.csv:26"
+    assert "2 item(s) of 2 interaction(s) have no image <item id>.<jpg|jpeg|png|webp> in 'images'" in warning["msg"]
+    assert str(settings.home) not in r.text and "upload-" not in r.text and "tmp" not in r.text
+    stored = gateway_client.get(f"/v1/datasets/{r.json()['id']}").json()
+    assert stored["warnings"] == r.json()["warnings"]
+
+
 def test_upload_with_the_shops_own_column_names(gateway_client, settings):
     """An export with its own headers (customer;sku;bought_at, sku,department) uploads with a column
     mapping, which the dataset's spec block keeps; without it the answer names the column to map."""
@@ -333,7 +347,7 @@ def test_upload_names_its_files_with_flags(tmp_path, capsys):
     assert "is not a zip archive" in capsys.readouterr().err
 
 
-def test_an_upload_answers_what_its_check_noticed(gateway_client):
+def test_an_upload_answers_what_its_check_noticed(gateway_client, settings):
     """Labels of items that are not in the catalog do not stop an upload; the answer says so."""
     files = {f"images/i{k}.png": _png(k) for k in range(5)}
     files["interactions.csv"] = ("user,item\n" + "".join(f"u{u},i{(u + j) % 5}\n" for u in range(6)
@@ -344,5 +358,6 @@ def test_an_upload_answers_what_its_check_noticed(gateway_client):
     assert r.status_code == 201, r.text
     warned = r.json()["warnings"]
     assert [w["loc"] for w in warned] == ["interactions.csv:1", "categories.csv"]
+    assert str(settings.home) not in r.text and "upload-" not in r.text
     assert "last row in file order" in warned[0]["msg"]  # no timestamp column: the split follows the file
     assert "1 labelled item(s) are not in the catalog" in warned[1]["msg"] and "I-3" in warned[1]["msg"]
