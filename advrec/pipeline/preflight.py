@@ -15,8 +15,10 @@ second for a small catalog. It never raises for a user mistake: the problems com
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,8 +194,26 @@ def _check_against_catalog(spec: EvaluationSpec, out: Preflight) -> None:
         out.problems.append(("scenario.target", f"origin and target are both {scen.origin!r}; they must differ"))
     for field_, name, known, source in _category_sets(spec, out):
         if name not in known:
-            out.problems.append((f"scenario.{field_}", f"{name!r} is not a category: categories come from "
-                                                       f"{source}: {_few(known)}"))
+            near = did_you_mean(name, known)
+            out.problems.append((f"scenario.{field_}", f"{name!r} is not a category"
+                                                       + (f" (did you mean {near!r}?)" if near else "")
+                                                       + f": categories come from {source}: {_few(known)}"))
+
+
+def _folded(text: str) -> str:
+    """``text`` without case and accents: 'Calzado Niño' and 'calzado nino' fold alike."""
+    decomposed = unicodedata.normalize("NFKD", text.strip())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def did_you_mean(name: str, known: list[str]) -> str | None:
+    """The one known name ``name`` differs from only by case or accents, else the closest spelling (None
+    when nothing is close)."""
+    folded = [k for k in known if _folded(k) == _folded(name)]
+    if len(folded) == 1:
+        return folded[0]
+    close = difflib.get_close_matches(_folded(name), [_folded(k) for k in known], n=1, cutoff=0.8)
+    return next((k for k in known if close and _folded(k) == close[0]), None)
 
 
 def _extractors(spec: EvaluationSpec) -> list[tuple[int, Any]]:

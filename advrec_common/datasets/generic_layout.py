@@ -299,6 +299,7 @@ class Selection:
     items_without_image: list[str]  # sorted ids
     repeats: int
     kcore_dropped: int
+    repeated_rows: np.ndarray | None = None  # the rows dropped as repeats of an earlier (user, item) row
 
 
 def select_interactions(
@@ -335,6 +336,7 @@ def select_interactions(
         items_without_image=sorted({str(i) for i in parsed.items[no_image]}),
         repeats=int(rows.size - unique_rows.size),
         kcore_dropped=int(unique_rows.size - kept.size),
+        repeated_rows=np.setdiff1d(rows, unique_rows),
     )
 
 

@@ -180,6 +180,54 @@ def test_min_items_is_checked_against_the_labels_before_compute(tmp_path):
     assert preflight(_spec(dataset, scenario={"min_items": 4, "category_source": "extractor"}), device="cpu").ok
 
 
+def test_a_category_name_off_by_an_accent_or_case_gets_a_did_you_mean(tmp_path):
+    """A Spanish shop's labels ('Calzado Niño') typed without the accent or in another case: the message
+    named the name as unknown and listed every category; it now says which one was meant."""
+    dataset = _catalog(tmp_path)
+    (tmp_path / "cats.csv").write_text("item,category\n" + "".join(
+        f"p{i},{'Calzado Niño' if i % 2 else 'Camisetas'}\n" for i in range(10)), encoding="utf-8")
+    out = preflight(_spec(dataset, scenario={"origin": "calzado nino", "target": "Camisettas"}), device="cpu")
+    problems = dict(out.problems)
+    assert problems["scenario.origin"].startswith("'calzado nino' is not a category (did you mean 'Calzado Niño'?): "
+                                                  "categories come from the catalog's labels")
+    assert "(did you mean 'Camisetas'?)" in problems["scenario.target"]
+    far = dict(preflight(_spec(dataset, scenario={"origin": "Zapatos"}), device="cpu").problems)
+    assert "did you mean" not in far["scenario.origin"]
+
+
+def test_eps_written_as_a_fraction_of_255_says_how_to_write_it(tmp_path):
+    """`eps: [8/255]` in YAML is the text '8/255': the answer was pydantic's "unable to parse string as a
+    number"; it says that budgets are in /255 units already."""
+    import yaml
+
+    doc = yaml.safe_load("extractors: [{name: standard}]\nrecommenders: [{name: vbpr}]\n"
+                         "attacks: [{method: pgd, eps: [8/255, 4]}]\n")
+    out = preflight(doc, device="cpu")
+    assert out.problems == [("attacks[0].eps[0]", "'8/255' is text, not a number: budgets are already in /255 "
+                                                  "units, so 8/255 is written 8")]
+
+
+def test_an_images_folder_of_subfolders_says_so(tmp_path):
+    """A product-photo export sorted into one folder per category: the message ended in "images like "
+    with nothing after it; it names the folder's subfolders and the fix, and only that."""
+    dataset = _catalog(tmp_path)
+    images = Path(dataset["images_dir"])
+    for i, photo in enumerate(sorted(images.iterdir())):
+        (images / ("shoe" if i % 2 else "bag")).mkdir(exist_ok=True)
+        photo.rename(images / ("shoe" if i % 2 else "bag") / photo.name)
+    out = preflight(_spec(dataset), device="cpu")
+    assert out.problems == [("dataset.images_dir", f"{images}: no image <item id>.<jpg|jpeg|png|webp> in this "
+                                                   "folder; it holds 2 folder(s) ('bag', 'shoe'), and images in "
+                                                   "subfolders are not read: point images_dir at the folder that "
+                                                   "holds the images")], out.problems
+    for photo in images.rglob("*.png"):
+        photo.unlink()
+    (images / "readme.txt").write_text("photos")
+    out = preflight(_spec({**dataset, "images_dir": str(images / "bag")}), device="cpu")
+    assert dict(out.problems)["dataset.images_dir"].endswith("the folder is empty; it should hold one image "
+                                                             "<item id>.<jpg|jpeg|png|webp> per item")
+
+
 def test_labels_weights_and_ignored_fields(tmp_path):
     ds = _catalog(tmp_path)
     (tmp_path / "cats.csv").write_text("item,category\np0,shoe\np1,bag\n")  # p2..p9 unlabelled
