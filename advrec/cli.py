@@ -6,7 +6,10 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import warnings
+from typing import TextIO
 
 from advrec import __version__, commands
 from advrec_common.errors import AdvrecError
@@ -28,9 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ADVREC_PACKAGES = ("advrec", "advrec_common", "services", "gateway")
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """advrec's own warnings (rows dropped while loading a catalog ...) as one line for people, like its
+    other warnings; a library's as Python shows them (source path and code line)."""
+    if category.__module__.split(".")[0] in _ADVREC_PACKAGES:
+        print(f"advrec: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     # idle OpenMP threads sleep instead of spinning (a busy machine otherwise loses whole cores)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    warnings.showwarning = _show_warning
     try:
         parser = build_parser()  # some commands read the settings (ADVREC_*) as they load
     except AdvrecError as exc:
@@ -41,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not as a warning at exit
+        return code
+    except BrokenPipeError:
+        # the output's reader stopped reading (`advrec report RUN | head`): stop quietly, as cat does;
+        # later writes (the interpreter's last flush) go nowhere instead of failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except AdvrecError as exc:
         print(f"advrec: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -30,12 +31,26 @@ class Quotas(BaseModel):
     concurrent_jobs: int | None = Field(None, ge=1, description="unfinished jobs of the key (429)")
 
 
+def default_home() -> Path:
+    """One home per user, wherever a command runs: ``$XDG_DATA_HOME/advrec``, else
+    ``~/.local/share/advrec`` (``ADVREC_HOME`` or ``--home`` choose another)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore a relative value
+        return Path(xdg) / "advrec"
+    try:
+        return Path.home() / ".local" / "share" / "advrec"
+    except RuntimeError:  # no HOME and no password entry (a bare container): the current folder
+        return Path(".advrec")
+
+
 class Settings(BaseSettings):
     """Process-wide configuration; every field can be set as ``ADVREC_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="ADVREC_", env_file=None, extra="ignore")
 
-    home: Path = Field(default=Path(".advrec"), description="Root for the store, runs and datasets.")
+    home: Path = Field(default_factory=default_home, description="Root for the store, runs, datasets and trained "
+                       "extractors: one per user by default ($XDG_DATA_HOME/advrec or ~/.local/share/advrec), so "
+                       "runs and models are shared between folders.")
     weights_dir: Path | None = Field(
         default=None, description="Where named pretrained checkpoints live (default <home>/weights)."
     )
@@ -92,7 +107,8 @@ class Settings(BaseSettings):
     upload_concurrency: int = Field(2, ge=1, description="uploads validated at once (more: 503, retry)")
     # per-key quotas: what one API key's job may ask for (admission answers 413/422/429 otherwise)
     quota_catalog_items: int = Field(50_000, ge=1, description="items of a job's catalog (413)")
-    quota_image_pixels: int = Field(512 * 512, ge=1, description="pixels per image a job works at (413)")
+    quota_image_pixels: int = Field(512 * 512, ge=1, description="pixels per image a job works at (413): at the size "
+                                    "its extractors see (image_size, else the backbone's input size), not the photos'")
     quota_catalog_pixels: int = Field(1_000_000_000, ge=1, description="items x pixels per image of a job (413)")
     quota_plan_steps: int = Field(5_000, ge=1, description="steps in a job's plan (422)")
     quota_concurrent_jobs: int = Field(4, ge=1, description="unfinished jobs per key (429)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -25,6 +26,10 @@ def loc_path(parts: Iterable[Any], root: str = "") -> str:
     return out
 
 
+# a fraction written as text (YAML reads `8/255` as a string): budgets are already in /255 units
+_OVER_255 = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*/\s*255(?:\.0*)?\s*$")
+
+
 def _message(err: dict[str, Any]) -> str:
     msg = str(err.get("msg", "invalid"))
     msg = msg.removeprefix("Value error, ")
@@ -32,6 +37,10 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown field (check its spelling)"
     if err.get("type") == "missing":
         return "required field is missing"
+    given = err.get("input")
+    if err.get("type") == "float_parsing" and isinstance(given, str) and (over := _OVER_255.match(given)):
+        return (f"{given!r} is text, not a number: budgets are already in /255 units, so {given} is written "
+                f"{float(over.group(1)):g}")
     return msg
 
 

@@ -25,7 +25,9 @@ from advrec.pipeline.preflight import Preflight
 from advrec.pipeline.spec import EvaluationSpec
 from advrec_common.errors import InvalidInput, PayloadTooLarge, QuotaExceeded
 from advrec_common.settings import Settings
+from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
 from gateway.auth import Caller
+from services.extractor.named_weights import NAMED_WEIGHTS
 
 MAX_DEPTH = 32  # nesting of a JSON body (a spec needs 6)
 MAX_NODES = 100_000  # values in a JSON body
@@ -50,17 +52,23 @@ def check_depth(body: Any, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODE
             stack.extend((v, depth + 1) for v in value)
 
 
-def work_pixels(spec: EvaluationSpec, facts: dict[str, Any]) -> int | None:
-    """Pixels per image the job's extractors work at (the largest), None when unknown before the run."""
-    sides = []
-    for ext in spec.extractors:
-        if ext.image_size is not None:
-            sides.append(ext.image_size ** 2)
-        elif spec.dataset.kind == "demo":
-            sides.append(spec.dataset.image_size ** 2)
-        elif facts.get("max_image_pixels"):
-            sides.append(int(facts["max_image_pixels"]))
-    return max(sides) if sides else None
+def model_side(spec: EvaluationSpec, index: int) -> int:
+    """The square side (px) extractor ``index`` brings every catalog image to before features and attacks:
+    its ``image_size``, else the size a demo extractor is trained at, else its backbone's input size
+    (224 for ImageNet backbones and timm models, 64 for the small CNNs) -- whatever the photos' own size."""
+    ext = spec.extractors[index]
+    if ext.image_size is not None:
+        return ext.image_size
+    if ext.source == "demo":
+        return spec.dataset.image_size
+    backbone = NAMED_WEIGHTS[ext.weight_name].backbone if ext.source == "named" and ext.weight_name else ext.backbone
+    return BACKBONE_INPUT_SIZES.get(backbone or "", 224)
+
+
+def work_pixels(spec: EvaluationSpec) -> int:
+    """Pixels per image the job's extractors work at (the largest): what the quota counts, since images
+    are resized to each model's size as they are read (a 2000 x 1500 product photo costs 224 x 224)."""
+    return max(model_side(spec, i) ** 2 for i in range(len(spec.extractors)))
 
 
 def check_quotas(report: Preflight, settings: Settings, owner: str | None = None) -> int | None:
@@ -77,11 +85,11 @@ def check_quotas(report: Preflight, settings: Settings, owner: str | None = None
     if n_items and n_items > quota.catalog_items:
         raise PayloadTooLarge(f"the catalog has {n_items} items, above this key's quota of "
                               f"{quota.catalog_items} ({name('catalog_items')})")
-    pixels = work_pixels(spec, report.facts)
-    if pixels and pixels > quota.image_pixels:
+    pixels = work_pixels(spec)
+    if pixels > quota.image_pixels:
         raise PayloadTooLarge(f"images would be processed at {pixels} pixels each, above this key's quota of "
                               f"{quota.image_pixels} ({name('image_pixels')}); set extractors[].image_size")
-    if n_items and pixels and n_items * pixels > quota.catalog_pixels:
+    if n_items and n_items * pixels > quota.catalog_pixels:
         raise PayloadTooLarge(f"{n_items} items x {pixels} pixels = {n_items * pixels} pixels, above this key's "
                               f"quota of {quota.catalog_pixels} ({name('catalog_pixels')})")
     if n_items:

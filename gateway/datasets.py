@@ -253,7 +253,7 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
                                         max_pixels=settings.max_image_pixels)
         budget.check("checking the dataset")
         if checked.errors:  # every problem at once, each with its file and line
-            raise invalid([(_where(p, tmp), p.message) for p in checked.errors],
+            raise invalid([(_where(p, tmp), _in_upload(p.message, tmp)) for p in checked.errors],
                           f"{len(checked.errors)} problem(s) in the uploaded dataset")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -262,10 +262,10 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
                                           columns=columns or InteractionColumns(),
                                           category_columns=category_columns or CategoryColumns())
             except (InvalidInput, NotFound) as exc:
-                raise InvalidInput(f"{inter}: {str(exc).replace(str(tmp) + '/', '')}") from None
+                raise InvalidInput(f"{inter}: {_in_upload(str(exc), tmp)}") from None
             except (UnicodeError, ValueError, OSError) as exc:  # whatever the loader did not name
-                raise InvalidInput(f"{inter}: cannot be read: {type(exc).__name__}: "
-                                   f"{str(exc).replace(str(tmp) + '/', '')}") from None
+                raise InvalidInput(f"{inter}: cannot be read: {type(exc).__name__}: {_in_upload(str(exc), tmp)}") \
+                    from None
         budget.check("reading the interactions")
         n_rows = max(0, sum(1 for line in files[inter].decode("utf-8", "replace").splitlines() if line.strip()) - 1)
         info = {
@@ -275,7 +275,7 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
             "spec": {"kind": "generic", "images_dir": f"{ds_id}/images", "interactions": f"{ds_id}/{inter}",
                      **({"categories": f"{ds_id}/{cats}"} if cats else {}), **mapping},
             "owners": [owner] if owner is not None else [],
-            "warnings": [{"loc": _where(p, tmp), "msg": p.message} for p in checked.warnings],
+            "warnings": [{"loc": _where(p, tmp), "msg": _in_upload(p.message, tmp)} for p in checked.warnings],
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=1))
         root.mkdir(parents=True, exist_ok=True)
@@ -290,9 +290,15 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _in_upload(text: str, scratch: Path) -> str:
+    """``text`` with the upload's scratch folder on the server left out: paths as the uploader named them
+    (``images``, ``interactions.csv``)."""
+    return text.replace(str(scratch) + "/", "").replace(str(scratch), "the upload")
+
+
 def _where(problem: Problem, scratch: Path) -> str:
     """``file[:line]`` of a problem, relative to the upload (no server path)."""
-    file = problem.file.replace(str(scratch) + "/", "")
+    file = _in_upload(problem.file, scratch)
     return file if problem.line is None else f"{file}:{problem.line}"
 
 

@@ -162,11 +162,25 @@ def _admit(body: dict[str, Any], settings: Settings, caller: Caller) -> Prefligh
     that passed them (its ``facts["plan_steps"]`` set when known), or the 4xx error."""
     spec = confine_paths(spec_from_body(body), settings, caller)
     report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
+    report.problems = _with_upload_hint(report.problems, spec)
     report.raise_for_problems("the job cannot run")
     steps = check_quotas(report, settings, caller.owner)
     if steps is not None:
         report.facts["plan_steps"] = steps
     return report
+
+
+UPLOAD_HINT = ("; the server reads dataset paths in its datasets folder: a catalog on your machine is uploaded "
+               "first (`advrec upload DIR`, or `client.upload_dataset(...)` in Python), which answers the `dataset:` "
+               "block to put in the spec")
+
+
+def _with_upload_hint(problems: list[tuple[str, str]], spec: EvaluationSpec) -> list[tuple[str, str]]:
+    """``problems`` with :data:`UPLOAD_HINT` added to each about a dataset path the server does not have
+    (most often a local spec sent as is: its paths name files on the user's machine)."""
+    missing = {f"dataset.{f}" for f in ("root", "images_dir", "interactions", "categories")
+               if getattr(spec.dataset, f) is not None and not Path(getattr(spec.dataset, f)).exists()}
+    return [(loc, msg + UPLOAD_HINT if loc in missing and "does not exist" in msg else msg) for loc, msg in problems]
 
 
 def _warnings(report: Preflight, settings: Settings) -> list[dict[str, str]]:

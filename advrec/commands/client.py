@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from advrec.client import DEFAULT_RETRY_FOR, AdvrecClient
 from advrec.commands._columns import add_column_arguments, column_mappings
 from advrec.pipeline.spec import read_spec_document
-from advrec_common.errors import InvalidInput, invalid
+from advrec_common.errors import AdvrecError, InvalidInput, invalid
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -33,7 +34,8 @@ def client_from_args(args: argparse.Namespace) -> AdvrecClient:
 
 
 def _spec_body(text: str) -> dict[str, Any]:
-    return read_spec_document(text)
+    # paths stay as written: the server reads them, relative to its datasets folder
+    return read_spec_document(text, paths_from_file=False)
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -54,7 +56,35 @@ def _print_warnings(rows: list[dict[str, str]]) -> None:
         print(f"advrec: warning: {row['loc']}: {row['msg']}", file=sys.stderr)
 
 
+def _local_catalog_hint(spec_arg: str) -> str:
+    """What to do when the spec's dataset paths name files on this machine (relative to the spec file's
+    folder), which a stack cannot read; "" when they do not."""
+    try:
+        local = read_spec_document(spec_arg)
+    except AdvrecError:
+        return ""
+    ds = local.get("dataset") if isinstance(local.get("dataset"), dict) else {}
+    found = {flag: ds[f] for f, flag in (("images_dir", "--images"), ("interactions", "--interactions"),
+                                         ("categories", "--categories"))
+             if isinstance(ds.get(f), str) and Path(ds[f]).exists()}
+    if not found:
+        return ""
+    flags = " ".join(f"{flag} {shlex.quote(path)}" for flag, path in found.items())
+    return (f"the spec's dataset is on this machine, not on the server: upload it first with\n"
+            f"  advrec upload {flags}\nand put the `dataset:` block it prints in the spec")
+
+
 def _submit(args: argparse.Namespace) -> int:
+    try:
+        return _submit_spec(args)
+    except InvalidInput as exc:
+        hint = _local_catalog_hint(args.spec) if "does not exist" in str(exc) else ""
+        if not hint:
+            raise
+        raise InvalidInput(f"{exc}\n{hint}", problems=exc.problems) from None
+
+
+def _submit_spec(args: argparse.Namespace) -> int:
     with client_from_args(args) as c:
         if args.validate:
             check = c.validate(_spec_body(args.spec))

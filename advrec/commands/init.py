@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from advrec_common.errors import InvalidInput
 
@@ -17,7 +19,6 @@ from advrec_common.errors import InvalidInput
 _GUESSES = {
     "user": ("user", "user_id", "userid", "customer", "customer_id", "client", "visitor", "buyer", "member"),
     "item": ("item", "item_id", "itemid", "sku", "product", "product_id", "article", "asin", "offer"),
-    "timestamp": ("timestamp", "time", "ts", "date", "datetime", "created_at", "bought_at", "ordered_at", "when"),
     "rating": ("rating", "stars", "score"),
     "category": ("category", "department", "type", "class", "label", "product_type", "group"),
 }
@@ -33,6 +34,7 @@ name: {name}                  # letters, digits, _ . - ; names the run and the r
 dataset:
   kind: generic               # generic = a folder of images + an interaction log (demo | study | generic)
   images_dir: {images}        # one image per item: <item id>.jpg|jpeg|png|webp, any size and mode
+                              # (relative paths are read from this file's folder)
   interactions: {interactions}   # a delimited file with a header: one row per (user, item) event
   categories: {categories}    # optional: item -> category label (your shop's own labels drive the study)
   columns:                    # which interaction columns hold what{columns_note}
@@ -109,13 +111,54 @@ NO_LABELS = """\
 """
 
 
-def _header(path: Path | None) -> list[str]:
+def _table(path: Path | None) -> Any:
+    """The file's table (None when it is missing or unreadable: --validate says why)."""
     if path is None or not path.is_file():
-        return []
+        return None
     from advrec_common.datasets.delimited import read_table
 
     table = read_table(path)
-    return [] if not hasattr(table, "header") else list(table.header)  # a Problem: leave it to --validate
+    return table if hasattr(table, "header") else None
+
+
+def _header(path: Path | None) -> list[str]:
+    table = _table(path)
+    return [] if table is None else list(table.header)
+
+
+def _time_column(table: Any, user: str | None, item: str | None) -> tuple[str | None, str]:
+    """(the interactions column that holds the time, by its values: dates or epoch times, its name first
+    when it says time; a comment for the template when a column named like a time does not read as one)."""
+    from advrec_common.datasets.generic_layout import TIME_NAME, time_like_columns
+
+    if table is None:
+        return None, ""
+    skip = {i for i, h in enumerate(table.header) if h in (user, item)}
+    found = time_like_columns(table, skip)
+    if found:
+        return found[0], ""
+    named = [i for i, h in enumerate(table.header) if i not in skip and TIME_NAME.search(h)]
+    for i in named:  # a name that says time, and values the loader reads as times (any epoch)
+        values = [v for _, f in table.records[:200] if (v := f[i].strip())]
+        bad = next((v for v in values if not _reads_as_epoch(v)), None)
+        if values and bad is None:
+            return table.header[i], ""
+    if named:
+        column = table.header[named[0]]
+        bad = next((v for _, f in table.records if (v := f[named[0]].strip()) and not _reads_as_epoch(v)), "")
+        return None, (f"    # column {column!r} looks like a time, but values such as {bad!r} are neither ISO 8601 "
+                      f"dates\n    # nor epoch numbers: convert them to split by time\n")
+    return None, ""
+
+
+def _reads_as_epoch(text: str) -> bool:
+    from advrec_common.datasets.delimited import parse_timestamp
+
+    try:
+        parse_timestamp(text)
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def _guess(header: list[str], role: str) -> str | None:
@@ -123,10 +166,22 @@ def _guess(header: list[str], role: str) -> str | None:
     return next((folded[g] for g in _GUESSES[role] if g in folded), None)
 
 
-def render(file: str, images: str, interactions: str, categories: str | None, name: str) -> str:
-    """The template for these paths, columns guessed from the files' headers when they exist."""
-    head = _header(Path(interactions))
-    user, item, ts = _guess(head, "user"), _guess(head, "item"), _guess(head, "timestamp")
+def _as_written(path: str | None, spec_dir: Path | None) -> str | None:
+    """A path given on the command line (from the current folder) as the spec holds it: from the spec
+    file's folder, which is what a relative path in a spec means."""
+    if path is None or spec_dir is None or Path(path).is_absolute():
+        return path
+    return os.path.relpath(os.path.abspath(path), spec_dir)
+
+
+def render(file: str, images: str, interactions: str, categories: str | None, name: str,
+           spec_dir: Path | None = None) -> str:
+    """The template for these paths (from the current folder; written from ``spec_dir``, the spec
+    file's folder, when given), columns guessed from the files' headers and values when they exist."""
+    table = _table(Path(interactions))
+    head = [] if table is None else list(table.header)
+    user, item = _guess(head, "user"), _guess(head, "item")
+    ts, ts_note = _time_column(table, user or (head[0] if head else None), item or (head[1] if len(head) > 1 else None))
     cat_head = _header(Path(categories)) if categories else []
     cat_item = _guess(cat_head, "item") or (cat_head[0] if cat_head else "item")
     cat_label = _guess(cat_head, "category") or (cat_head[1] if len(cat_head) > 1 else "category")
@@ -140,13 +195,14 @@ def render(file: str, images: str, interactions: str, categories: str | None, na
             labels_note = f"\n                              # your labels: {', '.join(found[:12])}" + \
                           (" ..." if len(found) > 12 else "")
     return TEMPLATE.format(
-        file=file, name=name, images=images, interactions=interactions,
-        categories=categories if categories else "null",
+        file=file, name=name, images=_as_written(images, spec_dir), interactions=_as_written(interactions, spec_dir),
+        categories=_as_written(categories, spec_dir) if categories else "null",
         columns_note=f"\n                              # your file's columns: {', '.join(head)} (guessed below: check)"
         if head else "",
         user=user or (head[0] if head else "user"), item=item or (head[1] if len(head) > 1 else "item"),
-        timestamp_line=f"    timestamp: {ts}           # optional: the latest event of each user is its test item\n"
-        if ts else "    # timestamp: time         # optional: the latest event of each user is its test item\n",
+        timestamp_line=f"    timestamp: {ts}           # the latest event of each user is its test item\n"
+        if ts else ts_note + "    # timestamp: time         # none found: each user's test item is the last row in "
+                             "file order\n",
         categories_note=f"\n                              # your file's columns: {', '.join(cat_head)}" if cat_head else "",
         cat_item=cat_item, cat_label=cat_label, labels_note=labels_note,
         trained=TRAINED if categories else NO_LABELS,
@@ -155,7 +211,9 @@ def render(file: str, images: str, interactions: str, categories: str | None, na
 
 def cmd_init(args: argparse.Namespace) -> int:
     out = args.file
-    text = render(out if out != "-" else "spec.yaml", args.images, args.interactions, args.categories, args.name)
+    spec_dir = None if out == "-" else Path(os.path.abspath(out)).parent
+    text = render(out if out != "-" else "spec.yaml", args.images, args.interactions, args.categories, args.name,
+                  spec_dir)
     if out == "-":
         sys.stdout.write(text)
         return 0

@@ -23,6 +23,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     return get_settings()
 
 
+def open_local_run(settings: Settings, run_id: str):
+    """The record of local run ``run_id``; NotFound naming the home it looked in (and an earlier
+    per-folder home here, if any)."""
+    from advrec.pipeline.record import RunRecord
+
+    try:
+        return RunRecord.open(settings.runs_dir, run_id)
+    except NotFound:
+        raise NotFound(f"unknown run {run_id!r} in {settings.home}{earlier_home_hint(settings)}") from None
+
+
+def earlier_home_hint(settings: Settings) -> str:
+    """A note when this folder holds ``.advrec/runs``, the per-folder home advrec used before homes were one
+    per user, and no home was chosen (``--home`` / ``ADVREC_HOME``): where those runs went."""
+    legacy = Path(".advrec")
+    if "ADVREC_HOME" in os.environ or not (legacy / "runs").is_dir() or legacy.resolve() == settings.home.resolve():
+        return ""
+    return (f"; ./.advrec here is a per-folder home of an earlier advrec (the default is one home per user now, "
+            f"{settings.home}): `--home .advrec` reads it, or move its contents into {settings.home}")
+
+
 def _run(spec, args: argparse.Namespace, warnings: list[tuple[str, str]] = ()) -> int:
     from advrec.pipeline.executor import ERROR_LOG, run_inprocess
     from advrec.report import format_summary
@@ -152,7 +173,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from advrec.pipeline.record import RunRecord
     from advrec.report import format_summary
 
     settings = _settings(args)
@@ -167,25 +187,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_summary(results))
         print(f"\nreport: {out}")
         return 0
-    record = RunRecord.open(settings.runs_dir, args.run)
+    record = open_local_run(settings, args.run)
     report_dir = record.dir / "report"
     if not (report_dir / "results.json").is_file():
         raise NotFound(f"run {args.run} has no report yet (state: {record.read()['state']})")
+    html = report_dir / "report.html"
     if args.output:
-        out = Path(args.output)
-        out.write_bytes((report_dir / "report.html").read_bytes())
-        print(f"wrote {out}")
+        Path(args.output).write_bytes(html.read_bytes())
     print(format_summary(json.loads((report_dir / "results.json").read_text())))
-    print(f"\nreport: {report_dir / 'report.html'}")
+    print(f"\nreport: {args.output or html}")  # with -o: the copy just written
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from advrec.pipeline.record import list_runs
 
-    runs = list_runs(_settings(args).runs_dir)
+    settings = _settings(args)
+    runs = list_runs(settings.runs_dir)
     if not runs:
-        print("no runs")
+        print(f"no runs in {settings.home}{earlier_home_hint(settings)}")
         return 0
     print(f"{'run':<48} {'state':<11} {'steps':>9}  {'created':<16}  error")
     for r in runs:
@@ -223,7 +243,8 @@ def _jobs(text: str) -> int | str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", help="advrec home (store, runs); default $ADVREC_HOME or ./.advrec")
+    p.add_argument("--home", help="advrec home (store, runs, trained extractors); default $ADVREC_HOME, else one "
+                                  "per user: $XDG_DATA_HOME/advrec or ~/.local/share/advrec")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advrec.commands.run import _common, _settings, job_source_args
+from advrec.commands.run import _common, _settings, job_source_args, open_local_run
 
 _DONE = ("done", "cached")
 
@@ -79,8 +79,6 @@ def describe(doc: dict[str, Any], *, run_dir: Path | None = None, server: str | 
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from advrec.pipeline.record import RunRecord
-
     settings = _settings(args)
     local = (settings.runs_dir / args.run / "record.json").is_file()
     if args.server or (not local and os.environ.get("ADVREC_SERVER")):
@@ -91,7 +89,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             status = client.status(args.run)
         print(describe(status, server=server))
         return 0
-    record = RunRecord.open(settings.runs_dir, args.run)
+    record = open_local_run(settings, args.run)
     print(describe(record.read(), run_dir=record.dir))
     return 0
 

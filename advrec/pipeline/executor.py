@@ -7,6 +7,7 @@ inside workers; only the scheduling differs.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -112,7 +113,10 @@ class _RunProgress:
         self.busy_wall = 0.0  # wall seconds from the start to the last step that finished
         self._drawn = 0.0
         self.bar = None
-        if show and self.todo:
+        self.finished = 0  # steps finished (computed or reused)
+        # a log file, not a terminal: one line per computed step instead of a bar redrawn in place
+        self.lines = show and bool(self.todo) and not sys.stderr.isatty()
+        if show and self.todo and not self.lines:
             from tqdm import tqdm
 
             self.bar = tqdm(total=round(self.eta.total), desc=spec.name, unit="wu", smoothing=0,
@@ -144,10 +148,21 @@ class _RunProgress:
             self.busy_wall = time.perf_counter() - self.started
             self._refine(step)
         self.running.pop(step.name, None)
+        self.finished += 1
         if self.current is step or self.current is None or self.current.name not in self.running:
             self.current = next(reversed(self.running.values()), None)
             self.inner = ""
+        if self.lines and computed:
+            self._line(step, seconds)
         self._draw(force=True)
+
+    def _line(self, step: Step, seconds: float) -> None:
+        from advrec.pipeline.work import format_seconds, wall_eta
+
+        share = self.eta.done / self.eta.total if self.eta.total else 1.0
+        eta = wall_eta(self.eta.remaining_seconds(), self.busy_seconds, self.busy_wall)
+        print(f"{self.spec.name}: step {self.finished}/{len(self.plan)} {step.name} done in {seconds:.1f} s; "
+              f"{share:.0%} of the work, ETA {format_seconds(eta)}", file=sys.stderr, flush=True)
 
     def _refine(self, step: Step) -> None:
         """New facts from a finished step (the extractor's input size, origin items per shard)."""

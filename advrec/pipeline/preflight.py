@@ -15,8 +15,10 @@ second for a small catalog. It never raises for a user mistake: the problems com
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,10 @@ def _check_dataset(spec: EvaluationSpec, out: Preflight, max_pixels: int) -> Non
     out.facts.update(n_items=report.items, n_users=report.users, n_interactions=report.interactions,
                      items_without_category=report.items_without_category if ds.categories is not None
                      else report.items)
+    if not report.ok:  # the catalog could not be read as asked: its labels are unknown, not absent
+        out.facts["catalog_unread"] = True
+    elif ds.categories is not None:
+        out.facts["items_per_category"] = report.items_per_category
     sizes = [tuple(int(v) for v in wh.split("x")) for wh in report.image_sizes]
     if sizes:  # the largest native image (an extractor without image_size works at native size)
         out.facts["max_image_pixels"] = max(w * h for w, h in sizes)
@@ -188,8 +194,26 @@ def _check_against_catalog(spec: EvaluationSpec, out: Preflight) -> None:
         out.problems.append(("scenario.target", f"origin and target are both {scen.origin!r}; they must differ"))
     for field_, name, known, source in _category_sets(spec, out):
         if name not in known:
-            out.problems.append((f"scenario.{field_}", f"{name!r} is not a category: categories come from "
-                                                       f"{source}: {_few(known)}"))
+            near = did_you_mean(name, known)
+            out.problems.append((f"scenario.{field_}", f"{name!r} is not a category"
+                                                       + (f" (did you mean {near!r}?)" if near else "")
+                                                       + f": categories come from {source}: {_few(known)}"))
+
+
+def _folded(text: str) -> str:
+    """``text`` without case and accents: 'Calzado Niño' and 'calzado nino' fold alike."""
+    decomposed = unicodedata.normalize("NFKD", text.strip())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def did_you_mean(name: str, known: list[str]) -> str | None:
+    """The one known name ``name`` differs from only by case or accents, else the closest spelling (None
+    when nothing is close)."""
+    folded = [k for k in known if _folded(k) == _folded(name)]
+    if len(folded) == 1:
+        return folded[0]
+    close = difflib.get_close_matches(_folded(name), [_folded(k) for k in known], n=1, cutoff=0.8)
+    return next((k for k in known if close and _folded(k) == close[0]), None)
 
 
 def _extractors(spec: EvaluationSpec) -> list[tuple[int, Any]]:
@@ -215,6 +239,40 @@ def _extractor_classes(spec: EvaluationSpec, index: int) -> list[str] | None:
     return None
 
 
+def _catalog_categories(spec: EvaluationSpec, out: Preflight) -> tuple[list[str] | None, bool]:
+    """(the catalog's labels, whether the study will use them rather than the extractors' classes)."""
+    scen = spec.scenario
+    labels = out.facts.get("categories")
+    fully_labelled = bool(labels) and out.facts.get("items_without_category") == 0
+    if spec.dataset.kind == "demo":
+        from advrec_common.datasets.demo_images import DEMO_CATEGORIES
+
+        labels, fully_labelled = list(DEMO_CATEGORIES), True
+    return labels, scen.category_source == "catalog" or (scen.category_source == "auto" and fully_labelled)
+
+
+def _check_items_per_category(spec: EvaluationSpec, out: Preflight) -> None:
+    """With the catalog's labels, what the scenario step would refuse after training: an automatic origin
+    needs a category (other than the target) of at least ``scenario.min_items`` items, a named one items."""
+    counts: dict[str, int] | None = out.facts.get("items_per_category")
+    labels, from_catalog = _catalog_categories(spec, out)
+    if not counts or not from_catalog or spec.dataset.kind != "generic":
+        return
+    scen = spec.scenario
+    shown = ", ".join(f"{name} {n}" for name, n in counts.items())
+    if scen.origin is None:
+        eligible = [c for c, n in counts.items() if n >= scen.min_items and c != scen.target]
+        if not eligible:
+            other = f" other than the target {scen.target!r}" if scen.target is not None else ""
+            out.problems.append(("scenario.min_items", f"no category{other} has {scen.min_items} items to push (items "
+                                                       f"per category, from the catalog's labels: {shown}); lower "
+                                                       f"scenario.min_items or name scenario.origin"))
+    elif labels and scen.origin in labels and not counts.get(scen.origin):
+        out.problems.append(("scenario.origin", f"{scen.origin!r} has no item in the catalog (its labelled items have "
+                                                f"no image or no kept interaction), so there is nothing to attack; "
+                                                f"items per category: {shown}"))
+
+
 def _category_sets(spec: EvaluationSpec, out: Preflight) -> list[tuple[str, str, list[str], str]]:
     """(scenario field, name, the categories it must be one of, where they come from) to check."""
     scen = spec.scenario
@@ -223,13 +281,10 @@ def _category_sets(spec: EvaluationSpec, out: Preflight) -> list[tuple[str, str,
         return []
     if spec.dataset.kind == "study" and scen.category_source != "extractor":
         return []  # the study layout's labels (items.tsv) are read with the dataset, not here
-    labels = out.facts.get("categories")
-    fully_labelled = bool(labels) and out.facts.get("items_without_category") == 0
-    if spec.dataset.kind == "demo":
-        from advrec_common.datasets.demo_images import DEMO_CATEGORIES
-
-        labels, fully_labelled = list(DEMO_CATEGORIES), True
-    if scen.category_source == "catalog" or (scen.category_source == "auto" and fully_labelled):
+    if out.facts.get("catalog_unread") and scen.category_source != "extractor":
+        return []  # whose categories they are depends on the catalog's labels: its own problems come first
+    labels, from_catalog = _catalog_categories(spec, out)
+    if from_catalog:
         return [(f, n, labels, "the catalog's labels") for f, n in names] if labels else []
     checks = []
     for i, ext in _extractors(spec):
@@ -362,6 +417,7 @@ def preflight(document: Any, *, device: str = "auto", max_pixels: int = 4096 * 4
     checked = spec if spec is not None else salvaged
     _check_dataset(checked, out, max_pixels)
     _check_against_catalog(checked, out)
+    _check_items_per_category(checked, out)
     _check_categories(checked, out)
     _check_extractors(checked, out, Path(weights_dir) if weights_dir is not None else None)
     return out

@@ -7,6 +7,7 @@ and the body of ``POST /v1/jobs``.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -499,8 +500,36 @@ def parse_spec(data: dict[str, Any]) -> EvaluationSpec:
 MAX_SPEC_BYTES = 1_000_000
 
 
-def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:
-    """The unvalidated spec document of a YAML/JSON file, or ``{"preset": NAME}``."""
+# a spec's file paths: dataset fields, then fields of each extractor
+SPEC_PATH_FIELDS = {"dataset": ("root", "images_dir", "interactions", "categories"), "extractors": ("checkpoint",)}
+
+
+def resolve_spec_paths(document: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``document`` with every relative file path (:data:`SPEC_PATH_FIELDS`; ``~`` expanded) joined to
+    ``base``, the spec file's folder: a spec means the same files from whichever folder it is run.
+    Values that are not strings are left for validation to name."""
+
+    def resolved(value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            return value
+        path = Path(value).expanduser()
+        return value if path.is_absolute() and str(path) == value else os.path.normpath(base / path)
+
+    out = dict(document)
+    if isinstance(out.get("dataset"), dict):
+        out["dataset"] = {k: resolved(v) if k in SPEC_PATH_FIELDS["dataset"] else v for k, v in out["dataset"].items()}
+    if isinstance(out.get("extractors"), list):
+        out["extractors"] = [{k: resolved(v) if k in SPEC_PATH_FIELDS["extractors"] else v for k, v in e.items()}
+                             if isinstance(e, dict) else e for e in out["extractors"]]
+    return out
+
+
+def read_spec_document(path_or_preset: str | Path, *, paths_from_file: bool = True) -> dict[str, Any]:
+    """The unvalidated spec document of a YAML/JSON file, or ``{"preset": NAME}``.
+
+    ``paths_from_file``: relative file paths in the spec are made absolute from the spec file's folder
+    (:func:`resolve_spec_paths`), not the current one; False keeps them as written (a spec sent to a
+    stack names paths on the server, relative to its datasets folder)."""
     text = str(path_or_preset)
     if text in PRESETS:
         return {"preset": text}
@@ -522,11 +551,11 @@ def read_spec_document(path_or_preset: str | Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: the file is empty; `advrec init` writes a commented example spec")
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: a spec must be a mapping (field: value lines), not a {type(data).__name__}")
-    return data
+    return resolve_spec_paths(data, Path(os.path.abspath(path)).parent) if paths_from_file else data
 
 
 def load_spec(path_or_preset: str | Path) -> EvaluationSpec:
-    """A validated spec from a YAML/JSON file, or a preset name."""
+    """A validated spec from a YAML/JSON file (relative paths from the file's folder), or a preset name."""
     return parse_spec(read_spec_document(path_or_preset))
 
 

@@ -51,7 +51,8 @@ it already misreads.</p>{% endif %}{% endfor %}
 <h2>Setup</h2>
 <dl class="kv">
 {% if dataset %}<dt>dataset</dt><dd>{{ dataset.name }}: {{ dataset.n_items }} items, {{ dataset.n_users }} users,
-{{ dataset.n_train }} train / {{ dataset.n_test }} test interactions</dd>{% endif %}
+{{ dataset.n_train }} train / {{ dataset.n_test }} test interactions{% for note in dataset.notes or [] %};
+<b class="sig">{{ note }}</b>{% endfor %}</dd>{% endif %}
 <dt>extractors</dt><dd>{% for name, e in extractors.items() %}<b>{{ name }}</b> ({{ e.backbone }},
 {{ e.defense or e.source }}{% if e.report %}, clean acc {{ e.report.clean_accuracy | num }},
 robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | num }}{% endif %};
@@ -107,6 +108,25 @@ Red frame = origin-category item ({{ scenario.origin }}); "adv" = the attacked i
 """
 
 
+# The spec block shows the spec as its author would recognise it: without the fields only another
+# dataset kind reads (a generic catalog's spec carried the demo's n_items, n_users, image_size, seed)
+# and without unset (null) knobs; results.json keeps the whole spec.
+_KIND_ONLY = {"n_items": "demo", "n_users": "demo", "image_size": "demo", "seed": "demo", "root": "study",
+              "images_dir": "generic", "interactions": "generic", "categories": "generic", "columns": "generic",
+              "category_columns": "generic", "kcore": "generic"}
+
+
+def spec_as_written(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` without the dataset fields its kind does not read and without null fields of extractors."""
+    dataset = spec.get("dataset") if isinstance(spec.get("dataset"), dict) else {}
+    kind = dataset.get("kind", "demo")
+    shown = {**spec, "dataset": {k: v for k, v in dataset.items() if _KIND_ONLY.get(k, kind) == kind and v is not None}}
+    if isinstance(spec.get("extractors"), list):
+        shown["extractors"] = [{k: v for k, v in e.items() if v is not None and v != {}} if isinstance(e, dict) else e
+                               for e in spec["extractors"]]
+    return shown
+
+
 def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: dict[str, str],
                 gallery: dict[str, Any] | None, k: int) -> str:
     """The whole page as one string."""
@@ -119,6 +139,6 @@ def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: di
         extractors=results["extractors"], findings=results["findings"], questions=QUESTIONS, plots=plots,
         caption=caption, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
         version=results["advrec_version"], schema=results["schema_version"], tests=results.get("tests") or {},
-        spec_json=json.dumps(results["spec"], indent=1), environment=results.get("environment") or {},
+        spec_json=json.dumps(spec_as_written(results["spec"]), indent=1), environment=results.get("environment") or {},
         categories=categories_line(results).removeprefix("categories: "),
     )

@@ -23,7 +23,8 @@ _SPLITS = ("train_user", "train_item", "test_user", "test_item")
 
 
 def write_dataset_artifact(out: Path, ds: RecDataset) -> dict[str, Any]:
-    """Fill a ``dataset`` artifact directory; returns its summary (n_items, n_users, n_train, n_test)."""
+    """Fill a ``dataset`` artifact directory; returns its summary (n_items, n_users, n_train, n_test, and
+    ``notes`` when the dataset has some)."""
     cat = ds.catalog
     if cat.images is not None:
         np.save(out / "images.npy", np.ascontiguousarray(cat.images))
@@ -35,7 +36,11 @@ def write_dataset_artifact(out: Path, ds: RecDataset) -> dict[str, Any]:
         "categories": cat.categories, "category_names": cat.category_names,
     }
     (out / ITEMS_FILE).write_text(json.dumps(doc, indent=1))
-    return {"n_items": len(cat), "n_users": ds.n_users, "n_train": len(ds.train), "n_test": len(ds.test)}
+    summary: dict[str, Any] = {"n_items": len(cat), "n_users": ds.n_users, "n_train": len(ds.train),
+                               "n_test": len(ds.test)}
+    if ds.notes:  # e.g. a split in file order: the report's dataset line prints them
+        summary["notes"] = list(ds.notes)
+    return summary
 
 
 @lru_cache(maxsize=8)

@@ -119,21 +119,41 @@ def _decode(data: bytes, path: Path) -> tuple[str, list[Problem]]:
     return text.removeprefix("\ufeff"), problems
 
 
-def _split(lines: list[str], delimiter: str) -> list[list[str]]:
-    return [row for row in csv.reader(lines, delimiter=delimiter) if any(f.strip() for f in row)]
+def _split(lines: list[str], delimiter: str) -> list[list[str]] | None:
+    """The non-blank records of ``lines``; None when the csv module refuses them (e.g. a field longer
+    than its 128 KB limit: no table header has one)."""
+    try:
+        return [row for row in csv.reader(lines, delimiter=delimiter) if any(f.strip() for f in row)]
+    except csv.Error:
+        return None
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text):,} characters)"
 
 
 def _sniff(
     sample: list[str], truncated: bool, wanted: Sequence[str]
 ) -> tuple[str | None, str]:
     """(delimiter, '') or (None, why not) from the first lines of a file (see the module docstring)."""
-    splits = {d: _split(sample, d) for d in DELIMITERS}
+    splits: dict[str, list[list[str]]] = {}
+    for d in DELIMITERS:
+        # a later sampled line the csv module refuses is named by the reader, at its line: sniff the header
+        rows = _split(sample, d)
+        rows = rows if rows is not None else _split(sample[:1], d)
+        if rows is not None:
+            splits[d] = rows
     if truncated:  # the last sampled record may be cut short
         splits = {d: rows[:-1] if len(rows) > 1 else rows for d, rows in splits.items()}
     candidates = [d for d, rows in splits.items() if rows and len(rows[0]) >= 2]
     if not candidates:
-        return None, (f"the header {sample[0].strip()!r} has a single column; expected at least "
-                      f"{', '.join(repr(w) for w in wanted)} separated by one of , ; tab |")
+        expected = f"expected at least {', '.join(repr(w) for w in wanted) or 'two columns'}"
+        if len(splits) < len(DELIMITERS):
+            return None, (f"the header line {_clip(sample[0].strip())!r} holds a field longer than "
+                          f"{csv.field_size_limit():,} characters, which no table header has; {expected} separated "
+                          f"by one of , ; tab |: is this the right file?")
+        return None, (f"the header {_clip(sample[0].strip())!r} has a single column; {expected} separated by one "
+                      f"of , ; tab |")
 
     def has_wanted(d: str) -> bool:
         return all(isinstance(find_column(splits[d][0], w), int) for w in wanted)
@@ -149,6 +169,17 @@ def _sniff(
         return regular[0], ""
     shown = "; ".join(f"{d!r} gives {[h.strip() for h in splits[d][0]]}" for d in (regular or pool))
     return None, f"cannot tell the delimiter: {shown}; name it (columns.delimiter)"
+
+
+def _nul_problem(data: bytes, path: Path) -> Problem:
+    """Why a file with NUL bytes is no text table: UTF-16 text (NUL in every other byte) or binary data."""
+    line = data.count(b"\n", 0, data.index(b"\0")) + 1
+    head = data[:200]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4:
+        return Problem(file=str(path), message="UTF-16 text (NUL bytes between the characters); save the file as "
+                                               "UTF-8 (Excel: 'CSV UTF-8')")
+    return Problem(file=str(path), line=line, message="holds NUL bytes, which no text table has: a binary file or a "
+                                                      "damaged export? Save it again as UTF-8 text")
 
 
 def read_table(
@@ -172,6 +203,8 @@ def read_table(
         data = path.read_bytes()
     except OSError as exc:
         return Problem(file=str(path), message=f"cannot read the file: {exc.strerror or exc}")
+    if b"\0" in data:  # csv reads NUL as a character: ids and labels would silently hold it
+        return _nul_problem(data, path)
     text, problems = _decode(data, path)
     # split at \n, \r\n and \r only (as editors number lines), keeping the ends for the csv module
     lines = io.StringIO(text, newline="").readlines()

@@ -13,8 +13,10 @@ instead of raising the first. No torch import here: the gateway's admission chec
 from __future__ import annotations
 
 import math
+import re
 import warnings
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,51 @@ class ParsedInteractions:
     items: np.ndarray  # (R,) object (str)
     rating: np.ndarray | None  # (R,) float32
     time: np.ndarray | None  # (R,) int64 when every value is whole, else float64
+    # without a time column: the columns whose values read as times (:func:`time_like_columns`), unmapped
+    unmapped_time_columns: list[str] = field(default_factory=list)
+    header_line: int = 1
+
+
+# header names that say "time" (an export's purchased_at, order_date, event_time, created, ts)
+TIME_NAME = re.compile(r"time|date|_at$|^ts$|_ts$|^ts_|when|created|updated|ordered|purchased|bought", re.IGNORECASE)
+_PLAUSIBLE_TIMES = (631_152_000.0, 4_102_444_800.0)  # 1990-01-01 .. 2100-01-01 UTC: an interaction log's dates
+TIME_SAMPLE = 200  # values of a column read to tell whether it holds times
+
+
+def _reads_as_time(text: str) -> bool:
+    try:
+        seconds = parse_timestamp(text)
+    except (ValueError, OverflowError):
+        return False
+    return _PLAUSIBLE_TIMES[0] <= seconds <= _PLAUSIBLE_TIMES[1]
+
+
+def time_like_columns(table: Table, skip: Collection[int] = ()) -> list[str]:
+    """Header names of the columns (other than ``skip``) whose first :data:`TIME_SAMPLE` non-empty values
+    all read as dates or epoch times between 1990 and 2100 (so counts, prices and numeric ids do not),
+    those whose name says time (:data:`TIME_NAME`) first."""
+    found = []
+    for i, name in enumerate(table.header):
+        values = [v for _, fields in table.records[:TIME_SAMPLE] if (v := fields[i].strip())]
+        if i not in skip and values and all(_reads_as_time(v) for v in values):
+            found.append(name)
+    return sorted(found, key=lambda n: not TIME_NAME.search(n))
+
+
+FILE_ORDER_SPLIT = "test item = last row in file order (no timestamp column)"
+
+
+def file_order_split_message(unmapped_time_columns: Sequence[str]) -> str:
+    """What a catalog without a timestamp column means for its split, and what to do about it."""
+    if unmapped_time_columns:
+        names = ", ".join(repr(c) for c in unmapped_time_columns)
+        fix = (f"column {names} holds times: name it (columns.timestamp; on the command line --timestamp-col)"
+               if len(unmapped_time_columns) == 1 else
+               f"columns {names} hold times: name one (columns.timestamp; on the command line --timestamp-col)")
+    else:
+        fix = "add a timestamp column, or sort the file by time"
+    return (f"no timestamp column is mapped, so each user's held-out test item is the last row in file order, "
+            f"which for an export not sorted by time is arbitrary; {fix}")
 
 
 # the spec field and the `advrec upload` / `dataset inspect` flag that name each column
@@ -180,6 +227,8 @@ def read_interactions(
         items=np.asarray(items, dtype=object),
         rating=None if ri is None else np.asarray(ratings, dtype=np.float32),
         time=time_arr,
+        unmapped_time_columns=time_like_columns(table, skip={ui, ii, ri}) if ti is None else [],
+        header_line=table.header_line,
     )
     return parsed, _in_file_order(table.problems)
 
@@ -250,6 +299,7 @@ class Selection:
     items_without_image: list[str]  # sorted ids
     repeats: int
     kcore_dropped: int
+    repeated_rows: np.ndarray | None = None  # the rows dropped as repeats of an earlier (user, item) row
 
 
 def select_interactions(
@@ -286,6 +336,7 @@ def select_interactions(
         items_without_image=sorted({str(i) for i in parsed.items[no_image]}),
         repeats=int(rows.size - unique_rows.size),
         kcore_dropped=int(unique_rows.size - kept.size),
+        repeated_rows=np.setdiff1d(rows, unique_rows),
     )
 
 
@@ -391,4 +442,5 @@ def load_generic_dataset(
         categories=categories,
         category_names=category_names,
     )
-    return RecDataset(name or images_dir.parent.name or "generic", catalog, train, test, user_ids)
+    notes = [] if parsed.time is not None else [FILE_ORDER_SPLIT]
+    return RecDataset(name or images_dir.parent.name or "generic", catalog, train, test, user_ids, notes=notes)

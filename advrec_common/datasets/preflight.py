@@ -23,6 +23,7 @@ from advrec_common.datasets.generic_layout import (
     ParsedInteractions,
     Selection,
     duplicate_image_problem,
+    file_order_split_message,
     index_images,
     read_categories,
     read_interactions,
@@ -60,6 +61,7 @@ class PreflightReport(BaseModel):
     image_modes: dict[str, int] = {}
     categories: int = 0
     items_without_category: int = 0
+    items_per_category: dict[str, int] = {}  # kept items per label, most first (with a categories file)
     seconds: float = 0.0
 
     @property
@@ -127,10 +129,26 @@ def _image_problems(
     return problems
 
 
+def _no_images(images_dir: Path) -> str:
+    """Why a folder that exists gives no images: what it holds instead."""
+    entries = sorted(images_dir.iterdir())
+    folders = [p.name for p in entries if p.is_dir()]
+    wanted = "<item id>.<jpg|jpeg|png|webp>"
+    if folders:
+        return (f"no image {wanted} in this folder; it holds {len(folders)} folder(s) ({_examples(folders)}), and "
+                f"images in subfolders are not read: point images_dir at the folder that holds the images")
+    others = [p.name for p in entries if p.is_file()]
+    if others:
+        return f"no image {wanted} in this folder; its {len(others)} file(s) have other names: {_examples(others)}"
+    return f"the folder is empty; it should hold one image {wanted} per item"
+
+
 def _selection_problems(
     images_dir: Path, parsed: ParsedInteractions, sel: Selection, images: dict[str, Path], kcore: int
 ) -> list[Problem]:
     problems: list[Problem] = []
+    if not images:  # no image at all: the images folder's own problem is the one cause
+        return problems
     if sel.items_without_image:
         folded = {s.casefold(): s for s in images}
         near = [f"{i!r} ~ {folded[i.casefold()]!r}" for i in sel.items_without_image if i.casefold() in folded]
@@ -144,6 +162,15 @@ def _selection_problems(
             message=f"{len(missing)} item(s) of {sel.without_image} interaction(s) have no image "
                     f"<item id>.<jpg|jpeg|png|webp> in {str(images_dir)!r} and will be dropped: "
                     f"{_examples(missing)}{hint}",
+        ))
+    if sel.repeats and sel.repeated_rows is not None:
+        lines = parsed.lines[sel.repeated_rows]
+        pairs = [f"{u!r}/{i!r}" for u, i in zip(parsed.users[sel.repeated_rows[:EXAMPLES]],
+                                                 parsed.items[sel.repeated_rows[:EXAMPLES]], strict=True)]
+        problems.append(Problem(
+            severity="warning", file=str(parsed.path), line=int(lines.min()),
+            message=f"{sel.repeats} row(s) repeat an earlier (user, item) pair and will be dropped (each pair counts "
+                    f"once, its earliest row): {', '.join(pairs)}{' ...' if sel.repeats > EXAMPLES else ''}",
         ))
     if sel.rows.size == 0:
         why = (f"{sel.below_min_rating} below min_rating, {sel.without_image} without an image, "
@@ -189,6 +216,9 @@ def check_generic_dataset(
     except NotFound:
         images, duplicates = {}, {}
         problems.append(Problem(file=str(images_dir), code="not_found", message="image folder does not exist"))
+    else:
+        if not images:
+            problems.append(Problem(file=str(images_dir), message=_no_images(images_dir)))
     report.images = len(images) + sum(len(ps) - 1 for ps in duplicates.values())
 
     parsed, read_problems = read_interactions(interactions, columns)
@@ -199,6 +229,9 @@ def check_generic_dataset(
         problems += [duplicate_image_problem(images_dir, s, ps, s in used) for s, ps in sorted(duplicates.items())]
         sel = select_interactions(parsed, images, (columns or InteractionColumns()).min_rating, kcore, iterative_kcore)
         problems += _selection_problems(images_dir, parsed, sel, images, kcore)
+        if parsed.time is None and sel.rows.size:
+            problems.append(Problem(severity="warning", file=str(parsed.path), line=parsed.header_line,
+                                    message=file_order_split_message(parsed.unmapped_time_columns)))
         kept_items = sorted(set(parsed.items[sel.rows].tolist()))
         report.rows = int(parsed.users.size)
         report.interactions = int(sel.rows.size)
@@ -219,6 +252,7 @@ def check_generic_dataset(
             if parsed is not None:
                 uncovered = [i for i in kept_items if table.get(i) is None]
                 report.items_without_category = len(uncovered)
+                report.items_per_category = _by_count(Counter(c for i in kept_items if (c := table.get(i))))
                 if uncovered:
                     problems.append(Problem(severity="warning", file=str(categories),
                                             message=f"{len(uncovered)} item(s) have no category: {_examples(uncovered)}"))

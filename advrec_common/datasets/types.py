@@ -91,6 +91,7 @@ class RecDataset:
     train: Interactions
     test: Interactions
     user_ids: list[str]
+    notes: list[str] = field(default_factory=list)  # what a reader of the results must know (e.g. how it was split)
 
     @property
     def n_users(self) -> int:

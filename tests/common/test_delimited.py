@@ -63,6 +63,32 @@ def test_non_utf8_lines_are_problems_with_their_line(tmp_path: Path) -> None:
     assert len(table.records) == 3  # reading goes on
 
 
+def test_a_header_field_over_128_kb_is_a_problem_not_a_csv_error(tmp_path: Path) -> None:
+    """The csv module refuses fields over 131,072 characters; the sniffer let its error out (a 500 on upload)."""
+    long_header = read_table(_write(tmp_path, "x.csv", "user,item," + "x" * 140_000 + "\nu1,A1,\n"),
+                             wanted=("user", "item"))
+    assert isinstance(long_header, Problem) and long_header.line == 1
+    assert "longer than 131,072 characters" in long_header.message and "(140,010 characters)" in long_header.message
+    assert len(long_header.message) < 500  # the header is quoted clipped, not whole
+    # a long field further down is named at its line; the header still sniffs
+    table = read_table(_write(tmp_path, "y.csv", "user;item\nu1;A1\nu2;" + "y" * 140_000 + "\nu3;C3\n"),
+                       wanted=("user", "item"))
+    assert not isinstance(table, Problem) and table.delimiter == ";"
+    assert [(p.line, p.message.split(":")[0]) for p in table.problems] == [(3, "unreadable from here on")]
+
+
+@pytest.mark.parametrize(("data", "line", "words"), [
+    (b"user,item\nu1,A\x001\nu2,B2\n", 2, "NUL bytes"),  # a damaged export: ids would hold the NUL
+    ("user,item\nu1,A1\n".encode("utf-16"), None, "UTF-16 text"),  # Excel's "Unicode text"
+    ("user,item\nu1,A1\n".encode("utf-16-be"), None, "UTF-16 text"),  # without a byte-order mark
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 3, "NUL bytes"),  # an image given as the log
+])
+def test_nul_bytes_are_a_problem_not_a_table(tmp_path: Path, data: bytes, line: int | None, words: str) -> None:
+    problem = read_table(_write(tmp_path, "x.csv", data), wanted=("user", "item"))
+    assert isinstance(problem, Problem) and problem.severity == "error", problem
+    assert problem.line == line and words in problem.message and "UTF-8" in problem.message
+
+
 def test_field_count_problems_name_the_first_line_of_a_record(tmp_path: Path) -> None:
     text = 'user,item,note\nu1,A1,"two\nlines"\nu2,B2\nu3,C3,x,y\nu4,D4,ok\n'
     table = read_table(_write(tmp_path, "x.csv", text), wanted=("user", "item"))

@@ -83,6 +83,70 @@ def test_walkthrough_uses_the_catalog_labels_and_attacks_origin_toward_target(sh
     assert "category head fitted" in html and "origin-category item (Footwear)" in html
 
 
+def test_a_split_in_file_order_is_said_in_the_report(shop):
+    """Without a timestamp column each user's test item is the last row in file order: the dataset's line
+    in results.json and the report says so (it was silent)."""
+    out, dataset, _ = shop
+    untimed = {**dataset, "columns": {"user": "customer", "item": "sku"}}  # bought_at left unmapped
+    extractor = {"name": "cnn", "source": "train", "backbone": "tiny_cnn", "defense": "standard", "image_size": 16,
+                 "epochs": 1}
+    spec = parse_spec(_spec(untimed, extractors=[extractor], modes=["deployment"], replicates=1, controls=[]))
+    record = run_inprocess(spec, ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert record.read()["state"] == "done", record.read()["error"]
+    results = json.loads((record.dir / "report" / "results.json").read_text())
+    assert results["dataset"]["notes"] == ["test item = last row in file order (no timestamp column)"]
+    html = (record.dir / "report" / "report.html").read_text()
+    assert "test item = last row in file order (no timestamp column)" in html
+    # the spec block shows the spec as written for a file catalog: none of the demo's fields, no null knobs
+    import html as html_module
+    import re
+
+    block = json.loads(html_module.unescape(re.search(r"<pre>(.*?)</pre>", html, re.S).group(1)))
+    assert set(block["dataset"]) == {"kind", "images_dir", "interactions", "categories", "columns",
+                                     "category_columns", "kcore"}, block["dataset"]
+    assert "demo_images_per_class" not in block["extractors"][0] and block["extractors"][0]["epochs"] == 1
+    assert results["spec"]["dataset"]["n_users"] == 800  # results.json keeps the whole spec
+    timed = run_inprocess(parse_spec(_spec(dataset, extractors=[extractor], modes=["deployment"], replicates=1,
+                                           controls=[])),
+                          ArtifactStore(out / "home" / "store"), out / "home" / "runs", show_progress=False)
+    assert "notes" not in json.loads((timed.dir / "report" / "results.json").read_text())["dataset"]
+
+
+def test_a_run_into_a_log_file_reads_as_a_log(shop, tmp_path, capsys):
+    """An export with orders of SKUs that have no photo and repeated rows, run with its output in a log
+    file (not a terminal): --validate counts the repeated rows too (it said nothing of them), the run
+    says what it dropped in one advrec line (it printed Python's raw DroppedRowsWarning with a source path
+    and code line), and progress is one line per computed step (a bar redrawn in place piled up)."""
+    out, dataset, _ = shop
+    rows = Path(dataset["interactions"]).read_text().splitlines()
+    export = tmp_path / "orders.csv"
+    export.write_text("\n".join([*rows, "C00001;NOPHOTO1;2021-02-01T10:00:00Z", "C00002;NOPHOTO2;2021-02-01T10:00:00Z",
+                                  rows[1], rows[2]]) + "\n")  # two SKUs without a photo, two repeated rows
+    extractor = {"name": "cnn", "source": "train", "backbone": "tiny_cnn", "defense": "standard", "image_size": 16,
+                 "epochs": 1}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec({**dataset, "interactions": str(export)}, extractors=[extractor],
+                                              modes=["deployment"], replicates=1, controls=[], name="shoplog")))
+    home = ["--home", str(out / "home")]
+    assert main(["run", str(spec_file), "--validate", *home]) == 0
+    err = capsys.readouterr().err
+    assert f"{export}:{len(rows) + 3}: 2 row(s) repeat an earlier (user, item) pair and will be dropped" in err
+    assert "2 item(s) of 2 interaction(s) have no image" in err
+
+    assert main(["run", str(spec_file), *home]) == 0
+    err = capsys.readouterr().err
+    assert "advrec: warning: dropped 2 interaction(s) of 2 item(s) without an image" in err
+    assert "DroppedRowsWarning" not in err and "warnings.warn" not in err and "generic_layout.py" not in err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("shoplog: step ")]
+    run_dir = next(d for d in (out / "home" / "runs").iterdir() if "shoplog" in d.name)
+    steps = json.loads((run_dir / "record.json").read_text())["steps"]
+    computed = [n for n, st in steps.items() if st["state"] == "done"]
+    assert sorted(line.split()[3] for line in lines) == sorted(computed) and len(computed) > 3  # one per step
+    assert lines[-1].startswith(f"shoplog: step {len(steps)}/{len(steps)} report done in ")
+    assert lines[-1].endswith("100% of the work, ETA 0s"), lines[-1]
+
+
 def test_catalog_source_chooses_origin_and_target_among_the_labels(shop):
     """``category_source: catalog`` with no names: the study's automatic choice, among the shop's labels
     (this crashed with a bare StopIteration before: no label was a class of the extractor)."""

@@ -164,9 +164,30 @@ def test_cli_report_and_list_read_the_run(first_run, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "scenario:" in out and "CHR@" in out
     assert (tmp_path / "r.html").read_bytes() == (record.dir / "report" / "report.html").read_bytes()
+    assert out.rstrip().endswith(f"report: {tmp_path / 'r.html'}")  # the copy -o wrote (it named the run's)
     assert main(["list", "--home", str(home)]) == 0
     assert record.run_id in capsys.readouterr().out
     assert main(["report", "no-such-run", "--home", str(home)]) == 2  # a clear error, not a traceback
+
+
+def test_report_into_a_pipe_that_closes_stops_quietly(first_run):
+    """`advrec report RUN | head`: the reader leaves before the tables are written. It printed "unexpected
+    BrokenPipeError ... most likely a bug" and exited 1; it stops quietly with the status of a process
+    SIGPIPE ended (141), as cat does. Deterministic: the pipe's read end is closed before the run starts."""
+    import os
+    import subprocess
+    import sys
+
+    home, _, record = first_run
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        for verb in (["report", record.run_id], ["list"]):  # a long output and a short one (flushed at exit)
+            proc = subprocess.run([sys.executable, "-m", "advrec.cli", *verb, "--home", str(home)], stdout=write_end,
+                                  stderr=subprocess.PIPE, timeout=120)
+            assert (proc.returncode, proc.stderr.decode()) == (141, ""), verb
+    finally:
+        os.close(write_end)
 
 
 def test_bprmf_is_a_clean_reference_never_an_evaluated_cell(first_run):

@@ -13,7 +13,7 @@ from PIL import Image
 from advrec.pipeline.preflight import preflight
 
 
-def _catalog(tmp_path, n=6):
+def _catalog(tmp_path, n=10):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(n):
@@ -33,9 +33,9 @@ def _spec(dataset, **over):
 
 
 def test_a_good_catalog_passes_and_reports_its_size(tmp_path):
-    out = preflight(_spec(_catalog(tmp_path)), device="cpu")
+    out = preflight(_spec(_catalog(tmp_path, n=10)), device="cpu")  # 5 items per label: scenario.min_items
     assert out.ok, out.problems
-    assert out.facts["n_items"] == 6 and out.facts["categories"] == ["bag", "shoe"]
+    assert out.facts["n_items"] == 10 and out.facts["categories"] == ["bag", "shoe"]
 
 
 def test_every_problem_at_once_with_spec_paths(tmp_path):
@@ -142,9 +142,95 @@ def test_scenario_names_are_checked_against_the_classes_the_study_will_use(tmp_p
     assert [loc for loc, _ in same.problems] == ["scenario.target"]
 
 
+def test_a_wrong_column_is_the_one_cause_reported(tmp_path):
+    """A misnamed interactions column leaves the catalog unread: its labels are unknown, not absent. The
+    scenario check claimed "the catalog has no labels" and listed 1,000 ImageNet classes under it."""
+    named = [{"name": "lite0", "source": "named", "weight_name": "efficientnet_lite0:imagenet"}]
+    dataset = {**_catalog(tmp_path), "columns": {"user": "customer", "item": "product_id", "timestamp": "ts"}}
+    out = preflight(_spec(dataset, extractors=named, scenario={"origin": "shoe", "target": "bag"}), device="cpu")
+    assert [loc for loc, _ in out.problems] == ["dataset.interactions"], out.problems
+    assert "no 'customer' column for the user" in out.problems[0][1]
+    assert "tench" not in str(out.problems) and "has no labels" not in str(out.problems)
+    # the study's protocol does not read the catalog's labels: its names are still checked
+    protocol = _spec(dataset, extractors=named, scenario={"category_source": "extractor", "origin": "shoe"})
+    assert [loc for loc, _ in preflight(protocol, device="cpu").problems] == ["dataset.interactions",
+                                                                             "scenario.origin"]
+
+
+def test_min_items_is_checked_against_the_labels_before_compute(tmp_path):
+    """The labels are known before compute, so a scenario the scenario step would refuse after training every
+    model is refused at --validate: min_items above every category's size, an origin with no kept item."""
+    dataset = _catalog(tmp_path, n=6)  # 3 'bag', 3 'shoe'
+    assert preflight(_spec(dataset, scenario={"min_items": 3}), device="cpu").ok
+    out = preflight(_spec(dataset, scenario={"min_items": 4}), device="cpu")
+    assert out.problems == [("scenario.min_items", "no category has 4 items to push (items per category, from the "
+                                                   "catalog's labels: bag 3, shoe 3); lower scenario.min_items or "
+                                                   "name scenario.origin")]
+    target = preflight(_spec(dataset, scenario={"min_items": 3, "target": "bag", "category_source": "catalog"}),
+                       device="cpu")
+    assert target.ok  # 'shoe' has 3
+    named = preflight(_spec(dataset, scenario={"min_items": 50, "origin": "shoe"}), device="cpu")
+    assert named.ok  # min_items only constrains an origin chosen by the run
+    with open(dataset["categories"], "a") as fh:
+        fh.write("p99,hat\n")  # a label of an item with no image: not in the catalog
+    hat = preflight(_spec(dataset, scenario={"origin": "hat"}), device="cpu")
+    assert [loc for loc, _ in hat.problems] == ["scenario.origin"] and "'hat' has no item in the catalog" in \
+        hat.problems[0][1]
+    # the extractors' classes are not known before compute: nothing to count
+    assert preflight(_spec(dataset, scenario={"min_items": 4, "category_source": "extractor"}), device="cpu").ok
+
+
+def test_a_category_name_off_by_an_accent_or_case_gets_a_did_you_mean(tmp_path):
+    """A Spanish shop's labels ('Calzado Niño') typed without the accent or in another case: the message
+    named the name as unknown and listed every category; it now says which one was meant."""
+    dataset = _catalog(tmp_path)
+    (tmp_path / "cats.csv").write_text("item,category\n" + "".join(
+        f"p{i},{'Calzado Niño' if i % 2 else 'Camisetas'}\n" for i in range(10)), encoding="utf-8")
+    out = preflight(_spec(dataset, scenario={"origin": "calzado nino", "target": "Camisettas"}), device="cpu")
+    problems = dict(out.problems)
+    assert problems["scenario.origin"].startswith("'calzado nino' is not a category (did you mean 'Calzado Niño'?): "
+                                                  "categories come from the catalog's labels")
+    assert "(did you mean 'Camisetas'?)" in problems["scenario.target"]
+    far = dict(preflight(_spec(dataset, scenario={"origin": "Zapatos"}), device="cpu").problems)
+    assert "did you mean" not in far["scenario.origin"]
+
+
+def test_eps_written_as_a_fraction_of_255_says_how_to_write_it(tmp_path):
+    """`eps: [8/255]` in YAML is the text '8/255': the answer was pydantic's "unable to parse string as a
+    number"; it says that budgets are in /255 units already."""
+    import yaml
+
+    doc = yaml.safe_load("extractors: [{name: standard}]\nrecommenders: [{name: vbpr}]\n"
+                         "attacks: [{method: pgd, eps: [8/255, 4]}]\n")
+    out = preflight(doc, device="cpu")
+    assert out.problems == [("attacks[0].eps[0]", "'8/255' is text, not a number: budgets are already in /255 "
+                                                  "units, so 8/255 is written 8")]
+
+
+def test_an_images_folder_of_subfolders_says_so(tmp_path):
+    """A product-photo export sorted into one folder per category: the message ended in "images like "
+    with nothing after it; it names the folder's subfolders and the fix, and only that."""
+    dataset = _catalog(tmp_path)
+    images = Path(dataset["images_dir"])
+    for i, photo in enumerate(sorted(images.iterdir())):
+        (images / ("shoe" if i % 2 else "bag")).mkdir(exist_ok=True)
+        photo.rename(images / ("shoe" if i % 2 else "bag") / photo.name)
+    out = preflight(_spec(dataset), device="cpu")
+    assert out.problems == [("dataset.images_dir", f"{images}: no image <item id>.<jpg|jpeg|png|webp> in this "
+                                                   "folder; it holds 2 folder(s) ('bag', 'shoe'), and images in "
+                                                   "subfolders are not read: point images_dir at the folder that "
+                                                   "holds the images")], out.problems
+    for photo in images.rglob("*.png"):
+        photo.unlink()
+    (images / "readme.txt").write_text("photos")
+    out = preflight(_spec({**dataset, "images_dir": str(images / "bag")}), device="cpu")
+    assert dict(out.problems)["dataset.images_dir"].endswith("the folder is empty; it should hold one image "
+                                                             "<item id>.<jpg|jpeg|png|webp> per item")
+
+
 def test_labels_weights_and_ignored_fields(tmp_path):
     ds = _catalog(tmp_path)
-    (tmp_path / "cats.csv").write_text("item,category\np0,shoe\np1,bag\n")  # p2..p5 unlabelled
+    (tmp_path / "cats.csv").write_text("item,category\np0,shoe\np1,bag\n")  # p2..p9 unlabelled
     doc = _spec(ds, scenario={"category_source": "catalog"}, extractors=[
         {"name": "trained", "source": "train", "backbone": "small_cnn", "defense": "pgd_at", "image_size": 32},
         {"name": "madry", "source": "named", "weight_name": "resnet50:madry_linf_4", "epochs": 3},
@@ -152,7 +238,7 @@ def test_labels_weights_and_ignored_fields(tmp_path):
          "init_weights": "resnet50:free_at_eps4"}])
     out = preflight(doc, device="cpu", weights_dir=tmp_path / "weights")
     problems = dict(out.problems)
-    assert "4 of 6 items have no category label" in problems["scenario.category_source"]
+    assert "8 of 10 items have no category label" in problems["scenario.category_source"]
     assert "'train' learns the catalog's categories" in problems["extractors[0].source"]
     assert str(tmp_path / "weights" / "imagenet_linf_4.pt") in problems["extractors[1].weight_name"]
     assert "free_at/model_best.pth.tar" in problems["extractors[2].init_weights"]

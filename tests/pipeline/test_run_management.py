@@ -4,6 +4,7 @@ reported by the steps in their own units."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,125 @@ def test_init_writes_a_commented_spec_that_validates(tmp_path, capsys):
     assert err.startswith(f"advrec: error: {missing}: No such file or directory") and "bug" not in err
     assert main(["init", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_init_maps_the_time_column_by_its_values_and_validation_says_when_none_is(tmp_path, capsys):
+    """A shop export whose time column has a name of its own (purchased_at, fecha), rows newest first: init
+    maps it, so each user's test item is the latest purchase; a spec without it validates with a warning
+    that the test item is the last row in file order and which column holds the times (it said nothing)."""
+    import runpy
+
+    sample = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "own_catalog" / "make_sample.py"))
+    paths = sample["write_sample_catalog"](tmp_path / "shop", n_items=30, n_users=40, image_size=16)
+    header, *rows = paths["interactions"].read_text().splitlines()
+    assert header == "customer;sku;bought_at"
+    export = tmp_path / "shop" / "export.csv"
+    export.write_text("customer;sku;purchased_at\n" + "\n".join(reversed(rows)) + "\n")  # newest first
+    spec = tmp_path / "shop.yaml"
+    args = ["--images", str(paths["images_dir"]), "--interactions", str(export)]
+    assert main(["init", str(spec), *args]) == 0
+    assert "    timestamp: purchased_at " in spec.read_text()
+    assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
+    assert "file order" not in capsys.readouterr().err
+
+    spec.write_text(spec.read_text().replace("    timestamp: purchased_at", "    # timestamp: purchased_at"))
+    assert main(["run", str(spec), "--validate", "--home", str(tmp_path / "h")]) == 0
+    err = capsys.readouterr().err
+    assert f"advrec: warning: dataset.interactions: {export}:1: no timestamp column is mapped, so each user's " \
+           "held-out test item is the last row in file order" in err
+    assert "column 'purchased_at' holds times: name it (columns.timestamp" in err
+
+    # by its values alone: epoch milliseconds under a Spanish name; a quantity column is no time
+    fecha = tmp_path / "shop" / "fecha.csv"
+    fecha.write_text("cliente,sku,cantidad,fecha\n" + "".join(
+        f"c{i % 7},SKU{i % 30:04d},{i % 3 + 1},{1_700_000_000_000 + 3_600_000 * i}\n" for i in range(60)))
+    assert main(["init", "-", "--images", str(paths["images_dir"]), "--interactions", str(fecha)]) == 0
+    assert "    timestamp: fecha " in capsys.readouterr().out
+    # a column named like a time whose values are not dates the loader reads: said, not mapped
+    us = tmp_path / "shop" / "us.csv"
+    us.write_text("customer,sku,order_date\n" + "".join(f"c{i % 7},SKU{i:04d},05/0{i % 9 + 1}/2024\n" for i in range(30)))
+    assert main(["init", "-", "--images", str(paths["images_dir"]), "--interactions", str(us)]) == 0
+    out = capsys.readouterr().out
+    assert "timestamp: order_date" not in out and "column 'order_date' looks like a time, but values such as " \
+                                                     "'05/01/2024' are neither ISO 8601 dates" in out
+
+
+def test_spec_paths_are_read_from_the_spec_files_folder(tmp_path, monkeypatch, capsys):
+    """The walkthrough's spec names shop/images etc.: run from another folder it found nothing ("image folder
+    does not exist"), relative to the current folder. Now relative paths are the spec file's; init writes
+    them so, from wherever it runs."""
+    import runpy
+    import shutil
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "own_catalog"
+    project = tmp_path / "project"
+    runpy.run_path(str(root / "make_sample.py"))["write_sample_catalog"](project / "shop", n_items=30, n_users=40,
+                                                                          image_size=16)
+    shutil.copy(root / "spec.yaml", project / "spec.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "../project/spec.yaml", "--validate", "--home", str(tmp_path / "h")]) == 0, \
+        capsys.readouterr().err
+    assert "spec 'shop' is valid (n_items 30" in capsys.readouterr().out
+    from advrec.pipeline.spec import read_spec_document
+
+    dataset = read_spec_document("../project/spec.yaml")["dataset"]
+    assert dataset["images_dir"] == str(project / "shop" / "images")  # absolute in the run's record
+    assert read_spec_document("../project/spec.yaml", paths_from_file=False)["dataset"]["images_dir"] == "shop/images"
+
+    # init from one folder into another: the paths it writes are the spec's, and it validates from a third
+    monkeypatch.chdir(project)
+    (project / "specs").mkdir()
+    assert main(["init", "specs/shop.yaml", "--images", "shop/images", "--interactions", "shop/interactions.csv",
+                 "--categories", "shop/categories.csv"]) == 0
+    assert "images_dir: ../shop/images " in (project / "specs" / "shop.yaml").read_text()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", str(project / "specs" / "shop.yaml"), "--validate", "--home", str(tmp_path / "h")]) == 0
+
+
+def test_one_home_per_user_whatever_the_folder(tmp_path, monkeypatch, capsys):
+    """Runs and trained extractors lived in ./.advrec of the current folder, so `advrec list` elsewhere showed
+    nothing. The default home is one per user ($XDG_DATA_HOME/advrec, else ~/.local/share/advrec);
+    ADVREC_HOME overrides it; a folder's old .advrec is pointed at, not silently ignored."""
+    from advrec.pipeline.record import RunRecord
+    from advrec_common.settings import Settings, get_settings
+
+    monkeypatch.delenv("ADVREC_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    get_settings.cache_clear()
+    assert get_settings().home == tmp_path / "xdg" / "advrec"
+    run_id = RunRecord.create(get_settings().runs_dir, {"name": "shop"}).run_id
+    for folder in ("a", "b/c"):
+        (tmp_path / folder).mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / folder)
+        assert main(["list"]) == 0 and run_id in capsys.readouterr().out
+        assert main(["show", run_id]) == 0 and "name     shop" in capsys.readouterr().out
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert Settings().home == tmp_path / "user" / ".local" / "share" / "advrec"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/xdg")  # the XDG spec: ignored unless absolute
+    assert Settings().home == tmp_path / "user" / ".local" / "share" / "advrec"
+    monkeypatch.setenv("ADVREC_HOME", str(tmp_path / "team"))
+    assert Settings().home == tmp_path / "team"
+
+    monkeypatch.delenv("ADVREC_HOME")  # a folder with runs of the per-folder home of earlier versions
+    get_settings.cache_clear()
+    RunRecord.create(tmp_path / "a" / ".advrec" / "runs", {"name": "old"})
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["list"]) == 0
+    assert "./.advrec here is a per-folder home of an earlier advrec" in capsys.readouterr().out
+    assert main(["report", "20250101-000000-old-abcdef"]) == 2
+    assert "`--home .advrec` reads it" in capsys.readouterr().err
+
+
+def test_the_tests_never_write_into_the_users_home():
+    """Every test (and every process one starts) works in a temporary home unless it names another."""
+    from advrec_common.settings import get_settings
+
+    home = get_settings().home.resolve()
+    assert not home.is_relative_to(Path.home().resolve() / ".local" / "share" / "advrec")
+    assert home.is_relative_to(Path(tempfile.gettempdir()).resolve())
 
 
 def test_steps_report_progress_in_their_own_units(tmp_path):

@@ -78,6 +78,31 @@ def test_a_catalog_above_the_quotas_is_413(gateway_client, settings):
     assert _nothing_recorded(settings)
 
 
+def test_product_photos_over_512_px_are_admitted_at_the_size_the_models_see(gateway_client, settings):
+    """The walkthrough's own spec with 800 x 600 product photos: every extractor resizes to 224 or 64 px,
+    so the default 512^2 quota admits it (it answered 413 "processed at 480000 pixels each"); an
+    image_size above the quota is still a 413 naming it."""
+    import runpy
+    from pathlib import Path
+
+    import yaml
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "own_catalog"
+    sample = runpy.run_path(str(root / "make_sample.py"))
+    paths = sample["write_sample_catalog"](settings.home / "datasets" / "shop", n_items=20, n_users=30, image_size=32)
+    for photo in paths["images_dir"].iterdir():
+        Image.open(photo).resize((800, 600)).save(photo)
+    spec = yaml.safe_load((root / "spec.yaml").read_text())  # dataset paths shop/...: the server's datasets folder
+    r = gateway_client.post("/v1/jobs:validate", json=spec)
+    assert r.status_code == 200, r.text
+    assert r.json()["facts"]["max_image_pixels"] == 800 * 600 > settings.quota_image_pixels
+    spec["extractors"][1]["image_size"] = 600
+    r = gateway_client.post("/v1/jobs:validate", json=spec)
+    assert r.status_code == 413 and "at 360000 pixels each" in r.json()["detail"], r.text
+    assert _nothing_recorded(settings)
+
+
 def test_plan_steps_and_unfinished_jobs_quotas(settings, tmp_path):
     from gateway.app import create_app
 

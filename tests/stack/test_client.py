@@ -207,3 +207,44 @@ def test_submit_validate_and_submit_print_admission_warnings(monkeypatch, capsys
     spec.write_text(json.dumps({**TINY_SPEC, "ks": [0]}))
     assert main(["submit", str(spec), "--validate"]) == 2
     assert "ks[0]" in capsys.readouterr().err
+
+
+def test_a_local_spec_sent_to_a_stack_is_told_to_upload_its_catalog_first(monkeypatch, capsys, gateway_client,
+                                                                           settings, tmp_path):
+    """The walkthrough's spec, its shop on the user's machine, submitted as is: the server has no such files.
+    The answer said only "image folder does not exist"; it says to upload the catalog first (the gateway,
+    for any client) and, from the CLI, the very `advrec upload` command for the files the spec names."""
+    import json
+    import runpy
+    import shutil
+    from pathlib import Path
+
+    import advrec.commands.client as cli
+    from advrec.cli import main
+    from advrec.client import AdvrecClient
+
+    from .conftest import TINY_SPEC
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "own_catalog"
+    runpy.run_path(str(root / "make_sample.py"))["write_sample_catalog"](tmp_path / "shop", n_items=20, n_users=30,
+                                                                         image_size=16)
+    shutil.copy(root / "spec.yaml", tmp_path / "spec.yaml")
+    monkeypatch.setattr(cli, "AdvrecClient", lambda url, key, **kw: AdvrecClient(
+        url, API_KEY, transport=gateway_client._transport, retry_for=0))
+    monkeypatch.chdir(settings.home.parent)  # not the spec's folder
+    for verb in (["submit", str(tmp_path / "spec.yaml"), "--validate"], ["submit", str(tmp_path / "spec.yaml")]):
+        assert main(verb) == 2
+        err = capsys.readouterr().err
+        assert "dataset.images_dir: <home>/datasets/shop/images: image folder does not exist; the server reads " \
+               "dataset paths in its datasets folder: a catalog on your machine is uploaded first (`advrec upload " \
+               "DIR`, or `client.upload_dataset(...)` in Python)" in err
+        assert "the spec's dataset is on this machine, not on the server: upload it first with\n  advrec upload " \
+               f"--images {tmp_path / 'shop' / 'images'} --interactions {tmp_path / 'shop' / 'interactions.csv'} " \
+               f"--categories {tmp_path / 'shop' / 'categories.csv'}\n" in err
+    assert gateway_client.get("/v1/jobs").json() == []
+    # a server path that does not exist, with nothing of that name here: the server's hint only
+    (tmp_path / "remote.json").write_text(json.dumps({**TINY_SPEC, "dataset": {
+        "kind": "generic", "images_dir": "ds-0000000000000000/images", "interactions": "ds-0000000000000000/i.csv"}}))
+    assert main(["submit", str(tmp_path / "remote.json"), "--validate"]) == 2
+    err = capsys.readouterr().err
+    assert "uploaded first" in err and "on this machine" not in err

@@ -238,6 +238,34 @@ def test_a_non_utf8_interactions_file_is_422(gateway_client, settings):
     assert _written(settings) == []
 
 
+@pytest.mark.parametrize(("table", "words"), [
+    (b"user,item," + b"x" * 140_000 + b"\nu0,i0,\n", "longer than 131,072 characters"),  # was a 500
+    (b"user,item\nu0,i\x000\nu1,i1\nu2,i2\n", "NUL bytes"),  # was stored, ids holding a NUL
+])
+def test_a_csv_that_is_no_text_table_is_422_and_stores_nothing(gateway_client, settings, table, words):
+    for field in ("interactions", "categories"):
+        files = _catalog()
+        files[f"shop/{field}.csv"] = table
+        r = gateway_client.post("/v1/datasets", files={"archive": ("bad.zip", _zip(files), "application/zip")})
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+        assert words in r.text and [e["loc"].split(":")[0] for e in r.json()["errors"]] == [f"{field}.csv"], r.text
+        assert _written(settings) == []
+
+
+def test_upload_warnings_name_the_uploaded_files_not_a_server_folder(gateway_client, settings):
+    """Orders of SKUs without an image: the warning said "... in '/srv/.../tmp/upload-k3x9/images'"."""
+    files = _catalog()
+    files["shop/interactions.csv"] += b"u0,gone1,90\nu1,gone2,91\n"
+    r = gateway_client.post("/v1/datasets", files={"archive": ("shop.zip", _zip(files), "application/zip")})
+    assert r.status_code == 201, r.text
+    (warning,) = [w for w in r.json()["warnings"] if "no image" in w["msg"]]
+    assert warning["loc"] == "interactions.csv:26"
+    assert "2 item(s) of 2 interaction(s) have no image <item id>.<jpg|jpeg|png|webp> in 'images'" in warning["msg"]
+    assert str(settings.home) not in r.text and "upload-" not in r.text and "tmp" not in r.text
+    stored = gateway_client.get(f"/v1/datasets/{r.json()['id']}").json()
+    assert stored["warnings"] == r.json()["warnings"]
+
+
 def test_upload_with_the_shops_own_column_names(gateway_client, settings):
     """An export with its own headers (customer;sku;bought_at, sku,department) uploads with a column
     mapping, which the dataset's spec block keeps; without it the answer names the column to map."""
@@ -319,7 +347,7 @@ def test_upload_names_its_files_with_flags(tmp_path, capsys):
     assert "is not a zip archive" in capsys.readouterr().err
 
 
-def test_an_upload_answers_what_its_check_noticed(gateway_client):
+def test_an_upload_answers_what_its_check_noticed(gateway_client, settings):
     """Labels of items that are not in the catalog do not stop an upload; the answer says so."""
     files = {f"images/i{k}.png": _png(k) for k in range(5)}
     files["interactions.csv"] = ("user,item\n" + "".join(f"u{u},i{(u + j) % 5}\n" for u in range(6)
@@ -328,6 +356,8 @@ def test_an_upload_answers_what_its_check_noticed(gateway_client):
                                + "I-3,c0\n").encode()  # an id spelt otherwise than in the log
     r = gateway_client.post("/v1/datasets", files={"archive": ("shop.zip", _zip(files), "application/zip")})
     assert r.status_code == 201, r.text
-    assert [w["loc"] for w in r.json()["warnings"]] == ["categories.csv"]
-    assert "1 labelled item(s) are not in the catalog" in r.json()["warnings"][0]["msg"]
-    assert "I-3" in r.json()["warnings"][0]["msg"]
+    warned = r.json()["warnings"]
+    assert [w["loc"] for w in warned] == ["interactions.csv:1", "categories.csv"]
+    assert str(settings.home) not in r.text and "upload-" not in r.text
+    assert "last row in file order" in warned[0]["msg"]  # no timestamp column: the split follows the file
+    assert "1 labelled item(s) are not in the catalog" in warned[1]["msg"] and "I-3" in warned[1]["msg"]
