@@ -27,6 +27,7 @@ from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
 from services.attacker.spec import (
     METHODS,
+    PROMOTION_ATTACKS,
     PROMOTION_METHODS,
     AttackParams,
     AttackSpec,
@@ -224,13 +225,14 @@ class AttackGridSpec(_Strict):
 
 
 class PromotionAttackSpec(AttackGridSpec):
-    """One item-promotion attack over a list of budgets (``insa``, ``insa_topk``, ``expa``)."""
+    """One item-promotion attack over a list of budgets (``insa``, ``insa_topk``, ``expa``, or the ``noise``
+    baseline)."""
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        if v not in PROMOTION_METHODS:
-            raise ValueError(f"unknown promotion attack {v!r}; known: {list(PROMOTION_METHODS)} (category attacks such "
+        if v not in PROMOTION_ATTACKS:
+            raise ValueError(f"unknown promotion attack {v!r}; known: {list(PROMOTION_ATTACKS)} (category attacks such "
                              f"as fgsm or pgd go under attacks)")
         return v
 

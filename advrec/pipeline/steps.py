@@ -719,7 +719,10 @@ def step_promo_attack(ctx: StepContext) -> None:
     common = {"device": ctx.device, "clean_features": torch.as_tensor(np.asarray(feats.features)[rows]),
               "spatial": spatial}
     outcomes = []
-    if grid.method == "expa":
+    if grid.method == "noise":  # the baseline: a random point of the budget's ball, one image per item
+        outcomes.append(attack_and_measure(model, clean, grid.attack_spec(p["eps"], p["seed"]), None, p["delivery"],
+                                           p["jpeg_quality"], **common))
+    elif grid.method == "expa":
         targets = most_exposed(load_topk(ctx.store, train_key), int(p["expa_targets"]))
         spec = grid.attack_spec(p["eps"], p["seed"])
         outcomes.append(attack_and_measure(model, clean, spec, None, p["delivery"], p["jpeg_quality"], **common,

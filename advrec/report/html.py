@@ -42,8 +42,9 @@ decides on Benjamini-Hochberg adjusted p-values at a false discovery rate of {{ 
 {{ tests.n_tests }} tests of this run ({{ tests.n_significant }} significant).{% else %} Every model was trained
 once (seed {{ spec.seed }}): an effect is after - before of that one model, with no interval and no test (set
 replicates to 3 or more for verdicts).{% endif %} Each attack is shown beside its
-<b>placebo</b> (the same perturbations in random directions) and the <b>oracle</b> (the origin items' features set to
-the target category's mean: the most moving features can do). advrec {{ version }}, results schema {{ schema }}.</p>
+<b>placebo</b> (the same perturbations in random directions) and the <b>oracle</b> (each origin item given the features
+of a real target item: a perfect visual disguise, the most moving features can do); a change counts in a finding only
+when it is significant and beyond its placebo's. advrec {{ version }}, results schema {{ schema }}.</p>
 {% for name, e in extractors.items() %}{% if e.weak %}<p class="sig">Weak extractor: the {{ name }} extractor classifies
 only {{ (100 * e.origin_recognition) | num }}% of the origin items as the origin class; its comparisons attack images
 it already misreads.</p>{% endif %}{% endfor %}

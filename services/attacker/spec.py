@@ -51,6 +51,8 @@ METHODS: dict[str, MethodInfo] = {
     "spsa": MethodInfo(params=("queries",)),
     "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
     "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
+    # a random point of the budget's ball: the baseline every attack must beat, and a null cell against its placebo
+    "noise": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False),
     # item promotion (Liu & Larson's INSA and EXPA): a seller's own item, not a category
     "insa": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
                        positional=True, promotion=True),
@@ -60,6 +62,8 @@ METHODS: dict[str, MethodInfo] = {
                        promotion=True),
 }
 PROMOTION_METHODS = tuple(m for m, info in METHODS.items() if info.promotion)
+# what promotion.attacks accepts: the promotion methods and the noise baseline
+PROMOTION_ATTACKS = (*PROMOTION_METHODS, "noise")
 
 
 def method_info(method: str) -> MethodInfo:
@@ -78,6 +82,7 @@ DEFAULT_STEPS: dict[str, int] = {
     "spsa": 100,  # study: nb_iter 100
     "feature_match": 10,
     "score": 10,
+    "noise": 1,
     "insa": 20,
     "insa_topk": 20,
     "expa": 20,

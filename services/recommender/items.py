@@ -1,10 +1,12 @@
 """What a recommender knows about items: features, region features, images, categories.
 
-The study divides features by the global max |value| of the clean matrix before training
-(``F / max|F|``). :class:`FeatureScale` holds that factor: it is fitted once on the clean items
-at ``fit`` and reused unchanged when features are replaced (attacked features are divided by the
-*clean* max), so a perturbation keeps its true size relative to the clean features instead of
-being rescaled away.
+The study divides features by the global max |value| of the matrix a model is trained on
+(``F / max|F|``, per experiment file). A model holds that factor (``feature_scale``): it is fitted
+once at ``fit`` on the items the model is trained with and reused unchanged when features are
+replaced. So in deployment, where the clean model re-scores attacked features, they are divided by
+the *clean* max and a perturbation keeps its true size instead of being rescaled away; in retrain,
+where a model is fitted on the perturbed matrix, the factor is that matrix's max, as the study's
+retrain divided each attacked feature file by its own max (:func:`max_abs_scale`).
 """
 
 from __future__ import annotations

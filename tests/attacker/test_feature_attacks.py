@@ -112,3 +112,16 @@ def test_insa_argument_errors(random_model, images, kwargs, message):
 def test_promotion_methods_need_budgets_in_255_units():
     with pytest.raises(ValueError, match="did you mean 7.65"):
         AttackSpec(method="insa", eps=0.03)
+
+
+def test_noise_is_a_seeded_uniform_point_of_the_ball(random_model, images):
+    """L-inf: every value moved by a uniform amount in [-eps, eps] (mean |delta| ~ eps/2 away from the [0,1]
+    clamp), reproducible for a seed, another draw for another seed; L2: inside the radius."""
+    x = images.clamp(0.2, 0.8)  # away from the clamp: the delta is the drawn one
+    a = run_attack(random_model, x, AttackSpec(method="noise", eps=8, seed=1), None)
+    d = (a - x) * 255
+    assert d.abs().max() <= 8 + 1e-4 and abs(float(d.abs().mean()) - 4.0) < 0.2
+    assert torch.equal(a, run_attack(random_model, x, AttackSpec(method="noise", eps=8, seed=1), None))
+    assert not torch.equal(a, run_attack(random_model, x, AttackSpec(method="noise", eps=8, seed=2), None))
+    b = run_attack(random_model, x, AttackSpec(method="noise", eps=64, norm="l2"), None)
+    assert float(((b - x) * 255).flatten(1).norm(dim=1).max()) <= 64 + 1e-3

@@ -21,6 +21,7 @@ from services.attacker.attacks.cw import CarliniWagnerL2
 from services.attacker.attacks.feature import FeatureMatch, ScoreAttack
 from services.attacker.attacks.fgsm import FGSM
 from services.attacker.attacks.mifgsm import MIFGSM
+from services.attacker.attacks.noise import Noise
 from services.attacker.attacks.pgd import PGD
 from services.attacker.attacks.promotion import Expa, Insa, InsaTopK
 from services.attacker.attacks.spsa import SPSA
@@ -29,7 +30,7 @@ from services.attacker.spec import AttackSpec
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (FGSM, BIM, PGD, MIFGSM, CarliniWagnerL2, APGD, Square, SPSA, FeatureMatch, ScoreAttack,
-                              Insa, InsaTopK, Expa)
+                              Insa, InsaTopK, Expa, Noise)
 }
 
 
