@@ -71,7 +71,8 @@ def image_costs(device: str, measure) -> dict[str, float]:
     return {"extract": extract, "fgsm": fgsm, "pgd10": pgd, "grad_step": pgd / 10}
 
 
-def recommender_costs(device: str, measure, epochs: int) -> dict[str, dict[str, float]]:
+def recommender_costs(device: str, measure, epochs: int, unit: str) -> dict[str, dict[str, float]]:
+    """Seconds of one epoch and one evaluation of VBPR and AMR; each printed as soon as it is measured."""
     inter, items = make_interactions(24_379, 7_371, 89_020, 2048, seed=0)
     train, test = split_last(inter)
     out = {}
@@ -89,6 +90,7 @@ def recommender_costs(device: str, measure, epochs: int) -> dict[str, dict[str, 
         epoch = statistics.median(per_epoch[1:]) if len(per_epoch) > 1 else per_epoch[0]
         evaluation = measure(lambda m=model: rank_and_evaluate(m, train, test, KS, max_k=100))
         out[name] = {"epoch": epoch, "evaluation": evaluation}
+        print(f"{name} at Amazon Men size ({unit}): epoch {epoch:.3f}, evaluation {evaluation:.3f}", flush=True)
     return out
 
 
@@ -126,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     unit = "CPU-s, one thread" if args.device == "cpu" else "wall s"
     img = image_costs(args.device, measure)
     print(f"ResNet50 @224 on {args.device} ({unit} per image): extraction {img['extract']:.4f}, FGSM {img['fgsm']:.4f}, "
-          f"PGD-10 {img['pgd10']:.4f}, one gradient step {img['grad_step']:.4f}")
-    rec = recommender_costs(args.device, measure, args.epochs)
-    for name, c in rec.items():
-        print(f"{name} at Amazon Men size ({unit}): epoch {c['epoch']:.3f}, evaluation {c['evaluation']:.3f}")
+          f"PGD-10 {img['pgd10']:.4f}, one gradient step {img['grad_step']:.4f}", flush=True)
+    rec = recommender_costs(args.device, measure, args.epochs, unit)
     rows = project(img, rec, args.replicates, args.origin_share)
     total = sum(v for _, v in rows)
     print(f"\nprojected `study` grid (R = {args.replicates}, origin = {args.origin_share:.0%} of the catalog) on "

@@ -42,7 +42,7 @@ def test_attack_on_cuda_stays_in_budget_and_moves_the_logits(model):
         assert model(adv)[:, 1].mean() > model(x)[:, 1].mean()
 
 
-@pytest.mark.parametrize("name", ["bprmf", "vbpr"])
+@pytest.mark.parametrize("name", ["bprmf", "vbpr", "amr"])  # AMR: epoch 2 adversarial
 def test_recommender_fit_and_scores_on_cuda_match_cpu(name):
     from services.recommender.items import ItemSide
     from services.recommender.models import build_recommender

@@ -140,13 +140,11 @@ def progress_of(record: dict[str, Any], now: float | None = None) -> dict[str, A
     }
     units = {n: s.get("units") for n, s in steps.items()}
     if steps and all(isinstance(u, int | float) and u >= 0 for u in units.values()):
-        total = float(sum(units.values()))
-        work_done = 0.0
-        for n, st in steps.items():
-            if st["state"] in ("done", "cached"):
-                work_done += units[n]
-            else:
-                work_done += units[n] * _running_fraction(st)
+        # both sums by sum() over the same terms in the same order: when every step is done the terms are
+        # equal and so are the sums (Python 3.12's sum() compensates rounding, a += loop does not)
+        total = sum(float(u) for u in units.values())
+        work_done = sum(float(units[n]) * (1.0 if st["state"] in ("done", "cached") else _running_fraction(st))
+                        for n, st in steps.items())
         out["work"] = {"done": work_done, "total": total, "fraction": work_done / total if total > 0 else 0.0,
                        "eta_seconds": eta_of(record, time.time() if now is None else now)}
     return out

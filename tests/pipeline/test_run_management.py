@@ -358,6 +358,17 @@ def test_progress_counts_work_units_when_every_step_has_an_estimate():
     assert progress_of({"steps": steps})["work"] is None
 
 
+def test_progress_of_a_finished_run_is_exactly_one():
+    """Ten 0.1-unit steps, all done: the work fraction is 1.0, not 0.9999999999999999 (on Python 3.12
+    sum() compensates rounding, so a total by sum() and a done count by += differed by an ulp)."""
+    from advrec.pipeline.record import progress_of
+
+    steps = {f"attack/{i}": {"state": "done", "units": 0.1} for i in range(10)}
+    steps["report"] = {"state": "cached", "units": 0}
+    work = progress_of({"steps": steps})["work"]
+    assert work["fraction"] == 1.0 and work["done"] == work["total"]
+
+
 def test_remote_eta_prices_remaining_work_per_step_kind():
     """Hand-made record: attack shards cost 0.01 s/unit (one finished in 10 s), the dataset 0.1 s/unit; an
     unmeasured kind takes the overall rate 11/1010; the parallelism seen so far divides the total."""
