@@ -16,11 +16,12 @@ in-process, and reads ``results.json``. Each spec holds:
   noise attacks: their "yes" is a false finding.
 * **positive controls** -- the oracle (every origin item disguised as a real target item) and ``insa``
   (white-box promotion of the 20 least exposed origin items): their power is the share of feasible
-  cells where the verdict says yes. Feasible: the oracle under the standard extractor in deployment in a
-  world whose scenario step found a feasible pair; insa's score shift under the standard extractor in
-  deployment.
+  cells where the verdict says yes. Feasible: the oracle's cell that the scenario step measured (its
+  recommender, the standard extractor, deployment) in a world where it found the rise real, with another
+  oracle draw than the evaluation's; insa's score shift under the standard extractor in deployment. The
+  oracle's other deployment cells (AMR) are printed for information: nothing established their rise.
 
-    .venv/bin/python benchmarks/calibration.py                 # 5 worlds, R = 3 (prints its own time)
+    .venv/bin/python benchmarks/calibration.py                 # 4 worlds, R = 3 (prints its own time)
     .venv/bin/python benchmarks/calibration.py --worlds 2      # a quick look
 
 Figures are printed, never asserted (see README "Calibration"). A home (``--home``) keeps every step, so a
@@ -94,15 +95,19 @@ def power_cells(results: dict[str, Any]) -> dict[str, list[bool]]:
     from advrec.report.promotion import gained
 
     k = results["headline_k"]
-    feasible = (results["scenario"].get("feasibility") or {}).get("feasible")
-    oracle = [direction(next(r for r in e["per_k"] if r["k"] == k)["chr"]) == "rose"
-              for e in results["evaluations"]
-              if e["control"] == "oracle" and e["extractor"] == "standard" and e["mode"] == "deployment"] \
-        if feasible else []
+    feas = results["scenario"].get("feasibility") or {}
+
+    def oracle(recommenders: set[str]) -> list[bool]:
+        return [direction(next(r for r in e["per_k"] if r["k"] == k)["chr"]) == "rose"
+                for e in results["evaluations"] if e["control"] == "oracle" and e["extractor"] == "standard"
+                and e["mode"] == "deployment" and e["recommender"] in recommenders] if feas.get("feasible") else []
+
     insa = [gained(e, "score") == "rose" for e in (results.get("promotion") or {}).get("evaluations", [])
             if e["control"] == "attack" and e["method"] == "insa" and e["extractor"] == "standard"
             and e["mode"] == "deployment"]
-    return {"oracle (standard, deployment)": oracle, "insa score (standard, deployment)": insa}
+    return {f"oracle, the feasibility cell ({feas.get('recommender')})": oracle({feas.get("recommender")}),
+            "oracle, every recommender (information)": oracle({"vbpr", "amr"}),
+            "insa score (standard, deployment)": insa}
 
 
 def rate(flags: list[bool]) -> str:
@@ -111,7 +116,7 @@ def rate(flags: list[bool]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worlds", type=int, default=5, help="demo worlds (dataset seeds 1..N), one run each")
+    ap.add_argument("--worlds", type=int, default=4, help="demo worlds (dataset seeds 1..N), one run each")
     ap.add_argument("--replicates", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=1, help="steps at once (worker processes); 1: in this process")
     ap.add_argument("--home", default=str(Path(gettempdir()) / "advrec-calibration"),
@@ -158,7 +163,7 @@ def main() -> None:
           f"partly: {sum(f['answer'] == 'partly' for f in findings)}")
     print(f"\npower of the positive controls (feasible cells; {feasible_worlds} of {args.worlds} worlds feasible):")
     for name, flags in power.items():
-        print(f"  {name:<36} {rate(flags)}   (goal >= 0.80)")
+        print(f"  {name:<44} {rate(flags)}" + ("" if "information" in name else "   (goal >= 0.80)"))
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

@@ -74,15 +74,23 @@ def scenario_warnings(table: Sequence[dict[str, Any]], origin: str, target: str,
 def candidate_pairs(table: Sequence[dict[str, Any]], *, origin: str | None, target: str | None, min_items: int,
                     n: int) -> list[tuple[str, str]]:
     """(origin, target) names to measure: the ``n`` least exposed categories with at least ``min_items`` items
-    (or the given origin) x the ``n`` most exposed categories with items (or the given target); rows of
-    ``table`` are {name, chr, n_items, id}, sorted by CHR descending."""
+    (or the given origin) x the ``n`` most exposed categories with items (or the given target), keeping the
+    pairs whose target is more exposed than the origin (the study's question) unless both are given; rows of
+    ``table`` are {name, chr, n_items, id}. With no such pair, the least exposed origin and the most exposed
+    other target."""
     rows = sorted(table, key=lambda r: (-float(r["chr"]), r["id"]))
+    chr_of = {r["name"]: float(r["chr"]) for r in rows}
     origins = [origin] if origin is not None else [
         r["name"] for r in sorted((r for r in rows if r["n_items"] >= min_items and r["name"] != target),
                                   key=lambda r: (float(r["chr"]), -r["n_items"], r["id"]))[:n]]
     targets = [target] if target is not None else [
         r["name"] for r in rows if r["n_items"] > 0 and r["name"] != origin][:n]
-    return [(o, t) for o in origins for t in targets if o != t]
+    pairs = [(o, t) for o in origins for t in targets if o != t]
+    if origin is not None and target is not None:
+        return pairs
+    # the study's question: a less exposed category pushed toward a more exposed one
+    upward = [(o, t) for o, t in pairs if chr_of.get(t, 0.0) > chr_of.get(o, 0.0)]
+    return upward or pairs[:1]
 
 
 def choose_pair(measured: Sequence[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any]:

@@ -160,7 +160,12 @@ def test_catalog_source_chooses_origin_and_target_among_the_labels(shop):
     assert {scen["origin"], scen["target"]} <= {"Apparel", "Footwear", "Accessories"}
     assert scen["origin"] != scen["target"] and scen["chosen_by"].startswith("automatic")
     ranking = {r["name"]: r["chr"] for r in scen["ranking"]}
-    assert ranking[scen["target"]] == max(ranking.values())  # the most exposed department
+    assert ranking[scen["target"]] > ranking[scen["origin"]]  # pushed toward a more exposed department
+    candidates = scen["feasibility"]["candidates"]  # ... the candidate where the oracle rose most
+    assert (scen["origin"], scen["target"]) == max(((c["origin"], c["target"]) for c in candidates),
+                                                   key=lambda ot: next(c["effect"] for c in candidates
+                                                                       if (c["origin"], c["target"]) == ot))
+    assert all(ranking[c["target"]] > ranking[c["origin"]] for c in candidates)
     assert np.isfinite(results["attacks"][0]["summary"]["success"])
 
 

@@ -98,8 +98,11 @@ def test_candidate_pairs_are_the_least_x_most_exposed_categories():
     assert candidate_pairs(table, origin="c", target=None, min_items=5, n=2) == [("c", "a"), ("c", "b")]
     assert candidate_pairs(table, origin=None, target="b", min_items=5, n=2) == [("f", "b"), ("d", "b")]
     assert candidate_pairs(table, origin="d", target="a", min_items=5, n=3) == [("d", "a")]
-    two = table[:2]
-    assert candidate_pairs(two, origin=None, target=None, min_items=5, n=3) == [("b", "a"), ("a", "b")]
+    two = table[:2]  # the two rank each other: only the upward pair is asked
+    assert candidate_pairs(two, origin=None, target=None, min_items=5, n=3) == [("b", "a")]
+    tied = [{"id": 0, "name": "x", "chr": 1.0, "n_items": 9}, {"id": 1, "name": "y", "chr": 1.0, "n_items": 9}]
+    assert candidate_pairs(tied, origin=None, target=None, min_items=5, n=3) == [("x", "y")]  # no upward pair
+    assert candidate_pairs(table, origin="a", target="f", min_items=5, n=2) == [("a", "f")]  # named: as asked
 
 
 def test_choose_pair_keeps_the_largest_rise_and_corrects_for_the_choice():
