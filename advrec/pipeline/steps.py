@@ -4,7 +4,8 @@ Each function reads its inputs by role (``ctx.input("features")``) through the p
 artifact module, calls the domain (extractor, attacker, recommender) and writes its outputs into
 ``ctx.out`` with that domain's writer; the executor turns that folder into the step's artifact
 atomically. Artifact loaders are cached per key, so a process that runs many steps (a worker, the
-in-process executor) loads each model once.
+in-process executor) loads each model once. What the steps share is :mod:`.step_support`; the item
+promotion steps are :mod:`.promotion_steps`; :data:`STEP_FUNCTIONS` maps every step kind to its function.
 """
 
 from __future__ import annotations
@@ -17,11 +18,31 @@ import torch
 
 from advrec.pipeline.context import StepContext
 from advrec.pipeline.dag import cell_name, promo_cell_name, train_name
+from advrec.pipeline.promotion_steps import (
+    step_promo_attack,
+    step_promo_evaluate,
+    step_promo_items,
+    step_promo_transfer,
+)
 from advrec.pipeline.spec import AttackGridSpec
+from advrec.pipeline.step_support import (
+    as_json,
+    at_size,
+    average,
+    dataset_of,
+    extract_draws,
+    feature_image_size,
+    few,
+    fit_replicates_of,
+    item_side,
+    ks_up_to,
+    perturbed,
+    ranked,
+    seeds_of,
+)
 from advrec.report.collect import RunArtifacts, check_spec
-from advrec_common.datasets.artifact import load_dataset_artifact, write_dataset_artifact
-from advrec_common.datasets.images import load_catalog_images, to_tensor, to_uint8
-from advrec_common.datasets.types import RecDataset
+from advrec_common.datasets.artifact import write_dataset_artifact
+from advrec_common.datasets.images import load_catalog_images, to_tensor
 from advrec_common.errors import InvalidInput, NotFound
 from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import load_extractor_artifact, write_extractor_artifact
@@ -34,67 +55,18 @@ from services.attacker.artifacts import (
     read_shard,
     write_oracle,
     write_placebo,
-    write_promotion_attack,
     write_shard,
 )
 from services.extractor.artifacts import FeatureSet, category_model, load_features, write_catalog_features
 from services.recommender.artifacts import (
     load_model,
-    load_promoted_items,
     load_scenario,
     load_topk,
     write_evaluation,
-    write_promoted_items,
-    write_promotion_evaluation,
     write_scenario,
     write_train_artifact,
 )
-from services.recommender.items import ItemSide
 from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extractor
-
-
-def _item_side(feats: FeatureSet | None, ds: RecDataset, needs: frozenset[str], features: np.ndarray | None = None,
-               spatial: np.ndarray | None = None, images: np.ndarray | None = None) -> ItemSide | None:
-    """ItemSide for a recommender from (possibly attacked) features / images (None: it reads no item side)."""
-    if not needs:
-        return None
-    f = spatial_t = img_t = cat_t = None
-    if "features" in needs:
-        f = torch.tensor(np.array(features if features is not None else feats.features), dtype=torch.float32)
-    if "spatial" in needs:
-        sp = np.array(spatial if spatial is not None else feats.spatial)
-        spatial_t = torch.as_tensor(sp, dtype=torch.float32).flatten(2).transpose(1, 2).contiguous()  # (I,R,D')
-    if "images" in needs:
-        imgs = images if images is not None else _pixel_images(ds)
-        img_t = torch.as_tensor(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
-    if "categories" in needs:
-        cat_t = torch.tensor(np.array(feats.categories), dtype=torch.int64)
-    return ItemSide(features=f, spatial=spatial_t, images=img_t, categories=cat_t)
-
-
-# A pixel recommender's CNN (DVBPR: CNN-F scaled down for 64 px) sees images of file catalogs at this
-# size (in-memory catalogs, like the demo's, at their own); attacked images, delivered at the
-# extractor's size, are resized to it like any upload.
-PIXEL_RECOMMENDER_SIZE = 64
-
-
-def _pixel_images(ds: RecDataset) -> np.ndarray:
-    """(I,S,S,3) uint8 images for a recommender that learns from pixels."""
-    return load_catalog_images(ds.catalog, size=None if ds.catalog.images is not None else PIXEL_RECOMMENDER_SIZE)
-
-
-def _at_size(images: np.ndarray, size: int) -> np.ndarray:
-    """(N,H,W,3) uint8 square images -> (N,size,size,3) (unchanged when already that size)."""
-    from advrec_common.datasets.images import resize_image
-
-    if images.shape[1] == size:
-        return images
-    return np.stack([resize_image(im, size) for im in images]) if len(images) else images
-
-
-def _dataset(ctx: StepContext) -> RecDataset:
-    return load_dataset_artifact(ctx.store, ctx.input("dataset"))
-
 
 # ----------------------------------------------------------------------------------------------
 # steps
@@ -151,7 +123,7 @@ def step_extractor(ctx: StepContext) -> None:
             if p.get("init_weights") else None
         config = TrainOverrides.model_validate(p.get("training") or {}).config(p["defense"], p["epochs"], p["seed"])
         size = p["image_size"] or backbone(p["backbone"]).input_size
-        model, report = train_on_catalog(_dataset(ctx).catalog, p["backbone"], config, size,
+        model, report = train_on_catalog(dataset_of(ctx).catalog, p["backbone"], config, size,
                                          fit=p.get("image_fit", "crop"), init=init, device=ctx.device,
                                          progress=ctx.progress)
         write_extractor_artifact(ctx.out, model.cpu(), p["source"], report.model_dump(mode="json"))
@@ -168,71 +140,7 @@ def step_extractor(ctx: StepContext) -> None:
 def step_features(ctx: StepContext) -> None:
     """Clean features, predicted classes and probabilities of every catalog image."""
     model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
-    ctx.meta.update(write_catalog_features(ctx.out, _dataset(ctx), model, ctx.params, ctx.device, ctx.progress))
-
-
-def _fit_replicates(rec_name: str, config: dict[str, Any], seeds: list[int], ds: RecDataset,
-                    items: list[ItemSide], device: str, progress: Any = None) -> list[tuple[Any, Any]]:
-    """One fitted model per seed; replicate r trains on ``items[r]`` with seed ``seeds[r]``.
-
-    When every replicate sees the same item side (the clean models, an attack, the oracle), the seeds
-    train as one batched model (:func:`services.recommender.replicates.fit_replicates`, results equal
-    to separate fits); a placebo gives each replicate its own draw, so its seeds are fitted one by one.
-    """
-    from services.recommender.config import parse_config
-    from services.recommender.models import RECOMMENDERS
-    from services.recommender.replicates import fit_replicates
-
-    cfg = {**config, "device": device}
-    epochs = int(parse_config(cfg).resolved(RECOMMENDERS[rec_name].DEFAULTS).epochs or 0)
-    done = [0]
-
-    def epoch_done(_record: dict[str, Any]) -> None:  # the step's progress in epochs of all replicates
-        done[0] += 1
-        if progress is not None:
-            progress({"done": done[0], "total": epochs * len(seeds), "unit": "epochs"})
-
-    if all(side is items[0] for side in items):
-        return fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, seeds, ds.train, items[0], progress=epoch_done)
-    out = []
-    for seed, side in zip(seeds, items, strict=True):
-        out += fit_replicates(rec_name, ds.n_users, ds.n_items, cfg, [seed], ds.train, side, progress=epoch_done)
-    return out
-
-
-def _ranked(model: Any, ds: RecDataset, ks: list[int], max_k: int, items: ItemSide | None = None):
-    """(top-max_k lists (U,max_k), accuracy means) in one scoring pass."""
-    from services.recommender.metrics.accuracy import rank_and_evaluate
-
-    top, acc = rank_and_evaluate(model, ds.train, ds.test, [k for k in ks if k <= ds.n_items], max_k=max_k,
-                                 items=items)
-    return top, _means(acc)
-
-
-def _seeds(p: dict[str, Any]) -> list[int]:
-    """The replicates' seeds: seed, seed+1, ..., seed+R-1."""
-    return [int(p["seed"]) + r for r in range(int(p.get("replicates", 1)))]
-
-
-def _means(acc: dict[str, Any]) -> dict[str, float]:
-    """Scalar means of an accuracy result (drops the per-user vectors)."""
-    return {k: float(v) for k, v in acc.get("means", acc).items() if isinstance(v, int | float | np.floating)}
-
-
-def _average(dicts: list[dict[str, float]]) -> dict[str, float]:
-    """Key-wise mean of numeric dicts (keys present in every one)."""
-    keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
-    return {k: float(np.mean([d[k] for d in dicts])) for k in sorted(keys)}
-
-
-def _ks_for(max_k: int) -> list[int]:
-    return sorted({k for k in (5, 10, 20, 50, 100) if k <= max_k} | {max_k})
-
-
-def _dump(obj: Any) -> Any:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    return obj.to_dict() if hasattr(obj, "to_dict") else obj
+    ctx.meta.update(write_catalog_features(ctx.out, dataset_of(ctx), model, ctx.params, ctx.device, ctx.progress))
 
 
 def step_train(ctx: StepContext) -> None:
@@ -240,26 +148,26 @@ def step_train(ctx: StepContext) -> None:
     import time
 
     p = ctx.params
-    ds = _dataset(ctx)
+    ds = dataset_of(ctx)
     needs = RECOMMENDER_NEEDS[p["recommender"]]
     # DVBPR learns from pixels: its clean model has no features input
     feats_key = ctx.input("features") if ctx.has_input("features") else None
     feats = load_features(ctx.store, feats_key) if feats_key else None
-    items = _item_side(feats, ds, needs)
-    seeds = _seeds(p)
+    items = item_side(feats, ds, needs)
+    seeds = seeds_of(p)
     t0 = time.perf_counter()
-    fitted = _fit_replicates(p["recommender"], p["config"], seeds, ds, [items] * len(seeds), ctx.device, ctx.progress)
+    fitted = fit_replicates_of(p["recommender"], p["config"], seeds, ds, [items] * len(seeds), ctx.device, ctx.progress)
     fit_seconds = time.perf_counter() - t0
     k = min(p["max_k"], ds.n_items)
-    ranked = [_ranked(model, ds, _ks_for(p["max_k"]), k) for model, _ in fitted]
-    tops = np.stack([top.numpy() for top, _ in ranked])
-    accs = [acc for _, acc in ranked]
+    lists = [ranked(model, ds, ks_up_to(p["max_k"]), k) for model, _ in fitted]
+    tops = np.stack([top.numpy() for top, _ in lists])
+    accs = [acc for _, acc in lists]
     lineage = {"dataset": ctx.input("dataset"), "features": feats_key, "extractor": None, "image_size": None}
     if feats_key:
         fmeta = ctx.store.meta(feats_key)
         lineage.update(extractor=fmeta.get("deps", {}).get("extractor"), image_size=fmeta["params"].get("image_size"))
-    info = {"fit_seconds": fit_seconds, "seeds": seeds, "reports": [_dump(r) for _, r in fitted],
-            "accuracy": _average(accs), "accuracy_per_replicate": accs}
+    info = {"fit_seconds": fit_seconds, "seeds": seeds, "reports": [as_json(r) for _, r in fitted],
+            "accuracy": average(accs), "accuracy_per_replicate": accs}
     write_train_artifact(ctx.out, [m for m, _ in fitted], tops, info, lineage)
 
 
@@ -289,7 +197,7 @@ def step_scenario(ctx: StepContext) -> None:
     for label, value in (("origin", origin), ("target", target)):
         if value is not None and value not in names:
             raise InvalidInput(f"scenario.{label} {value!r} is not a category; categories ({source}): "
-                               f"{_few(names)}")
+                               f"{few(names)}")
     if origin is not None and origin == target:
         raise InvalidInput(f"scenario.origin and scenario.target are both {origin!r}; they must differ")
     tops = load_topk(ctx.store, ctx.input("train"))
@@ -314,7 +222,7 @@ def step_scenario(ctx: StepContext) -> None:
                                f"to push; lower scenario.min_items or name scenario.origin")
     if target is None and not any(r["n_items"] > 0 and r["name"] != origin for r in proposal["table"]):
         raise InvalidInput(f"no category other than {origin!r} has items to serve as target; "
-                           f"categories ({source}): {_few(names)}")
+                           f"categories ({source}): {few(names)}")
     k = int(p.get("k") or p["select_k"])
     n_candidates = int(p.get("candidates", 3))
     pairs = candidate_pairs(proposal["table"], origin=origin, target=target, min_items=p["min_items"], n=n_candidates)
@@ -358,12 +266,12 @@ def _oracle_in_deployment(ctx: StepContext, feats: FeatureSet, pairs: list[tuple
     from services.recommender.metrics.category import chr_at_k
     from services.recommender.metrics.effects import replicate_effect
 
-    ds = _dataset(ctx)
+    ds = dataset_of(ctx)
     rec = ctx.params["recommender"]
     needs = RECOMMENDER_NEEDS[rec]
     train_key = ctx.input("train")
     tops = torch.as_tensor(load_topk(ctx.store, train_key))
-    clean = _item_side(feats, ds, needs)
+    clean = item_side(feats, ds, needs)
     cats = np.asarray(feats.categories)
     item_cat = torch.as_tensor(cats, dtype=torch.int64)
     names = feats.category_names
@@ -374,19 +282,15 @@ def _oracle_in_deployment(ctx: StepContext, feats: FeatureSet, pairs: list[tuple
         items, rep, sources = oracle_rows(feats.features, cats, origin, target, seed, stream=1)
         pert = Perturbation("oracle", items, rep[None],
                             None if feats.spatial is None else np.asarray(feats.spatial[sources])[None], None, {})
-        side = _perturbed(clean, pert, 0, needs)
+        side = perturbed(clean, pert, 0, needs)
         before = [chr_at_k(tops[r], item_cat, origin, k, form="normalized")[0] for r in range(len(models))]
-        after = [chr_at_k(_ranked(m, ds, [k], k, items=side)[0], item_cat, origin, k, form="normalized")[0]
+        after = [chr_at_k(ranked(m, ds, [k], k, items=side)[0], item_cat, origin, k, form="normalized")[0]
                  for m in models]
         eff = replicate_effect(before, after)
         rows.append({"origin": o, "target": t, "before_per_replicate": before, "after_per_replicate": after,
                      **{x: eff[x] for x in ("before", "after", "effect", "ci_low", "ci_high", "p_value")}})
         ctx.report_progress(done + 1, len(pairs), "pairs")
     return rows
-
-
-def _few(names: list[str], n: int = 20) -> str:
-    return ", ".join(repr(x) for x in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def step_attack_shard(ctx: StepContext) -> None:
@@ -396,14 +300,14 @@ def step_attack_shard(ctx: StepContext) -> None:
     from services.attacker.core import attack_and_measure
 
     p = ctx.params
-    ds = _dataset(ctx)
+    ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
     model = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
     scen = load_scenario(ctx.store, ctx.input("scenario"))
     for role in ("origin", "target"):
         if scen[role] not in feats.category_names:
             raise InvalidInput(f"scenario {role} {scen[role]!r} is not a category of extractor "
-                               f"{ctx.step.name.split('/')[1]!r}; categories: {_few(feats.category_names)}")
+                               f"{ctx.step.name.split('/')[1]!r}; categories: {few(feats.category_names)}")
     origin, target = feats.category_names.index(scen["origin"]), model.class_names.index(scen["target"])
     lo, hi = p["items"]
     idx = lo + np.flatnonzero(np.asarray(feats.categories)[lo:hi] == origin)
@@ -413,7 +317,7 @@ def step_attack_shard(ctx: StepContext) -> None:
         ctx.meta.update(n=0, seconds=0.0)
         return
     spec = AttackGridSpec.from_params(p).attack_spec(p["eps"], p["seed"])
-    size, fit = _feature_image_size(feats, p)
+    size, fit = feature_image_size(feats, p)
     clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in idx], size=size, fit=fit))
     extra = {}
     if spec.method == "feature_match":  # pulled toward the target category's clean features (their centroid)
@@ -430,15 +334,9 @@ def step_attack_shard(ctx: StepContext) -> None:
                     image_size=size, head=feats.category_info.get("head", {}).get("kind"))
 
 
-def _feature_image_size(feats: Any, params: dict[str, Any]) -> tuple[int | None, str]:
-    """The size and fit the clean features were extracted at (older artifacts: the spec's image_size, crop):
-    attacks and controls must load the catalog images exactly so."""
-    return feats.category_info.get("image_size", params.get("image_size")), feats.category_info.get("fit", "crop")
-
-
 def step_adversarial(ctx: StepContext) -> None:
     """Merge the shards: the attacked feature matrix (clean rows elsewhere) and the attack's summary."""
-    ds = _dataset(ctx)
+    ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
     keys = ctx.inputs("shards")  # in catalog order
     shards = [read_shard(ctx.store.open(k)) for k in keys]
@@ -453,7 +351,7 @@ def step_placebo(ctx: StepContext) -> None:
     from services.attacker.controls import placebo_images
 
     p = ctx.params
-    ds = _dataset(ctx)
+    ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
     draws = int(p["draws"])
     if ctx.has_input("adversarial"):
@@ -465,43 +363,23 @@ def step_placebo(ctx: StepContext) -> None:
         empty = np.zeros((draws, 0, feats.features.shape[1]), np.float32)
         write_placebo(ctx.out, items, empty, None, np.zeros((draws, 0, 1, 1, 3), np.uint8), {"n": 0})
         return
-    size, fit = _feature_image_size(feats, p)
+    size, fit = feature_image_size(feats, p)
     clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit)
     if sources.shape[0] == 1:  # one perturbation: every draw shuffles it (the category attacks)
-        images = placebo_images(clean, _at_size(sources[0], size) if size else sources[0], draws, int(p["seed"]),
+        images = placebo_images(clean, at_size(sources[0], size) if size else sources[0], draws, int(p["seed"]),
                                 p["delivery"], int(p["jpeg_quality"]))
     else:  # one per replicate (white-box against replicate r's model): draw r shuffles perturbation r
         images = np.concatenate([
-            placebo_images(clean, _at_size(sources[min(r, len(sources) - 1)], size) if size else
+            placebo_images(clean, at_size(sources[min(r, len(sources) - 1)], size) if size else
                            sources[min(r, len(sources) - 1)], 1, int(p["seed"]), p["delivery"],
                            int(p["jpeg_quality"]), start=r) for r in range(draws)])
-    features, maps, sizes = _extract_draws(ctx, clean, images, bool(p["spatial"]))
+    features, maps, sizes = extract_draws(ctx, clean, images, bool(p["spatial"]))
     clean_rows = np.asarray(feats.features)[items]
-    out = {"n": int(len(items)), "draws": draws, **_average(sizes),
+    out = {"n": int(len(items)), "draws": draws, **average(sizes),
            "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)),
            "attack_linf_255": summary.get("linf_255"), "attack_l2_255": summary.get("l2_255"),
            "attack_feat_mse": summary.get("feat_mse")}
     write_placebo(ctx.out, items, features, maps, images, out)
-
-
-def _extract_draws(ctx: StepContext, clean: np.ndarray, images: np.ndarray,
-                   spatial: bool) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float]]]:
-    """Features (R',N,D), maps (R',N,D',h,w) or None, and the perturbation sizes of (R',N,H,W,3) images of
-    the same items as ``clean``, extracted by the step's ``extractor``."""
-    from services.attacker.controls import perturbation_size
-    from services.extractor.extraction import extract_features
-
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
-    rows, maps, sizes = [], [], []
-    for r in range(images.shape[0]):
-        x = images[r] if images.dtype == np.uint8 else np.ascontiguousarray(images[r].transpose(0, 3, 1, 2))
-        res = extract_features(model, x, device=ctx.device, spatial=spatial)
-        rows.append(res.features)
-        if res.spatial is not None:
-            maps.append(res.spatial)
-        sizes.append(perturbation_size(clean, images[r]))
-        ctx.report_progress(r + 1, images.shape[0], "draws")
-    return np.stack(rows), np.stack(maps) if maps else None, sizes
 
 
 def step_oracle(ctx: StepContext) -> None:
@@ -535,28 +413,6 @@ def step_oracle(ctx: StepContext) -> None:
     write_oracle(ctx.out, items, rows, spatial, summary)
 
 
-def _perturbed(clean: ItemSide, pert: Perturbation, draw: int, needs: frozenset[str]) -> ItemSide:
-    """The clean item side with the perturbation's rows of one draw replaced (only the fields ``needs``)."""
-    if len(pert.items) == 0:
-        return clean
-    idx = torch.as_tensor(pert.items, dtype=torch.long)
-    changes: dict[str, torch.Tensor] = {}
-    if "features" in needs and pert.features is not None:
-        f = clean.features.clone()
-        f[idx] = torch.as_tensor(pert.features[draw], dtype=torch.float32)
-        changes["features"] = f
-    if "spatial" in needs and pert.spatial is not None:
-        sp = clean.spatial.clone()
-        sp[idx] = torch.as_tensor(pert.spatial[draw], dtype=torch.float32).flatten(2).transpose(1, 2)
-        changes["spatial"] = sp
-    if "images" in needs and pert.images is not None:  # delivered at the extractor's size: resized like an upload
-        im = clean.images.clone()
-        rows = _at_size(pert.images[draw], int(im.shape[-1]))
-        im[idx] = torch.as_tensor(np.ascontiguousarray(rows)).permute(0, 3, 1, 2)
-        changes["images"] = im
-    return clean.replace(**changes) if changes else clean
-
-
 def _exposure(top_before: torch.Tensor, top_after: torch.Tensor, item_cat: torch.Tensor, origin: int,
               k: int) -> dict[str, tuple[float, float, np.ndarray, np.ndarray]]:
     """metric -> (value before, value after, per-user before, per-user after) of the origin category."""
@@ -581,15 +437,15 @@ def step_evaluate(ctx: StepContext) -> None:
     from services.recommender.metrics.significance import paired_tests
 
     p = ctx.params
-    ds = _dataset(ctx)
+    ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
     scen = load_scenario(ctx.store, ctx.input("scenario"))
     train_key = ctx.input("train")
     needs = RECOMMENDER_NEEDS[p["recommender"]]
     pert = load_perturbation(ctx.store, ctx.input("perturbation"))
-    clean = _item_side(feats, ds, needs)
-    seeds = _seeds(p)
-    by_draw = {d: _perturbed(clean, pert, d, needs) for d in sorted({pert.draw(r) for r in range(len(seeds))})}
+    clean = item_side(feats, ds, needs)
+    seeds = seeds_of(p)
+    by_draw = {d: perturbed(clean, pert, d, needs) for d in sorted({pert.draw(r) for r in range(len(seeds))})}
     sides = [by_draw[pert.draw(r)] for r in range(len(seeds))]  # one object per draw: one batched fit
     max_k = min(p["max_k"], ds.n_items)
     tops_before = torch.as_tensor(load_topk(ctx.store, train_key))
@@ -597,13 +453,13 @@ def step_evaluate(ctx: StepContext) -> None:
         raise InvalidInput(f"the clean model has {tops_before.shape[0]} replicates, the evaluation {len(seeds)}")
     tops_after, accs = [], []
     if p["mode"] == "retrain":
-        for model, _ in _fit_replicates(p["recommender"], p["config"], seeds, ds, sides, ctx.device, ctx.progress):
-            top, acc = _ranked(model, ds, p["ks"], max_k)
+        for model, _ in fit_replicates_of(p["recommender"], p["config"], seeds, ds, sides, ctx.device, ctx.progress):
+            top, acc = ranked(model, ds, p["ks"], max_k)
             tops_after.append(top)
             accs.append(acc)
     else:
         for r, side in enumerate(sides):
-            top, acc = _ranked(load_model(ctx.store, train_key, r), ds, p["ks"], max_k, items=side)
+            top, acc = ranked(load_model(ctx.store, train_key, r), ds, p["ks"], max_k, items=side)
             tops_after.append(top)
             accs.append(acc)
             ctx.report_progress(r + 1, len(sides), "models")
@@ -630,190 +486,15 @@ def step_evaluate(ctx: StepContext) -> None:
     shift = None
     if len(pert.items):
         shifts = [rank_shift(tops_before[r], tops_after[r], torch.as_tensor(pert.items)) for r in range(len(seeds))]
-        shift = _average(shifts)
+        shift = average(shifts)
     write_evaluation(ctx.out, torch.stack(tops_after).numpy(), {
         "mode": p["mode"], "control": p.get("control", "attack"), "recommender": p["recommender"],
         "origin": scen["origin"], "target": scen["target"], "n_perturbed": int(len(pert.items)),
-        "n_replicates": len(seeds), "seeds": seeds, "per_k": per_k, "accuracy_after": _average(accs),
+        "n_replicates": len(seeds), "seeds": seeds, "per_k": per_k, "accuracy_after": average(accs),
         "rank_shift": shift,
     })
 
 
-# ----------------------------------------------------------------------------------------------
-# item promotion: a seller's own items
-
-
-def step_promo_items(ctx: StepContext) -> None:
-    """The items a seller promotes: the spec's ids, or the N least exposed items of a category (the scenario's
-    origin by default) in every replicate's clean top-K lists of the scenario's model."""
-    from services.recommender.promotion import least_exposed
-
-    p = ctx.params
-    ds = _dataset(ctx)
-    ids = p["items"].get("ids")
-    if ids:
-        where = {item: i for i, item in enumerate(ds.catalog.item_ids)}
-        unknown = [i for i in ids if i not in where]
-        if unknown:
-            raise InvalidInput(f"promotion.items.ids: {len(unknown)} id(s) not in the catalog: "
-                               f"{', '.join(map(repr, unknown[:10]))}; ids look like {ds.catalog.item_ids[0]!r}")
-        rows = np.asarray([where[i] for i in ids], dtype=np.int64)
-        how = "the spec's ids"
-        category = None
-    else:
-        feats = load_features(ctx.store, ctx.input("features"), arrays=False)
-        category = p["items"].get("category") or load_scenario(ctx.store, ctx.input("scenario"))["origin"]
-        if category not in feats.category_names:
-            raise InvalidInput(f"promotion.items.category {category!r} is not a category; categories: "
-                               f"{_few(feats.category_names)}")
-        members = np.flatnonzero(np.asarray(feats.categories) == feats.category_names.index(category))
-        if members.size == 0:
-            raise InvalidInput(f"promotion.items.category {category!r} has no items")
-        n = int(p["items"].get("least_exposed") or 20)
-        rows = least_exposed(load_topk(ctx.store, ctx.input("train")), members, n)
-        how = (f"the {len(rows)} least exposed '{category}' items (fewest slots in the clean top-{p['k']} lists of "
-               f"every replicate; ties in catalog order)")
-    tops = load_topk(ctx.store, ctx.input("train"))
-    flat = tops.reshape(-1)
-    counts = np.bincount(flat[flat >= 0], minlength=ds.n_items)[rows]
-    write_promoted_items(ctx.out, rows, {"ids": [ds.catalog.item_ids[int(r)] for r in rows], "category": category,
-                                         "chosen_by": how, "clean_slots": counts.tolist(),
-                                         "lists": {"replicates": int(tops.shape[0]), "k": int(tops.shape[-1])}})
-    ctx.meta.update(n=int(len(rows)))
-
-
-def _segment_users(ctx: StepContext, ds: RecDataset, feats: FeatureSet) -> torch.Tensor:
-    """The users whose scores the insider raises: all, or those with a training item of a category."""
-    category = (ctx.params.get("users") or {}).get("category")
-    if category is None:
-        return torch.arange(ds.n_users)
-    if category not in feats.category_names:
-        raise InvalidInput(f"promotion.users.category {category!r} is not a category; categories: "
-                           f"{_few(feats.category_names)}")
-    members = np.asarray(feats.categories)[ds.train.item] == feats.category_names.index(category)
-    users = np.unique(ds.train.user[members])
-    if users.size == 0:
-        raise InvalidInput(f"promotion.users.category {category!r}: no user bought in it")
-    return torch.as_tensor(users, dtype=torch.long)
-
-
-def step_promo_attack(ctx: StepContext) -> None:
-    """Attack the promoted items' images under one extractor: ``insa``/``insa_topk`` white-box against each
-    replicate's clean recommender (one delivered image per item and replicate), ``expa`` toward the features of
-    the most exposed items (one image per item)."""
-    from advrec.pipeline.spec import PromotionAttackSpec
-    from services.attacker.core import attack_and_measure
-    from services.recommender.promotion import entry_bar, mean_score_objective, most_exposed, topk_objective
-
-    p = ctx.params
-    ds = _dataset(ctx)
-    feats = load_features(ctx.store, ctx.input("features"))
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
-    rows, _ = load_promoted_items(ctx.store, ctx.input("items"))
-    train_key = ctx.input("train")
-    size, fit = _feature_image_size(feats, p)
-    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in rows], size=size, fit=fit))
-    grid = PromotionAttackSpec.from_params(p)
-    needs = RECOMMENDER_NEEDS[p["recommender"]]
-    spatial = "spatial" in needs
-    common = {"device": ctx.device, "clean_features": torch.as_tensor(np.asarray(feats.features)[rows]),
-              "spatial": spatial}
-    outcomes = []
-    if grid.method == "noise":  # the baseline: a random point of the budget's ball, one image per item
-        outcomes.append(attack_and_measure(model, clean, grid.attack_spec(p["eps"], p["seed"]), None, p["delivery"],
-                                           p["jpeg_quality"], **common))
-    elif grid.method == "expa":
-        targets = most_exposed(load_topk(ctx.store, train_key), int(p["expa_targets"]))
-        spec = grid.attack_spec(p["eps"], p["seed"])
-        outcomes.append(attack_and_measure(model, clean, spec, None, p["delivery"], p["jpeg_quality"], **common,
-                                           target_features=torch.as_tensor(np.asarray(feats.features)[targets])))
-        ctx.meta.update(expa_targets=[ds.catalog.item_ids[int(t)] for t in targets])
-    else:
-        users = _segment_users(ctx, ds, feats)
-        clean_side = _item_side(feats, ds, needs)
-        n_rep = len(load_topk(ctx.store, train_key))
-        for r in range(n_rep):
-            rec = load_model(ctx.store, train_key, r)
-            if grid.method == "insa":
-                objective = mean_score_objective(rec, clean_side, users)
-            else:
-                bar = entry_bar(rec, clean_side, ds.train, users, torch.as_tensor(rows), int(p["k"]),
-                                float(p["topk_temperature"]))
-                objective = topk_objective(rec, clean_side, users, bar)
-            spec = grid.attack_spec(p["eps"], int(p["seed"]) + r)
-            outcomes.append(attack_and_measure(model, clean, spec, None, p["delivery"], p["jpeg_quality"], **common,
-                                               objective=objective, rows=torch.as_tensor(rows, dtype=torch.long),
-                                               objective_spatial=spatial))
-            ctx.report_progress(r + 1, n_rep, "replicates")
-    delivered = [o.delivered for o in outcomes]
-    images = np.stack([to_uint8(d) if p["delivery"] != "float" else d.permute(0, 2, 3, 1).numpy() for d in delivered])
-    features = np.stack([o.features.numpy() for o in outcomes])
-    maps = np.stack([o.spatial.numpy() for o in outcomes]) if spatial else None
-    table = []
-    for r, o in enumerate(outcomes):
-        for row, item in zip(o.measurement.to_table(), rows, strict=True):
-            table.append({**row, "item": ds.catalog.item_ids[int(item)], "draw": r})
-    summaries = [o.measurement.summary() for o in outcomes]
-    summary = {k: float(np.mean([sm[k] for sm in summaries])) for k in summaries[0]
-               if all(isinstance(sm.get(k), int | float) and not isinstance(sm.get(k), bool) for sm in summaries)}
-    summary.update(n=int(len(rows)), draws=len(outcomes), attack_seconds=float(sum(o.seconds for o in outcomes)))
-    write_promotion_attack(ctx.out, rows, features, maps, images, table, summary)
-
-
-def step_promo_transfer(ctx: StepContext) -> None:
-    """A transfer attack: another extractor's attacked images of the promoted items, delivered to this one
-    (re-extracted at this extractor's size, like any upload)."""
-    p = ctx.params
-    ds = _dataset(ctx)
-    feats = load_features(ctx.store, ctx.input("features"))
-    items, source, summary = load_promotion_attack(ctx.store, ctx.input("source"))
-    size, fit = _feature_image_size(feats, p)
-    clean = load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit)
-    if source.dtype != np.uint8 and size and source.shape[2] != size:  # float delivery at another size: 8 bits
-        source = np.round(np.clip(source, 0, 1) * 255).astype(np.uint8)
-    images = np.stack([_at_size(d, size) if size else d for d in source]) if source.dtype == np.uint8 else source
-    features, maps, sizes = _extract_draws(ctx, clean, images, bool(p["spatial"]))
-    clean_rows = np.asarray(feats.features)[items]
-    out = {**_average(sizes), "n": int(len(items)), "draws": int(len(images)),
-           "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)), "source_feat_mse": summary.get("feat_mse")}
-    write_promotion_attack(ctx.out, items, features, maps, images, [], out)
-
-
-def step_promo_evaluate(ctx: StepContext) -> None:
-    """Per replicate and promoted item: its standing for every user before (the clean model) and after the
-    perturbation (re-scored in deployment, or from the model retrained on it)."""
-    from services.recommender.promotion import item_standing, promotion_metrics
-
-    p = ctx.params
-    ds = _dataset(ctx)
-    feats = load_features(ctx.store, ctx.input("features"))
-    train_key = ctx.input("train")
-    needs = RECOMMENDER_NEEDS[p["recommender"]]
-    rows, _ = load_promoted_items(ctx.store, ctx.input("items"))
-    pert = load_perturbation(ctx.store, ctx.input("perturbation"))
-    if not np.array_equal(pert.items, rows):
-        raise InvalidInput("the perturbation does not cover the promoted items")
-    clean = _item_side(feats, ds, needs)
-    seeds = _seeds(p)
-    by_draw = {d: _perturbed(clean, pert, d, needs) for d in sorted({pert.draw(r) for r in range(len(seeds))})}
-    sides = [by_draw[pert.draw(r)] for r in range(len(seeds))]
-    k = int(p["k"])
-    if p["mode"] == "retrain":
-        models = [m for m, _ in _fit_replicates(p["recommender"], p["config"], seeds, ds, sides, ctx.device,
-                                                ctx.progress)]
-        afters = [item_standing(m, ds.train, rows, k) for m in models]
-    else:
-        afters = []
-        for r, side in enumerate(sides):
-            afters.append(item_standing(load_model(ctx.store, train_key, r), ds.train, rows, k, items=side))
-            ctx.report_progress(r + 1, len(sides), "models")
-    befores = [item_standing(load_model(ctx.store, train_key, r), ds.train, rows, k) for r in range(len(seeds))]
-    ks = [x for x in p["ks"] if x <= ds.n_items]
-    write_promotion_evaluation(ctx.out, {
-        "mode": p["mode"], "control": p["control"], "recommender": p["recommender"], "seeds": seeds,
-        "items": [ds.catalog.item_ids[int(r)] for r in rows], "n_items": int(len(rows)), "k": k,
-        "per_replicate": [promotion_metrics(b, a, ks) for b, a in zip(befores, afters, strict=True)],
-    })
 
 
 def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, Any]) -> RunArtifacts:
