@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from advrec.pipeline.spec import AttackGridSpec
+from advrec.pipeline.spec import AttackGridSpec, PromotionAttackSpec
 from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
+from services.attacker.spec import PROMOTION_ATTACKS
 
 # one image's forward pass at the backbone's own input size, in ms on 2 CPU cores (torch 2.14, batches
 # of 8-64, process CPU time / 2 so that other jobs on the machine do not count; small and depthwise
@@ -39,7 +40,7 @@ MEASURE_FORWARDS = 10.0  # delivery, re-extraction and the per-image measurement
 MS_PER_TRIPLE = {"bprmf": 0.004, "vbpr": 0.006, "amr": 0.012, "deepstyle": 0.008, "acf": 0.25, "dvbpr": 0.6}
 MS_PER_SCORE = 2e-5  # one (user, item) score in a full ranking
 FIXED_MS = {"dataset": 300.0, "extractor": 300.0, "scenario": 100.0, "adversarial": 100.0, "oracle": 300.0,
-            "report": 3000.0}
+            "report": 3000.0, "promo_items": 100.0}
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ def image_ms(backbone: str | None, size: int | None) -> float:
 
 
 def attack_iterations(params: dict[str, Any]) -> int:
-    """Model passes per image of an attack cell's parameters (the attacker's own count)."""
-    return AttackGridSpec.from_params(params).attack_spec(params["eps"], seed=0).passes_per_image()
+    """Model passes per image of an attack cell's (or a promotion attack's) parameters (the attacker's own count)."""
+    grid = PromotionAttackSpec if params.get("method") in PROMOTION_ATTACKS else AttackGridSpec
+    return grid.from_params(params).attack_spec(params["eps"], seed=0).passes_per_image()
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Facts:
     rec_epochs: dict[str, int] = field(default_factory=dict)  # recommender -> epochs (max)
     origin_items: dict[tuple[int, int], int] | None = None  # (lo, hi) -> origin items in that slice
     decode_ms: float = 10.0  # reading one catalog image (decode, alpha, resize); ~0 for in-memory catalogs
+    promoted_items: int = 0  # items a promotion attack perturbs
+    replicates: int = 1
 
 
 def estimate(step: Any, facts: Facts) -> Work:
@@ -129,6 +133,30 @@ def estimate(step: Any, facts: Facts) -> Work:
             robust_eval = 0.2 * n * 10 * BACKWARD_FACTOR * fwd  # PGD-10 on the held-out fifth
             return Work(train + robust_eval + FIXED_MS["extractor"], epochs, "epochs")
         return Work(FIXED_MS["extractor"])
+    if kind == "promo_attack":  # per draw (one per replicate's model for insa), every promoted image attacked
+        ext = name.split("/")[1]
+        n = max(1, facts.promoted_items)
+        iterations = attack_iterations(p)
+        draws = facts.replicates if p.get("method") in ("insa", "insa_topk") else 1
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        # the white-box objective scores every user against the replaced item state at every iteration
+        objective = iterations * facts.n_users * n * MS_PER_SCORE * 4 if draws > 1 else 0.0
+        per_image = (BACKWARD_FACTOR * iterations + MEASURE_FORWARDS) * fwd + facts.decode_ms
+        return Work(draws * (n * per_image + objective) + 300.0, draws * n, "images")
+    if kind == "promo_transfer":
+        ext = name.split("/")[1]
+        n = max(1, facts.promoted_items) * facts.replicates
+        return Work(n * (2.0 * image_ms(*facts.extractors.get(ext, (None, None))) + facts.decode_ms) + 300.0, n,
+                    "images")
+    if kind == "promo_evaluate":  # two standings (before, after) per replicate, and a fit in retrain
+        scoring = facts.n_users * facts.n_items * MS_PER_SCORE * 4 * (1 + max(1, facts.promoted_items) / 10)
+        replicates = max(1, int(p.get("replicates") or 1))
+        if p.get("mode") == "deployment":
+            return Work(2 * replicates * scoring + 100.0, 1, "step")
+        rec = p["recommender"]
+        epochs = int((p.get("config") or {}).get("epochs") or facts.rec_epochs.get(rec, 50))
+        fit = epochs * facts.n_train * MS_PER_TRIPLE.get(rec, 0.05)
+        return Work(replicates * (fit + 2 * scoring) + 1500.0, epochs, "epochs")
     if kind == "dataset":
         return Work(FIXED_MS["dataset"] + 3.0 * facts.n_items, 1, "step")
     return Work(FIXED_MS.get(kind, 100.0))
@@ -155,6 +183,10 @@ def work_facts(spec: Any, p: Any, store: Any) -> Facts:
                 facts.demo_images[ext.name] = facts.n_items
     for rec in spec.recommenders:
         facts.rec_epochs[rec.name] = int(rec.config.epochs or default_epochs(rec.name, rec.config.preset) or 50)
+    facts.replicates = int(spec.replicates)
+    if spec.promotion is not None:
+        items = spec.promotion.items
+        facts.promoted_items = len(items.ids) if items.ids else int(items.least_exposed)
     return facts
 
 
