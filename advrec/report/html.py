@@ -31,8 +31,8 @@ td.t-mixed{background:#fff3e0;color:#7a4500}td.t-info{background:#e8f0fb;color:#
 td.t-untested{background:#f0f0f0;color:#555}
 ul.legend{list-style:none;padding:0;margin:6px 0 14px}ul.legend li{margin:3px 0}
 p.lead{font-size:16px;margin:4px 0}p.lead .seg{margin-right:14px}p.note,p.why{font-size:13px;color:#555;margin:2px 0}
-table.grid td{text-align:center}table.grid td.l{text-align:left}table.grid th{text-align:center}details{margin:6px 0 4px}summary{cursor:pointer;color:#2f5f9e}
-details ul li{margin:6px 0}
+table.grid td,table.grid th{text-align:center}table.grid td.l{text-align:left}
+details{margin:6px 0 4px}summary{cursor:pointer;color:#2f5f9e}details ul li{margin:6px 0}
 .tiles{display:flex;gap:6px;align-items:flex-end;margin:4px 0}.tile{text-align:center;font-size:12px;width:100px;
 overflow-wrap:anywhere}.tile img{width:96px;height:96px;image-rendering:pixelated;border:3px solid transparent}
 .tile.origin img{border-color:#000}.plot img{max-width:100%}.plot p{font-size:13px;color:#444;margin:2px 0 4px}
@@ -165,7 +165,8 @@ def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: di
     return template.render(
         css=_CSS, spec=results["spec"], scenario=results["scenario"], dataset=results.get("dataset"),
         extractors=results["extractors"], overview=overview(results), caveat=caveat(results), tone=tone,
-        tone_legend=TONE_LEGEND, segment_text=segment_text, plots=plots, caption=caption, title=title, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
+        tone_legend=TONE_LEGEND, segment_text=segment_text, plots=plots, caption=caption, title=title,
+        tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
         version=results["advrec_version"], schema=results["schema_version"], tests=results.get("tests") or {},
         spec_json=json.dumps(spec_as_written(results["spec"]), indent=1), environment=results.get("environment") or {},
         categories=categories_line(results).removeprefix("categories: "),
