@@ -66,9 +66,7 @@ def label(results: dict[str, Any], f: Finding) -> str:
     fid = f["id"]
     if fid == "o":
         return f["extractor"]
-    if fid == "a":
-        return f"{attack_label(f['method'], f['eps'])} under {f['extractor']}"
-    if fid in ("b", "c"):
+    if fid in ("a", "b", "c"):
         return f"{attack_label(f['method'], f['eps'])} under {f['extractor']}"
     if fid == "d":
         return f["mode"]
