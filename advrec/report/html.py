@@ -9,22 +9,35 @@ from typing import Any
 
 import jinja2
 
-from advrec.report.findings import QUESTIONS
-from advrec.report.plots import caption
+from advrec.report.answers import TONE_LEGEND, caveat, overview, segment_text, tone
+from advrec.report.plots import caption, title
 from advrec.report.tables import Row, categories_line, fmt
 
+# Colour means one thing on the whole page: whether an answer is good news for the shop (answers.TONES), never
+# yes/no; significance is bold, warnings are a neutral caution box.
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
-h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;margin-top:32px}h3{font-size:15px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:2px 6px;
-text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}td.l,th.l{text-align:left}
-.scroll{overflow-x:auto;max-height:520px}.sig{font-weight:bold;color:#a00}
-.ans{display:inline-block;min-width:3.5em;text-align:center;border-radius:3px;padding:0 4px;margin-right:6px;
-font-weight:bold;color:#fff}.yes{background:#b33}.no{background:#2a7}.partly{background:#c80}.na{background:#888}
-.tiles{display:flex;gap:6px;align-items:flex-end;margin:4px 0}.tile{text-align:center;font-size:11px;width:100px}
-.tile img{width:96px;height:96px;image-rendering:pixelated;border:3px solid transparent}
-.tile.origin img{border-color:#c00}.plot img{max-width:100%}dl.kv dt{font-weight:bold;float:left;width:150px}
-dl.kv dd{margin-left:160px}pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
+body{font:15px/1.5 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{font-size:24px}h2{font-size:20px;border-bottom:1px solid #ccc;margin-top:36px}h3{font-size:16px;margin:22px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;
+text-align:right;white-space:nowrap}th{background:#f3f3f3}.scroll th{position:sticky;top:0}td.l,th.l{text-align:left}
+.scroll{overflow-x:auto;max-height:520px}.sig{font-weight:bold}
+.warn{border-left:4px solid #555;background:#f4f4f4;padding:6px 10px;margin:8px 0}
+.ans{display:inline-block;min-width:3.2em;text-align:center;border-radius:3px;padding:0 5px;margin-right:6px;
+font-weight:bold;color:#fff;line-height:1.5}
+.ans.good{background:#2e7d32}.ans.bad{background:#c62828}.ans.mixed{background:#9a5700}.ans.info{background:#2f5f9e}
+.ans.untested{background:#767676}
+td.t-good{background:#e6f4ea;color:#1b5e20}td.t-bad{background:#fdecea;color:#b71c1c}
+td.t-mixed{background:#fff3e0;color:#7a4500}td.t-info{background:#e8f0fb;color:#1f4e8c}
+td.t-untested{background:#f0f0f0;color:#555}
+ul.legend{list-style:none;padding:0;margin:6px 0 14px}ul.legend li{margin:3px 0}
+p.lead{font-size:16px;margin:4px 0}p.lead .seg{margin-right:14px}p.note,p.why{font-size:13px;color:#555;margin:2px 0}
+table.grid td,table.grid th{text-align:center}table.grid td.l{text-align:left}
+details{margin:6px 0 4px}summary{cursor:pointer;color:#2f5f9e}details ul li{margin:6px 0}
+.tiles{display:flex;gap:6px;align-items:flex-end;margin:4px 0}.tile{text-align:center;font-size:12px;width:100px;
+overflow-wrap:anywhere}.tile img{width:96px;height:96px;image-rendering:pixelated;border:3px solid transparent}
+.tile.origin img{border-color:#000}.plot img{max-width:100%}.plot p{font-size:13px;color:#444;margin:2px 0 4px}
+dl.kv dt{font-weight:bold;float:left;width:150px}dl.kv dd{margin-left:160px}
+pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
 """
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -34,7 +47,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <p>Do adversarially robust image feature extractors protect visual recommenders?
 Origin category <b>{{ scenario.origin }}</b> pushed toward target <b>{{ scenario.target }}</b>
 (chosen by: {{ scenario.chosen_by }}).{% for w in scenario.warnings or [] %}
-<b class="sig">Warning (scenario): {{ w }}.</b>{% endfor %} Headline K = {{ k }}.{% if spec.replicates > 1 %} Every model was trained {{ spec.replicates }} times
+<b>Warning (scenario): {{ w }}.</b>{% endfor %} Headline K = {{ k }}.{% if spec.replicates > 1 %} Every model was trained {{ spec.replicates }} times
 (seeds {{ spec.seed }}..{{ spec.seed + spec.replicates - 1 }}); an effect is the mean over those replicates of
 (after - before) with its 95% interval across them, tested with a paired t-test across replicates (the exact
 sign-flip test when every replicate changed by the same amount); every verdict
@@ -45,7 +58,7 @@ replicates to 3 or more for verdicts).{% endif %} Each attack is shown beside it
 <b>placebo</b> (the same perturbations in random directions) and the <b>oracle</b> (each origin item given the features
 of a real target item: a perfect visual disguise, the most moving features can do); a change counts in a finding only
 when it is significant and beyond its placebo's. advrec {{ version }}, results schema {{ schema }}.</p>
-{% for name, e in extractors.items() %}{% if e.weak %}<p class="sig">Weak extractor: the {{ name }} extractor classifies
+{% for name, e in extractors.items() %}{% if e.weak %}<p class="warn">Weak extractor: the {{ name }} extractor classifies
 only {{ (100 * e.origin_recognition) | num }}% of the origin items as the origin class; its comparisons attack images
 it already misreads.</p>{% endif %}{% endfor %}
 
@@ -53,7 +66,7 @@ it already misreads.</p>{% endif %}{% endfor %}
 <dl class="kv">
 {% if dataset %}<dt>dataset</dt><dd>{{ dataset.name }}: {{ dataset.n_items }} items, {{ dataset.n_users }} users,
 {{ dataset.n_train }} train / {{ dataset.n_test }} test interactions{% for note in dataset.notes or [] %};
-<b class="sig">{{ note }}</b>{% endfor %}</dd>{% endif %}
+<b>{{ note }}</b>{% endfor %}</dd>{% endif %}
 <dt>extractors</dt><dd>{% for name, e in extractors.items() %}<b>{{ name }}</b> ({{ e.backbone }},
 {{ e.defense or e.source }}{% if e.report %}, clean acc {{ e.report.clean_accuracy | num }},
 robust acc {{ e.report.robust_accuracy | num }} at eps {{ e.report.eval_eps | num }}{% endif %};
@@ -73,27 +86,41 @@ CPU kernels {{ environment.cpu_isa | join(', ') }}{% if environment.threads %}; 
 </dl>
 
 <h2>Findings</h2>
-{% for fid, question in questions.items() %}{% set group = findings | selectattr('id', 'equalto', fid) | list %}
-{% if group %}<h3>{{ question }}</h3><ul>
-{% for f in group %}<li><span class="ans {{ f.answer | replace('/', '') }}">{{ f.answer }}</span>{{ f.statement }}</li>
-{% endfor %}</ul>{% endif %}{% endfor %}
+<p>Each question is answered first, in one line and one small table; the statements with every number (effects,
+intervals, adjusted p-values) are folded under "the numbers". A badge's colour says whether the answer is good
+news for the shop, not whether it is yes or no:</p>
+<ul class="legend">{% for t, text in tone_legend.items() %}<li><span class="ans {{ t }}">{{ t }}</span>{{ text }}</li>
+{% endfor %}</ul>
+{% if caveat %}<p class="warn"><b>Caveat (scenario):</b> {{ caveat }}</p>{% endif %}
+{% for q in overview %}<section id="finding-{{ q.id }}"><h3>{{ q.question }}</h3>
+<p class="lead">{% for seg in q.lead %}<span class="seg"><span class="ans {{ seg.tone }}" title="{{ tone_legend[seg.tone] }}">{{ seg.answer }}</span>{{ segment_text(q.id, seg, loop.first) }}</span>{% endfor %}</p>
+<p class="why">Colour: {{ q.reason }}.</p>
+{% if q.grid %}<table class="grid">{% for hrow in q.grid.header %}<tr>{% for h in hrow %}<th{% if h.colspan > 1 %} colspan="{{ h.colspan }}"{% endif %}{% if h.rowspan > 1 %} rowspan="{{ h.rowspan }}"{% endif %}>{{ h.text }}</th>{% endfor %}</tr>
+{% endfor %}{% for row in q.grid.rows %}<tr>{% for c in row %}<td{% if c.label %} class="l"{% elif c.tone and not c.badge %} class="t-{{ c.tone }}"{% endif %}{% if c.title %} title="{{ c.title }}"{% endif %}>{% if c.badge %}<span class="ans {{ c.tone }}">{{ c.text }}</span>{% else %}{{ c.text }}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p class="note">{{ q.grid.note }}.</p>{% endif %}
+<details><summary>the numbers ({{ q.findings | length }} {{ 'statement' if q.findings | length == 1 else 'statements' }})</summary><ul>
+{% for f in q.findings %}<li><span class="ans {{ tone(f.id, f.answer) }}">{{ f.answer }}</span>{{ f.statement }}</li>
+{% endfor %}</ul></details></section>
+{% endfor %}
 
 <h2>Plots</h2>
-{% for name, png in plots.items() %}<div class="plot"><h3>{{ caption(name) }}</h3>
+{% for name, png in plots.items() %}<div class="plot"><h3>{{ title(name) }}</h3><p>{{ caption(name) }}</p>
 <img alt="{{ name }}" src="data:image/png;base64,{{ png }}"></div>
 {% endfor %}
 
 <h2>Tables</h2>
-{% for name, rows in tables.items() %}<h3>{{ name }}.csv</h3>
+<p>Every number of the report, as in <code>tables/*.csv</code>.</p>
+{% for name, rows in tables.items() %}<details><summary>{{ name }}.csv ({{ rows | length }} rows)</summary>
 {% if rows %}<div class="scroll"><table><tr>{% for c in rows[0] %}<th{% if loop.index <= 4 %} class="l"{% endif %}>{{ c }}</th>{% endfor %}</tr>
 {% for r in rows %}<tr>{% for c, v in r.items() %}<td{% if loop.index <= 4 %} class="l"{% endif %}{% if c.endswith('significant') and v == 'yes' %} class="sig"{% endif %}>{{ v | cell }}</td>{% endfor %}</tr>
-{% endfor %}</table></div>{% else %}<p>(empty)</p>{% endif %}{% endfor %}
+{% endfor %}</table></div>{% else %}<p>(empty)</p>{% endif %}</details>{% endfor %}
 
 <h2>Gallery</h2>
 {% if gallery %}<p>{{ gallery.method | upper }} eps {{ gallery.eps }} under the <b>{{ gallery.extractor }}</b> extractor,
 {{ gallery.recommender }} ({{ gallery.mode }}, replicate 0){% if gallery.significant %}: the first cell whose CHR@{{ gallery.k }}
 rose significantly{% else %}: no cell rose significantly; this is the cell with the largest CHR@{{ gallery.k }} rise{% endif %}.
-Red frame = origin-category item ({{ scenario.origin }}); "adv" = the attacked image the recommender saw.</p>
+Black frame = origin-category item ({{ scenario.origin }}); "adv" = the attacked image the recommender saw.</p>
 {% for u in gallery.users %}<h3>user {{ u.user }}: top-{{ gallery.top_n }} gained {{ u.gain }} origin item(s)</h3>
 {% for label, tiles in (('before', u.before), ('after', u.after)) %}<div class="tiles"><b style="width:50px">{{ label }}</b>
 {% for t in tiles %}<div class="tile{% if t.origin %} origin{% endif %}"><img alt="{{ t.item }}" src="data:image/png;base64,{{ t.png }}"><br>
@@ -137,8 +164,9 @@ def render_html(results: dict[str, Any], tables: dict[str, list[Row]], plots: di
     template = env.from_string(_TEMPLATE)
     return template.render(
         css=_CSS, spec=results["spec"], scenario=results["scenario"], dataset=results.get("dataset"),
-        extractors=results["extractors"], findings=results["findings"], questions=QUESTIONS, plots=plots,
-        caption=caption, tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
+        extractors=results["extractors"], overview=overview(results), caveat=caveat(results), tone=tone,
+        tone_legend=TONE_LEGEND, segment_text=segment_text, plots=plots, caption=caption, title=title,
+        tables=tables, gallery=gallery, k=k, alpha=results["alpha"],
         version=results["advrec_version"], schema=results["schema_version"], tests=results.get("tests") or {},
         spec_json=json.dumps(spec_as_written(results["spec"]), indent=1), environment=results.get("environment") or {},
         categories=categories_line(results).removeprefix("categories: "),

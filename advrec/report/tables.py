@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from advrec.report import answers
 from advrec.report.collect import (
     SUMMARY_ALIASES,
     TESTED_METRICS,
@@ -360,6 +361,11 @@ def format_summary(results: dict[str, Any]) -> str:
         parts.append(promotion)
     findings = results.get("findings") or []
     if findings:
+        parts.append("\nfindings at a glance (each question's answer; the statements below hold the numbers):")
+        caveat = answers.caveat(results)
+        if caveat:
+            parts.append(f"  CAVEAT (scenario): {caveat}")
+        parts += [f"  {q['question']}\n    {q['lead_text']}" for q in answers.overview(results)]
         parts.append("\nfindings:")
         parts += [f"  ({f['id']}) {f['statement']}" for f in findings]
     return "\n".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,20 @@ def test_results_tests_tables_and_the_finding(run):
             "top-10 share after", "median rank after"} <= set(items[0])
     summary = (record.dir / "report" / "summary.txt").read_text()
     assert "== item promotion: 4 items" in summary and "(p)" in summary
+
+
+def test_the_page_answers_p_per_extractor_and_mode_in_the_colour_of_its_meaning(run):
+    """(p) on the page: one badge per finding in a grid of extractor x (white-box, transfer) by mode, coloured by
+    what the answer means for the shop (a seller who can raise exposure is bad news), numbers folded below."""
+    _, record, results = run
+    html = (record.dir / "report" / "report.html").read_text()
+    section = re.search(r'<section id="finding-p">(.*?)</section>', html, re.S).group(1)
+    grid = re.search(r'<table class="grid">(.*?)</table>', section, re.S).group(1)
+    badges = re.findall(r'<td[^>]*><span class="ans (\w+)">([^<]+)</span></td>', grid)
+    findings = [f for f in results["findings"] if f["id"] == "p"]
+    meaning = {"yes": "bad", "partly": "mixed", "no": "good", "n/a": "untested"}
+    assert sorted(badges) == sorted((meaning[f["answer"]], f["answer"]) for f in findings)
+    assert ">transfer from standard<" in grid and section.index("<details>") > section.index('<table class="grid">')
 
 
 def test_promotion_specs_that_cannot_run_are_refused_before_any_work():
