@@ -54,7 +54,7 @@ from gateway.deps import get_app_settings
 from gateway.schemas import DatasetInfo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(require_api_key)],
-                   responses=error_responses(400, 401, 403, 404, 413, 422))
+                   responses=error_responses(400, 401, 403, 404, 413, 422, 429))
 
 DATASET_ID_RE = re.compile(r"^ds-[0-9a-f]{16}$")
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -253,7 +253,7 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
                                         max_pixels=settings.max_image_pixels)
         budget.check("checking the dataset")
         if checked.errors:  # every problem at once, each with its file and line
-            raise invalid([(_where(p, tmp), p.message) for p in checked.errors],
+            raise invalid([(_where(p, tmp), _scrub(p.message, tmp)) for p in checked.errors],
                           f"{len(checked.errors)} problem(s) in the uploaded dataset")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -275,7 +275,7 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
             "spec": {"kind": "generic", "images_dir": f"{ds_id}/images", "interactions": f"{ds_id}/{inter}",
                      **({"categories": f"{ds_id}/{cats}"} if cats else {}), **mapping},
             "owners": [owner] if owner is not None else [],
-            "warnings": [{"loc": _where(p, tmp), "msg": p.message} for p in checked.warnings],
+            "warnings": [{"loc": _where(p, tmp), "msg": _scrub(p.message, tmp)} for p in checked.warnings],
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=1))
         root.mkdir(parents=True, exist_ok=True)
@@ -292,8 +292,16 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
 
 def _where(problem: Problem, scratch: Path) -> str:
     """``file[:line]`` of a problem, relative to the upload (no server path)."""
-    file = problem.file.replace(str(scratch) + "/", "")
+    file = _scrub(problem.file, scratch)
     return file if problem.line is None else f"{file}:{problem.line}"
+
+
+def _scrub(text: str, scratch: Path) -> str:
+    """``text`` with the upload's scratch folder (a server path) removed: paths relative to the upload,
+    the scratch folder itself named ``the upload``."""
+    for form in {str(scratch), str(scratch.resolve())}:
+        text = text.replace(form + "/", "").replace(f"'{form}'", "'the upload'").replace(form, "the upload")
+    return text
 
 
 def _read(upload: UploadFile) -> bytes:

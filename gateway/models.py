@@ -17,7 +17,7 @@ from gateway.auth import Caller, require_api_key
 from gateway.deps import get_app_settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)],
-                   responses=error_responses(400, 401, 403, 404, 422, 503))
+                   responses=error_responses(400, 401, 403, 404, 422, 429, 503))
 
 
 @router.post("", response_model=TrainJob, status_code=202,

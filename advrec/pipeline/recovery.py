@@ -1,7 +1,9 @@
 """Recovery without a special worker: every worker runs :class:`RecoveryLoop` in a thread.
 
 Each loop wakes every ``Settings.reconcile_every_s`` seconds (with jitter), marks itself alive (a
-file per process, :func:`alive_file`) and, if it wins this stack's Redis lock
+file per process, :func:`alive_file`, and the worker's entry in the stack's registry on Redis,
+:mod:`advrec.pipeline.workers`: which queues it consumes, on which host), refreshes the stack's
+claim on its namespace (:mod:`advrec.pipeline.claim`) and, if it wins this stack's Redis lock
 (``advrec:<namespace>:reconcile-lock``, ``SET NX`` with an expiry, kept for most of a period
 after the reconcile), runs :func:`advrec.pipeline.jobs.reconcile`. So one reconcile runs at a time,
 about once per period for the whole stack, and recovery goes on as long as any worker of the stack
@@ -44,9 +46,13 @@ def alive_file(settings: Settings, pid: int | None = None) -> Path:
 class RecoveryLoop:
     """A daemon thread that reconciles this stack periodically, one loop of the stack at a time."""
 
-    def __init__(self, settings: Settings, every_s: float | None = None):
+    def __init__(self, settings: Settings, every_s: float | None = None, node: str | None = None,
+                 queues: list[str] | None = None, concurrency: int = 1):
         self.settings = settings
         self.every_s = every_s or settings.reconcile_every_s
+        self.node, self.queues, self.concurrency = node, list(queues or []), concurrency
+        self.started = time.time()
+        self._registered = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="advrec-recovery", daemon=True)
         self.token = uuid.uuid4().hex
@@ -59,6 +65,25 @@ class RecoveryLoop:
     def stop(self) -> None:
         self._stop.set()
         alive_file(self.settings).unlink(missing_ok=True)
+        if self.node:
+            try:
+                from advrec.pipeline.workers import unregister
+
+                unregister(self.settings, self.node)
+            except Exception as exc:  # Redis gone: the entry expires by itself
+                log.warning("could not unregister worker %s: %s", self.node, exc)
+
+    def register(self) -> None:
+        """This worker's entry in the stack's registry (queues, host; expires unless refreshed) and the
+        stack's claim on its namespace."""
+        from advrec.pipeline.claim import take_for
+        from advrec.pipeline.workers import register
+
+        if self.node:
+            register(self.settings, self.node, self.queues, self.concurrency, os.getpid(), self.started,
+                     first=not self._registered)
+            self._registered = True
+        take_for(self.settings, "worker")
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -80,6 +105,10 @@ class RecoveryLoop:
             self._touch()
         except OSError as exc:
             log.warning("recovery loop cannot write its alive file: %s", exc)
+        try:
+            self.register()
+        except Exception as exc:  # Redis down, or the namespace claimed by another deployment (logged)
+            log.error("recovery loop: %s: %s", type(exc).__name__, exc)
         try:
             import redis
 
