@@ -73,6 +73,10 @@ def _submit(args: argparse.Namespace) -> int:
             detail = ", ".join(x for x in (counts, steps) if x)
             print(f"spec {check['name']!r} passes the gateway's admission" + (f" ({detail})" if detail else "")
                   + "; nothing was queued")
+            if check.get("work"):
+                from advrec.commands._work import format_work
+
+                print(format_work(check["work"]))
             return 0
         job = c.submit_job(_spec_body(args.spec))
         job_id = job["id"]
