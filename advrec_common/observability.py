@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import Response
+
 REQUEST_ID = contextvars.ContextVar("advrec_request_id", default=None)
 JOB_ID = contextvars.ContextVar("advrec_job_id", default=None)
 STEP = contextvars.ContextVar("advrec_step", default=None)
@@ -89,8 +92,6 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
 def instrument(app: Any, service: str, settings: Any, collectors: list[Any] | None = None) -> Any:
     """Request ids, request metrics and ``GET /metrics`` (behind ``settings.metrics_token`` when set) for
     ``app``, and JSON logs when ``ADVREC_LOG_FORMAT`` is given; returns the app's metric registry."""
-    from fastapi import Request
-    from fastapi.responses import Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_fastapi_instrumentator import Instrumentator
 

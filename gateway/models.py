@@ -1,14 +1,18 @@
 """``/v1/models``: train a recommender as a job (the pipeline's ``train`` step on stored artifacts).
 
 Follow the job with ``GET /v1/jobs/{job_id}``; the trained model is then served by the recommender
-service (``/v1/recommender/models/{key}/...``) under the key this route returns at once.
+service (``/v1/recommender/models/{key}/...``) under the key this route returns at once. The dataset
+and features named must be the caller's (:mod:`advrec.pipeline.owners`; another key's answer 404), and
+the model becomes the caller's once trained.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from advrec.pipeline import owners
 from advrec.pipeline.training_job import submit_training
+from advrec_common.errors import NotFound
 from advrec_common.http import error_responses
 from advrec_common.schemas import TrainJob, TrainRequest
 from advrec_common.settings import Settings
@@ -24,4 +28,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(r
              summary="Train a recommender on a stored dataset (+ features) as a job; returns the model's key at once")
 def train_model(req: TrainRequest, settings: Settings = Depends(get_app_settings),
                 caller: Caller = Depends(require_api_key)) -> TrainJob:
+    for field in ("dataset", "features"):
+        key = getattr(req, field)
+        if key is not None and not caller.admin and not owners.owns(settings.home, key, caller.owner):
+            raise NotFound(f"{field}: {key} is not in the store")
     return submit_training(ArtifactStore(settings.store_dir), settings, req, owner=caller.owner)
