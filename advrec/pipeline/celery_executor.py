@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 CancelledRun = Cancelled
 
 CHECK_EVERY_S = 0.25  # the watcher and the progress callback look for the cancel marker this often
-INTERRUPT_AFTER_S = 1.0  # then the watcher interrupts a step that has not stopped at its own check
+INTERRUPT_AFTER_S = 0.5  # then the watcher interrupts a step that has not stopped at its own check
 
 
 class StepInterrupted(Cancelled):

@@ -75,3 +75,25 @@ def make_stack(tmp_path, redis_url, api_key_hash) -> Iterator[Callable[..., Any]
     yield make
     for stack in stacks:
         stack.down(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Any:
+    """The tiny spec run by the in-process executor in its own home: that home and the run's record."""
+    from advrec.pipeline.executor import run_inprocess
+    from advrec.pipeline.spec import parse_spec
+    from advrec_common.store import ArtifactStore
+
+    home = tmp_path_factory.mktemp("inprocess")
+    rec = run_inprocess(parse_spec(TINY_SPEC), ArtifactStore(home / "store"), home / "runs", device="cpu",
+                        show_progress=False)
+    assert rec.read()["state"] == "done"
+    return home, rec
+
+
+@pytest.fixture(scope="session")
+def inprocess_results(tiny_run) -> dict[str, Any]:
+    """results.json of the tiny spec run by the in-process executor."""
+    import json
+
+    return json.loads((tiny_run[1].dir / "report" / "results.json").read_text())
