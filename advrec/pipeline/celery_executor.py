@@ -308,7 +308,8 @@ def _worker_identity(sender: Any) -> tuple[str | None, list[str], int]:
         queues = sorted(q.name for q in sender.task_consumer.queues)
     except AttributeError:
         queues = []
-    concurrency = getattr(getattr(sender, "controller", None), "concurrency", 1) or 1
+    pool = getattr(sender, "pool", None)  # its limit: 1 for a solo pool, the process count of a prefork one
+    concurrency = getattr(pool, "limit", None) or getattr(getattr(sender, "controller", None), "concurrency", 1) or 1
     return node, [q for q in queues if "pidbox" not in q and not q.endswith(".reply")], int(concurrency)
 
 

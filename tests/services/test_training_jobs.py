@@ -18,11 +18,9 @@ API_KEY = "svc-test-key"
 
 @pytest.fixture
 def gateway(tiny):
-    from advrec_common.apikeys import hash_key
-    from gateway.app import create_app
-
     from advrec.pipeline import owners
-    from advrec_common.apikeys import owner_id
+    from advrec_common.apikeys import hash_key, owner_id
+    from gateway.app import create_app
 
     settings = tiny.settings.model_copy(update={"api_key_hashes": [hash_key(API_KEY)]})
     for key in (tiny.keys["dataset"], tiny.keys["features"]):  # this key made them (a job of its own would)

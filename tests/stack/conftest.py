@@ -62,14 +62,14 @@ def make_stack(tmp_path, redis_url, api_key_hash) -> Iterator[Callable[..., Any]
 
     stacks: list[Stack] = []
 
-    def make(name: str = "stack", **config: Any) -> Stack:
+    def make(name: str = "stack", require_workers: bool = True, **config: Any) -> Stack:
         config.setdefault("redis_url", redis_url)
         stack = Stack(StackConfig(home=tmp_path / name, port=free_port(), services=False,
                                   api_key_hashes=[api_key_hash], device="cpu",
                                   extra_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                                              "ADVREC_RECONCILE_EVERY_S": "2"}, **config))
         stacks.append(stack)
-        stack.up(timeout=90)
+        stack.up(timeout=90, require_workers=require_workers)
         return stack
 
     yield make

@@ -131,7 +131,7 @@ def test_dispatch_interleaves_keys_on_a_busy_queue(env):
     ce.advance(b.run_id, settings)
     order = [tuple(m) for m in _queued(client, "attack", settings)]
     assert order == [(a.run_id, "attack/0")]  # one slot: one message waits, the rest are ready
-    for turn in range(4):  # a worker takes the message, runs the step, and the next goes out
+    for _ in range(4):  # a worker takes the message, runs the step, and the next goes out
         run_id, step = order[-1]
         client.rpop(key_prefix(settings.namespace) + "attack")
         RunRecord.open(settings.runs_dir, run_id).update(lambda d, step=step: d["steps"][step].update(state="done"))
