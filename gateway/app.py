@@ -179,6 +179,7 @@ def _describe_spec(app: FastAPI) -> None:
                 "properties": {"preset": {"type": "string", "enum": sorted(PRESETS)}},
                 "additionalProperties": True,
                 "description": "A preset spec with top-level fields of EvaluationSpec overridden."}
+            _state_the_rules(components)
         return app.openapi_schema or schema
 
     def cached() -> dict:
@@ -186,3 +187,34 @@ def _describe_spec(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = cached  # type: ignore[method-assign]
+
+
+def _state_the_rules(components: dict) -> None:
+    """Rules the models check in code, stated in the published schema, so that an input the schema accepts
+    is one the API accepts: attack methods and recommenders by name (the registries), and an upload's
+    files (an archive, or images and interactions)."""
+    from services.attacker.spec import METHODS
+    from services.recommender.kinds import RECOMMENDER_NEEDS
+
+    attack = components.get("AttackGridSpec", {})
+    if "method" in attack.get("properties", {}):
+        attack["properties"]["method"]["enum"] = sorted(METHODS)
+        # a method that has no linf variant needs its norm stated (linf is the default)
+        attack["allOf"] = [{"if": {"properties": {"method": {"const": m}}, "required": ["method"]},
+                            "then": {"required": ["norm"], "properties": {"norm": {"enum": list(info.norms)}}}}
+                           for m, info in sorted(METHODS.items()) if "linf" not in info.norms]
+    extractor = components.get("ExtractorSpec", {})
+    if "defense" in extractor.get("properties", {}):
+        from advrec.pipeline.spec import DEMO_DEFENSES
+
+        # a demo extractor (the default source) trains one of the demo defenses: named, or its own name
+        extractor["allOf"] = [{"if": {"properties": {"source": {"const": "demo"}}},
+                               "then": {"anyOf": [{"required": ["defense"], "properties": {
+                                   "defense": {"enum": list(DEMO_DEFENSES)}}},
+                                   {"required": ["name"], "properties": {"name": {"enum": list(DEMO_DEFENSES)}}}]}}]
+    name = components.get("RecommenderSpec", {}).get("properties", {}).get("name")
+    if name is not None:
+        name["enum"] = sorted(RECOMMENDER_NEEDS)
+    upload = components.get("Body_upload_dataset_v1_datasets_post")
+    if upload is not None:
+        upload["anyOf"] = [{"required": ["archive"]}, {"required": ["images", "interactions"]}]

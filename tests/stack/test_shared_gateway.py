@@ -161,3 +161,42 @@ def test_the_cli_says_once_that_it_retries(monkeypatch, capsys):
     c.on_retry("ConnectError: refused", 1.0)
     err = capsys.readouterr().err
     assert err.count("retrying until it answers") == 1 and "http://gw is unavailable" in err
+
+
+def _published(settings) -> tuple[dict, dict]:
+    """The gateway's published schemas of a job body and of an upload form (refs resolvable by jsonschema)."""
+    import json
+
+    from gateway.app import create_app
+
+    openapi = create_app(settings, reconcile_on_start=False).openapi()
+    components = json.loads(json.dumps(openapi["components"]["schemas"]).replace("#/components/schemas/", "#/$defs/"))
+    job = {"$defs": components, "anyOf": [{"$ref": "#/$defs/EvaluationSpec"}, {"$ref": "#/$defs/PresetRequest"}]}
+    upload = {"$defs": components, "$ref": "#/$defs/Body_upload_dataset_v1_datasets_post"}
+    return job, upload
+
+
+def test_the_published_schema_refuses_what_the_api_refuses(settings, gateway_client):
+    """Inputs Schemathesis found schema-valid but refused (422) are schema-invalid now: an unknown attack method
+    or recommender, a method without a linf variant left at the default norm, a demo extractor without a
+    defense, an upload without files. Each is still refused by the API, and the valid ones pass both."""
+    import jsonschema_rs  # schemathesis' own validator
+
+    job, upload = _published(settings)
+    refused = [
+        {**TINY_SPEC, "attacks": [{"method": "", "eps": [8]}]},
+        {**TINY_SPEC, "recommenders": [{"name": ""}]},
+        {**TINY_SPEC, "attacks": [{"method": "cw", "eps": [1]}]},
+        {**TINY_SPEC, "extractors": [{"name": "0"}]},
+    ]
+    for body in refused:
+        assert not jsonschema_rs.Draft202012Validator(job).is_valid(body), body
+        assert gateway_client.post("/v1/jobs:validate", json=body).status_code == 422
+    for body in (TINY_SPEC, {**TINY_SPEC, "attacks": [{"method": "cw", "norm": "l2", "eps": [1]}]},
+                 {**TINY_SPEC, "extractors": [{"name": "mine", "defense": "pgd_at"}]}):
+        assert jsonschema_rs.Draft202012Validator(job).is_valid(body), body
+        assert gateway_client.post("/v1/jobs:validate", json=body).status_code == 200
+    assert not jsonschema_rs.Draft202012Validator(upload).is_valid({})
+    assert gateway_client.post("/v1/datasets", data={"columns": ""}).status_code == 422
+    assert jsonschema_rs.Draft202012Validator(upload).is_valid({"archive": "zip bytes"})
+    assert jsonschema_rs.Draft202012Validator(upload).is_valid({"images": ["a"], "interactions": "csv"})
