@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         200.0, gt=0, description="the server's ceiling on one job's estimated work (CPU-hours): no key_quotas "
         "entry lifts a job above it (422)")
     quota_requests_per_minute: int = Field(
-        600, ge=1, description="gateway requests per key and minute, in bursts of up to a tenth of it (429 with "
+        3000, ge=1, description="gateway requests per key and minute, in bursts of up to a tenth of it (429 with "
         "Retry-After); health, readiness and metrics are not counted")
     metrics_token: str = Field(
         "", description="When set, GET /metrics needs `Authorization: Bearer <token>` (Prometheus' "
