@@ -176,8 +176,8 @@ class _Requests:
         return Call("GET", f"/v1/jobs/{job_id}")
 
     @staticmethod
-    def list_jobs() -> Call:
-        return Call("GET", "/v1/jobs")
+    def list_jobs(limit: int = 50, before: str | None = None) -> Call:
+        return Call("GET", "/v1/jobs", params={"limit": limit, **({"before": before} if before else {})})
 
     @staticmethod
     def results(job_id: str) -> Call:
@@ -307,8 +307,9 @@ class AdvrecClient:
     def status(self, job_id: str) -> dict[str, Any]:
         return self._do(_Requests.status(job_id))
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        return self._do(_Requests.list_jobs())
+    def list_jobs(self, limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+        """This key's jobs, newest first: ``limit`` of them, older than job ``before`` when given."""
+        return self._do(_Requests.list_jobs(limit, before))
 
     def wait(self, job_id: str, progress: ProgressCallback | None = None, poll_interval: float = 1.0,
              timeout: float | None = None, raise_on_failure: bool = True) -> dict[str, Any]:
@@ -418,8 +419,8 @@ class AsyncAdvrecClient:
     async def status(self, job_id: str) -> dict[str, Any]:
         return await self._do(_Requests.status(job_id))
 
-    async def list_jobs(self) -> list[dict[str, Any]]:
-        return await self._do(_Requests.list_jobs())
+    async def list_jobs(self, limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+        return await self._do(_Requests.list_jobs(limit, before))
 
     async def wait(self, job_id: str, progress: ProgressCallback | None = None, poll_interval: float = 1.0,
                    timeout: float | None = None, raise_on_failure: bool = True) -> dict[str, Any]:

@@ -28,8 +28,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(r
              summary="Train a recommender on a stored dataset (+ features) as a job; returns the model's key at once")
 def train_model(req: TrainRequest, settings: Settings = Depends(get_app_settings),
                 caller: Caller = Depends(require_api_key)) -> TrainJob:
-    for field in ("dataset", "features"):
-        key = getattr(req, field)
-        if key is not None and not caller.admin and not owners.owns(settings.home, key, caller.owner):
+    store = ArtifactStore(settings.store_dir)
+    for field in ("dataset", "features"):  # another key's artifact is as unknown as a missing one (which
+        key = getattr(req, field)          # plan_training reports after the config's problems)
+        if key is not None and store.has(key) and not caller.admin and not owners.owns(settings.home, key, caller.owner):
             raise NotFound(f"{field}: {key} is not in the store")
-    return submit_training(ArtifactStore(settings.store_dir), settings, req, owner=caller.owner)
+    return submit_training(store, settings, req, owner=caller.owner)

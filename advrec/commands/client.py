@@ -164,7 +164,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     with client_from_args(args) as c:
-        rows = c.list_jobs()
+        rows = c.list_jobs(limit=args.limit)
     for r in rows:
         p = r["progress"]
         print(f"{r['id']:<50} {r['state']:<10} {p['done']:>4}/{p['total']:<4}")
@@ -272,7 +272,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=_cancel)
 
-    p = sub.add_parser("jobs", help="list the jobs of a gateway")
+    p = sub.add_parser("jobs", help="list the jobs of a gateway (this key's, newest first)")
+    p.add_argument("--limit", type=int, default=50, help="how many (at most 500)")
     _common(p)
     p.set_defaults(func=_jobs)
 
