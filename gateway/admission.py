@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from advrec.pipeline.dag import plan
@@ -51,6 +52,65 @@ def check_depth(body: Any, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODE
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
+
+
+@lru_cache(maxsize=1)
+def _spec_schema() -> dict[str, Any]:
+    return EvaluationSpec.model_json_schema()
+
+
+def _json_types(schema: dict[str, Any], defs: dict[str, Any]) -> set[str]:
+    """The JSON types a (sub)schema allows (``$ref`` and ``anyOf``/``oneOf`` followed)."""
+    if "$ref" in schema:
+        return _json_types(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+    types = set(schema["type"]) if isinstance(schema.get("type"), list) else {schema.get("type")} - {None}
+    for branch in schema.get("anyOf", []) + schema.get("oneOf", []):
+        types |= _json_types(branch, defs)
+    return types or {"any"}
+
+
+def _branches(schema: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    if "$ref" in schema:
+        return _branches(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+    out = [schema]
+    for branch in schema.get("anyOf", []) + schema.get("oneOf", []):
+        out += _branches(branch, defs)
+    return out
+
+
+def booleans_as_numbers(value: Any, schema: dict[str, Any] | None = None, path: str = "") -> list[dict[str, str]]:
+    """Every place where the body has ``true``/``false`` and the spec's published schema a number, or a number
+    where it has a boolean: Python reads one as the other (1/0), the schema (and a user) would not, so they
+    are refused with their path."""
+    root = _spec_schema()
+    defs = root.get("$defs", {})
+    schema = root if schema is None else schema
+    if isinstance(value, bool | int | float):
+        types = _json_types(schema, defs)
+        if "any" in types:
+            return []
+        if isinstance(value, bool) and types & {"integer", "number"} and "boolean" not in types:
+            return [{"loc": path or "(body)", "msg": f"a number is needed, not {str(value).lower()}"}]
+        if not isinstance(value, bool) and "boolean" in types and not types & {"integer", "number"}:
+            return [{"loc": path or "(body)", "msg": f"true or false is needed, not {value!r}"}]
+        return []
+    out: list[dict[str, str]] = []
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            for branch in _branches(schema, defs):
+                prop = (branch.get("properties") or {}).get(key)
+                if prop is None and isinstance(branch.get("additionalProperties"), dict):
+                    prop = branch["additionalProperties"]
+                if prop is not None:
+                    out += booleans_as_numbers(sub, prop, f"{path}.{key}" if path else str(key))
+                    break
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            for branch in _branches(schema, defs):
+                if isinstance(branch.get("items"), dict):
+                    out += booleans_as_numbers(sub, branch["items"], f"{path}[{i}]")
+                    break
+    return out
 
 
 def work_pixels(spec: EvaluationSpec, facts: dict[str, Any]) -> int | None:

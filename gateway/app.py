@@ -215,6 +215,11 @@ def _state_the_rules(components: dict) -> None:
     name = components.get("RecommenderSpec", {}).get("properties", {}).get("name")
     if name is not None:
         name["enum"] = sorted(RECOMMENDER_NEEDS)
+    for field in ("lr", "regs"):  # per block, or one value for all (the model takes a number too)
+        prop = components.get("RecConfig", {}).get("properties", {}).get(field)
+        arrays = [b for b in (prop or {}).get("anyOf", []) if b.get("type") == "array"]
+        if arrays and not any(b.get("type") == "number" for b in prop["anyOf"]):
+            prop["anyOf"].insert(0, dict(arrays[0]["items"]))
     upload = components.get("Body_upload_dataset_v1_datasets_post")
     if upload is not None:
         upload["anyOf"] = [{"required": ["archive"]}, {"required": ["images", "interactions"]}]

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from advrec.pipeline import jobs as executor
@@ -25,7 +25,7 @@ from advrec_common.errors import Conflict, InvalidInput, NotFound
 from advrec_common.http import error_responses, redact
 from advrec_common.settings import Settings
 from advrec_common.store import atomic_write
-from gateway.admission import admission_slot, check_depth, check_quotas
+from gateway.admission import admission_slot, booleans_as_numbers, check_depth, check_quotas
 from gateway.auth import Caller, require_api_key
 from gateway.datasets import dataset_owners
 from gateway.deps import get_app_settings
@@ -44,9 +44,23 @@ SPEC_EXAMPLE = {
 }
 
 
+def known_query(*names: str):
+    """A dependency: 422 for a query parameter the route does not have (a misspelt `limt=5` is not ignored)."""
+    def check(request: Request) -> None:
+        unknown = sorted(k for k in request.query_params if k not in names)
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s) {unknown}; this route takes {list(names) or 'none'}",
+                               problems=[{"loc": f"query.{k}", "msg": "unknown parameter"} for k in unknown])
+    return Depends(check)
+
+
 def spec_from_body(body: dict[str, Any]) -> EvaluationSpec:
-    """A spec document, or ``{"preset": NAME, ...top-level overrides}``, validated."""
+    """A spec document, or ``{"preset": NAME, ...top-level overrides}``, validated (and no ``true``/``false``
+    where the published schema has a number: Python would read them as 1/0)."""
     check_depth(body)
+    if problems := booleans_as_numbers(body):
+        raise InvalidInput("invalid evaluation spec: " + "; ".join(f"{p['loc']}: {p['msg']}" for p in problems),
+                           problems=problems)
     return parse_spec(copy.deepcopy(body))
 
 
@@ -103,6 +117,7 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("", status_code=202, response_model=JobStatus, summary="Submit an evaluation",
+             dependencies=[known_query("dry_run")],
              responses={**error_responses(413, 429), 200: {"model": SpecCheck, "description": "dry_run=true: the "
                                                             "checks passed, nothing was queued"}},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -272,7 +287,7 @@ def redact_tree(value: Any, settings: Settings) -> Any:
     return redact(value, [settings.home]) if isinstance(value, str) else value
 
 
-@router.get("", response_model=list[JobSummary],
+@router.get("", response_model=list[JobSummary], dependencies=[known_query("limit", "before")],
             summary="List jobs, newest first, one page at a time (this key's; all for an admin)")
 def list_jobs(response: Response, settings: Settings = Depends(get_app_settings),
               caller: Caller = Depends(require_api_key),

@@ -200,3 +200,13 @@ def test_the_published_schema_refuses_what_the_api_refuses(settings, gateway_cli
     assert gateway_client.post("/v1/datasets", data={"columns": ""}).status_code == 422
     assert jsonschema_rs.Draft202012Validator(upload).is_valid({"archive": "zip bytes"})
     assert jsonschema_rs.Draft202012Validator(upload).is_valid({"images": ["a"], "interactions": "csv"})
+
+
+def test_true_and_false_are_not_numbers(gateway_client, settings):
+    """Python reads true/false as 1/0; the published schema says number: refused with their paths (a
+    Schemathesis finding: `gallery_users: false` was accepted)."""
+    body = {**TINY_SPEC, "gallery_users": False, "recommenders": [{"name": "vbpr", "config": {"epochs": True}}]}
+    r = gateway_client.post("/v1/jobs:validate", json=body)
+    assert r.status_code == 422
+    assert {e["loc"] for e in r.json()["errors"]} == {"gallery_users", "recommenders[0].config.epochs"}
+    assert gateway_client.post("/v1/jobs:validate", json=TINY_SPEC).status_code == 200
