@@ -17,7 +17,8 @@ p50/p99 latency and non-2xx answers; asserts nothing.
 ``--scenario two-keys`` starts a stack with workers (one per queue) and two keys. Key B owns ``--history``
 finished jobs (records as large as a demo run's: the list used to read every one); key A submits
 ``--jobs`` small evaluations one after another and polls each one's status every 0.2 s until it is done:
-first alone, then while key B sends list requests with ``--concurrency`` clients without pause. Prints, per
+(a new seed each: nothing reused; after one warm-up job) first alone, then while key B sends list requests
+with ``--concurrency`` clients without pause. Prints, per
 phase, A's status-read latency (p50/p95/max), each job's time to done, and B's list requests (answered,
 refused with 429 by the rate limit, latency).
 """
@@ -171,6 +172,10 @@ async def two_keys(server: str, key_a: str, key_b: str, jobs: int, concurrency: 
     async with httpx.AsyncClient(base_url=server, headers={"X-API-Key": key_a}, timeout=120) as a, \
             httpx.AsyncClient(base_url=server, headers={"X-API-Key": key_b}, timeout=120,
                               limits=httpx.Limits(max_connections=concurrency + 2)) as b:
+        seed = iter(range(1, 1000))  # a new seed per job: every job computes all its steps (nothing reused)
+        r = await a.post("/v1/jobs", json={**SMALL_JOB, "seed": 0})  # warm-up: the workers import torch
+        while (await a.get(f"/v1/jobs/{r.json()['id']}")).json()["state"] not in ("done", "failed", "cancelled"):
+            await asyncio.sleep(0.5)
         for phase in ("alone", "list flood"):
             stop = asyncio.Event()
             lists: list[float] = []
@@ -191,7 +196,7 @@ async def two_keys(server: str, key_a: str, key_b: str, jobs: int, concurrency: 
             done: list[float] = []
             for _ in range(jobs):
                 t_submit = time.perf_counter()
-                r = await a.post("/v1/jobs", json=SMALL_JOB)
+                r = await a.post("/v1/jobs", json={**SMALL_JOB, "seed": next(seed)})
                 if r.status_code != 202:
                     raise SystemExit(f"submit failed: {r.status_code} {r.text[:300]}")
                 job = r.json()["id"]

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from advrec.pipeline import jobs as executor
@@ -289,18 +289,18 @@ def redact_tree(value: Any, settings: Settings) -> Any:
 
 @router.get("", response_model=list[JobSummary], dependencies=[known_query("limit", "before")],
             summary="List jobs, newest first, one page at a time (this key's; all for an admin)")
-def list_jobs(response: Response, settings: Settings = Depends(get_app_settings),
+def list_jobs(settings: Settings = Depends(get_app_settings),
               caller: Caller = Depends(require_api_key),
               limit: int = Query(50, ge=1, le=500, description="jobs per page"),
               before: str | None = Query(None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                                         description="the id of the last job of the previous page")) -> list[dict[str, Any]]:
+                                         description="the id of the last job of the previous page")) -> Any:
     """From the job index (by key, newest first): a page costs its rows, not every record ever written.
     The next page's ``before`` comes in the ``X-Next-Before`` header (absent on the last page)."""
     rows, nxt = list_page(settings.runs_dir, caller.owner, limit, before, all_owners=caller.admin)
-    if nxt is not None:
-        response.headers["X-Next-Before"] = nxt
-    return [{"id": r["run_id"], **{k: r[k] for k in ("name", "state", "created", "updated", "progress")}}
-            for r in rows]
+    headers = {"X-Next-Before": nxt} if nxt is not None else None
+    # the rows are the index's, already in the documented shape: answered as they are (no re-validation)
+    return JSONResponse([{"id": r["run_id"], **{k: r[k] for k in ("name", "state", "created", "updated", "progress")}}
+                         for r in rows], headers=headers)
 
 
 @router.get("/{job_id}", response_model=JobStatus, summary="State and per-step progress of a job")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,21 +81,53 @@ def ensure(runs_dir: str | Path, summarize: Summarize) -> None:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# folder -> (its mtime_ns, when listed, its row files newest first); row file -> (its identity, the row)
+_LISTINGS: dict[Path, tuple[int, float, list[str]]] = {}
+_ROWS: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_CACHE_ROWS = 50_000
+LISTING_FRESH_S = 1.0  # a folder's mtime ticks coarsely: a listing is also redone after this long
+
+
+def _listing(folder: Path) -> list[str]:
+    """The row files of ``folder``, newest first (cached until the folder changes, at most a second)."""
+    try:
+        mtime = folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return []
+    now = time.monotonic()
+    cached = _LISTINGS.get(folder)
+    if cached is None or cached[0] != mtime or now - cached[1] > LISTING_FRESH_S:
+        cached = (mtime, now, sorted((n for n in os.listdir(folder) if n.endswith(".json")), reverse=True))
+        _LISTINGS[folder] = cached
+    return cached[2]
+
+
+def _row(path: Path) -> dict[str, Any]:
+    """A row file's content, cached until it is rewritten (every rewrite is a new file: atomic_write), so a
+    page costs a stat per row, not a parse."""
+    st = path.stat()
+    ident = (st.st_mtime_ns, st.st_ino, st.st_size)
+    cached = _ROWS.get(path)
+    if cached is None or cached[0] != ident:
+        if len(_ROWS) >= _CACHE_ROWS:
+            _ROWS.clear()
+        cached = (ident, json.loads(path.read_text()))
+        _ROWS[path] = cached
+    return dict(cached[1])
+
+
 def page(runs_dir: str | Path, owner: str | None, limit: int, before: str | None = None,
          all_owners: bool = False) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``limit`` job summaries of ``owner`` (every owner's with ``all_owners``), newest first, older
-    than job ``before`` when given; and the id to pass as ``before`` for the next page (None at the end)."""
+    than job ``before`` when given; and the id to pass as ``before`` for the next page (None at the end).
+    A page reads its own rows only (folder listings and rows are cached until they change)."""
     runs_dir = Path(runs_dir)
     root = runs_dir / INDEX
     folders = [p for p in root.iterdir() if p.is_dir()] if all_owners and root.is_dir() else \
         [_owner_dir(runs_dir, owner)]
-    names: list[tuple[str, Path]] = []
-    for folder in folders:
-        try:
-            names += [(n, folder) for n in os.listdir(folder) if n.endswith(".json")]
-        except FileNotFoundError:
-            continue
-    names.sort(key=lambda nf: nf[0], reverse=True)
+    names: list[tuple[str, Path]] = [(n, folder) for folder in folders for n in _listing(folder)]
+    if len(folders) > 1:
+        names.sort(key=lambda nf: nf[0], reverse=True)
     if before is not None:
         cut = next((i for i, (n, _) in enumerate(names) if _run_id(n) == before), None)
         names = names[cut + 1:] if cut is not None else []
@@ -104,7 +137,7 @@ def page(runs_dir: str | Path, owner: str | None, limit: int, before: str | None
         n, folder = names[i]
         i += 1
         try:
-            rows.append(json.loads((folder / n).read_text()))
+            rows.append(_row(folder / n))
         except (FileNotFoundError, ValueError):  # rewritten this instant: the record is the truth
             continue
     return rows, (rows[-1]["run_id"] if rows and i < len(names) else None)
