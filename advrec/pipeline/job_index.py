@@ -1,10 +1,11 @@
 """The job index: what a job list and the schedulers read instead of every run record ever written.
 
-Beside the records, ``<runs_dir>/.index/<owner>/<created>-<run_id>.json`` holds each run's summary
-(state, progress, name: a few hundred bytes), rewritten with the record, so listing one key's jobs,
-newest first, one page at a time, reads that key's folder names and one small file per row; and
-``<runs_dir>/.active/<run_id>`` (its owner inside) marks every unfinished run, so the admission
-quota, the dispatcher and the reconciler visit the runs that can still change, not all of them.
+Beside the records, ``<runs_dir>.index/by-owner/<owner>/<created>-<run_id>.json`` (``<home>/runs.index``:
+the runs folder holds runs only) keeps each run's summary (state, progress, name: a few hundred bytes),
+rewritten with the record, so listing one key's jobs, newest first, one page at a time, reads that key's
+folder names and one small file per row; and ``<runs_dir>.index/active/<run_id>`` (its owner inside) marks
+every unfinished run, so the admission quota, the dispatcher and the reconciler visit the runs that can
+still change, not all of them.
 
 Records are the database; the index is derived from them. A home written before the index existed
 is indexed once, on its first listing (:func:`ensure`). This module only files what it is given:
@@ -23,9 +24,15 @@ from typing import Any
 
 from advrec_common.store import atomic_write
 
-INDEX = ".index"
-ACTIVE = ".active"
+BY_OWNER = "by-owner"
+ACTIVE = "active"
 COMPLETE = ".complete"  # written once every record of the home is indexed
+
+
+def index_dir(runs_dir: str | Path) -> Path:
+    """Where the index of ``runs_dir`` lives: beside it (``<home>/runs.index``)."""
+    runs_dir = Path(runs_dir)
+    return runs_dir.with_name(runs_dir.name + ".index")
 NO_OWNER = "_"
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -34,7 +41,7 @@ Summarize = Callable[[dict[str, Any]], dict[str, Any]]  # a record -> its row (r
 
 
 def _owner_dir(runs_dir: Path, owner: str | None) -> Path:
-    return Path(runs_dir) / INDEX / (owner or NO_OWNER)
+    return index_dir(runs_dir) / BY_OWNER / (owner or NO_OWNER)
 
 
 def entry_name(created: float, run_id: str) -> str:
@@ -48,7 +55,7 @@ def write(runs_dir: str | Path, rec: dict[str, Any], row: dict[str, Any]) -> Non
     folder = _owner_dir(runs_dir, rec.get("owner"))
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / entry_name(float(rec["created"]), rec["run_id"]), json.dumps(row))
-    marker = runs_dir / ACTIVE / rec["run_id"]
+    marker = index_dir(runs_dir) / ACTIVE / rec["run_id"]
     if rec["state"] in TERMINAL:
         marker.unlink(missing_ok=True)
     elif not marker.is_file():
@@ -59,13 +66,14 @@ def write(runs_dir: str | Path, rec: dict[str, Any], row: dict[str, Any]) -> Non
 def ensure(runs_dir: str | Path, summarize: Summarize) -> None:
     """Index every record of a home written before the index existed (once; under a lock)."""
     runs_dir = Path(runs_dir)
-    if (runs_dir / INDEX / COMPLETE).is_file() or not runs_dir.is_dir():
+    index = index_dir(runs_dir)
+    if (index / COMPLETE).is_file() or not runs_dir.is_dir():
         return
-    (runs_dir / INDEX).mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / INDEX / ".lock", "a") as fh:
+    index.mkdir(parents=True, exist_ok=True)
+    with open(index / ".lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            if (runs_dir / INDEX / COMPLETE).is_file():
+            if (index / COMPLETE).is_file():
                 return
             for d in runs_dir.iterdir():
                 path = d / "record.json"
@@ -76,7 +84,7 @@ def ensure(runs_dir: str | Path, summarize: Summarize) -> None:
                     write(runs_dir, rec, summarize(rec))
                 except (ValueError, KeyError, OSError):  # a broken record stays out of the lists
                     continue
-            atomic_write(runs_dir / INDEX / COMPLETE, "1")
+            atomic_write(index / COMPLETE, "1")
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -122,7 +130,7 @@ def page(runs_dir: str | Path, owner: str | None, limit: int, before: str | None
     than job ``before`` when given; and the id to pass as ``before`` for the next page (None at the end).
     A page reads its own rows only (folder listings and rows are cached until they change)."""
     runs_dir = Path(runs_dir)
-    root = runs_dir / INDEX
+    root = index_dir(runs_dir) / BY_OWNER
     folders = [p for p in root.iterdir() if p.is_dir()] if all_owners and root.is_dir() else \
         [_owner_dir(runs_dir, owner)]
     names: list[tuple[str, Path]] = [(n, folder) for folder in folders for n in _listing(folder)]
@@ -149,7 +157,7 @@ def _run_id(name: str) -> str:
 
 def active(runs_dir: str | Path, owner: str | None = None) -> list[str]:
     """Ids of the unfinished runs (of ``owner`` when given)."""
-    folder = Path(runs_dir) / ACTIVE
+    folder = index_dir(runs_dir) / ACTIVE
     try:
         ids = os.listdir(folder)
     except FileNotFoundError:
@@ -170,4 +178,4 @@ def remove(runs_dir: str | Path, rec: dict[str, Any]) -> None:
     """Forget a deleted run."""
     runs_dir = Path(runs_dir)
     (_owner_dir(runs_dir, rec.get("owner")) / entry_name(float(rec["created"]), rec["run_id"])).unlink(missing_ok=True)
-    (runs_dir / ACTIVE / rec["run_id"]).unlink(missing_ok=True)
+    (index_dir(runs_dir) / ACTIVE / rec["run_id"]).unlink(missing_ok=True)

@@ -223,8 +223,10 @@ def advance(run_id: str, settings: Settings | None = None) -> str:
 def _dispatch_lock(settings: Settings) -> Iterator[None]:
     """One dispatcher at a time for a home (every gateway and worker may call it; the home may be shared
     by several hosts: a file lock on it)."""
-    settings.runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.runs_dir / ".dispatch.lock", "a") as fh:
+    from advrec.pipeline.job_index import index_dir
+
+    index_dir(settings.runs_dir).mkdir(parents=True, exist_ok=True)
+    with open(index_dir(settings.runs_dir) / ".dispatch.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -58,8 +58,9 @@ def test_a_home_written_before_the_index_is_indexed_on_first_listing(settings):
 
     ids = [RunRecord.create(settings.runs_dir, {"name": "x"}, owner="a" * 16).run_id for _ in range(3)]
     RunRecord.open(settings.runs_dir, ids[0]).set_state("done")
-    shutil.rmtree(settings.runs_dir / ".index")
-    shutil.rmtree(settings.runs_dir / ".active")
+    from advrec.pipeline.job_index import index_dir
+
+    shutil.rmtree(index_dir(settings.runs_dir))
     assert sorted(r["run_id"] for r in list_runs(settings.runs_dir)) == sorted(ids)
     assert active_runs(settings.runs_dir) == sorted(ids[1:])
 
