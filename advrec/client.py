@@ -5,10 +5,11 @@ Both share one request-building core (:class:`_Requests`): each API call is desc
 (:func:`_decode`); the two classes only differ in how they send.
 
 Retries (one policy, :func:`_retry_delay`, for both clients): while the gateway restarts or
-Redis is briefly down, a call is repeated with backoff (0.5 s doubling to 5 s, ``Retry-After``
-honoured) until ``retry_for`` seconds have passed: after a connection failure (the request never
-reached the server) always; after a 502/503/504 or a lost answer only for calls that are safe to
-repeat. Reads and cancels are; a submit is, because it carries an ``Idempotency-Key`` (the
+Redis is down, a call is repeated with backoff (0.5 s doubling to 5 s, ``Retry-After``
+honoured) until ``retry_for`` seconds have passed (default None: for as long as the outage lasts,
+as ``wait`` polls; ``on_retry`` is told of each retry, the CLI prints the first): after a connection
+failure (the request never reached the server) always; after a 502/503/504 or a lost answer only
+for calls that are safe to repeat. Reads and cancels are; a submit is, because it carries an ``Idempotency-Key`` (the
 gateway answers a repeated key with the job it already made); an upload is (datasets are
 content-addressed); a training request is not, and is only repeated when it never arrived.
 ``wait`` also keeps polling through outages until its own timeout.
@@ -45,11 +46,12 @@ from advrec_common.errors import (
 
 TERMINAL = {"done", "failed", "cancelled"}
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_RETRY_FOR = 60.0  # seconds a call keeps being retried through outages
+DEFAULT_RETRY_FOR: float | None = None  # seconds a call keeps being retried through outages (None: no limit)
 RETRY_STATUSES = {502, 503, 504}
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+RetryCallback = Callable[[str, float], None]  # (why, seconds until the next attempt)
 
 
 class ApiError(AdvrecError):
@@ -88,7 +90,7 @@ class Call:
     safe_to_repeat: bool = True  # False: repeat only when the request never reached the server
 
 
-def _retry_delay(call: Call, attempt: int, started: float, retry_for: float,
+def _retry_delay(call: Call, attempt: int, started: float, retry_for: float | None,
                  resp: httpx.Response | None = None, exc: Exception | None = None) -> float | None:
     """Seconds to wait before repeating ``call`` (attempt ``attempt``, 1-based), or None to stop."""
     if exc is not None:
@@ -100,7 +102,12 @@ def _retry_delay(call: Call, attempt: int, started: float, retry_for: float,
     delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
     if resp is not None and resp.headers.get("retry-after", "").isdigit():
         delay = min(BACKOFF_MAX_S, max(delay, float(resp.headers["retry-after"])))
-    return delay if time.monotonic() - started + delay <= retry_for else None
+    return delay if retry_for is None or time.monotonic() - started + delay <= retry_for else None
+
+
+def _why(resp: httpx.Response | None, exc: Exception | None) -> str:
+    """What went wrong with an attempt, for ``on_retry``."""
+    return f"{type(exc).__name__}: {exc}" if exc is not None else f"HTTP {resp.status_code if resp else '?'}"
 
 
 def _problem(resp: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
@@ -169,8 +176,8 @@ class _Requests:
         return Call("GET", f"/v1/jobs/{job_id}")
 
     @staticmethod
-    def list_jobs() -> Call:
-        return Call("GET", "/v1/jobs")
+    def list_jobs(limit: int = 50, before: str | None = None) -> Call:
+        return Call("GET", "/v1/jobs", params={"limit": limit, **({"before": before} if before else {})})
 
     @staticmethod
     def results(job_id: str) -> Call:
@@ -247,10 +254,12 @@ class AdvrecClient:
     """Synchronous client: ``AdvrecClient("http://127.0.0.1:8000", api_key="...")``."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, retry_for: float = DEFAULT_RETRY_FOR):
+                 transport: httpx.BaseTransport | None = None, retry_for: float | None = DEFAULT_RETRY_FOR,
+                 on_retry: RetryCallback | None = None):
         self._http = httpx.Client(transport=transport or httpx.HTTPTransport(),
                                   **_client_kwargs(base_url, api_key, timeout))
         self.retry_for = retry_for
+        self.on_retry = on_retry
 
     def _do(self, call: Call) -> Any:
         started, attempt = time.monotonic(), 0
@@ -267,6 +276,8 @@ class AdvrecClient:
                 if exc is not None:
                     raise _unreachable(self._http, exc) from None
                 return _decode(call, resp)  # type: ignore[arg-type]
+            if self.on_retry is not None:
+                self.on_retry(_why(resp, exc), delay)
             time.sleep(delay)
 
     def __enter__(self) -> AdvrecClient:
@@ -296,8 +307,9 @@ class AdvrecClient:
     def status(self, job_id: str) -> dict[str, Any]:
         return self._do(_Requests.status(job_id))
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        return self._do(_Requests.list_jobs())
+    def list_jobs(self, limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+        """This key's jobs, newest first: ``limit`` of them, older than job ``before`` when given."""
+        return self._do(_Requests.list_jobs(limit, before))
 
     def wait(self, job_id: str, progress: ProgressCallback | None = None, poll_interval: float = 1.0,
              timeout: float | None = None, raise_on_failure: bool = True) -> dict[str, Any]:
@@ -356,10 +368,12 @@ class AsyncAdvrecClient:
     """Asynchronous twin of :class:`AdvrecClient` (same methods, awaitable)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None, retry_for: float = DEFAULT_RETRY_FOR):
+                 transport: httpx.AsyncBaseTransport | None = None, retry_for: float | None = DEFAULT_RETRY_FOR,
+                 on_retry: RetryCallback | None = None):
         self._http = httpx.AsyncClient(transport=transport or httpx.AsyncHTTPTransport(),
                                        **_client_kwargs(base_url, api_key, timeout))
         self.retry_for = retry_for
+        self.on_retry = on_retry
 
     async def _do(self, call: Call) -> Any:
         started, attempt = time.monotonic(), 0
@@ -376,6 +390,8 @@ class AsyncAdvrecClient:
                 if exc is not None:
                     raise _unreachable(self._http, exc) from None
                 return _decode(call, resp)  # type: ignore[arg-type]
+            if self.on_retry is not None:
+                self.on_retry(_why(resp, exc), delay)
             await asyncio.sleep(delay)
 
     async def __aenter__(self) -> AsyncAdvrecClient:
@@ -403,8 +419,8 @@ class AsyncAdvrecClient:
     async def status(self, job_id: str) -> dict[str, Any]:
         return await self._do(_Requests.status(job_id))
 
-    async def list_jobs(self) -> list[dict[str, Any]]:
-        return await self._do(_Requests.list_jobs())
+    async def list_jobs(self, limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+        return await self._do(_Requests.list_jobs(limit, before))
 
     async def wait(self, job_id: str, progress: ProgressCallback | None = None, poll_interval: float = 1.0,
                    timeout: float | None = None, raise_on_failure: bool = True) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,7 +17,8 @@ from advrec_common.apikeys import owner_of_digest
 from advrec_common.errors import InvalidInput
 from advrec_common.validation import loc_path
 
-QUOTA_FIELDS = ("catalog_items", "image_pixels", "catalog_pixels", "plan_steps", "concurrent_jobs")
+QUOTA_FIELDS = ("catalog_items", "image_pixels", "catalog_pixels", "plan_steps", "concurrent_jobs", "job_work_hours",
+                "requests_per_minute")
 
 
 class Quotas(BaseModel):
@@ -29,6 +31,10 @@ class Quotas(BaseModel):
     catalog_pixels: int | None = Field(None, ge=1, description="items x pixels per image of a job (413)")
     plan_steps: int | None = Field(None, ge=1, description="steps in a job's plan (422)")
     concurrent_jobs: int | None = Field(None, ge=1, description="unfinished jobs of the key (429)")
+    job_work_hours: float | None = Field(None, gt=0, description="estimated work of one job, in CPU-hours of a "
+                                         "2-core machine (422; never above max_job_work_hours)")
+    requests_per_minute: int | None = Field(None, ge=1, description="gateway requests of the key per minute, "
+                                            "bursts of a tenth of it (429 + Retry-After)")
 
 
 def default_home() -> Path:
@@ -46,7 +52,8 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     """Process-wide configuration; every field can be set as ``ADVREC_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="ADVREC_", env_file=None, extra="ignore")
+    # an empty variable is an unset one: docker-compose forwards every setting as ${ADVREC_X:-}
+    model_config = SettingsConfigDict(env_prefix="ADVREC_", env_file=None, extra="ignore", env_ignore_empty=True)
 
     home: Path = Field(default_factory=default_home, description="Root for the store, runs, datasets and trained "
                        "extractors: one per user by default ($XDG_DATA_HOME/advrec or ~/.local/share/advrec), so "
@@ -69,7 +76,9 @@ class Settings(BaseSettings):
     stack_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="This stack's namespace on Redis (queues, keys, results). Default: a hash of the resolved home, "
-        "so two stacks on one Redis database never see each other's messages.",
+        "so two stacks on one Redis database never see each other's messages. 'auto': a hash of the home's "
+        "instance id (<home>/.instance, random, made once): distinct per deployment even where every deployment "
+        "mounts its home at the same path (docker-compose's /data).",
     )
     api_key_hashes: list[str] = Field(
         default_factory=list, description="SHA-256 hex digests of accepted gateway API keys (`advrec stack hash-key`)."
@@ -112,6 +121,22 @@ class Settings(BaseSettings):
     quota_catalog_pixels: int = Field(1_000_000_000, ge=1, description="items x pixels per image of a job (413)")
     quota_plan_steps: int = Field(5_000, ge=1, description="steps in a job's plan (422)")
     quota_concurrent_jobs: int = Field(4, ge=1, description="unfinished jobs per key (429)")
+    quota_job_work_hours: float = Field(
+        48.0, gt=0, description="estimated work of one job (advrec.pipeline.work: image forwards and attack passes "
+        "at the model's input size, epochs x training pairs x replicates, rankings), in CPU-hours of a 2-core "
+        "machine (422 naming what to shrink). The study preset is ~35, the demo ~0.2")
+    max_job_work_hours: float = Field(
+        200.0, gt=0, description="the server's ceiling on one job's estimated work (CPU-hours): no key_quotas "
+        "entry lifts a job above it (422)")
+    quota_requests_per_minute: int = Field(
+        3000, ge=1, description="gateway requests per key and minute, in bursts of up to a tenth of it (429 with "
+        "Retry-After); health, readiness and metrics are not counted")
+    metrics_token: str = Field(
+        "", description="When set, GET /metrics needs `Authorization: Bearer <token>` (Prometheus' "
+        "`authorization.credentials`); empty: open, like /healthz")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines of the stack's processes: one JSON object per line with the request, job and "
+        "step ids, or plain text")
     key_quotas: dict[str, Quotas] = Field(
         default_factory=dict,
         description="Per-key overrides of the quota_* defaults, keyed by the key's SHA-256 digest (as in "
@@ -150,6 +175,8 @@ class Settings(BaseSettings):
     @property
     def namespace(self) -> str:
         """This stack's id on Redis: ``stack_id``, else 12 hex of the SHA-256 of the resolved home."""
+        if self.stack_id == "auto":
+            return "i" + hashlib.sha256(instance_id(self.home).encode()).hexdigest()[:11]
         if self.stack_id:
             return self.stack_id
         return hashlib.sha256(str(self.home.expanduser().resolve()).encode()).hexdigest()[:12]
@@ -165,6 +192,29 @@ class Settings(BaseSettings):
     @property
     def resolved_weights_dir(self) -> Path:
         return self.weights_dir if self.weights_dir is not None else self.home / "weights"
+
+
+INSTANCE_FILE = ".instance"
+
+
+def instance_id(home: str | Path) -> str:
+    """The id of the deployment whose home is ``home``: ``<home>/.instance``, random, created once
+    (atomically: O_EXCL) by whichever of its processes comes first; every process and host sharing the
+    home reads the same."""
+    path = Path(home).expanduser() / INSTANCE_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{INSTANCE_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_hex(8))
+        try:
+            os.link(tmp, path)  # all or nothing: a reader never sees the file empty; the first link wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
 
 
 @lru_cache(maxsize=1)

@@ -54,7 +54,7 @@ from gateway.deps import get_app_settings
 from gateway.schemas import DatasetInfo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(require_api_key)],
-                   responses=error_responses(400, 401, 403, 404, 413, 422))
+                   responses=error_responses(400, 401, 403, 404, 413, 422, 429))
 
 DATASET_ID_RE = re.compile(r"^ds-[0-9a-f]{16}$")
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -292,8 +292,10 @@ def store_dataset(files: dict[str, bytes], settings: Settings, owner: str | None
 
 def _in_upload(text: str, scratch: Path) -> str:
     """``text`` with the upload's scratch folder on the server left out: paths as the uploader named them
-    (``images``, ``interactions.csv``)."""
-    return text.replace(str(scratch) + "/", "").replace(str(scratch), "the upload")
+    (``images``, ``interactions.csv``), the scratch folder itself named ``the upload``."""
+    for form in {str(scratch), str(scratch.resolve())}:
+        text = text.replace(form + "/", "").replace(f"'{form}'", "'the upload'").replace(form, "the upload")
+    return text
 
 
 def _where(problem: Problem, scratch: Path) -> str:

@@ -9,28 +9,32 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Header
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
 
 from advrec.pipeline import jobs as executor
 from advrec.pipeline.preflight import Preflight, preflight
-from advrec.pipeline.record import RunRecord, list_runs, progress_of
+from advrec.pipeline.record import RunRecord, list_page, new_run_id, progress_of
 from advrec.pipeline.spec import EvaluationSpec, parse_spec
+from advrec.pipeline.work import JobWork
 from advrec_common.errors import Conflict, InvalidInput, NotFound
 from advrec_common.http import error_responses, redact
 from advrec_common.settings import Settings
 from advrec_common.store import atomic_write
-from gateway.admission import admission_slot, check_depth, check_quotas
+from gateway.admission import admission_slot, booleans_as_numbers, check_depth, check_quotas
 from gateway.auth import Caller, require_api_key
 from gateway.datasets import dataset_owners
 from gateway.deps import get_app_settings
 from gateway.schemas import JobStatus, JobSummary, SpecCheck
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)],
-                   responses=error_responses(400, 401, 403, 404, 422, 503))
+                   responses=error_responses(400, 401, 403, 404, 422, 429, 503))
 
 SPEC_EXAMPLE = {
     "preset": "demo",
@@ -40,9 +44,23 @@ SPEC_EXAMPLE = {
 }
 
 
+def known_query(*names: str):
+    """A dependency: 422 for a query parameter the route does not have (a misspelt `limt=5` is not ignored)."""
+    def check(request: Request) -> None:
+        unknown = sorted(k for k in request.query_params if k not in names)
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s) {unknown}; this route takes {list(names) or 'none'}",
+                               problems=[{"loc": f"query.{k}", "msg": "unknown parameter"} for k in unknown])
+    return Depends(check)
+
+
 def spec_from_body(body: dict[str, Any]) -> EvaluationSpec:
-    """A spec document, or ``{"preset": NAME, ...top-level overrides}``, validated."""
+    """A spec document, or ``{"preset": NAME, ...top-level overrides}``, validated (and no ``true``/``false``
+    where the published schema has a number: Python would read them as 1/0)."""
     check_depth(body)
+    if problems := booleans_as_numbers(body):
+        raise InvalidInput("invalid evaluation spec: " + "; ".join(f"{p['loc']}: {p['msg']}" for p in problems),
+                           problems=problems)
     return parse_spec(copy.deepcopy(body))
 
 
@@ -99,7 +117,9 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("", status_code=202, response_model=JobStatus, summary="Submit an evaluation",
-             responses=error_responses(413, 429),
+             dependencies=[known_query("dry_run")],
+             responses={**error_responses(413, 429), 200: {"model": SpecCheck, "description": "dry_run=true: the "
+                                                            "checks passed, nothing was queued"}},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "anyOf": [{"$ref": "#/components/schemas/EvaluationSpec"},
                            {"$ref": "#/components/schemas/PresetRequest"}]}}}}})
@@ -111,26 +131,35 @@ def submit_job(
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=128,
                                          description="Repeat a submit safely: the same key (per API key) "
                                          "answers the job the first request made."),
-) -> dict[str, Any]:
+    dry_run: bool = Query(False, description="Run every admission check and answer what `POST /v1/jobs:validate` "
+                          "answers (200: counts, the plan's size, the estimated work); nothing is queued."),
+) -> Any:
     """Admit the job (every check of :mod:`gateway.admission`: 422 lists every problem, 413 above a size
-    quota, 429 above the key's unfinished jobs), record it and queue it. Returns the job."""
+    quota, 422 above the key's work quota, 429 above the key's unfinished jobs), record it and queue it.
+    Returns the job (with its estimated work)."""
     check_depth(body)  # before anything walks the body
+    if dry_run:  # the validate answer (its own model), not a job
+        return JSONResponse(SpecCheck.model_validate(validate_job(body, settings, caller)).model_dump(mode="json"))
     marker = _idempotency_marker(settings, caller, idempotency_key)
     fingerprint = _body_fingerprint(body) if marker is not None else ""
     earlier = _earlier_job(settings, marker, fingerprint)
     if earlier is not None:
         return earlier
-    report = _admit(body, settings, caller)
+    report, work = _admit(body, settings, caller)
     spec = report.spec
     assert spec is not None
     with admission_slot(settings, caller):
         earlier = _earlier_job(settings, marker, fingerprint)  # a concurrent repeat may have made it meanwhile
         if earlier is not None:
             return earlier
-        run_id = executor.submit(spec, settings, owner=caller.owner, warnings=_warnings(report, settings))
-        if marker is not None:
+        run_id = new_run_id(spec.name)
+        if marker is not None:  # first: a gateway that dies after the record leaves a repeat its job
             marker.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(marker, json.dumps({"run_id": run_id, "body": fingerprint}))
+        executor.submit(spec, settings, owner=caller.owner, warnings=_warnings(report, settings), run_id=run_id,
+                        work=work.to_json() if work is not None else None)
+    log.info("job %s submitted (%s steps, %.3g CPU-hours estimated)", run_id, report.facts.get("plan_steps"),
+             work.cpu_hours if work is not None else float("nan"), extra={"job_id": run_id})
     return _status(RunRecord.open(settings.runs_dir, run_id).read(), settings)
 
 
@@ -147,27 +176,37 @@ def validate_job(
     """Every admission check of a submit (422 lists every problem, 413 above a size quota) except the
     key's unfinished jobs; nothing is recorded or queued. 200: the warnings, what the checks counted
     and the plan's size."""
-    report = _admit(body, settings, caller)
+    report, work = _admit(body, settings, caller)
     spec = report.spec
     assert spec is not None
     facts = {k: v for k, v in report.facts.items() if isinstance(v, int) and not isinstance(v, bool)}
     if isinstance(report.facts.get("categories"), list):
         facts["n_categories"] = len(report.facts["categories"])
     return {"valid": True, "name": spec.name, "warnings": _warnings(report, settings), "facts": facts,
-            "steps": facts.pop("plan_steps", None), "spec": redact_tree(spec.model_dump(mode="json"), settings)}
+            "steps": facts.pop("plan_steps", None), "spec": redact_tree(spec.model_dump(mode="json"), settings),
+            "work": _work_answer(work, settings, caller)}
 
 
-def _admit(body: dict[str, Any], settings: Settings, caller: Caller) -> Preflight:
+def _work_answer(work: JobWork | None, settings: Settings, caller: Caller) -> dict[str, Any] | None:
+    if work is None:
+        return None
+    limit = min(settings.quotas(caller.owner).job_work_hours or settings.quota_job_work_hours,
+                settings.max_job_work_hours)
+    return {**work.to_json(), "limit_cpu_hours": limit}
+
+
+def _admit(body: dict[str, Any], settings: Settings, caller: Caller) -> tuple[Preflight, JobWork | None]:
     """The admission checks of a submit before the concurrency slot: the preflight report of a spec
-    that passed them (its ``facts["plan_steps"]`` set when known), or the 4xx error."""
+    that passed them (its ``facts["plan_steps"]`` set when known) and its estimated work, or the 4xx error."""
     spec = confine_paths(spec_from_body(body), settings, caller)
     report = preflight(spec.model_dump(mode="json"), device=settings.device, max_pixels=settings.max_image_pixels)
     report.problems = _with_upload_hint(report.problems, spec)
     report.raise_for_problems("the job cannot run")
-    steps = check_quotas(report, settings, caller.owner)
-    if steps is not None:
-        report.facts["plan_steps"] = steps
-    return report
+    checked = check_quotas(report, settings, caller.owner)
+    if checked is None:
+        return report, None
+    report.facts["plan_steps"] = checked[0]
+    return report, checked[1]
 
 
 UPLOAD_HINT = ("; the server reads dataset paths in its datasets folder: a catalog on your machine is uploaded "
@@ -222,7 +261,28 @@ def _status(rec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     steps = {name: {**st, "error": _public_error(st.get("error"), settings)} for name, st in rec.get("steps", {}).items()}
     return {**_summary(rec), "error": _public_error(rec.get("error"), settings),
             "cancel_requested": bool(rec.get("cancel_requested")), "steps": steps,
-            "spec": redact_tree(rec["spec"], settings), "warnings": rec.get("warnings") or []}
+            "spec": redact_tree(rec["spec"], settings), "warnings": rec.get("warnings") or [],
+            "work_estimate": rec.get("work_estimate"), "stalled": _stalled(rec, settings)}
+
+
+def _stalled(rec: dict[str, Any], settings: Settings) -> list[dict[str, str]]:
+    """The job's next steps that no live worker can take: each with its queue and why."""
+    if rec.get("state") in ("done", "failed", "cancelled") or rec.get("executor") != "celery":
+        return []
+    queues = {row["name"]: row["queue"] for row in rec.get("plan") or []}
+    waiting = {name: queues[name] for name, st in rec.get("steps", {}).items()
+               if st.get("state") in ("ready", "queued") and name in queues}
+    if not waiting:
+        return []
+    try:
+        from advrec.pipeline.workers import live_workers, slots
+
+        free = slots(live_workers(settings))
+    except Exception:  # noqa: BLE001 -- Redis down: /readyz says so; a status read still answers
+        return []
+    dead = {q for q in set(waiting.values()) if free.get(q, 0) == 0}
+    return [{"step": name, "queue": q, "why": f"no live worker consumes queue {q!r}: the step waits until one "
+             f"starts (see /readyz)"} for name, q in sorted(waiting.items()) if q in dead]
 
 
 def _public_error(error: str | None, settings: Settings) -> str | None:
@@ -241,11 +301,20 @@ def redact_tree(value: Any, settings: Settings) -> Any:
     return redact(value, [settings.home]) if isinstance(value, str) else value
 
 
-@router.get("", response_model=list[JobSummary], summary="List jobs, newest first (this key's; all for an admin)")
+@router.get("", response_model=list[JobSummary], dependencies=[known_query("limit", "before")],
+            summary="List jobs, newest first, one page at a time (this key's; all for an admin)")
 def list_jobs(settings: Settings = Depends(get_app_settings),
-              caller: Caller = Depends(require_api_key)) -> list[dict[str, Any]]:
-    return [{"id": r["run_id"], **{k: r[k] for k in ("name", "state", "created", "updated", "progress")}}
-            for r in list_runs(settings.runs_dir) if caller.may_see(r.get("owner"))]
+              caller: Caller = Depends(require_api_key),
+              limit: int = Query(50, ge=1, le=500, description="jobs per page"),
+              before: str | None = Query(None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                                         description="the id of the last job of the previous page")) -> Any:
+    """From the job index (by key, newest first): a page costs its rows, not every record ever written.
+    The next page's ``before`` comes in the ``X-Next-Before`` header (absent on the last page)."""
+    rows, nxt = list_page(settings.runs_dir, caller.owner, limit, before, all_owners=caller.admin)
+    headers = {"X-Next-Before": nxt} if nxt is not None else None
+    # the rows are the index's, already in the documented shape: answered as they are (no re-validation)
+    return JSONResponse([{"id": r["run_id"], **{k: r[k] for k in ("name", "state", "created", "updated", "progress")}}
+                         for r in rows], headers=headers)
 
 
 @router.get("/{job_id}", response_model=JobStatus, summary="State and per-step progress of a job")

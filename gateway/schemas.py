@@ -38,13 +38,36 @@ class JobSummary(BaseModel):
 
 
 class StepStatus(BaseModel):
-    state: str = Field(description="pending | queued | running | done | cached | failed | cancelled")
+    state: str = Field(description="pending | ready (waiting for a free worker of its queue) | queued | running | "
+                       "done | cached | failed | cancelled")
     kind: str | None = None
     attempts: int = 0
     seconds: float | None = Field(None, description="compute time of the step in seconds")
     progress: dict[str, Any] | None = Field(None, description="how far a running step is, e.g. "
                                             "`{\"done\": 64, \"total\": 256, \"unit\": \"images\"}` or `{\"epoch\": 12}`")
     error: str | None = None
+
+
+class WorkPart(BaseModel):
+    part: str = Field(description="the part of the spec, as the path to shrink, e.g. `attacks[0] (pgd): ...`")
+    units: float
+    share: float = Field(description="its share of the job's work")
+
+
+class WorkEstimate(BaseModel):
+    """A job's estimated work before it runs (advrec.pipeline.work: the progress bar's estimator)."""
+
+    units: float = Field(description="work units (about a millisecond of a 2-core CPU)")
+    cpu_hours: float = Field(description="units as CPU-hours of a 2-core machine (a GPU worker takes less)")
+    steps: int = Field(description="steps in the plan")
+    largest: list[WorkPart] = Field(default_factory=list, description="the parts of the spec that cost most")
+    limit_cpu_hours: float | None = Field(None, description="this key's limit on one job's work")
+
+
+class Stalled(BaseModel):
+    step: str
+    queue: str
+    why: str
 
 
 class JobStatus(JobSummary):
@@ -55,6 +78,9 @@ class JobStatus(JobSummary):
     warnings: list[ProblemItem] = Field(default_factory=list, description="what admission noticed that does not "
                                         "stop the job (e.g. catalog labels of items without an image, fields the "
                                         "dataset kind ignores), each with its spec path")
+    work_estimate: WorkEstimate | None = Field(None, description="admission's estimate of the job's work")
+    stalled: list[Stalled] = Field(default_factory=list, description="steps ready to run that no live worker "
+                                   "can take (their queue has no consumer): the job waits until one starts")
 
 
 class SpecCheck(BaseModel):
@@ -68,6 +94,8 @@ class SpecCheck(BaseModel):
     steps: int | None = Field(None, description="steps the job would plan (null when the catalog size is unknown "
                               "before the run)")
     spec: dict[str, Any] = Field(description="the spec as it would run (presets expanded, paths as given)")
+    work: WorkEstimate | None = Field(None, description="the estimated work (null when the catalog size is "
+                                      "unknown before the run) and this key's limit")
 
 
 class DatasetInfo(BaseModel):

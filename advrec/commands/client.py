@@ -26,11 +26,20 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def client_from_args(args: argparse.Namespace) -> AdvrecClient:
-    """A client for --server/--api-key (or ADVREC_SERVER/ADVREC_API_KEY)."""
+    """A client for --server/--api-key (or ADVREC_SERVER/ADVREC_API_KEY) that says once on stderr when it
+    starts retrying through an outage (it retries until the gateway answers, or for --retry-for seconds)."""
     server = args.server or os.environ.get("ADVREC_SERVER") or DEFAULT_SERVER
     key = args.api_key or os.environ.get("ADVREC_API_KEY")
-    return AdvrecClient(server, key, timeout=args.timeout,
-                        retry_for=getattr(args, "retry_for", DEFAULT_RETRY_FOR))  # `report` has no --retry-for
+    retry_for = getattr(args, "retry_for", DEFAULT_RETRY_FOR)  # `report` has no --retry-for
+    told: list[bool] = []
+
+    def on_retry(why: str, _delay: float) -> None:
+        if not told:
+            told.append(True)
+            limit = f"for up to {retry_for:g} s" if retry_for is not None else "until it answers (Ctrl-C to stop)"
+            print(f"advrec: the gateway at {server} is unavailable ({why}); retrying {limit}", file=sys.stderr)
+
+    return AdvrecClient(server, key, timeout=args.timeout, retry_for=retry_for, on_retry=on_retry)
 
 
 def _spec_body(text: str) -> dict[str, Any]:
@@ -94,6 +103,10 @@ def _submit_spec(args: argparse.Namespace) -> int:
             detail = ", ".join(x for x in (counts, steps) if x)
             print(f"spec {check['name']!r} passes the gateway's admission" + (f" ({detail})" if detail else "")
                   + "; nothing was queued")
+            if check.get("work"):
+                from advrec.commands._work import format_work
+
+                print(format_work(check["work"]))
             return 0
         job = c.submit_job(_spec_body(args.spec))
         job_id = job["id"]
@@ -181,7 +194,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     with client_from_args(args) as c:
-        rows = c.list_jobs()
+        rows = c.list_jobs(limit=args.limit)
     for r in rows:
         p = r["progress"]
         print(f"{r['id']:<50} {r['state']:<10} {p['done']:>4}/{p['total']:<4}")
@@ -240,7 +253,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="API key (env ADVREC_API_KEY)")
     p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout per request, seconds")
     p.add_argument("--retry-for", type=float, default=DEFAULT_RETRY_FOR,
-                   help="keep retrying a call this many seconds while the gateway is unreachable (502/503/504)")
+                   help="retry a call at most this many seconds while the gateway is unreachable (502/503/504); "
+                   "default: until it answers, as `wait` does (submits are repeated safely: one job)")
 
 
 def _wait_opts(p: argparse.ArgumentParser) -> None:
@@ -288,7 +302,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=_cancel)
 
-    p = sub.add_parser("jobs", help="list the jobs of a gateway")
+    p = sub.add_parser("jobs", help="list the jobs of a gateway (this key's, newest first)")
+    p.add_argument("--limit", type=int, default=50, help="how many (at most 500)")
     _common(p)
     p.set_defaults(func=_jobs)
 

@@ -168,6 +168,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.validate:
         facts = ", ".join(f"{k} {v}" for k, v in checked.facts.items() if isinstance(v, int))
         print(f"spec {spec.name!r} is valid" + (f" ({facts})" if facts else ""))
+        if checked.facts.get("n_items"):
+            from advrec.pipeline.dag import plan
+            from advrec.pipeline.work import admission_facts, job_work
+
+            work = job_work(spec, plan(spec, int(checked.facts["n_items"])), admission_facts(spec, checked.facts))
+            from advrec.commands._work import format_work
+
+            print(format_work(work.to_json()))
         return 0
     return _run(spec, args, checked.warnings)
 

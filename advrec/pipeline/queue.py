@@ -110,3 +110,15 @@ def celery_for(settings: Settings) -> Celery:
 
 # The app the workers run (``celery -A advrec.pipeline.queue worker``) and the tasks register on.
 app = make_celery()
+
+
+def _json_logs(**_: object) -> None:
+    from advrec_common.observability import configure_logging
+
+    configure_logging(get_settings().log_format)
+
+
+if "log_format" in get_settings().model_fields_set:  # ADVREC_LOG_FORMAT given (the stack sets it): ours, not celery's
+    from celery.signals import setup_logging
+
+    setup_logging.connect(_json_logs, weak=False)

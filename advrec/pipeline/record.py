@@ -69,6 +69,9 @@ class RunRecord:
         # compact: the C encoder (indent would take the pure-Python one, ~10x slower on a 150 KB record
         # rewritten at every step change: 12 s of a demo run); `advrec show` is the readable view
         atomic_write(self.path, json.dumps(data, separators=(",", ":")))
+        from advrec.pipeline import job_index
+
+        job_index.write(self.dir.parent, data, summary(data))  # the lists read the index, never every record
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -190,20 +193,33 @@ def eta_of(record: dict[str, Any], now: float) -> float | None:
     return model.remaining_seconds() / max(compute / wall, 1.0)
 
 
-def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Summaries of every run, newest first."""
-    out = []
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return out
-    for d in root.iterdir():
-        p = d / "record.json"
-        if p.is_file():
-            try:
-                rec = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
-            out.append({"run_id": rec["run_id"], "name": rec["spec"].get("name"), "state": rec["state"],
-                        "executor": rec.get("executor"), "created": rec["created"], "updated": rec["updated"],
-                        "owner": rec.get("owner"), "progress": progress_of(rec), "error": rec.get("error")})
-    return sorted(out, key=lambda r: r["created"], reverse=True)
+def summary(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's row in the job lists (what the job index keeps of it)."""
+    return {"run_id": rec["run_id"], "name": rec["spec"].get("name"), "state": rec["state"],
+            "executor": rec.get("executor"), "created": rec["created"], "updated": rec["updated"],
+            "owner": rec.get("owner"), "progress": progress_of(rec), "error": rec.get("error")}
+
+
+def list_runs(runs_dir: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Summaries of every run (at most ``limit``), newest first, from the job index
+    (:mod:`advrec.pipeline.job_index`)."""
+    rows, _ = list_page(runs_dir, None, limit if limit is not None else 10**9, all_owners=True)
+    return rows
+
+
+def list_page(runs_dir: str | Path, owner: str | None, limit: int, before: str | None = None,
+              all_owners: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the job list of ``owner`` (of everyone with ``all_owners``), newest first, older than job
+    ``before``; and the ``before`` of the next page (None on the last)."""
+    from advrec.pipeline import job_index
+
+    job_index.ensure(runs_dir, summary)
+    return job_index.page(runs_dir, owner, limit, before, all_owners)
+
+
+def active_runs(runs_dir: str | Path, owner: str | None = None) -> list[str]:
+    """Ids of the unfinished runs (of ``owner`` when given), from the job index."""
+    from advrec.pipeline import job_index
+
+    job_index.ensure(runs_dir, summary)
+    return job_index.active(runs_dir, owner)

@@ -270,3 +270,107 @@ def origin_items_per_shard(categories: Iterable[int], origin: int, shards: Itera
     """(lo, hi) -> how many items of category ``origin`` the slice holds."""
     cats = list(categories)
     return {(lo, hi): sum(1 for c in cats[lo:hi] if c == origin) for lo, hi in shards}
+
+
+# -- admission: a job's work before it is queued -------------------------------------------------------
+
+UNITS_PER_CPU_HOUR = 3_600_000.0  # a unit is about a millisecond of a 2-core CPU
+DEMO_INTERACTIONS_PER_USER = 14.0  # the demo's shoppers make 8..20 choices; one per user is held out
+
+
+def admission_facts(spec: Any, facts: dict[str, Any]) -> Facts:
+    """What the estimates read, before anything ran: the spec and the preflight's counts (``facts``:
+    ``n_items``, ``n_users``, ``n_interactions``, ``categories``, ``max_image_pixels``). Training pairs are
+    the interactions less one held out per user (the demo's: its shoppers' mean choices)."""
+    from services.extractor.named_weights import NAMED_WEIGHTS
+    from services.recommender.defaults import default_epochs
+
+    n_items = int(facts.get("n_items") or 0)
+    n_users = int(facts.get("n_users") or 0)
+    if spec.dataset.kind == "demo":
+        n_train = int(n_users * (DEMO_INTERACTIONS_PER_USER - 1))
+    elif facts.get("n_interactions"):
+        n_train = max(0, int(facts["n_interactions"]) - n_users)
+    else:  # the study layout: its size is known once loaded; assume 10 interactions per item
+        n_train = 10 * n_items
+    categories = facts.get("categories")
+    out = Facts(n_items=n_items, n_users=n_users or max(1, n_train // 10), n_train=n_train,
+                n_categories=len(categories) if isinstance(categories, list) and categories else 10,
+                decode_ms=0.5 if spec.dataset.kind == "demo" else 10.0)
+    native = int(facts["max_image_pixels"] ** 0.5) if facts.get("max_image_pixels") else None
+    for ext in spec.extractors:
+        if ext.source == "demo":
+            out.extractors[ext.name] = ("tiny_cnn", ext.image_size or spec.dataset.image_size)
+            out.demo_images[ext.name] = 10 * (ext.demo_images_per_class or 40)
+        elif ext.source == "named" and ext.weight_name in NAMED_WEIGHTS:
+            out.extractors[ext.name] = (NAMED_WEIGHTS[ext.weight_name].backbone, ext.image_size)
+        else:
+            out.extractors[ext.name] = (ext.backbone, ext.image_size or (None if ext.backbone else native))
+            if ext.source == "train":
+                out.demo_images[ext.name] = n_items
+    for rec in spec.recommenders:
+        out.rec_epochs[rec.name] = int(rec.config.epochs or default_epochs(rec.name, rec.config.preset) or 50)
+    return out
+
+
+@dataclass(frozen=True)
+class JobWork:
+    """A job's estimated work: ``units`` in all, and what each part of the spec contributes."""
+
+    units: float
+    steps: int
+    parts: dict[str, float]  # a spec path with what it names -> units
+
+    @property
+    def cpu_hours(self) -> float:
+        return self.units / UNITS_PER_CPU_HOUR
+
+    def largest(self, n: int = 3) -> list[tuple[str, float]]:
+        """The ``n`` parts that cost the most, largest first."""
+        return sorted(self.parts.items(), key=lambda kv: -kv[1])[:n]
+
+    def to_json(self) -> dict[str, Any]:
+        total = max(self.units, 1e-9)
+        return {"units": round(self.units), "cpu_hours": round(self.cpu_hours, 3), "steps": self.steps,
+                "largest": [{"part": part, "units": round(u), "share": round(u / total, 3)}
+                            for part, u in self.largest(5)]}
+
+
+def spec_part(step: Any, spec: Any) -> str:
+    """Which part of ``spec`` a plan step's work comes from, as the spec path a user would shrink
+    (``attacks[1] (pgd): steps x eps x origin items``)."""
+    kind, p, parts = step.kind, step.params, step.name.split("/")
+    if kind in ("attack_shard", "adversarial", "placebo"):  # attack/<extractor>/<method>/eps<e>/...
+        method = parts[2] if len(parts) > 2 else p.get("method")
+        for i, a in enumerate(spec.attacks):
+            if a.method == method:
+                return f"attacks[{i}] ({a.method}): steps x eps budgets x origin items"
+        return "attacks: steps x eps budgets x origin items"
+    if kind in ("train", "evaluate", "scenario", "oracle"):
+        name = p.get("recommender")
+        for i, r in enumerate(spec.recommenders):
+            if r.name == name:
+                return f"recommenders[{i}] ({name}): config.epochs x replicates x training pairs"
+        return "recommenders: config.epochs x replicates"
+    if kind in ("extractor", "features"):
+        ext = parts[1] if len(parts) > 1 else ""
+        for i, e in enumerate(spec.extractors):
+            if e.name == ext:
+                what = "epochs x demo_images_per_class" if kind == "extractor" else "catalog items x image_size"
+                return f"extractors[{i}] ({ext}): {what}"
+    return "dataset" if kind == "dataset" else kind
+
+
+def job_work(spec: Any, plan_: Any, facts: Facts) -> JobWork:
+    """The estimated work of every step of ``plan_`` (:func:`estimate`, the progress bar's model), summed,
+    and by the part of the spec it comes from."""
+    parts: dict[str, float] = {}
+    total = 0.0
+    n = 0
+    for step in plan_:
+        units = float(estimate(step, facts).units)
+        total += units
+        n += 1
+        part = spec_part(step, spec)
+        parts[part] = parts.get(part, 0.0) + units
+    return JobWork(units=total, steps=n, parts=parts)

@@ -7,9 +7,10 @@ task at a time, no fork: CUDA-safe and right for a 2-core machine); every worker
 loop, so none is special.
 
 Isolation: the stack's namespace on Redis is :attr:`Settings.namespace` (a hash of the resolved
-home, or ``ADVREC_STACK_ID``); every Celery key carries it. ``up`` refuses a Redis database whose
-claim ``advrec:stack:<namespace>`` is held by another live stack (another home or host), and
-names that stack.
+home, or ``ADVREC_STACK_ID``); every Celery key carries it. ``up`` claims the namespace atomically
+(:mod:`advrec.pipeline.claim`) before it starts anything, and is refused, with the holder named,
+when another deployment (another home's instance) holds it: of two stacks started at the same
+moment with one namespace, one comes up.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class Stack:
             "ADVREC_INTERNAL_TOKEN": self.internal_token(),
             "PYTHONUNBUFFERED": "1",
         })
+        env.setdefault("ADVREC_LOG_FORMAT", "json")  # one JSON object per log line, with request/job/step ids
         if c.stack_id:
             env["ADVREC_STACK_ID"] = c.stack_id
         else:  # the namespace is the home's hash, as this launcher computes it
@@ -220,13 +222,11 @@ class Stack:
         return out
 
     def check_claim(self) -> None:
-        """Conflict when another live stack (another home or host) holds this stack's namespace here."""
-        held = self.claims().get(self.namespace)
-        if held and (held.get("home") != str(self.home) or held.get("host") != socket.gethostname()):
-            raise Conflict(
-                f"Redis {self.config.redis_url} is held by another live stack with namespace {self.namespace}: "
-                f"home {held.get('home')} on {held.get('host')} (supervisor pid {held.get('pid')}). Use another "
-                f"database or another ADVREC_STACK_ID, or stop that stack.")
+        """Claim this stack's namespace on its Redis (atomic); Conflict naming the holder when another
+        deployment (another home's instance) holds it."""
+        from advrec.pipeline.claim import take
+
+        take(self.config.redis_url, self.namespace, self.home, "launcher")
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _pidfile(self, name: str) -> Path:
@@ -240,8 +240,9 @@ class Stack:
             return None
         return pid if _alive(pid) else None
 
-    def up(self, timeout: float = 120.0) -> dict[str, Any]:
-        """Start the supervisor (which starts everything) and wait until the gateway's /readyz is green.
+    def up(self, timeout: float = 120.0, require_workers: bool = True) -> dict[str, Any]:
+        """Start the supervisor (which starts everything) and wait until the gateway's /readyz is green
+        (``require_workers=False``: but for its workers check, for a stack whose other workers run elsewhere).
 
         Refuses when this home's stack is already running, when processes of a previous run are
         still alive, or when another live stack holds this namespace on the Redis database.
@@ -279,7 +280,7 @@ class Stack:
                 stdin=subprocess.DEVNULL, env=self.env(), cwd=self.home, start_new_session=True)
         self._pidfile("supervisor").write_text(str(self._supervisor.pid))
         try:
-            self.wait_ready(timeout)
+            self.wait_ready(timeout, require_workers)
         except Exception:
             self.down(timeout=10)
             raise
@@ -300,8 +301,9 @@ class Stack:
                     busy.append(f"{port} ({name})")
         return busy
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Poll the gateway's /readyz (and each service's /healthz) until all answer 200."""
+    def wait_ready(self, timeout: float = 120.0, require_workers: bool = True) -> None:
+        """Poll the gateway's /readyz (and each service's /healthz) until all answer 200 (with
+        ``require_workers=False`` a /readyz whose only failing check is ``workers`` will do)."""
         names = {p["name"] for p in self.processes()}
         urls = [f"{self.url}/readyz"] + [
             f"http://{self.config.host}:{port}/healthz" for svc, port in self.config.service_ports.items()
@@ -310,9 +312,13 @@ class Stack:
         for url in urls:
             while True:
                 try:
-                    if httpx.get(url, timeout=2.0).status_code == 200:
+                    r = httpx.get(url, timeout=2.0)
+                    if r.status_code == 200:
                         break
-                except httpx.HTTPError:
+                    if not require_workers and url.endswith("/readyz") and r.status_code == 503 and \
+                            {k for k, v in r.json().get("checks", {}).items() if v != "ok"} <= {"workers"}:
+                        break
+                except (httpx.HTTPError, ValueError):
                     pass
                 if self.supervisor_pid() is None:
                     raise InvalidInput(f"the stack's supervisor exited; see {self.dir / 'supervisor.log'}")

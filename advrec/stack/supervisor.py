@@ -10,13 +10,15 @@
   until ``advrec stack restart NAME``;
 * performs restart requests (``<home>/stack/requests/restart-<name>``, written by
   ``advrec stack restart NAME``) at once, without backoff;
-* refreshes this stack's claim on its Redis database, ``advrec:stack:<namespace>`` (home, host,
-  pid; 30 s expiry), so another ``stack up`` with the same namespace is refused and told which;
+* refreshes this stack's claim on its Redis database, ``advrec:stack:<namespace>``
+  (:mod:`advrec.pipeline.claim`: the home's instance id, home, host, pid; 30 s expiry; a
+  compare-and-set, so a claim another deployment took meanwhile is never overwritten), so another
+  ``stack up`` with the same namespace is refused and told which;
 * writes ``state.json`` (pid, state, restarts, last exit of every process) and a pid file each;
 * on SIGTERM stops everything it started: SIGTERM to every process group (warm shutdown), SIGKILL
   after ``stop_timeout_s``, Redis last, and removes its claim.
 
-It imports only the standard library and the Redis client: it stays small and starts fast.
+It imports the standard library, the Redis client and the claim module: it stays small and starts fast.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,9 @@ BACKOFF_MAX_S = 30.0
 
 def claim_key(namespace: str) -> str:
     """The Redis key a live stack holds: ``advrec:stack:<namespace>``."""
-    return f"advrec:stack:{namespace}"
+    from advrec.pipeline.claim import claim_key as key
+
+    return key(namespace)
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Supervisor:
         self.stopping = False
         self._last_claim = 0.0
         self._last_state = ""
+        self.claim_lost: Exception | None = None
 
     # -- processes -------------------------------------------------------------------------------
     def _all(self) -> list[Child]:
@@ -168,28 +172,23 @@ class Supervisor:
         if now - self._last_claim < CLAIM_EVERY_S:
             return
         self._last_claim = now
-        try:
-            import redis
+        from advrec.pipeline.claim import take
 
-            client = redis.Redis.from_url(self.plan["redis_url"], socket_timeout=2, socket_connect_timeout=2)
-            value = json.dumps({"home": self.plan["home"], "host": socket.gethostname(), "pid": os.getpid(),
-                                "since": self.plan.get("since")})
-            client.set(claim_key(self.plan["namespace"]), value, ex=CLAIM_TTL_S)
-            client.close()
-        except Exception as exc:  # Redis down: the claim expires; the launcher re-checks at the next `up`
-            log.warning("cannot refresh the stack's claim on Redis: %s", exc)
+        try:
+            take(self.plan["redis_url"], self.plan["namespace"], self.plan["home"], "supervisor",
+                 since=self.plan.get("since"), ttl_s=CLAIM_TTL_S)
+            self.claim_lost = None
+        except Exception as exc:  # Redis down: the claim expires; another deployment's claim is never taken over
+            if str(exc) != str(self.claim_lost):
+                log.error("cannot refresh the stack's claim on Redis: %s", exc)
+            self.claim_lost = exc
 
     def _unclaim(self) -> None:
-        try:
-            import redis
+        from advrec.pipeline.claim import release
 
-            client = redis.Redis.from_url(self.plan["redis_url"], socket_timeout=2, socket_connect_timeout=2)
-            key = claim_key(self.plan["namespace"])
-            held = client.get(key)
-            if held and json.loads(held).get("home") == self.plan["home"]:
-                client.delete(key)
-            client.close()
-        except Exception:
+        try:
+            release(self.plan["redis_url"], self.plan["namespace"], self.plan["home"])
+        except Exception:  # Redis gone: the claim expires by itself
             pass
 
     def _write_state(self) -> None:

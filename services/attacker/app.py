@@ -22,6 +22,7 @@ from advrec_common.datasets.artifact import load_dataset_artifact
 from advrec_common.datasets.images import decode_image, load_catalog_images, resize_image, to_tensor
 from advrec_common.errors import InvalidInput, PayloadTooLarge
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
+from advrec_common.observability import instrument
 from advrec_common.schemas import AttackedImage, AttackInfo, AttackResponse, CatalogAttackRequest, Delivery
 from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
@@ -204,6 +205,7 @@ def create_app() -> FastAPI:
         "registry, and attacked images with per-image measurements.",
         router,
     )
+    instrument(app, "attacker", get_settings())
     return app
 
 

@@ -20,6 +20,7 @@ from advrec_common.datasets.artifact import load_dataset_artifact
 from advrec_common.datasets.images import decode_image, resize_image
 from advrec_common.errors import InvalidInput, PayloadTooLarge
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
+from advrec_common.observability import instrument
 from advrec_common.schemas import (
     BackboneInfo,
     CatalogFeaturesRequest,
@@ -207,6 +208,7 @@ def create_app() -> FastAPI:
         router,
     )
     app.state.batcher = None
+    instrument(app, "extractor", get_settings())
     return app
 
 

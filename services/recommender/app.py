@@ -2,7 +2,9 @@
 
 Run: ``uvicorn services.recommender.app:app --port 8003``. A thin HTTP layer over
 :mod:`services.recommender.serving`: models are ``train`` artifacts of the store; an *overlay*
-holds per-model item rows replaced through the image endpoint. Training runs as a gateway job
+holds per-model item rows replaced through the image endpoint, one per API key: the gateway names
+the caller's key in ``X-Advrec-Owner`` (its overlay lives under ``overlays/<model>/owners/<owner>``), so
+one key's image refresh never changes another key's scores. Training runs as a gateway job
 (``POST /v1/models`` on the gateway), not here.
 """
 
@@ -13,12 +15,13 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, FastAPI, File, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Header, Query, UploadFile
 from fastapi import Path as PathParam
 
 from advrec_common.datasets.images import decode_image
 from advrec_common.errors import InvalidInput
 from advrec_common.http import ERROR_RESPONSES, get_store, read_upload, require_artifact, service_app
+from advrec_common.observability import instrument
 from advrec_common.schemas import (
     KEY_PATTERN,
     ImageRefreshResponse,
@@ -36,10 +39,21 @@ from services.recommender.serving import ModelContext, lineage, refresh_item_ima
 ModelKey = Annotated[str, PathParam(pattern=KEY_PATTERN, description="Key of a `train` artifact.")]
 
 
+OwnerHeader = Annotated[str | None, Header(alias="X-Advrec-Owner", pattern=r"^[0-9a-f]{16}$", include_in_schema=False)]
+
+
+def overlay_dir(settings: Settings, key: str, owner: str | None):
+    """Where the overlay of model ``key`` for the API key ``owner`` lives (no owner: the shared one)."""
+    base = settings.home / "overlays" / key
+    return base / "owners" / owner if owner else base
+
+
 def get_context(key: ModelKey, settings: Settings = Depends(get_settings),
-                store: ArtifactStore = Depends(get_store)) -> ModelContext:
+                store: ArtifactStore = Depends(get_store), owner: OwnerHeader = None) -> ModelContext:
     require_artifact(store, key, "train", "model")
-    return ModelContext(store, settings.home, key)
+    ctx = ModelContext(store, settings.home, key)
+    ctx.overlay_dir = overlay_dir(settings, key, owner)
+    return ctx
 
 
 # -- routes --------------------------------------------------------------------------------------
@@ -47,14 +61,15 @@ router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, tags=["recommender"]
 
 
 @router.get("/models", response_model=list[ModelInfo], summary="Trained recommenders (train artifacts)")
-def models(settings: Settings = Depends(get_settings), store: ArtifactStore = Depends(get_store)) -> list[ModelInfo]:
+def models(settings: Settings = Depends(get_settings), store: ArtifactStore = Depends(get_store),
+           owner: OwnerHeader = None) -> list[ModelInfo]:
     out = []
     for key in store.keys():
         meta = store.meta(key)
         if meta.get("kind") != "train":
             continue
         params = meta.get("params", {})
-        overlay = settings.home / "overlays" / key / "overlay.npz"
+        overlay = overlay_dir(settings, key, owner) / "overlay.npz"
         n_overlay = 0
         if overlay.is_file():
             with np.load(overlay, allow_pickle=False) as z:
@@ -132,6 +147,7 @@ def create_app() -> FastAPI:
         "replaced item features, seller image refresh (per-model overlay).",
         router,
     )
+    instrument(app, "recommender", get_settings())
     return app
 
 

@@ -18,10 +18,13 @@ API_KEY = "svc-test-key"
 
 @pytest.fixture
 def gateway(tiny):
-    from advrec_common.apikeys import hash_key
+    from advrec.pipeline import owners
+    from advrec_common.apikeys import hash_key, owner_id
     from gateway.app import create_app
 
     settings = tiny.settings.model_copy(update={"api_key_hashes": [hash_key(API_KEY)]})
+    for key in (tiny.keys["dataset"], tiny.keys["features"]):  # this key made them (a job of its own would)
+        owners.add(tiny.home, key, owner_id(API_KEY))
     with TestClient(create_app(settings, reconcile_on_start=False)) as client:
         client.headers["X-API-Key"] = API_KEY
         yield client
@@ -47,6 +50,10 @@ def test_training_job_reuses_pipeline_key_and_trains_new_config(gateway, tiny):
     assert run_step(run_id, step_name, settings=tiny.settings) == "done"
     assert gateway.get(f"/v1/jobs/{new['job_id']}").json()["state"] == "done"
     assert tiny.store.has(new["model"])
+    from advrec.pipeline import owners
+    from advrec_common.apikeys import owner_id
+
+    assert owners.owns(tiny.home, new["model"], owner_id(API_KEY))  # the trained model is the caller's
     from services.recommender.serving import lineage
 
     assert lineage(tiny.store, new["model"])["dataset"] == tiny.keys["dataset"]

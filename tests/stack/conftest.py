@@ -62,16 +62,38 @@ def make_stack(tmp_path, redis_url, api_key_hash) -> Iterator[Callable[..., Any]
 
     stacks: list[Stack] = []
 
-    def make(name: str = "stack", **config: Any) -> Stack:
+    def make(name: str = "stack", require_workers: bool = True, **config: Any) -> Stack:
         config.setdefault("redis_url", redis_url)
         stack = Stack(StackConfig(home=tmp_path / name, port=free_port(), services=False,
                                   api_key_hashes=[api_key_hash], device="cpu",
                                   extra_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                                              "ADVREC_RECONCILE_EVERY_S": "2"}, **config))
         stacks.append(stack)
-        stack.up(timeout=90)
+        stack.up(timeout=90, require_workers=require_workers)
         return stack
 
     yield make
     for stack in stacks:
         stack.down(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Any:
+    """The tiny spec run by the in-process executor in its own home: that home and the run's record."""
+    from advrec.pipeline.executor import run_inprocess
+    from advrec.pipeline.spec import parse_spec
+    from advrec_common.store import ArtifactStore
+
+    home = tmp_path_factory.mktemp("inprocess")
+    rec = run_inprocess(parse_spec(TINY_SPEC), ArtifactStore(home / "store"), home / "runs", device="cpu",
+                        show_progress=False)
+    assert rec.read()["state"] == "done"
+    return home, rec
+
+
+@pytest.fixture(scope="session")
+def inprocess_results(tiny_run) -> dict[str, Any]:
+    """results.json of the tiny spec run by the in-process executor."""
+    import json
+
+    return json.loads((tiny_run[1].dir / "report" / "results.json").read_text())

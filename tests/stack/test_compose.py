@@ -83,6 +83,8 @@ def test_compose_worker_commands_consume_their_queues_and_their_healthchecks_fol
         def healthcheck(name: str) -> subprocess.CompletedProcess:
             test = list(WORKERS[name]["healthcheck"]["test"][1:])
             test[0] = sys.executable
+            i = test.index("--restart-after")  # restarting is tested on its own (below): here it would stop them
+            del test[i:i + 2]
             test[test.index("--pid") + 1] = str(procs[name].pid)  # in its container the worker is PID 1
             return subprocess.run([*test, "--max-age", "4"], env=check_env, capture_output=True, text=True,
                                   timeout=30)
@@ -132,3 +134,94 @@ def test_compose_worker_commands_consume_their_queues_and_their_healthchecks_fol
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+SETTINGS_COMPOSE_SETS = {"home", "redis_url", "extractor_url", "attacker_url", "recommender_url", "internal_token",
+                         "stack_id", "log_format"}
+
+
+def test_every_setting_reaches_the_containers_and_an_empty_one_is_its_default():
+    """Every Settings field is forwarded to every advrec container (quotas and key quotas included), an unset one
+    arrives empty and means the default, and a set one arrives as given."""
+    from advrec_common.settings import Settings
+
+    for name, svc in COMPOSE["services"].items():
+        if name in ("redis",):
+            continue
+        env = service_env = svc.get("environment") or {}
+        missing = [f for f in Settings.model_fields if f"ADVREC_{f.upper()}" not in service_env]
+        assert missing == [], f"{name} does not forward {missing}"
+    given = {"ADVREC_INTERNAL_TOKEN": "t" * 32, "ADVREC_KEY_QUOTAS": '{"' + "a" * 64 + '": {"concurrent_jobs": 9}}',
+             "ADVREC_QUOTA_JOB_WORK_HOURS": "7.5", "ADVREC_QUOTA_CATALOG_ITEMS": "1234"}
+    env = compose_env(COMPOSE["services"]["gateway"], given)
+    assert env["ADVREC_QUOTA_PLAN_STEPS"] == "" and env["ADVREC_STACK_ID"] == "auto"
+    old = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ADVREC_")}
+    try:
+        os.environ.update(env)
+        s = Settings()
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(old)
+    assert s.quota_job_work_hours == 7.5 and s.quota_catalog_items == 1234
+    assert s.quotas(None).plan_steps == Settings.model_fields["quota_plan_steps"].default
+    assert s.key_quotas["a" * 64].concurrent_jobs == 9
+    assert s.stack_id == "auto" and s.log_format == "json"
+
+
+def test_stack_ids_auto_differ_per_deployment_and_agree_within_one(tmp_path):
+    from advrec_common.settings import Settings
+
+    a1, a2 = Settings(home=tmp_path / "a", stack_id="auto"), Settings(home=tmp_path / "a", stack_id="auto")
+    b = Settings(home=tmp_path / "b", stack_id="auto")
+    assert a1.namespace == a2.namespace != b.namespace
+
+
+def test_a_cpu_only_host_starts_compose_as_shipped_and_the_gpu_file_adds_the_reservations():
+    reserving = [n for n, svc in COMPOSE["services"].items() if "deploy" in svc or "devices" in str(svc)]
+    assert reserving == []
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+    assert set(gpu["services"]) == {"extractor", "attacker", "worker-extract", "worker-attack"}
+    assert set(gpu["services"]) <= set(COMPOSE["services"])
+    for svc in gpu["services"].values():
+        assert svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_the_image_pins_the_torch_that_bootstrap_installs():
+    bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    for pkg, arg in (("torch", "TORCH_VERSION"), ("torchvision", "TORCHVISION_VERSION")):
+        pinned = re.search(rf'"{pkg}==([0-9.]+)"', bootstrap).group(1)
+        assert f"ARG {arg}={pinned}" in dockerfile
+        assert f'"{pkg}==${{{arg}}}"' in dockerfile
+
+
+def test_every_container_is_restarted_when_unhealthy():
+    """Each advrec container's healthcheck stops its PID 1 after 3 failed liveness checks (restart policy)."""
+    for name, svc in COMPOSE["services"].items():
+        if name in ("redis", "flower"):
+            continue
+        test = svc["healthcheck"]["test"]
+        assert test[test.index("--restart-after") + 1] == "3", name
+        assert svc.get("restart") == "unless-stopped", name
+
+
+def test_the_http_healthcheck_stops_its_process_after_n_failed_checks(tmp_path):
+    """Run as compose runs it: against a URL that does not answer, the first two checks fail, the third stops
+    the process (SIGTERM), as Docker's restart policy then restarts its container."""
+    from tests.redis_server import free_port
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        argv = [sys.executable, "-m", "advrec.stack.healthcheck", "--url", f"http://127.0.0.1:{free_port()}/healthz",
+                "--pid", str(victim.pid), "--restart-after", "3"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for _ in range(2):
+            r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+            assert r.returncode == 1 and victim.poll() is None
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+        assert r.returncode == 1 and "stopped process" in r.stdout
+        assert victim.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if victim.poll() is None:
+            victim.kill()

@@ -21,11 +21,23 @@ def test_missing_key_401_wrong_key_403(gateway_client, method, path):
     assert wrong.status_code == 403
 
 
-def test_right_key_is_accepted_and_health_is_open(gateway_client):
+def test_right_key_is_accepted_and_health_is_open(gateway_client, settings):
+    from advrec.pipeline.queue import QUEUES
+    from advrec.pipeline.workers import register, unregister
+
     assert gateway_client.get("/v1/jobs").status_code == 200
     assert gateway_client.get("/healthz", headers={"X-API-Key": ""}).json()["status"] == "ok"
+    # no worker yet: not ready, naming every queue without a consumer
     ready = gateway_client.get("/readyz", headers={"X-API-Key": ""})
-    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok"}
+    assert ready.status_code == 503
+    assert all(f"queue {q!r} has no live consumer" in ready.json()["checks"]["workers"] for q in QUEUES)
+    register(settings, "w@host-a", list(QUEUES))
+    try:
+        ready = gateway_client.get("/readyz", headers={"X-API-Key": ""})
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"redis": "ok", "store": "ok", "workers": "ok", "namespace": "ok"}
+    finally:
+        unregister(settings, "w@host-a")
 
 
 def test_keys_are_stored_as_sha256_hashes():

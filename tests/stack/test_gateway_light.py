@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent("""
     statuses = {}
     with TestClient(app) as c:
         c.headers["X-API-Key"] = key
-        statuses["readyz"] = c.get("/readyz").status_code
+        statuses["readyz"] = c.get("/readyz").status_code  # 503: no worker consumes the queues here
+        statuses["metrics"] = c.get("/metrics").status_code
         r = c.post("/v1/jobs", json=spec)
         statuses["submit"] = r.status_code
         statuses["status"] = c.get(f"/v1/jobs/{r.json()['id']}").status_code
@@ -53,7 +54,7 @@ def test_the_gateway_serves_requests_without_importing_torch(tmp_path, redis_url
                           json.dumps(TINY_SPEC)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     facts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert facts["statuses"] == {"readyz": 200, "submit": 202, "status": 200, "list": 200, "upload": 201,
+    assert facts["statuses"] == {"readyz": 503, "metrics": 200, "submit": 202, "status": 200, "list": 200, "upload": 201,
                                  "train": 404, "cancel": 200}
     assert facts["torch"] is False, "the gateway imported torch"
     assert facts["max_rss_mb"] < 250, facts  # torch alone costs ~300 MB more

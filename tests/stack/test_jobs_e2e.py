@@ -35,20 +35,6 @@ def numbers(obj: Any) -> Any:
     return obj
 
 
-@pytest.fixture(scope="session")
-def inprocess_results(tmp_path_factory) -> dict[str, Any]:
-    """results.json of the tiny spec run by the in-process executor in its own home."""
-    from advrec.pipeline.executor import run_inprocess
-    from advrec.pipeline.spec import parse_spec
-    from advrec_common.store import ArtifactStore
-
-    home = tmp_path_factory.mktemp("inprocess")
-    rec = run_inprocess(parse_spec(TINY_SPEC), ArtifactStore(home / "store"), home / "runs", device="cpu",
-                        show_progress=False)
-    assert rec.read()["state"] == "done"
-    return json.loads((rec.dir / "report" / "results.json").read_text())
-
-
 def differences(a: Any, b: Any, path: str = "") -> list[str]:
     """Paths where two JSON documents differ (readable assertion messages)."""
     if isinstance(a, dict) and isinstance(b, dict):

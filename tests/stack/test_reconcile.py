@@ -11,9 +11,11 @@ import pytest
 import redis
 
 from advrec.pipeline import celery_executor as ce
+from advrec.pipeline import jobs
 from advrec.pipeline.dag import Plan
 from advrec.pipeline.queue import MAX_ATTEMPTS, STALE_AFTER_S, key_prefix
 from advrec.pipeline.record import RunRecord
+from advrec.pipeline.workers import register
 from advrec_common.settings import Settings
 from tests.redis_server import redis_url as private_redis_url
 
@@ -52,19 +54,21 @@ def test_reconcile_resends_dead_and_lost_steps_only(env):
     settings, rec, client = env
     bid = ce.broker_id(settings)
     now = time.time()
+    waiting = jobs.send_step(jobs.producer(settings), rec.run_id, "train/a/vbpr", "recommend")
 
     def states(d):
         s = d["steps"]
         s["dataset"].update(state="done")
         s["extractor/a"].update(state="running", heartbeat=now - STALE_AFTER_S - 5, task_id="dead")  # dead worker
         s["features/a"].update(state="queued", broker="an-old-redis")  # Redis restarted since
-        s["train/a/vbpr"].update(state="queued", broker=bid)  # still in this Redis: leave it
+        # still waiting in this Redis (for an hour: workers are busy): leave it
+        s["train/a/vbpr"].update(state="queued", broker=bid, task_id=waiting, queued_at=now - 3600)
 
     rec.update(states)
     summary = ce.reconcile(settings)
     assert summary == {"runs": 1, "requeued": 2}
     assert sorted(map(tuple, _queued(client, "extract", settings))) == [(rec.run_id, "extractor/a"), (rec.run_id, "features/a")]
-    assert _queued(client, "recommend", settings) == []
+    assert _queued(client, "recommend", settings) == [[rec.run_id, "train/a/vbpr"]]  # not sent twice
     d = rec.read()
     assert d["steps"]["extractor/a"]["state"] == "queued" and d["steps"]["features/a"]["broker"] == bid
     # idempotent: nothing is lost any more, so a second pass sends nothing
@@ -92,8 +96,56 @@ def test_poison_step_fails_the_job_after_max_deliveries(env):
     assert d["state"] == "failed" and "gave up" in d["error"] and d["steps"]["extractor/a"]["state"] == "failed"
 
 
+def test_a_message_a_foreign_worker_took_and_dropped_is_sent_again(env):
+    """Another stack's worker (the same namespace) takes a message and drops it ("no such run here"): the
+    step stays queued with its message in no queue and unclaimed; reconcile sends it again."""
+    from advrec.pipeline.jobs import LOST_AFTER_S
+
+    settings, rec, client = env
+    register(settings, "extract@here", ["extract"])
+    ce.advance(rec.run_id, settings)
+    [(run_id, step)] = _queued(client, "extract", settings)
+    assert client.rpop(key_prefix(settings.namespace) + "extract")  # the foreign worker took it; it is gone
+    assert ce.reconcile(settings)["requeued"] == 0  # just sent: a worker may be about to claim it
+    rec.update(lambda d: d["steps"][step].update(queued_at=time.time() - LOST_AFTER_S - 1))
+    assert ce.reconcile(settings)["requeued"] == 1
+    assert _queued(client, "extract", settings) == [[run_id, step]]
+    assert ce.reconcile(settings)["requeued"] == 0  # it is in the queue again: left alone
+
+
+def test_dispatch_interleaves_keys_on_a_busy_queue(env):
+    """One attack worker; key A's job has three ready attack steps, key B's job (newer) one: the queue
+    gets one message at a time, and B's step is the second to go, not the fourth."""
+    settings, _, client = env
+    register(settings, "attack@here", ["attack"])
+    plan = Plan()
+    for i in range(3):
+        plan.add(f"attack/{i}", "attack_shard", {"i": i})
+    a = RunRecord.create(settings.runs_dir, {"name": "a"}, executor="celery", owner="a" * 16)
+    a.set_plan(plan.to_json())
+    b_plan = Plan()
+    b_plan.add("attack/0", "attack_shard", {"b": 1})
+    b = RunRecord.create(settings.runs_dir, {"name": "b"}, executor="celery", owner="b" * 16)
+    b.set_plan(b_plan.to_json())
+    ce.advance(a.run_id, settings)
+    ce.advance(b.run_id, settings)
+    order = [tuple(m) for m in _queued(client, "attack", settings)]
+    assert order == [(a.run_id, "attack/0")]  # one slot: one message waits, the rest are ready
+    for _ in range(4):  # a worker takes the message, runs the step, and the next goes out
+        run_id, step = order[-1]
+        client.rpop(key_prefix(settings.namespace) + "attack")
+        RunRecord.open(settings.runs_dir, run_id).update(lambda d, step=step: d["steps"][step].update(state="done"))
+        jobs.dispatch(settings)
+        nxt = [tuple(m) for m in _queued(client, "attack", settings)]
+        if not nxt:
+            break
+        order += nxt
+    assert order == [(a.run_id, "attack/0"), (b.run_id, "attack/0"), (a.run_id, "attack/1"), (a.run_id, "attack/2")]
+
+
 def test_advance_queues_ready_steps_once_and_cancel_stops_everything(env):
     settings, rec, client = env
+    register(settings, "extract@here", ["extract"], concurrency=2)
     ce.advance(rec.run_id, settings)
     ce.advance(rec.run_id, settings)  # concurrent/duplicate advance: no second message
     assert sorted(s for _, s in _queued(client, "extract", settings)) == ["dataset", "extractor/a"]
