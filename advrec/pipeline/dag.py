@@ -46,12 +46,12 @@ STEP_VERSIONS: dict[str, str] = {
     "extractor": "1",
     "features": FEATURES_VERSION,  # the extractor service computes the same key
     "train": "2",  # R replicates per model
-    "scenario": "5",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides
+    "scenario": "6",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides; 6: tested over the disguised items
     "attack_shard": "3",  # per-image eligibility, float-domain success, changed flags
     "adversarial": "2",  # SR over eligible images, float SR, all-zero flag
     "placebo": "1",
     "oracle": "2",  # 2: real target items' features (form draw), the centroid as its own control
-    "evaluate": "2",  # per-replicate metrics, replicate-level tests
+    "evaluate": "3",  # 2: per-replicate metrics, replicate-level tests; 3: per-item changes, deployment tested over items
     "report": "2-" + _report_code_version(),
     "promo_items": "1",
     "promo_attack": "1",

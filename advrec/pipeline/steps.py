@@ -261,10 +261,11 @@ def _oracle_in_deployment(ctx: StepContext, feats: FeatureSet, pairs: list[tuple
                           seed: int) -> list[dict[str, Any]]:
     """Per (origin, target): the oracle's effect on the origin's CHR@k when every replicate of the clean
     model re-scores the catalog with the origin items disguised as real target items (a draw of its own,
-    ``stream=1``, apart from the evaluation's). Rows carry the per-replicate values and the replicate test."""
+    ``stream=1``, apart from the evaluation's). Rows carry the per-replicate values and the test over the
+    disguised items (the deployed models are fixed), the replicate test beside it."""
     from services.attacker.controls import oracle_rows
-    from services.recommender.metrics.category import chr_at_k
-    from services.recommender.metrics.effects import replicate_effect
+    from services.recommender.metrics.category import chr_at_k, item_exposure
+    from services.recommender.metrics.effects import item_effect, replicate_effect
 
     ds = dataset_of(ctx)
     rec = ctx.params["recommender"]
@@ -283,12 +284,19 @@ def _oracle_in_deployment(ctx: StepContext, feats: FeatureSet, pairs: list[tuple
         pert = Perturbation("oracle", items, rep[None],
                             None if feats.spatial is None else np.asarray(feats.spatial[sources])[None], None, {})
         side = perturbed(clean, pert, 0, needs)
+        origin_items = torch.as_tensor(items, dtype=torch.long)
+        lists = [ranked(m, ds, [k], k, items=side)[0] for m in models]
         before = [chr_at_k(tops[r], item_cat, origin, k, form="normalized")[0] for r in range(len(models))]
-        after = [chr_at_k(ranked(m, ds, [k], k, items=side)[0], item_cat, origin, k, form="normalized")[0]
-                 for m in models]
+        after = [chr_at_k(lists[r], item_cat, origin, k, form="normalized")[0] for r in range(len(models))]
+        # the deployed models are fixed: the disguised items are the units (as the evaluation's deployment test)
+        deltas = np.mean([(item_exposure(lists[r], origin_items, k, "chr")
+                           - item_exposure(tops[r], origin_items, k, "chr")).numpy() for r in range(len(models))], 0)
         eff = replicate_effect(before, after)
+        by_items = item_effect(deltas) if deltas.size >= 2 else eff
         rows.append({"origin": o, "target": t, "before_per_replicate": before, "after_per_replicate": after,
-                     **{x: eff[x] for x in ("before", "after", "effect", "ci_low", "ci_high", "p_value")}})
+                     "before": eff["before"], "after": eff["after"], "effect": eff["effect"],
+                     **{x: by_items[x] for x in ("ci_low", "ci_high", "p_value")},
+                     "test": by_items.get("test"), "replicate_p_value": eff["p_value"]})
         ctx.report_progress(done + 1, len(pairs), "pairs")
     return rows
 
@@ -432,8 +440,8 @@ def _exposure(top_before: torch.Tensor, top_after: torch.Tensor, item_cat: torch
 def step_evaluate(ctx: StepContext) -> None:
     """Re-rank every replicate with the perturbed item side (retrain or deployment); measure the origin
     category's exposure per replicate, the effect across replicates and the study's test over users."""
-    from services.recommender.metrics.category import rank_shift
-    from services.recommender.metrics.effects import replicate_effect, user_effect_interval
+    from services.recommender.metrics.category import item_exposure, rank_shift
+    from services.recommender.metrics.effects import item_effect, replicate_effect, user_effect_interval
     from services.recommender.metrics.significance import paired_tests
 
     p = ctx.params
@@ -465,6 +473,7 @@ def step_evaluate(ctx: StepContext) -> None:
             ctx.report_progress(r + 1, len(sides), "models")
     origin = feats.category_names.index(scen["origin"])
     item_cat = torch.tensor(np.array(feats.categories), dtype=torch.int64)
+    origin_items = torch.nonzero(item_cat == origin).squeeze(1)
     per_k = []
     for k in p["ks"]:
         if k > max_k:
@@ -478,10 +487,18 @@ def step_evaluate(ctx: StepContext) -> None:
             u1 = np.mean([rep[metric][3] for rep in reps], axis=0)
             users = paired_tests(u0, u1)
             lo, hi = user_effect_interval(u1 - u0)
-            row[metric] = {**replicate_effect(before, after), "before_per_replicate": before,
+            # each origin item's change (its share of the metric), averaged over the replicates
+            deltas = np.mean([(item_exposure(tops_after[r], origin_items, k, metric, item_cat, origin)
+                               - item_exposure(tops_before[r], origin_items, k, metric, item_cat, origin)).numpy()
+                              for r in range(len(seeds))], axis=0)
+            effect = replicate_effect(before, after)
+            if p["mode"] == "deployment" and deltas.size >= 2:  # the deployed models are fixed: items are the units
+                effect = {**effect, **{x: v for x, v in item_effect(deltas).items() if x != "effect"},
+                          "replicate_p_value": effect["p_value"]}
+            row[metric] = {**effect, "before_per_replicate": before,
                            "after_per_replicate": after, "user_t_pvalue": users["t_pvalue"],
                            "user_wilcoxon_pvalue": users["wilcoxon_pvalue"], "user_ci_low": lo, "user_ci_high": hi,
-                           "n_users": users["n"]}
+                           "n_users": users["n"], "item_deltas": deltas.tolist()}
         per_k.append(row)
     shift = None
     if len(pert.items):

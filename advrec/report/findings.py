@@ -321,8 +321,8 @@ def infeasible_caveat(results: dict[str, Any]) -> str | None:
     detail = (f" (the best of {chosen.get('n_pairs')} candidate pairs, '{chosen.get('origin')}' -> "
               f"'{chosen.get('target')}', changed CHR@{feas.get('k')} by {signed(eff)} in deployment, "
               f"Bonferroni-adjusted p={_p(p)})") if eff is not None else ""
-    return f"On this catalog even a perfect visual disguise does not raise exposure{detail}: a 'no' says nothing " \
-           "about robustness."
+    return f"On this catalog even a perfect visual disguise did not raise exposure significantly{detail}: a 'no' " \
+           "says nothing about robustness."
 
 
 def derive_findings(results: dict[str, Any]) -> list[Finding]:

@@ -3,10 +3,12 @@
 The family is every test the report's verdicts rest on:
 
 * each evaluation's effect on the origin category's exposure, per K and metric (CHR@K and
-  nCDCG@K; CHR's count form is the same test), for the attacks and their controls: the paired
-  t-test across replicates (:mod:`services.recommender.metrics.effects`);
-* each attack's effect beyond its placebo's (``beyond_placebo``: replicate r's attack minus
-  replicate r's placebo, paired t-test across replicates);
+  nCDCG@K; CHR's count form is the same test), for the attacks and their controls: in retrain the paired
+  t-test across replicates, in deployment the sign-flip test over the origin items' changes (the deployed
+  models are fixed; :mod:`services.recommender.metrics.effects`);
+* each attack's effect beyond its placebo's (``beyond_placebo``: in retrain, replicate r's attack minus
+  replicate r's placebo, paired t-test across replicates; in deployment, item by item the attack's change
+  minus its placebo's, sign-flip test over the origin items);
 * each paired success-rate comparison of a defended extractor with the baseline on the same images
   (exact McNemar: a binomial test on the discordant pairs);
 * each rank correlation of the exposure change with the feature loss and with the success rate,
@@ -30,7 +32,7 @@ from scipy import stats
 
 from advrec.report.collect import TESTED_METRICS, attack_summary, finite, matching, summary_value
 from advrec.report.promotion import promotion_tests
-from services.recommender.metrics.effects import replicate_effect
+from services.recommender.metrics.effects import item_effect, replicate_effect
 
 # a correlation needs at least this many distinct points to be tested at all: with 4, the exact test's
 # smallest two-sided p is 2/4! = 0.083, so no order of 4 points could ever be significant at 0.05 (a
@@ -151,8 +153,14 @@ def beyond_placebo(results: dict[str, Any]) -> list[dict[str, Any]]:
                 after_a, after_p = a.get("after_per_replicate"), p.get("after_per_replicate")
                 if not after_a or not after_p or len(after_a) != len(after_p):
                     continue
-                eff = replicate_effect(after_p, after_a)
-                test = {k: eff[k] for k in ("effect", "ci_low", "ci_high", "n_replicates")}
+                items_a, items_p = a.get("item_deltas"), p.get("item_deltas")
+                if e["mode"] == "deployment" and items_a and items_p and len(items_a) == len(items_p) >= 2:
+                    # deployment: item by item, the attack's change minus its placebo's (the models are fixed)
+                    eff = item_effect(np.asarray(items_a) - np.asarray(items_p))
+                    test = {k: eff[k] for k in ("effect", "ci_low", "ci_high", "n_items", "test")}
+                else:
+                    eff = replicate_effect(after_p, after_a)
+                    test = {k: eff[k] for k in ("effect", "ci_low", "ci_high", "n_replicates")}
                 test["p_value"] = eff["p_value"]
                 a["beyond_placebo"] = test
                 out.append(test)

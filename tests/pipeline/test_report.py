@@ -563,7 +563,7 @@ def test_every_finding_starts_with_the_caveat_when_even_the_oracle_cannot_raise_
         "measured": True, "k": 10, "feasible": False,
         "chosen": {"origin": "sandal", "target": "sneaker", "effect": -0.002, "p_adjusted": 0.9, "n_pairs": 9}}
     findings = derive_findings(results)
-    assert findings and all(f["statement"].startswith("On this catalog even a perfect visual disguise does not raise "
+    assert findings and all(f["statement"].startswith("On this catalog even a perfect visual disguise did not raise "
                                                       "exposure") for f in findings)
     assert all("a 'no' says nothing about robustness" in f["statement"] and f["infeasible_scenario"] for f in findings)
     assert "'sandal' -> 'sneaker'" in findings[0]["statement"] and "9 candidate pairs" in findings[0]["statement"]

@@ -316,7 +316,7 @@ def test_the_scenario_caveat_is_said_once_above_the_answers_and_kept_in_every_st
     results["findings"] = derive_findings(results)
     html = render_html(results, {}, {}, None, 10)
     caveat = re.search(r'<p class="warn"><b>Caveat \(scenario\):</b> (.*?)</p>', html, re.S)
-    assert caveat and caveat.group(1).startswith("On this catalog even a perfect visual disguise does not raise")
+    assert caveat and caveat.group(1).startswith("On this catalog even a perfect visual disguise did not raise")
     assert caveat.start() < html.index('<section id="finding-o">')
     for f in results["findings"]:
         assert str(escape(f["statement"])) in html

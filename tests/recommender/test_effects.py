@@ -78,3 +78,27 @@ def test_user_interval():
     half = stats.t.ppf(0.975, 2) / math.sqrt(3)
     assert lo == pytest.approx(1 - half) and hi == pytest.approx(1 + half)
     assert user_effect_interval(np.array([1.0])) == (None, None)
+
+
+def test_item_effect_is_the_sum_tested_over_items():
+    from services.recommender.metrics.effects import item_effect, sign_flip_test
+
+    d = np.array([0.01, 0.02, 0.0, 0.015, 0.03, -0.005, 0.012, 0.02])
+    out = item_effect(d)
+    assert out["effect"] == pytest.approx(d.sum()) and out["n_items"] == 8
+    t = sign_flip_test(d)
+    assert out["p_value"] == t["p_value"]
+    assert out["ci_low"] == pytest.approx(8 * t["ci_low"]) and out["ci_high"] == pytest.approx(8 * t["ci_high"])
+    # by hand: 2^8 sign patterns; |sum| >= observed only for the all-plus/all-minus and near ones
+    signs = np.array([[1 if (m >> j) & 1 else -1 for j in range(8)] for m in range(256)])
+    assert t["p_value"] == pytest.approx(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12))
+    assert item_effect(np.zeros(5))["p_value"] == 1.0
+
+
+def test_the_sign_flip_test_holds_its_level_on_symmetric_noise():
+    from services.recommender.metrics.effects import sign_flip_test
+
+    rng = np.random.default_rng(7)
+    for n in (6, 30):  # exact and random patterns
+        ps = np.array([sign_flip_test(rng.standard_t(3, size=n))["p_value"] for _ in range(400)])
+        assert np.mean(ps <= 0.05) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 400)

@@ -77,3 +77,23 @@ def test_chr_per_user_values_are_exact_float64_multiples_of_one_over_k():
     value, per_user = chr_at_k(top, cats, 0, 3, form="normalized")
     assert per_user.dtype == torch.float64 and per_user.tolist() == [2 / 3, 2 / 3, 1.0]
     assert value == (2 / 3 + 2 / 3 + 1.0) / 3
+
+
+def test_item_exposure_decomposes_the_category_metrics_item_by_item():
+    """Summed over the category's items, each item's share gives CHR@k (both forms) and nCDCG@k exactly; an item
+    absent from every list has share 0, and one in every user's first slot has 1/k of CHR."""
+    from services.recommender.metrics.category import chr_at_k, item_exposure, ncdcg_at_k
+
+    g = torch.Generator().manual_seed(3)
+    top = torch.randint(0, 40, (60, 12), generator=g)
+    top[5, 4] = -1  # an empty slot
+    cats = torch.randint(0, 4, (40,), generator=g)
+    items = torch.nonzero(cats == 2).squeeze(1)
+    for k in (1, 5, 12):
+        assert float(item_exposure(top, items, k, "chr").sum()) == pytest.approx(chr_at_k(top, cats, 2, k, "normalized")[0])
+        assert float(item_exposure(top, items, k, "chr_count").sum()) == pytest.approx(chr_at_k(top, cats, 2, k)[0])
+        assert float(item_exposure(top, items, k, "ncdcg", cats, 2).sum()) == pytest.approx(ncdcg_at_k(top, cats, 2, k)[0])
+    first = torch.arange(2, 14).repeat(60, 1)
+    first[:, 0] = 0  # item 0 first in every list, item 1 in none
+    shares = item_exposure(first, torch.tensor([0, 1]), 10, "chr")
+    assert shares.tolist() == [pytest.approx(0.1), 0.0]

@@ -98,6 +98,44 @@ def ncdcg_at_k(
     return (float(per_user.mean()) if per_user.numel() else 0.0), per_user
 
 
+def item_exposure(top_items: Tensor, items: Tensor, k: int, metric: Literal["chr", "chr_count", "ncdcg"],
+                  item_category: Tensor | None = None, category: int | None = None) -> Tensor:
+    """Each of ``items``' (N,) share of its category's exposure in the lists (U,K') -> (N,) float64.
+
+    Summed over the category's items it gives the category's metric: ``chr`` (normalised CHR@k: the item's
+    slots / (k|U|)), ``chr_count`` (slots / |U|), ``ncdcg`` (its gain 3/log2(pos+1) in each user's list
+    divided by that user's IDCG over min(k, |I_c|) positions, over |U|; ``item_category`` and ``category``
+    give |I_c|). In deployment, where each item's scores depend on its own features only, these are the
+    units a category's change is tested over (the items moved, not the replicates)."""
+    if top_items.ndim != 2:
+        raise InvalidInput(f"top_items must be (U,K'), got {tuple(top_items.shape)}")
+    k = int(k)
+    if k < 1 or k > top_items.shape[1]:
+        raise InvalidInput(f"k must be in [1, {top_items.shape[1]}], got {k}")
+    top = top_items[:, :k].long().cpu()
+    items = torch.as_tensor(items).long().cpu()
+    n_users = max(int(top.shape[0]), 1)
+    size = 1 + max(int(top.max()) if top.numel() else 0, int(items.max()) if items.numel() else 0)
+    lookup = torch.full((size,), -1, dtype=torch.long)
+    lookup[items] = torch.arange(items.numel())
+    where = lookup[top.clamp(min=0)].masked_fill(top < 0, -1)  # (U,k): the item's position in ``items`` or -1
+    hit = where >= 0
+    if metric in ("chr", "chr_count"):
+        counts = torch.bincount(where[hit], minlength=items.numel()).double()
+        return counts / (n_users * (k if metric == "chr" else 1))
+    if metric != "ncdcg":
+        raise InvalidInput(f"metric must be chr, chr_count or ncdcg, got {metric!r}")
+    if item_category is None or category is None:
+        raise InvalidInput("ncdcg needs item_category and category (the ideal list's length)")
+    discount = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0)
+    n_cat = int((item_category.cpu().long() == int(category)).sum())
+    idcg = float((3.0 * discount[: min(k, n_cat)]).sum())
+    if idcg <= 0:
+        return torch.zeros(items.numel(), dtype=torch.float64)
+    gains = (3.0 * discount)[None, :].expand_as(where)[hit] / idcg
+    return torch.zeros(items.numel(), dtype=torch.float64).index_add_(0, where[hit], gains) / n_users
+
+
 def rank_shift(top_before: Tensor, top_after: Tensor, items: Tensor) -> dict[str, float | int]:
     """Position change of the given (attacked) items between two top-K lists (U,K) of the same users.
 

@@ -124,3 +124,20 @@ def sign_flip_test(diffs: Sequence[float] | np.ndarray, confidence: float = CONF
         test = f"sign-flip over units ({SIGN_FLIP_DRAWS} random patterns)"
     out.update(p_value=min(1.0, p), test=test)
     return out
+
+
+def item_effect(item_deltas: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """A category's change as the sum of its items' changes (N,) (each averaged over the replicates), tested
+    over the items: the sign-flip test of their mean (:func:`sign_flip_test`), with the interval of the sum
+    (N x the mean's Student-t interval).
+
+    The unit of deployment: the deployed models are fixed and each item's scores depend on its own features,
+    so the items a perturbation moved are the independent units of its effect on these models (retrain
+    retrains the models: there the replicates are, :func:`replicate_effect`)."""
+    d = np.asarray(item_deltas, dtype=np.float64)
+    t = sign_flip_test(d, confidence)
+    n = int(d.size)
+    scale = lambda v: None if v is None else float(v) * n  # noqa: E731
+    return {"effect": float(d.sum()), "ci_low": scale(t["ci_low"]), "ci_high": scale(t["ci_high"]),
+            "p_value": t["p_value"], "test": f"items: {t.get('test', 'none')} ({n} items; deployment, the models fixed)",
+            "n_items": n, "n_items_positive": t["n_positive"], "n_items_negative": t["n_negative"]}
