@@ -29,6 +29,9 @@ class MethodInfo:
     params: tuple[str, ...] = ()
     # params the method pins: stating that value is harmless (as is any param's default, so dumps round-trip)
     fixed: tuple[tuple[str, object], ...] = ()
+    # runs on our projected-gradient engine, which subtracts a model's penalty (a detector-aware
+    # composition) from its objective; the others read logits only and are refused such a model
+    reads_penalty: bool = False
 
     def accepted_params(self) -> tuple[str, ...]:
         return (("targeted",) if self.needs_labels else ()) + self.params
@@ -37,16 +40,18 @@ class MethodInfo:
 _SIGN = ("pixel", "normalized")  # sign-gradient attacks also run the study's normalised-space budget
 _CW = ("cw_binary_steps", "cw_c", "cw_confidence", "cw_steps", "cw_lr")
 METHODS: dict[str, MethodInfo] = {
-    "fgsm": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),)),
-    "bim": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),)),
-    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, params=("random_start",)),
-    "mifgsm": MethodInfo(budget_spaces=_SIGN, params=("decay",), fixed=(("random_start", False),)),
+    "fgsm": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),), reads_penalty=True),
+    "bim": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),), reads_penalty=True),
+    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, params=("random_start",), reads_penalty=True),
+    "mifgsm": MethodInfo(budget_spaces=_SIGN, params=("decay",), fixed=(("random_start", False),), reads_penalty=True),
     "cw": MethodInfo(norms=("l2",), unbounded_ok=True, params=_CW),
     "apgd": MethodInfo(norms=("linf", "l2")),
     "square": MethodInfo(norms=("linf", "l2"), params=("queries",)),
     "spsa": MethodInfo(params=("queries",)),
-    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
-    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
+    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                                reads_penalty=True),
+    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                        reads_penalty=True),
 }
 
 
