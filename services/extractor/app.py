@@ -221,11 +221,11 @@ def chosen_defense(store: ArtifactStore, extractor: str, defense: str | None, sp
     return build_defense(parsed), {"defense": None, "kind": parsed.kind, "label": parsed.label()}
 
 
-def _screen(model: Any, module: Any, images: list[np.ndarray], device: str) -> tuple[Any, float]:
+def _screen(model: Any, module: Any, images: list[np.ndarray], device: str, batch_size: int) -> tuple[Any, float]:
     from services.extractor.screening import screen_images
 
     t0 = time.perf_counter()
-    result = screen_images(model, module, np.stack(images), batch_size=len(images), device=device)
+    result = screen_images(model, module, np.stack(images), batch_size=batch_size, device=device)
     return result, time.perf_counter() - t0
 
 
@@ -255,7 +255,8 @@ async def screen(
         decoded.append(resize_image(arr, size) if size else arr)
     if len({img.shape for img in decoded}) > 1:
         raise InvalidInput("the images differ in size and this extractor takes any size: pass image_size")
-    result, seconds = await asyncio.to_thread(_screen, model, module, decoded, resolve_device(settings.device))
+    result, seconds = await asyncio.to_thread(_screen, model, module, decoded, resolve_device(settings.device),
+                                              settings.extract_max_batch)
     items = [
         ScreenedImage(index=i, filename=up.filename, dim=int(result.features.shape[1]),
                       class_index=int(result.classes[i]), class_name=model.class_names[int(result.classes[i])],
