@@ -96,6 +96,27 @@ class ExtractResponse(BaseModel):
     items: list[ImageFeatures]
 
 
+class ScreenedImage(ImageFeatures):
+    """Features of one uploaded image after the shop's defense, and a detector's verdict on it."""
+
+    score: float | None = Field(None, description="detector: L1 distance of the softmax under squeezing (None for a "
+                                                  "transform).")
+    flagged: bool | None = Field(None, description="detector: score above its threshold (the upload would keep its "
+                                                   "previous image); None for a transform.")
+
+
+class ScreenResponse(BaseModel):
+    extractor: ArtifactKey
+    defense: ArtifactKey | None = Field(description="Key of the `defense` artifact (None: a transform given as `spec`).")
+    kind: str
+    label: str = Field(description="The defense's short name, e.g. jpeg-q75, detector-fpr0.05.")
+    threshold: float | None = Field(None, description="detector: its fitted threshold.")
+    image_size: int = Field(description="Side the images were brought to before the defense.")
+    encoding: Literal["list", "base64"]
+    seconds: float = Field(description="Time of the defense and the forward, for the whole request.")
+    items: list[ScreenedImage]
+
+
 class CatalogFeaturesRequest(_Model):
     dataset: str = Field(pattern=KEY_PATTERN, description="Key of a `dataset` artifact.")
     extractor: str = Field(pattern=KEY_PATTERN, description="Key of an `extractor` artifact.")

@@ -22,11 +22,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ModelOutput:
-    """features: (N,D); logits: (N,C); spatial: (N,D',h,w) or None."""
+    """features: (N,D); logits: (N,C); spatial: (N,D',h,w) or None.
+
+    penalty: (N,) or None -- what an attack must subtract from the per-image objective it ascends
+    (set by a detector-aware composition, :mod:`advrec_common.vision.defenses.defended`; None for
+    every plain model).
+    """
 
     features: torch.Tensor
     logits: torch.Tensor
     spatial: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None
 
 
 class ImageModel(nn.Module):
@@ -61,6 +67,12 @@ class ImageModel(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def penalised(self) -> bool:
+        """True when :meth:`forward_all` returns a ``penalty`` the attack's objective must subtract
+        (a detector-aware composition); ``forward`` (logits only) cannot carry it."""
+        return False
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

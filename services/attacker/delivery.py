@@ -22,15 +22,14 @@ adversary's control, so no budget is guaranteed after it (measure it instead).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from advrec_common.errors import InvalidInput
+from advrec_common.vision.defenses.jpeg import jpeg_roundtrip  # the JPEG defense's codec: one JPEG in advrec
 from services.attacker.budget import Budget
 
 DeliveryMode = Literal["png8", "png8_truncate", "float", "jpeg"]
@@ -87,17 +86,6 @@ def _png8(adv: torch.Tensor, clean: torch.Tensor | None, budget: Budget | None, 
 def _float(adv: torch.Tensor, clean: torch.Tensor | None, budget: Budget | None, rounding: Rounding) -> torch.Tensor:
     out = adv.clamp(0.0, 1.0)
     return budget.project(out, clean) if (clean is not None and budget is not None) else out
-
-
-def jpeg_roundtrip(images_u8: np.ndarray, quality: int) -> np.ndarray:
-    """(N,H,W,3) uint8 -> the same after PIL JPEG encode/decode at ``quality`` (1..95)."""
-    out = np.empty_like(images_u8)
-    for i, img in enumerate(images_u8):  # PIL encodes one image at a time
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-        buf.seek(0)
-        out[i] = np.asarray(Image.open(buf).convert("RGB"))
-    return out
 
 
 def _make_jpeg(quality: int) -> Callable[..., torch.Tensor]:

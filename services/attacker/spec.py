@@ -33,6 +33,9 @@ class MethodInfo:
     positional: bool = False
     # it needs what only the pipeline can give (a recommender's objective, popular items' features)
     promotion: bool = False
+    # runs on our projected-gradient engine, which subtracts a model's penalty (a detector-aware
+    # composition) from its objective; the others read logits only and are refused such a model
+    reads_penalty: bool = False
 
     def accepted_params(self) -> tuple[str, ...]:
         return (("targeted",) if self.needs_labels else ()) + self.params
@@ -41,25 +44,28 @@ class MethodInfo:
 _SIGN = ("pixel", "normalized")  # sign-gradient attacks also run the study's normalised-space budget
 _CW = ("cw_binary_steps", "cw_c", "cw_confidence", "cw_steps", "cw_lr")
 METHODS: dict[str, MethodInfo] = {
-    "fgsm": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),)),
-    "bim": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),)),
-    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, params=("random_start",)),
-    "mifgsm": MethodInfo(budget_spaces=_SIGN, params=("decay",), fixed=(("random_start", False),)),
+    "fgsm": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),), reads_penalty=True),
+    "bim": MethodInfo(budget_spaces=_SIGN, fixed=(("random_start", False),), reads_penalty=True),
+    "pgd": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, params=("random_start",), reads_penalty=True),
+    "mifgsm": MethodInfo(budget_spaces=_SIGN, params=("decay",), fixed=(("random_start", False),), reads_penalty=True),
     "cw": MethodInfo(norms=("l2",), unbounded_ok=True, params=_CW),
     "apgd": MethodInfo(norms=("linf", "l2")),
     "square": MethodInfo(norms=("linf", "l2"), params=("queries",)),
     "spsa": MethodInfo(params=("queries",)),
-    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
-    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",)),
+    "feature_match": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                                reads_penalty=True),
+    "score": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
+                        reads_penalty=True),
     # a random point of the budget's ball: the baseline every attack must beat, and a null cell against its placebo
-    "noise": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False),
+    # (it follows no objective, so a detector is no reason to refuse it)
+    "noise": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, reads_penalty=True),
     # item promotion (Liu & Larson's INSA and EXPA): a seller's own item, not a category
     "insa": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
-                       positional=True, promotion=True),
+                       positional=True, promotion=True, reads_penalty=True),
     "insa_topk": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
-                            positional=True, promotion=True),
+                            positional=True, promotion=True, reads_penalty=True),
     "expa": MethodInfo(norms=("linf", "l2"), budget_spaces=_SIGN, needs_labels=False, params=("random_start",),
-                       promotion=True),
+                       promotion=True, reads_penalty=True),
 }
 PROMOTION_METHODS = tuple(m for m, info in METHODS.items() if info.promotion)
 # what promotion.attacks accepts: the promotion methods and the noise baseline

@@ -1,15 +1,19 @@
-"""Extractor service: backbones, named weights, stored extractors, micro-batched feature extraction.
+"""Extractor service: backbones, named weights, stored extractors, micro-batched feature extraction,
+screening uploads through a shop's defense.
 
 Run: ``uvicorn services.extractor.app:app --port 8001``. A thin HTTP layer over the extractor
 domain: images are decoded by :func:`advrec_common.datasets.images.decode_image`, features come
 from :func:`services.extractor.extraction.extract_features`, catalog features are written by
-:func:`services.extractor.artifacts.write_catalog_features` under the same key the pipeline uses.
+:func:`services.extractor.artifacts.write_catalog_features` under the same key the pipeline uses,
+screening runs :func:`services.extractor.screening.screen_images`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import time
 from collections.abc import Hashable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -28,12 +32,16 @@ from advrec_common.schemas import (
     ExtractorInfo,
     ExtractResponse,
     ImageFeatures,
+    ScreenedImage,
+    ScreenResponse,
     WeightInfo,
 )
 from advrec_common.settings import Settings, get_settings, resolve_device
 from advrec_common.store import ArtifactStore
+from advrec_common.validation import validate_model
 from advrec_common.vision.artifact import extractor_info, load_extractor_artifact
 from advrec_common.vision.backbones import BACKBONES
+from advrec_common.vision.defenses.spec import DefenseSpec
 from services.extractor.artifacts import (
     features_key,
     features_params,
@@ -189,6 +197,81 @@ async def extract(
     return ExtractResponse(extractor=extractor, encoding=encoding, items=items)
 
 
+def chosen_defense(store: ArtifactStore, extractor: str, defense: str | None, spec: str | None) -> tuple[Any, dict]:
+    """(the Defense module, its description) from a ``defense`` artifact key or a transform's JSON ``spec``;
+    InvalidInput unless exactly one is given and it can sit in front of ``extractor``."""
+    from advrec_common.vision.defenses.artifact import defense_info, load_defense_artifact
+    from advrec_common.vision.defenses.registry import build_defense
+
+    if (defense is None) == (spec is None):
+        raise InvalidInput("give exactly one of `defense` (the key of a fitted defense artifact) and `spec` (a "
+                           "transform's spec entry as JSON, e.g. {\"kind\": \"jpeg\", \"quality\": 75})")
+    if defense is not None:
+        require_artifact(store, defense, "defense", "defense")
+        info = defense_info(store, defense)
+        module = load_defense_artifact(store, defense, extractor=extractor)
+        return module, {"defense": defense, "kind": info["kind"], "label": info["label"]}
+    try:
+        data = json.loads(spec)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InvalidInput(f"spec is not JSON: {exc}") from None
+    parsed = validate_model(DefenseSpec, data, root="spec", what="invalid defense spec")
+    if parsed.info.fitted:
+        raise InvalidInput(f"a {parsed.kind} is fitted on a catalog (a run's defense step stores it): pass the key of "
+                           f"its artifact as `defense`")
+    return build_defense(parsed), {"defense": None, "kind": parsed.kind, "label": parsed.label()}
+
+
+def _screen(model: Any, module: Any, images: list[np.ndarray], device: str, batch_size: int) -> tuple[Any, float]:
+    from services.extractor.screening import screen_images
+
+    t0 = time.perf_counter()
+    result = screen_images(model, module, np.stack(images), batch_size=batch_size, device=device)
+    return result, time.perf_counter() - t0
+
+
+@router.post("/screen", response_model=ScreenResponse, tags=["extractor"],
+             summary="Screen uploads through a shop's defense: the purified features, and a detector's score and flag")
+async def screen(
+    images: Annotated[list[UploadFile], File(description="One or more image files (JPEG, PNG, WebP, ...).")],
+    extractor: Annotated[str, Form(description="Key of an `extractor` artifact.")],
+    defense: Annotated[str | None, Form(description="Key of a `defense` artifact (a run's fitted defense).")] = None,
+    spec: Annotated[str | None, Form(description="Or a transform's spec entry as JSON, e.g. "
+                                                 "{\"kind\": \"bit_depth\", \"bits\": 4}.")] = None,
+    encoding: Annotated[Literal["list", "base64"], Form()] = "list",
+    image_size: Annotated[int | None, Form(ge=16, le=1024, description="Resize to size x size (None: the "
+                                                                       "extractor's input size).")] = None,
+    settings: Settings = Depends(get_settings),
+    store: ArtifactStore = Depends(get_store),
+) -> ScreenResponse:
+    if len(images) > MAX_IMAGES_PER_REQUEST:
+        raise InvalidInput(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(images)}")
+    model = await asyncio.to_thread(load_extractor, store, extractor)
+    module, described = await asyncio.to_thread(chosen_defense, store, extractor, defense, spec)
+    size = image_size or model.input_size
+    decoded = []
+    for upload in images:  # decode everything first: a bad image fails the request before any work
+        data = await read_upload(upload, settings.max_upload_bytes)
+        arr = await asyncio.to_thread(decode_image, data, settings.max_image_pixels)
+        decoded.append(resize_image(arr, size) if size else arr)
+    if len({img.shape for img in decoded}) > 1:
+        raise InvalidInput("the images differ in size and this extractor takes any size: pass image_size")
+    result, seconds = await asyncio.to_thread(_screen, model, module, decoded, resolve_device(settings.device),
+                                              settings.extract_max_batch)
+    items = [
+        ScreenedImage(index=i, filename=up.filename, dim=int(result.features.shape[1]),
+                      class_index=int(result.classes[i]), class_name=model.class_names[int(result.classes[i])],
+                      probability=float(result.probs[i]),
+                      score=None if result.scores is None else float(result.scores[i]),
+                      flagged=None if result.flagged is None else bool(result.flagged[i]),
+                      **_encode(result.features[i], encoding))
+        for i, up in enumerate(images)
+    ]
+    return ScreenResponse(extractor=extractor, threshold=module.config().get("threshold"),
+                          image_size=int(decoded[0].shape[0]), encoding=encoding, seconds=seconds, items=items,
+                          **described)
+
+
 @router.post("/extract/catalog", response_model=CatalogFeaturesResponse, tags=["extractor"],
              summary="Features of a whole dataset's catalog (the pipeline's `features` step; reused when stored)")
 async def extract_catalog(
@@ -204,7 +287,8 @@ def create_app() -> FastAPI:
     app = service_app(
         "extractor",
         "Image feature extractors: list backbones, named weights and stored extractors; "
-        "extract features of uploaded images (micro-batched) or of a whole catalog.",
+        "extract features of uploaded images (micro-batched) or of a whole catalog; "
+        "screen uploads through a shop's defense.",
         router,
     )
     app.state.batcher = None

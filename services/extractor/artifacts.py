@@ -15,6 +15,10 @@ runs through. Images are brought to ``image_size`` (None: the extractor's own ``
 Its key is :func:`features_key`; the pipeline's ``features`` step and the extractor service's
 ``/v1/extract/catalog`` compute the same key, so each reuses the other's work.
 (The ``extractor`` artifact itself is shared by every service: :mod:`advrec_common.vision.artifact`.)
+
+A ``defense`` artifact (:func:`write_fitted_defense`): one defense of the ladder fitted for an
+extractor on a catalog (the denoiser trained, the detector's threshold set; a transform as its
+spec), in the format of :mod:`advrec_common.vision.defenses.artifact`, which the attacker reads too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from advrec_common.errors import InvalidInput
 from advrec_common.store import ArtifactStore, artifact_key
 
 if TYPE_CHECKING:  # the type only: importing this module (the pipeline's DAG, the gateway) stays torch-free
+    from advrec_common.vision.defenses.spec import DefenseSpec
     from advrec_common.vision.model import ImageModel
 
 # bump when the features or categories written here change. 2: catalog labels of any name (category
@@ -148,6 +153,26 @@ def write_catalog_features(out: Path, ds: RecDataset, model: ImageModel, params:
     return {"seconds": time.perf_counter() - t0, "n": len(res.features), "dim": int(res.features.shape[1]),
             "category_source": source, "category_head": info["head"]["kind"], "image_size": size,
             "head_held_out_accuracy": info["head"].get("held_out_accuracy")}
+
+
+def write_fitted_defense(out: Path, spec: DefenseSpec, ds: RecDataset, model: ImageModel, *, extractor_key: str,
+                         image_size: int | None = None, fit: str = "crop", seed: int = 0, device: str = "cpu",
+                         progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Fit the defense of ``spec`` for ``model`` (the extractor artifact ``extractor_key``) on the
+    catalog's clean images at ``image_size`` (None: the model's own), fill a ``defense`` directory,
+    and return the run's summary (label, kind, seconds, the fitting report)."""
+    from advrec_common.datasets.images import load_catalog_images
+    from advrec_common.vision.defenses.artifact import write_defense_artifact
+    from services.extractor.defense_fitting import fit_defense
+
+    t0 = time.perf_counter()
+    images = None
+    if spec.info.fitted:
+        size = resolved_image_size(image_size, model)
+        images = load_catalog_images(ds.catalog, size=size, fit=fit)  # type: ignore[arg-type]
+    defense, report = fit_defense(spec, images, model, seed=seed, device=device, progress=progress)
+    write_defense_artifact(out, defense, spec, report, extractor=extractor_key)
+    return {"label": spec.label(), "kind": spec.kind, "seconds": time.perf_counter() - t0, "report": report}
 
 
 @dataclass

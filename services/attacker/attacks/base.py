@@ -37,6 +37,10 @@ class Attack:
         self.budget: Budget | None = budget_for(spec, model.std)
         self.extra = extra
         self.check_extra()
+        if model.penalised and not self.info().reads_penalty:
+            readers = sorted(name for name, info in METHODS.items() if info.reads_penalty)
+            raise InvalidInput(f"attack {self.name!r} reads the model's logits only, so it would ignore the detector "
+                               f"this model carries; a detector-aware attack is one of {readers}")
 
     def check_extra(self) -> None:
         """Validate keyword tensors (feature attacks); plain attacks accept none."""

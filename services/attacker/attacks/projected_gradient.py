@@ -8,7 +8,9 @@ inside the iterations. This engine runs either way:
   FGSM/PGD/MI-FGSM (tests check the two agree);
 * ``space="normalized"``: z = normalize(x), the model is called with ``normalized=True``, no clip.
 
-Each iteration ascends ``loss_fn(output, labels)`` (per-image (N,), averaged like torchattacks):
+Each iteration ascends ``loss_fn(output, labels)`` (per-image (N,), averaged like torchattacks), minus
+the output's ``penalty`` when the model puts one there (a detector-aware composition,
+:mod:`advrec_common.vision.defenses.defended`):
 ``z <- z + step * sign(g)`` (L-inf) or ``z + step * g/||g||`` (L2), then projects onto the ball of
 radius ``radius`` around the start and (pixel space) onto [0,1].
 """
@@ -81,7 +83,11 @@ def projected_gradient(
     single_step = steps == 1 and not random_start and step <= radius and norm == "linf"
     for _ in range(steps):
         adv.requires_grad_(True)
-        loss = loss_fn(model.forward_all(adv, spatial=spatial, normalized=normalized), labels).mean()
+        out = model.forward_all(adv, spatial=spatial, normalized=normalized)
+        objective = loss_fn(out, labels)
+        if out.penalty is not None:  # a detector-aware composition: evade the detector too
+            objective = objective - out.penalty
+        loss = objective.mean()
         grad = torch.autograd.grad(loss, adv)[0]
         adv = adv.detach()
         if decay > 0:

@@ -1,7 +1,9 @@
 """Shared base of the signed-gradient family (FGSM, BIM, PGD, MI-FGSM).
 
 Pixel budgets run torchattacks (the reference implementation); the study's normalised budget
-runs our :func:`projected_gradient` on the normalised tensor, which torchattacks cannot do.
+runs our :func:`projected_gradient` on the normalised tensor, which torchattacks cannot do, and so
+does a model whose outputs carry a penalty (a detector-aware composition), which torchattacks
+cannot read.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ class SignGradientAttack(TorchattacksAttack):
         return self.spec.random_start if self.random_start is None else self.random_start
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.spec.budget_space == "pixel":
+        if self.spec.budget_space == "pixel" and not self.model.penalised:
             return super().perturb(images, labels)
-        return self.perturb_own(images, labels, space="normalized")
+        # torchattacks reads logits only: a penalised model's penalty needs our engine (same arithmetic)
+        return self.perturb_own(images, labels, space=self.spec.budget_space)
 
     def perturb_own(self, images: torch.Tensor, labels: torch.Tensor, space: str) -> torch.Tensor:
         """Our engine with this attack's parameters in ``space`` ('pixel' is used to cross-check torchattacks)."""
