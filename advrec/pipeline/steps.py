@@ -240,8 +240,11 @@ def step_scenario(ctx: StepContext) -> None:
         feasibility["reason"] = f"{p['recommender']} does not read the extractor's features"
         origin, target = pairs[0]
     both = (p.get("origin") is not None, p.get("target") is not None)
-    how = (f"the pair of {len(pairs)} candidates where the oracle raised the origin's CHR@{k} most in deployment"
-           if feasibility["measured"] else "clean CHR@K ranking, as the study")
+    if feasibility["measured"]:
+        how = (f"of {len(pairs)} candidate pairs, the one where the oracle raised the origin's CHR@{k} in deployment "
+               + ("most among the significant rises" if feasibility["feasible"] else "most (no rise was significant)"))
+    else:
+        how = "clean CHR@K ranking, as the study"
     chosen_by = {(True, True): "spec", (False, False): f"automatic ({how})"}.get(both, f"spec and automatic ({how})")
     warnings = scenario_warnings(proposal["table"], origin, target, p["select_k"],
                                  automatic_origin=p.get("origin") is None, min_items=p["min_items"],

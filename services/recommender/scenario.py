@@ -4,8 +4,8 @@ The study chose origin/target by hand from per-class CHR over all users (e.g. sa
 shoe on Amazon Men). Here: rank categories by CHR@K (count form); the candidates are the few least
 exposed categories with at least ``min_items`` items (an attack needs items to push) and the few most
 exposed categories (:func:`candidate_pairs`); among them the pipeline measures the oracle (a perfect
-visual disguise) in deployment and keeps the pair where it raises the origin's exposure most
-(:func:`choose_pair`), so the scenario asks a question a rise can answer. Without that measurement
+visual disguise) in deployment and keeps, among the pairs where its rise is real, the one where it raises the
+origin's exposure most (:func:`choose_pair`), so the scenario asks a question a rise can answer. Without that measurement
 (no recommender reads the extractor's features) the origin is the least exposed candidate and the
 target the most exposed one.
 """
@@ -94,16 +94,23 @@ def candidate_pairs(table: Sequence[dict[str, Any]], *, origin: str | None, targ
 
 
 def choose_pair(measured: Sequence[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any]:
-    """The measured pair whose oracle raised the origin's exposure most, and whether that rise is real.
+    """The pair whose oracle raised the origin's exposure most among the pairs where that rise is real, and
+    whether one is.
 
     ``measured``: rows {origin, target, effect, p_value, ...} (the oracle's effect on the origin's CHR in
-    deployment across replicates). ``feasible`` when the best effect is positive and its p-value,
-    Bonferroni-adjusted for the number of pairs tried (the choice takes the largest of them), is at
-    most ``alpha``; ``p_adjusted`` is that value (None when the pair could not be tested)."""
+    deployment). A pair's rise is real when its effect is positive and its p-value, Bonferroni-adjusted for the
+    number of pairs tried (the choice looks at all of them), is at most ``alpha``. Among those pairs the largest
+    rise is chosen (``feasible`` True); when there is none, the largest rise of all (``feasible`` False).
+    ``p_adjusted`` is the chosen pair's adjusted p (None when it could not be tested)."""
     if not measured:
         raise InvalidInput("no candidate pair was measured")
-    best = max(measured, key=lambda r: (float(r["effect"]), -measured.index(r)))
-    p = best.get("p_value")
-    adjusted = None if p is None else min(1.0, float(p) * len(measured))
-    feasible = float(best["effect"]) > 0 and adjusted is not None and adjusted <= alpha
-    return {**best, "p_adjusted": adjusted, "n_pairs": len(measured), "feasible": feasible}
+    n = len(measured)
+
+    def adjusted(row: dict[str, Any]) -> float | None:
+        p = row.get("p_value")
+        return None if p is None else min(1.0, float(p) * n)
+
+    real = [r for r in measured if float(r["effect"]) > 0 and adjusted(r) is not None and adjusted(r) <= alpha]
+    pool = real or list(measured)
+    best = max(pool, key=lambda r: (float(r["effect"]), -measured.index(r)))
+    return {**best, "p_adjusted": adjusted(best), "n_pairs": n, "feasible": bool(real)}

@@ -105,19 +105,23 @@ def test_candidate_pairs_are_the_least_x_most_exposed_categories():
     assert candidate_pairs(table, origin="a", target="f", min_items=5, n=2) == [("a", "f")]  # named: as asked
 
 
-def test_choose_pair_keeps_the_largest_rise_and_corrects_for_the_choice():
-    """The best of n measured pairs is feasible only when its p-value times n (Bonferroni: the choice took the
-    largest) is at most alpha, and its effect is a rise."""
+def test_choose_pair_keeps_the_largest_real_rise_and_corrects_for_the_choice():
+    """A pair's rise is real when positive with p x n (Bonferroni: the choice looks at all n pairs) <= alpha;
+    the largest real rise is chosen, else the largest rise of all, flagged infeasible."""
     from services.recommender.scenario import choose_pair
 
-    rows = [{"origin": "o1", "target": "t1", "effect": 0.01, "p_value": 0.2},
+    rows = [{"origin": "o1", "target": "t1", "effect": 0.01, "p_value": 0.001},
             {"origin": "o1", "target": "t2", "effect": 0.05, "p_value": 0.004},
-            {"origin": "o2", "target": "t1", "effect": -0.02, "p_value": 0.001}]
+            {"origin": "o2", "target": "t1", "effect": -0.02, "p_value": 0.0001}]
     best = choose_pair(rows)
     assert (best["origin"], best["target"], best["n_pairs"]) == ("o1", "t2", 3)
     assert best["p_adjusted"] == pytest.approx(0.012) and best["feasible"]
-    rows[1]["p_value"] = 0.02  # 0.06 after the correction
-    assert not choose_pair(rows)["feasible"]
+    rows[1]["p_value"] = 0.02  # 0.06 after the correction: the smaller rise is the real one
+    best = choose_pair(rows)
+    assert (best["target"], best["feasible"]) == ("t1", True) and best["p_adjusted"] == pytest.approx(0.003)
+    rows[0]["p_value"] = 0.5  # no real rise: the largest rise, flagged
+    best = choose_pair(rows)
+    assert (best["target"], best["feasible"]) == ("t2", False)
     falls = [{"origin": "o", "target": "t", "effect": -0.01, "p_value": 1e-6}]
     assert not choose_pair(falls)["feasible"]  # a significant fall is not a possible rise
     untested = [{"origin": "o", "target": "t", "effect": 0.3, "p_value": None}]
