@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from advrec.pipeline.spec import EvaluationSpec
-from advrec_common.conventions import headline_k
+from advrec_common.conventions import ExtractorView, extractor_views, headline_k
 from advrec_common.store import artifact_key, file_digest
 from services.extractor.artifacts import FEATURES_VERSION, features_params
 from services.recommender.kinds import RECOMMENDER_NEEDS, reads_items, uses_extractor
@@ -53,6 +53,8 @@ STEP_VERSIONS: dict[str, str] = {
     "oracle": "2",  # 2: real target items' features (form draw), the centroid as its own control
     "evaluate": "3",  # 2: per-replicate metrics, replicate-level tests; 3: per-item changes, deployment tested over items
     "report": "2-" + _report_code_version(),
+    "defense": "1",
+    "transfer": "1",
     "promo_items": "1",
     "promo_attack": "1",
     "promo_transfer": "1",
@@ -72,6 +74,8 @@ STEP_QUEUES: dict[str, str] = {
     "oracle": "recommend",
     "evaluate": "recommend",
     "report": "orchestrate",
+    "defense": "extract",
+    "transfer": "extract",
     "promo_items": "recommend",
     "promo_attack": "attack",
     "promo_transfer": "extract",
@@ -226,13 +230,29 @@ def train_name(ext_name: str, rec_name: str) -> str:
     return f"train/{ext_name}/{rec_name}" if uses_extractor(rec_name) else f"train/-/{rec_name}"
 
 
+def _defense_params(spec: EvaluationSpec, i: int) -> dict[str, Any]:
+    """A rung's ``defense`` step parameters: its resolved fields, and (fitted kinds) the seed and image size."""
+    entry = spec.defenses[i]
+    base = next(e for e in spec.extractors if e.name == entry.extractor)
+    params: dict[str, Any] = {"defense": entry.params()}
+    if entry.info.fitted:
+        params.update(seed=spec.seed, image_size=base.image_size, fit=base.image_fit)
+    return params
+
+
 def plan(spec: EvaluationSpec, n_items: int) -> Plan:
-    """Every step of the evaluation, in dependency order; ``n_items`` = catalog size."""
+    """Every step of the evaluation, in dependency order; ``n_items`` = catalog size.
+
+    Columns are the :func:`~advrec_common.conventions.extractor_views`: the spec's extractors and, per defense
+    rung, the rung in front of its extractor attacked adaptively (through the defense) and non-adaptively (the
+    extractor's own attacked images, delivered through the defense)."""
     p = Plan()
     p.add("dataset", "dataset", dataset_params(spec))
     max_k = max(*spec.ks, spec.scenario.select_k)  # the clean lists also serve the scenario choice
     first_ext = spec.extractors[0].name
     first_rec = spec.recommenders[0].name
+    views = extractor_views(json.loads(spec.model_dump_json()))
+    sizes = {e.name: e.image_size for e in spec.extractors}
 
     spatial = any("spatial" in RECOMMENDER_NEEDS[r.name] for r in spec.recommenders)
     for i, ext in enumerate(spec.extractors):
@@ -241,72 +261,93 @@ def plan(spec: EvaluationSpec, n_items: int) -> Plan:
         p.add(f"features/{ext.name}", "features",
               features_params(ext.image_size, spatial, spec.scenario.category_source, ext.image_fit),
               {"dataset": "dataset", "extractor": f"extractor/{ext.name}"})
+    for i, entry in enumerate(spec.defenses):  # a rung: fitted (or built) for its extractor, then its features
+        base = next(e for e in spec.extractors if e.name == entry.extractor)
+        p.add(f"defense/{entry.name}", "defense", _defense_params(spec, i),
+              {"dataset": "dataset", "extractor": f"extractor/{base.name}", "features": f"features/{base.name}"})
+        p.add(f"features/{entry.name}", "features",
+              features_params(base.image_size, spatial, spec.scenario.category_source, base.image_fit),
+              {"dataset": "dataset", "extractor": f"extractor/{base.name}", "defense": f"defense/{entry.name}"})
 
     def rec_params(rec) -> dict[str, Any]:
         return {"recommender": rec.name, "config": rec.config_params(), "seed": spec.seed,
                 "replicates": spec.replicates, "max_k": max_k}
 
-    for ext in spec.extractors:
+    for view in views:
+        if view.source is not None:
+            continue  # a non-adaptive view reads its rung's features and models
         for rec in spec.recommenders:
-            inputs = {"dataset": "dataset", "features": f"features/{ext.name}"} if uses_extractor(rec.name) \
+            inputs = {"dataset": "dataset", "features": f"features/{view.name}"} if uses_extractor(rec.name) \
                 else {"dataset": "dataset"}
-            p.add(train_name(ext.name, rec.name), "train", rec_params(rec), inputs)
+            p.add(train_name(view.name, rec.name), "train", rec_params(rec), inputs)
 
     scen_rec = next((r.name for r in spec.recommenders if uses_extractor(r.name)), first_rec)
     p.add("scenario", "scenario", {**spec.scenario.model_dump(mode="json"), "recommender": scen_rec,
                                    "k": headline_k(spec.ks), "seed": spec.seed},
           {"dataset": "dataset", "features": f"features/{first_ext}", "train": train_name(first_ext, scen_rec)})
 
-    def evaluations(prefix: str, ext_name: str, perturbation: str, control: str,
+    def evaluations(prefix: str, view: ExtractorView, perturbation: str, control: str,
                     recommenders: list[Any]) -> None:
         for rec in recommenders:
             for mode in spec.modes:
                 p.add(f"{prefix}/{rec.name}/{mode}", "evaluate",
                       {**rec_params(rec), "mode": mode, "ks": spec.ks, "control": control},
-                      {"dataset": "dataset", "features": f"features/{ext_name}", "scenario": "scenario",
-                       "train": train_name(ext_name, rec.name), "perturbation": perturbation})
+                      {"dataset": "dataset", "features": f"features/{view.model}", "scenario": "scenario",
+                       "train": train_name(view.model, rec.name), "perturbation": perturbation})
+
+    def model_inputs(view: ExtractorView) -> dict[str, str]:
+        """The extractor (and the rung's defense) whose composition a view's images pass through."""
+        inputs = {"extractor": f"extractor/{view.extractor}", "features": f"features/{view.model}"}
+        return {**inputs, "defense": f"defense/{view.rung}"} if view.rung else inputs
 
     # BPR-MF reads nothing about items: trained for the clean accuracy table only, never evaluated
     movable = [r for r in spec.recommenders if reads_items(r.name)]
     n_shards = max(1, -(-n_items // spec.shard_size))
-    for ext in spec.extractors:
-        for control, form in (("oracle", {"form": "draw", "seed": spec.seed}), ("oracle_centroid", {"form": "centroid"})):
-            if control not in spec.controls:
-                continue
-            oracle = p.add(f"{control}/{ext.name}", "oracle", {"spatial": spatial, **form},
-                           {"features": f"features/{ext.name}", "scenario": "scenario"})
-            # the oracle moves features: a recommender that learns from pixels has nothing it could move
-            evaluations(f"evaluate/{ext.name}/{control}", ext.name, oracle, control,
-                        [r for r in spec.recommenders if uses_extractor(r.name)])
+    for view in views:
+        size = sizes[view.extractor]
+        if view.source is None:
+            for control, form in (("oracle", {"form": "draw", "seed": spec.seed}),
+                                  ("oracle_centroid", {"form": "centroid"})):
+                if control not in spec.controls:
+                    continue
+                oracle = p.add(f"{control}/{view.name}", "oracle", {"spatial": spatial, **form},
+                               {"features": f"features/{view.model}", "scenario": "scenario"})
+                # the oracle moves features: a recommender that learns from pixels has nothing it could move
+                evaluations(f"evaluate/{view.name}/{control}", view, oracle, control,
+                            [r for r in spec.recommenders if uses_extractor(r.name)])
         for atk in spec.attacks:
             for eps in atk.eps:
-                cell = cell_name(ext.name, atk.method, eps)
-                attack_params = {**atk.attack_params(), "eps": eps, "seed": spec.seed, "image_size": ext.image_size}
-                shards = []
-                for s in range(n_shards):
-                    lo, hi = s * spec.shard_size, min(n_items, (s + 1) * spec.shard_size)
-                    shards.append(p.add(f"attack/{cell}/shard{s}", "attack_shard", {**attack_params, "items": [lo, hi]},
-                                        {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
-                                         "features": f"features/{ext.name}", "scenario": "scenario"}))
-                adversarial = p.add(f"adversarial/{cell}", "adversarial", {"n_shards": n_shards},
-                                    {"dataset": "dataset", "features": f"features/{ext.name}",
-                                     "scenario": "scenario", "shards": shards})
-                evaluations(f"evaluate/{cell}", ext.name, adversarial, "attack", movable)
+                cell = cell_name(view.name, atk.method, eps)
+                if view.source is None:  # attacked here (through the rung's defense: adaptively)
+                    attack_params = {**atk.attack_params(), "eps": eps, "seed": spec.seed, "image_size": size}
+                    shards = []
+                    for s in range(n_shards):
+                        lo, hi = s * spec.shard_size, min(n_items, (s + 1) * spec.shard_size)
+                        shards.append(p.add(f"attack/{cell}/shard{s}", "attack_shard",
+                                            {**attack_params, "items": [lo, hi]},
+                                            {"dataset": "dataset", **model_inputs(view), "scenario": "scenario"}))
+                    adversarial = p.add(f"adversarial/{cell}", "adversarial", {"n_shards": n_shards},
+                                        {"dataset": "dataset", "features": f"features/{view.model}",
+                                         "scenario": "scenario", "shards": shards})
+                else:  # the non-adaptive attacker: the bare extractor's attacked images, through the defense
+                    adversarial = p.add(f"adversarial/{cell}", "transfer", {"image_size": size, "spatial": spatial},
+                                        {"dataset": "dataset", **model_inputs(view), "scenario": "scenario",
+                                         "source": f"adversarial/{cell_name(view.source, atk.method, eps)}"})
+                evaluations(f"evaluate/{cell}", view, adversarial, "attack", movable)
                 if "placebo" in spec.controls:
                     placebo = p.add(f"placebo/{cell}", "placebo",
-                                    {"draws": spec.replicates, "seed": spec.seed, "image_size": ext.image_size,
+                                    {"draws": spec.replicates, "seed": spec.seed, "image_size": size,
                                      "delivery": atk.delivery, "jpeg_quality": atk.jpeg_quality, "spatial": spatial},
-                                    {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
-                                     "features": f"features/{ext.name}", "adversarial": adversarial})
-                    evaluations(f"evaluate/{cell}/placebo", ext.name, placebo, "placebo", movable)
+                                    {"dataset": "dataset", **model_inputs(view), "adversarial": adversarial})
+                    evaluations(f"evaluate/{cell}/placebo", view, placebo, "placebo", movable)
     if spec.promotion is not None:
-        _plan_promotion(p, spec, rec_params, first_ext, scen_rec, spatial)
+        _plan_promotion(p, spec, rec_params, first_ext, scen_rec, spatial, views, model_inputs)
     evals = [s.name for s in p if s.kind in ("evaluate", "promo_evaluate")]
     p.add("report", "report", {"spec": json.loads(spec.model_dump_json()),
                                "gallery_users": spec.gallery_users},
           {"steps": [s.name for s in p if s.kind in ("dataset", "extractor", "features", "train", "scenario",
-                                                      "adversarial", "placebo", "oracle", "promo_items", "promo_attack",
-                                                      "promo_transfer")] + evals})
+                                                      "adversarial", "transfer", "placebo", "oracle", "defense",
+                                                      "promo_items", "promo_attack", "promo_transfer")] + evals})
     return p
 
 
@@ -316,64 +357,69 @@ def promo_cell_name(extractor: str, method: str, eps: float, recommender: str, s
     return f"{extractor}/{method}/{eps_label(eps)}/{recommender}" + (f"/from-{source}" if source else "")
 
 
+def promotion_cells(spec: dict[str, Any]) -> list[tuple[ExtractorView, str, float, str, str | None]]:
+    """Every promotion cell of a spec (a JSON dump): (view, method, eps, recommender, source) -- white-box under
+    every view attacked here (through a rung's defense: adaptively), ``transfer_from``'s images delivered to
+    every other extractor, and a rung's non-adaptive view receiving its extractor's images."""
+    promo = spec.get("promotion")
+    if not promo:
+        return []
+    views = extractor_views(spec)
+    recs = [r["name"] for r in spec["recommenders"] if uses_extractor(r["name"])]
+    grid = [(a["method"], float(eps)) for a in promo["attacks"] for eps in a["eps"]]
+    out: list[tuple[ExtractorView, str, float, str, str | None]] = []
+    for view in views:
+        if view.source is None and view.rung is None:  # a spec extractor: white-box, and the transfer onto it
+            sources = [None] + ([promo["transfer_from"]] if promo.get("transfer_from") not in (None, view.name) else [])
+        else:  # a rung: adaptively (its own view), or its extractor's images (the non-adaptive view)
+            sources = [view.source]
+        out += [(view, m, eps, r, src) for src in sources for m, eps in grid for r in recs]
+    return out
+
+
 def _plan_promotion(p: Plan, spec: EvaluationSpec, rec_params: Any, first_ext: str, scen_rec: str,
-                    spatial: bool) -> None:
-    """Item promotion: the promoted items, then per extractor x attack x budget x visual recommender the
-    attack (white-box against that recommender), its placebo and their evaluations in each mode; with
-    ``transfer_from``, the source extractor's images delivered to every other extractor too."""
+                    spatial: bool, views: list[ExtractorView], model_inputs: Any) -> None:
+    """Item promotion: the promoted items, then every promotion cell (:func:`promotion_cells`): the attack
+    (white-box against that recommender; through a rung's defense, adaptively) or the transfer of another
+    extractor's images, its placebo and their evaluations in each mode."""
     promo = spec.promotion
     assert promo is not None
     k = headline_k(spec.ks)
     items = p.add("promotion/items", "promo_items", {"items": promo.items.model_dump(mode="json"), "k": k},
                   {"dataset": "dataset", "features": f"features/{first_ext}", "train": train_name(first_ext, scen_rec),
                    "scenario": "scenario"})
-    recs = [r for r in spec.recommenders if uses_extractor(r.name)]
+    recs = {r.name: r for r in spec.recommenders}
+    attacks = {(a.method, float(eps)): a for a in promo.attacks for eps in a.eps}
+    sizes = {e.name: e.image_size for e in spec.extractors}
     modes = spec.promotion_modes()
 
-    def evaluations(cell: str, ext: str, rec: Any, perturbation: str, control: str) -> None:
+    def evaluations(cell: str, view: ExtractorView, rec: Any, perturbation: str, control: str) -> None:
         for mode in modes:
             suffix = f"/{control}" if control == "placebo" else ""
             p.add(f"promote_eval/{cell}{suffix}/{mode}", "promo_evaluate",
                   {**rec_params(rec), "mode": mode, "ks": spec.ks, "k": k, "control": control},
-                  {"dataset": "dataset", "features": f"features/{ext}", "train": train_name(ext, rec.name),
+                  {"dataset": "dataset", "features": f"features/{view.model}", "train": train_name(view.model, rec.name),
                    "items": items, "perturbation": perturbation})
 
-    def placebo(cell: str, ext: Any, atk: Any, perturbation: str) -> str:
+    def placebo(cell: str, view: ExtractorView, atk: Any, perturbation: str) -> str:
         return p.add(f"promote/{cell}/placebo", "placebo",
-                     {"draws": spec.replicates, "seed": spec.seed, "image_size": ext.image_size,
+                     {"draws": spec.replicates, "seed": spec.seed, "image_size": sizes[view.extractor],
                       "delivery": atk.delivery, "jpeg_quality": atk.jpeg_quality, "spatial": spatial},
-                     {"dataset": "dataset", "extractor": f"extractor/{ext.name}", "features": f"features/{ext.name}",
-                      "perturbation": perturbation})
+                     {"dataset": "dataset", **model_inputs(view), "perturbation": perturbation})
 
-    sources: dict[tuple[str, str, float, str], str] = {}
-    for ext in spec.extractors:
-        for atk in promo.attacks:
-            for eps in atk.eps:
-                for rec in recs:
-                    cell = promo_cell_name(ext.name, atk.method, eps, rec.name)
-                    attack = p.add(f"promote/{cell}", "promo_attack", {
-                        **atk.attack_params(), "eps": eps, "seed": spec.seed, "image_size": ext.image_size,
-                        "recommender": rec.name, "k": k, "users": promo.users.model_dump(mode="json"),
-                        "topk_temperature": promo.topk_temperature, "expa_targets": promo.expa_targets},
-                        {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
-                         "features": f"features/{ext.name}", "items": items, "train": train_name(ext.name, rec.name)})
-                    sources[ext.name, atk.method, eps, rec.name] = attack
-                    evaluations(cell, ext.name, rec, attack, "attack")
-                    evaluations(cell, ext.name, rec, placebo(cell, ext, atk, attack), "placebo")
-    if promo.transfer_from is None:
-        return
-    for ext in spec.extractors:
-        if ext.name == promo.transfer_from:
-            continue
-        for atk in promo.attacks:
-            for eps in atk.eps:
-                for rec in recs:
-                    cell = promo_cell_name(ext.name, atk.method, eps, rec.name, promo.transfer_from)
-                    moved = p.add(f"promote/{cell}", "promo_transfer",
-                                  {"image_size": ext.image_size, "spatial": spatial},
-                                  {"dataset": "dataset", "extractor": f"extractor/{ext.name}",
-                                   "features": f"features/{ext.name}",
-                                   "source": sources[promo.transfer_from, atk.method, eps, rec.name]})
-                    evaluations(cell, ext.name, rec, moved, "attack")
-                    evaluations(cell, ext.name, rec, placebo(cell, ext, atk, moved), "placebo")
-
+    cells = promotion_cells(json.loads(spec.model_dump_json()))
+    for view, method, eps, rec_name, source in sorted(cells, key=lambda c: c[4] is not None):  # attacks first
+        atk, rec = attacks[method, eps], recs[rec_name]
+        cell = promo_cell_name(view.name, method, eps, rec_name, source)
+        if source is None:
+            made = p.add(f"promote/{cell}", "promo_attack", {
+                **atk.attack_params(), "eps": eps, "seed": spec.seed, "image_size": sizes[view.extractor],
+                "recommender": rec_name, "k": k, "users": promo.users.model_dump(mode="json"),
+                "topk_temperature": promo.topk_temperature, "expa_targets": promo.expa_targets},
+                {"dataset": "dataset", **model_inputs(view), "items": items, "train": train_name(view.model, rec_name)})
+        else:
+            made = p.add(f"promote/{cell}", "promo_transfer", {"image_size": sizes[view.extractor], "spatial": spatial},
+                         {"dataset": "dataset", **model_inputs(view),
+                          "source": f"promote/{promo_cell_name(source, method, eps, rec_name)}"})
+        evaluations(cell, view, rec, made, "attack")
+        evaluations(cell, view, rec, placebo(cell, view, atk, made), "placebo")

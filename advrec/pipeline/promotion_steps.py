@@ -15,12 +15,15 @@ from advrec.pipeline.context import StepContext
 from advrec.pipeline.step_support import (
     at_size,
     average,
+    behind,
     dataset_of,
+    defense_of,
     extract_draws,
     feature_image_size,
     few,
     fit_replicates_of,
     item_side,
+    keep_flagged_clean,
     perturbed,
     seeds_of,
 )
@@ -106,7 +109,8 @@ def step_promo_attack(ctx: StepContext) -> None:
     p = ctx.params
     ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
+    bare, defense = load_extractor_artifact(ctx.store, ctx.input("extractor")), defense_of(ctx)
+    model = behind(bare, defense)  # judges and re-extracts the uploads; a rung's attacker adapts to it
     rows, _ = load_promoted_items(ctx.store, ctx.input("items"))
     train_key = ctx.input("train")
     size, fit = feature_image_size(feats, p)
@@ -115,7 +119,7 @@ def step_promo_attack(ctx: StepContext) -> None:
     needs = RECOMMENDER_NEEDS[p["recommender"]]
     spatial = "spatial" in needs
     common = {"device": ctx.device, "clean_features": torch.as_tensor(np.asarray(feats.features)[rows]),
-              "spatial": spatial}
+              "spatial": spatial, "attack_model": behind(bare, defense, adaptive=True)}
     outcomes = []
     if grid.method == "noise":  # the baseline: a random point of the budget's ball, one image per item
         outcomes.append(attack_and_measure(model, clean, grid.attack_spec(p["eps"], p["seed"]), None, p["delivery"],
@@ -145,16 +149,23 @@ def step_promo_attack(ctx: StepContext) -> None:
             ctx.report_progress(r + 1, n_rep, "replicates")
     delivered = [o.delivered for o in outcomes]
     images = np.stack([to_uint8(d) if p["delivery"] != "float" else d.permute(0, 2, 3, 1).numpy() for d in delivered])
-    features = np.stack([o.features.numpy() for o in outcomes])
-    maps = np.stack([o.spatial.numpy() for o in outcomes]) if spatial else None
-    table = []
-    for r, o in enumerate(outcomes):
-        for row, item in zip(o.measurement.to_table(), rows, strict=True):
-            table.append({**row, "item": ds.catalog.item_ids[int(item)], "draw": r})
+    per_draw, per_map, table = [], [], []
+    for r, o in enumerate(outcomes):  # a detector rung refuses the uploads it flags: those items keep their features
+        f, sp, flagged = keep_flagged_clean(model, images[r], rows, o.features.numpy(),
+                                            None if o.spatial is None else o.spatial.numpy(), feats, ctx.device)
+        per_draw.append(f)
+        per_map.append(sp)
+        for j, (row, item) in enumerate(zip(o.measurement.to_table(), rows, strict=True)):
+            table.append({**row, "item": ds.catalog.item_ids[int(item)], "draw": r,
+                          **({"flagged": bool(flagged[j])} if flagged is not None else {})})
+    features = np.stack(per_draw)
+    maps = np.stack(per_map) if spatial else None
     summaries = [o.measurement.summary() for o in outcomes]
     summary = {k: float(np.mean([sm[k] for sm in summaries])) for k in summaries[0]
                if all(isinstance(sm.get(k), int | float) and not isinstance(sm.get(k), bool) for sm in summaries)}
     summary.update(n=int(len(rows)), draws=len(outcomes), attack_seconds=float(sum(o.seconds for o in outcomes)))
+    if any("flagged" in t for t in table):
+        summary["flagged"] = float(np.mean([t["flagged"] for t in table]))
     write_promotion_attack(ctx.out, rows, features, maps, images, table, summary)
 
 
@@ -170,7 +181,7 @@ def step_promo_transfer(ctx: StepContext) -> None:
     if source.dtype != np.uint8 and size and source.shape[2] != size:  # float delivery at another size: 8 bits
         source = np.round(np.clip(source, 0, 1) * 255).astype(np.uint8)
     images = np.stack([at_size(d, size) if size else d for d in source]) if source.dtype == np.uint8 else source
-    features, maps, sizes = extract_draws(ctx, clean, images, bool(p["spatial"]))
+    features, maps, sizes = extract_draws(ctx, clean, images, bool(p["spatial"]), items, feats)
     clean_rows = np.asarray(feats.features)[items]
     out = {**average(sizes), "n": int(len(items)), "draws": int(len(images)),
            "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)), "source_feat_mse": summary.get("feat_mse")}

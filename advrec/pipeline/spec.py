@@ -22,9 +22,11 @@ from pydantic import (
     model_validator,
 )
 
+from advrec_common.conventions import NONADAPTIVE
 from advrec_common.datasets.generic_layout import CategoryColumns, InteractionColumns
 from advrec_common.errors import InvalidInput, invalid
 from advrec_common.validation import validation_problems
+from advrec_common.vision.defenses.spec import DefenseSpec
 from services.attacker.spec import (
     METHODS,
     PROMOTION_ATTACKS,
@@ -290,6 +292,18 @@ class PromotionSpec(_Strict):
         return v
 
 
+class DefenseEntry(DefenseSpec):
+    """One rung of the defense ladder (``defenses[i]``): a defense in front of ``extractor`` (None: the first
+    extractor with ``defense: standard``, else the first one), shown as ``name`` (None: its label, e.g.
+    ``jpeg-q75``). Every image the shop ingests, clean and attacked alike, passes the defense before the
+    extractor. Each rung is measured against two attackers: the adaptive one (BPDA, EOT, end to end, or
+    detector-aware: it attacks the composition; shown as ``name``) and the non-adaptive one (it attacks the
+    bare extractor, the defense is applied after; shown as ``name`` + ``.nonadaptive``)."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,39}$")
+    extractor: str | None = None
+
+
 class ScenarioSpec(_Strict):
     """Origin (pushed) and target categories; both None = chosen automatically like the study.
 
@@ -359,8 +373,16 @@ class EvaluationSpec(_Strict):
         "can do); oracle_centroid: origin items' features set to the target category's mean feature")
     promotion: PromotionSpec | None = Field(None, description="item promotion: a seller's own items attacked with "
                                                              "insa, insa_topk or expa (None: none)")
+    defenses: list[DefenseEntry] = Field(default_factory=list, max_length=16,
+                                         description="the defense ladder's rungs in front of the extractors: jpeg, "
+                                                     "bit_depth, median, resize_pad, denoiser, detector")
     shard_size: int = Field(256, ge=1, le=100_000, description="items per attack shard")
     gallery_users: int = Field(1, ge=0, le=20)
+
+    @field_serializer("defenses")
+    def _defenses_as_given(self, defenses: list[DefenseEntry]) -> list[dict[str, Any]]:
+        # the fields set (and the resolved name and extractor): dumps stay short and keys stable
+        return [d.model_dump(mode="json", exclude_none=True) for d in defenses]
 
     @field_validator("attacks")
     @classmethod
@@ -402,6 +424,7 @@ class EvaluationSpec(_Strict):
         recs = [r.name for r in self.recommenders]
         if len(set(recs)) != len(recs):
             raise ValueError(f"recommender names must be unique: {recs}")
+        self._resolve_defenses(names)
         promo = self.promotion
         if promo is not None:
             if promo.transfer_from is not None and promo.transfer_from not in names:
@@ -413,6 +436,35 @@ class EvaluationSpec(_Strict):
                 raise ValueError("promotion needs a recommender that reads the extractor's features (vbpr, amr, "
                                  "deepstyle, acf): the attacks act through the extractor")
         return self
+
+    def _resolve_defenses(self, names: list[str]) -> None:
+        """Every rung named and placed (written into the spec, so records, keys and the report say it); every
+        problem at once."""
+        if not self.defenses:
+            return
+        standard = next((e.name for e in self.extractors if e.defense == "standard"), names[0])
+        resolved, problems = [], []
+        for i, entry in enumerate(self.defenses):
+            name = entry.name or entry.label()
+            base = entry.extractor or standard
+            if base not in names:
+                problems.append(f"defenses[{i}].extractor {base!r} is not an extractor of the spec; extractors: {names}")
+            if name in names or name.endswith(NONADAPTIVE) or len(name + NONADAPTIVE) > 60:
+                problems.append(f"defenses[{i}].name {name!r} is taken by an extractor, ends in {NONADAPTIVE!r} or is "
+                                "too long; name the rung")
+            resolved.append(entry.model_copy(update={"name": name, "extractor": base}))
+        seen = [r.name for r in resolved]
+        problems += [f"defenses: the name {n!r} is used twice (name the rungs)" for n in sorted(set(seen))
+                     if seen.count(n) > 1]
+        detectors = [i for i, r in enumerate(resolved) if r.kind == "detector"]
+        blind = sorted({a.method for a in self.attacks if not METHODS[a.method].reads_penalty})
+        if detectors and blind:
+            problems.append(f"defenses[{detectors[0]}] is a detector, and attacks {blind} read logits only: they would "
+                            "ignore it (the detector-aware attacker needs fgsm, bim, pgd, mifgsm, feature_match or "
+                            "noise)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.defenses = resolved
 
     def promotion_modes(self) -> list[str]:
         """The modes item promotion is evaluated in (its own, else the spec's)."""
@@ -474,7 +526,28 @@ def _study_preset() -> dict[str, Any]:
     }
 
 
-PRESETS = {"demo": _demo_preset, "study": _study_preset}
+def _defenses_preset() -> dict[str, Any]:
+    """The defense ladder on the demo catalog (``advrec run defenses``): in front of the standard demo extractor,
+    JPEG, bit-depth reduction, median smoothing, random resize-and-pad, a denoiser trained here and a
+    feature-squeezing detector, beside extractor adversarial training (PGD-AT) and recommender adversarial
+    training (AMR); each rung against the non-adaptive and the adaptive attacker, PGD-10 at eps 8 on the
+    scenario's category and INSA on the 20 least exposed origin items, in deployment."""
+    return {
+        "name": "defenses",
+        "dataset": {"kind": "demo", "n_users": 600},
+        "extractors": [{"name": "standard"}, {"name": "pgd_at"}],
+        "attacks": [{"method": "pgd", "eps": [8], "steps": 10}],
+        "recommenders": [{"name": "vbpr"}, {"name": "amr"}],
+        "ks": [5, 10, 20, 50],
+        "modes": ["deployment"],
+        "replicates": 3,
+        "controls": ["placebo", "oracle"],
+        "defenses": [{"kind": k} for k in ("jpeg", "bit_depth", "median", "resize_pad", "denoiser", "detector")],
+        "promotion": {"attacks": [{"method": "insa_topk", "eps": [8], "steps": 20}], "modes": ["deployment"]},
+    }
+
+
+PRESETS = {"demo": _demo_preset, "study": _study_preset, "defenses": _defenses_preset}
 
 
 def preset(name: str) -> EvaluationSpec:

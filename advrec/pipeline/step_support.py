@@ -14,9 +14,11 @@ import torch
 
 from advrec.pipeline.context import StepContext
 from advrec_common.datasets.artifact import load_dataset_artifact
-from advrec_common.datasets.images import load_catalog_images
+from advrec_common.datasets.images import load_catalog_images, to_tensor
 from advrec_common.datasets.types import RecDataset
 from advrec_common.vision.artifact import load_extractor_artifact
+from advrec_common.vision.defenses.base import Defense
+from advrec_common.vision.model import ImageModel
 from services.attacker.artifacts import Perturbation
 from services.extractor.artifacts import FeatureSet
 from services.recommender.items import ItemSide
@@ -139,22 +141,79 @@ def feature_image_size(feats: Any, params: dict[str, Any]) -> tuple[int | None, 
     return feats.category_info.get("image_size", params.get("image_size")), feats.category_info.get("fit", "crop")
 
 
-def extract_draws(ctx: StepContext, clean: np.ndarray, images: np.ndarray,
-                   spatial: bool) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float]]]:
-    """Features (R',N,D), maps (R',N,D',h,w) or None, and the perturbation sizes of (R',N,H,W,3) images of
-    the same items as ``clean``, extracted by the step's ``extractor``."""
+def defense_of(ctx: StepContext) -> Defense | None:
+    """The defense rung in front of the step's extractor (its ``defense`` input), or None."""
+    if not ctx.has_input("defense"):
+        return None
+    from advrec_common.vision.defenses.artifact import load_defense_artifact
+
+    return load_defense_artifact(ctx.store, ctx.input("defense"), extractor=ctx.input("extractor"))
+
+
+def behind(model: ImageModel, defense: Defense | None, adaptive: bool = False) -> ImageModel:
+    """``model`` behind ``defense`` as the shop deploys it, or as the adaptive attacker differentiates it
+    (``adaptive``); ``model`` itself without a defense."""
+    if defense is None:
+        return model
+    from advrec_common.vision.defenses.defended import defend
+
+    return defend(model, defense, adaptive=adaptive)
+
+
+def deployed_extractor(ctx: StepContext) -> ImageModel:
+    """The step's extractor as the shop runs it: behind its rung's defense when it has one."""
+    return behind(load_extractor_artifact(ctx.store, ctx.input("extractor")), defense_of(ctx))
+
+
+def keep_flagged_clean(model: ImageModel, images: np.ndarray, items: np.ndarray, features: np.ndarray,
+                       spatial: np.ndarray | None, clean: FeatureSet,
+                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A detector rung's rule for uploads: an image it flags keeps its item's previous (clean) features.
+
+    images (N,H,W,3) uint8 (or float [0,1]) uploads of catalog rows ``items``, ``features`` (N,D) and ``spatial``
+    as extracted -> (features, spatial, flagged (N,) bool); no detector in front of ``model``: unchanged, None."""
+    from advrec_common.vision.defenses.defended import DefendedModel
+
+    if not isinstance(model, DefendedModel) or not model.defense.detects or len(items) == 0:
+        return features, spatial, None
+    x = to_tensor(images) if images.dtype == np.uint8 else torch.as_tensor(np.ascontiguousarray(
+        images.transpose(0, 3, 1, 2)), dtype=torch.float32)
+    flags = []
+    model = model.to(device)
+    try:
+        for i in range(0, x.shape[0], 64):
+            flags.append(model.screen(x[i : i + 64].to(device)).flagged.cpu())
+    finally:
+        model.cpu()
+    flagged = torch.cat(flags).numpy().astype(bool)
+    features = np.array(features, copy=True)
+    features[flagged] = np.asarray(clean.features)[np.asarray(items)[flagged]]
+    if spatial is not None and clean.spatial is not None:
+        spatial = np.array(spatial, copy=True)
+        spatial[flagged] = np.asarray(clean.spatial)[np.asarray(items)[flagged]]
+    return features, spatial, flagged
+
+
+def extract_draws(ctx: StepContext, clean: np.ndarray, images: np.ndarray, spatial: bool, items: np.ndarray,
+                  feats: FeatureSet) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float]]]:
+    """Features (R',N,D), maps (R',N,D',h,w) or None, and the perturbation sizes of (R',N,H,W,3) uploaded
+    images of catalog rows ``items`` (their clean images ``clean``), through the step's extractor as deployed
+    (behind its rung's defense; a detector's flagged uploads keep their clean features ``feats``); every
+    size dict also holds the share of uploads flagged (``flagged``, 0 without a detector)."""
     from services.attacker.controls import perturbation_size
     from services.extractor.extraction import extract_features
 
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
+    model = deployed_extractor(ctx)
     rows, maps, sizes = [], [], []
     for r in range(images.shape[0]):
         x = images[r] if images.dtype == np.uint8 else np.ascontiguousarray(images[r].transpose(0, 3, 1, 2))
         res = extract_features(model, x, device=ctx.device, spatial=spatial)
-        rows.append(res.features)
-        if res.spatial is not None:
-            maps.append(res.spatial)
-        sizes.append(perturbation_size(clean, images[r]))
+        f, sp, flagged = keep_flagged_clean(model, images[r], items, res.features, res.spatial, feats, ctx.device)
+        rows.append(f)
+        if sp is not None:
+            maps.append(sp)
+        sizes.append({**perturbation_size(clean, images[r]),
+                      "flagged": float(flagged.mean()) if flagged is not None else 0.0})
         ctx.report_progress(r + 1, images.shape[0], "draws")
     return np.stack(rows), np.stack(maps) if maps else None, sizes
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from advrec.pipeline.context import StepContext
-from advrec.pipeline.dag import cell_name, promo_cell_name, train_name
+from advrec.pipeline.dag import cell_name, promo_cell_name, promotion_cells, train_name
 from advrec.pipeline.promotion_steps import (
     step_promo_attack,
     step_promo_evaluate,
@@ -29,18 +29,23 @@ from advrec.pipeline.step_support import (
     as_json,
     at_size,
     average,
+    behind,
     dataset_of,
+    defense_of,
+    deployed_extractor,
     extract_draws,
     feature_image_size,
     few,
     fit_replicates_of,
     item_side,
+    keep_flagged_clean,
     ks_up_to,
     perturbed,
     ranked,
     seeds_of,
 )
 from advrec.report.collect import RunArtifacts, check_spec
+from advrec_common.conventions import extractor_views
 from advrec_common.datasets.artifact import write_dataset_artifact
 from advrec_common.datasets.images import load_catalog_images, to_tensor
 from advrec_common.errors import InvalidInput, NotFound
@@ -138,9 +143,31 @@ def step_extractor(ctx: StepContext) -> None:
 
 
 def step_features(ctx: StepContext) -> None:
-    """Clean features, predicted classes and probabilities of every catalog image."""
-    model = load_extractor_artifact(ctx.store, ctx.input("extractor"))
-    ctx.meta.update(write_catalog_features(ctx.out, dataset_of(ctx), model, ctx.params, ctx.device, ctx.progress))
+    """Clean features, predicted classes and probabilities of every catalog image (behind the rung's defense,
+    as the shop ingests them, when the step has one; with the time per image it took)."""
+    import time
+
+    ds = dataset_of(ctx)
+    t0 = time.perf_counter()
+    ctx.meta.update(write_catalog_features(ctx.out, ds, deployed_extractor(ctx), ctx.params, ctx.device,
+                                           ctx.progress))
+    ctx.meta.update(ms_per_image=1000 * (time.perf_counter() - t0) / max(len(ds.catalog), 1))
+
+
+def step_defense(ctx: StepContext) -> None:
+    """A defense rung: built (a transform) or fitted for its extractor (the denoiser on the catalog's clean images
+    and the extractor's own PGD examples; the detector's threshold at its false-positive rate), through the head
+    whose classes are the categories (the classifier the attacks aim at and the detector screens with)."""
+    from advrec.pipeline.spec import DefenseEntry
+    from services.extractor.artifacts import write_fitted_defense
+
+    p = ctx.params
+    entry = DefenseEntry.model_validate(p["defense"])
+    feats = load_features(ctx.store, ctx.input("features"), arrays=True)
+    model = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
+    ctx.meta.update(write_fitted_defense(ctx.out, entry, dataset_of(ctx), model, extractor_key=ctx.input("extractor"),
+                                         image_size=p.get("image_size"), fit=p.get("fit", "crop"),
+                                         seed=int(p.get("seed", 0)), device=ctx.device, progress=ctx.progress))
 
 
 def step_train(ctx: StepContext) -> None:
@@ -313,7 +340,9 @@ def step_attack_shard(ctx: StepContext) -> None:
     p = ctx.params
     ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
-    model = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
+    defense = defense_of(ctx)
+    bare = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
+    model = behind(bare, defense)  # what the shop runs: judges and re-extracts the delivered images
     scen = load_scenario(ctx.store, ctx.input("scenario"))
     for role in ("origin", "target"):
         if scen[role] not in feats.category_names:
@@ -334,15 +363,93 @@ def step_attack_shard(ctx: StepContext) -> None:
     if spec.method == "feature_match":  # pulled toward the target category's clean features (their centroid)
         members = np.asarray(feats.categories) == feats.category_names.index(scen["target"])
         extra["target_features"] = torch.as_tensor(np.asarray(feats.features)[members])
+    # a rung's attacker adapts: BPDA, EOT, end to end through a denoiser, or detector-aware
     out = attack_and_measure(model, clean, spec, target, p["delivery"], p["jpeg_quality"], device=ctx.device,
                              clean_features=torch.as_tensor(np.asarray(feats.features)[idx]),
-                             spatial=feats.spatial is not None, progress=ctx.progress, **extra)
+                             spatial=feats.spatial is not None, progress=ctx.progress,
+                             attack_model=behind(bare, defense, adaptive=True), **extra)
     rows = out.measurement.to_table()
+    _apply_detector(model, out, idx, feats, ctx.device, rows)
     for row, item in zip(rows, idx, strict=True):
         row["item"] = ds.catalog.item_ids[int(item)]
     write_shard(ctx.out, idx, out, rows, p["delivery"])
     ctx.meta.update(n=int(len(idx)), seconds=out.seconds, images_per_s=len(idx) / max(out.seconds, 1e-9),
                     image_size=size, head=feats.category_info.get("head", {}).get("kind"))
+
+
+def _apply_detector(model: Any, out: Any, items: np.ndarray, feats: FeatureSet, device: str,
+                    rows: list[dict[str, Any]]) -> None:
+    """A detector rung's verdict on delivered uploads (in place): a flagged upload is refused, so its item keeps
+    its clean features and the attack did not succeed on it; every row gets ``flagged``."""
+    from advrec_common.datasets.images import to_uint8
+
+    images = to_uint8(out.delivered)
+    f, sp, flagged = keep_flagged_clean(model, images, items, out.features.numpy(),
+                                        None if out.spatial is None else out.spatial.numpy(), feats, device)
+    if flagged is None:
+        return
+    out.features = torch.as_tensor(f)
+    out.spatial = None if sp is None else torch.as_tensor(sp)
+    for row, flag in zip(rows, flagged, strict=True):
+        row["flagged"] = bool(flag)
+        if flag and row.get("success") is not None:
+            row["success"] = False
+
+
+def step_transfer(ctx: StepContext) -> None:
+    """The non-adaptive attacker against a defense rung: the bare extractor's attacked images of one cell
+    (input ``source``), uploaded through the rung's defense (a detector's flagged uploads keep their clean
+    features), judged by the deployed composition's category classifier."""
+    from services.attacker.artifacts import Shard
+    from services.attacker.measurements import measure_attack
+
+    p = ctx.params
+    ds = dataset_of(ctx)
+    feats = load_features(ctx.store, ctx.input("features"))
+    scen = load_scenario(ctx.store, ctx.input("scenario"))
+    src = load_adversarial(ctx.store, ctx.input("source"))
+    items = src.items
+    if len(items) == 0 or src.images is None:
+        merge_shards(ctx.out, feats.features, feats.spatial, [Shard(items, [])], 0.0, len(ds.catalog))
+        return
+    model = behind(category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats),
+                   defense_of(ctx))
+    size, fit = feature_image_size(feats, p)
+    clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit))
+    uploads = src.images_u8()
+    delivered = to_tensor(at_size(uploads, size) if size else uploads)
+    target = model.class_names.index(scen["target"]) if scen["target"] in model.class_names else None
+    m = measure_attack(model, clean, delivered, target, clean_features=torch.as_tensor(np.asarray(feats.features)[items]))
+    rows = m.to_table()
+    for row, item in zip(rows, items, strict=True):
+        row["item"] = ds.catalog.item_ids[int(item)]
+    out = _outputs(model, delivered, bool(p["spatial"]), ctx.device)
+    _apply_detector(model, out, items, feats, ctx.device, rows)
+    probs = out.logits.softmax(-1)
+    shard = Shard(items, rows, out.features.numpy(), None if out.spatial is None else out.spatial.numpy(),
+                  probs.argmax(-1).numpy().astype(np.int64), probs.max(-1).values.numpy().astype(np.float32),
+                  at_size(uploads, size) if size else uploads)
+    merge_shards(ctx.out, feats.features, feats.spatial, [shard], 0.0, len(ds.catalog))
+
+
+def _outputs(model: Any, images: torch.Tensor, spatial: bool, device: str) -> Any:
+    """The model's features, spatial maps and logits of images (N,3,H,W) [0,1], batched (an attack outcome's
+    shape: ``delivered``, ``features``, ``spatial``, ``logits``)."""
+    from services.attacker.core import AttackOutcome
+
+    feats, maps, logits = [], [], []
+    model = model.to(device).eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, images.shape[0], 64):
+                o = model.forward_all(images[i : i + 64].to(device), spatial=spatial)
+                feats.append(o.features.float().cpu())
+                logits.append(o.logits.float().cpu())
+                if o.spatial is not None:
+                    maps.append(o.spatial.float().cpu())
+    finally:
+        model.cpu()
+    return AttackOutcome(images, None, torch.cat(feats), torch.cat(maps) if maps else None, torch.cat(logits), 0.0)
 
 
 def step_adversarial(ctx: StepContext) -> None:
@@ -384,7 +491,7 @@ def step_placebo(ctx: StepContext) -> None:
             placebo_images(clean, at_size(sources[min(r, len(sources) - 1)], size) if size else
                            sources[min(r, len(sources) - 1)], 1, int(p["seed"]), p["delivery"],
                            int(p["jpeg_quality"]), start=r) for r in range(draws)])
-    features, maps, sizes = extract_draws(ctx, clean, images, bool(p["spatial"]))
+    features, maps, sizes = extract_draws(ctx, clean, images, bool(p["spatial"]), items, feats)
     clean_rows = np.asarray(feats.features)[items]
     out = {"n": int(len(items)), "draws": draws, **average(sizes),
            "feat_mse": float(np.mean((features - clean_rows[None]) ** 2)),
@@ -518,7 +625,8 @@ def step_evaluate(ctx: StepContext) -> None:
 
 
 def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, Any]) -> RunArtifacts:
-    """The report's inputs by role, from the keys of a run's steps by name (the DAG's naming)."""
+    """The report's inputs by role, from the keys of a run's steps by name (the DAG's naming), per extractor
+    view (:func:`~advrec_common.conventions.extractor_views`: the extractors and each defense rung's two views)."""
     spec = check_spec(spec)
 
     def key(name: str) -> str:
@@ -526,9 +634,10 @@ def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, An
             raise NotFound(f"report: the artifact of step {name!r} is not among the report's inputs")
         return keys[name]
 
-    exts, recs = [e["name"] for e in spec["extractors"]], [r["name"] for r in spec["recommenders"]]
+    views = extractor_views(spec)
+    recs = [r["name"] for r in spec["recommenders"]]
     modes = spec["modes"]
-    cells = [(e, a["method"], float(eps)) for e in exts for a in spec["attacks"] for eps in a["eps"]]
+    cells = [(v.name, a["method"], float(eps)) for v in views for a in spec["attacks"] for eps in a["eps"]]
     controls = spec.get("controls") or []
     evaluate: dict[tuple[str, Any, str, str], str] = {}
     for c in cells:
@@ -538,8 +647,9 @@ def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, An
                 if "placebo" in controls:
                     evaluate["placebo", c, r, m] = key(f"evaluate/{cell_name(*c)}/placebo/{r}/{m}")
     oracles = [c for c in ("oracle", "oracle_centroid") if c in controls]
+    attacked_here = [v.name for v in views if v.source is None]  # a non-adaptive view shares its rung's oracle
     for control in oracles:
-        for e in exts:
+        for e in attacked_here:
             for r in recs:
                 if uses_extractor(r):
                     for m in modes:
@@ -548,29 +658,25 @@ def report_inputs(store: ArtifactStore, keys: dict[str, str], spec: dict[str, An
     promo_attacks: dict[Any, str] = {}
     promotion: dict[Any, str] = {}
     if promo:
-        visual = [r for r in recs if uses_extractor(r)]
         promo_modes = promo.get("modes") or modes
-        source = promo.get("transfer_from")
-        for e in exts:
-            for a in promo["attacks"]:
-                for eps in a["eps"]:
-                    for r in visual:
-                        for src in [None] + ([source] if source and e != source else []):
-                            cell = promo_cell_name(e, a["method"], float(eps), r, src)
-                            pc = (e, a["method"], float(eps), r, src)
-                            promo_attacks[pc] = key(f"promote/{cell}")
-                            for m in promo_modes:
-                                promotion[pc, m, "attack"] = key(f"promote_eval/{cell}/{m}")
-                                promotion[pc, m, "placebo"] = key(f"promote_eval/{cell}/placebo/{m}")
+        for view, method, eps, r, src in promotion_cells(spec):
+            cell = promo_cell_name(view.name, method, eps, r, src)
+            pc = (view.name, method, eps, r, src)
+            promo_attacks[pc] = key(f"promote/{cell}")
+            for m in promo_modes:
+                promotion[pc, m, "attack"] = key(f"promote_eval/{cell}/{m}")
+                promotion[pc, m, "placebo"] = key(f"promote_eval/{cell}/placebo/{m}")
     return RunArtifacts(
         store=store, scenario=key("scenario"), dataset=keys.get("dataset"),
         promoted_items=key("promotion/items") if promo else None, promotion_attacks=promo_attacks,
         promotion=promotion,
-        extractors={e: key(f"extractor/{e}") for e in exts}, features={e: key(f"features/{e}") for e in exts},
-        train={(e, r): key(train_name(e, r)) for e in exts for r in recs},
+        extractors={v.name: key(f"extractor/{v.extractor}") for v in views},
+        features={v.name: key(f"features/{v.model}") for v in views},
+        defenses={v.name: key(f"defense/{v.rung}") for v in views if v.rung},
+        train={(v.name, r): key(train_name(v.model, r)) for v in views for r in recs},
         adversarial={c: key(f"adversarial/{cell_name(*c)}") for c in cells},
         placebo={c: key(f"placebo/{cell_name(*c)}") for c in cells} if "placebo" in controls else {},
-        oracle={(c, e): key(f"{c}/{e}") for c in oracles for e in exts},
+        oracle={(c, e): key(f"{c}/{e}") for c in oracles for e in attacked_here},
         evaluate=evaluate, uses_extractor={r: uses_extractor(r) for r in recs},
     )
 
@@ -596,6 +702,8 @@ STEP_FUNCTIONS: dict[str, Callable[[StepContext], None]] = {
     "oracle": step_oracle,
     "evaluate": step_evaluate,
     "report": step_report,
+    "defense": step_defense,
+    "transfer": step_transfer,
     "promo_items": step_promo_items,
     "promo_attack": step_promo_attack,
     "promo_transfer": step_promo_transfer,

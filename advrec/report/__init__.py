@@ -30,6 +30,7 @@ def build_report(art: RunArtifacts, spec: dict[str, Any], gallery_users: int, ou
     from advrec.report.findings import derive_findings
     from advrec.report.gallery import build_gallery, gallery_meta
     from advrec.report.html import render_html
+    from advrec.report.ladder import finding_l, ladder
     from advrec.report.plots import build_plots
     from advrec.report.stats import annotate
     from advrec.report.tables import build_tables, long_rows, write_csv, write_parquet
@@ -38,7 +39,8 @@ def build_report(art: RunArtifacts, spec: dict[str, Any], gallery_users: int, ou
     results = collect_results(art, spec)
     results["tests"] = annotate(results, summary_k(results))
     results = json_clean(results)
-    results["findings"] = json_clean(derive_findings(results))
+    results["ladder"] = json_clean(ladder(results))
+    results["findings"] = json_clean(derive_findings(results) + finding_l(results))
     gallery = build_gallery(art, results, int(gallery_users))
     results["gallery"] = json_clean(gallery_meta(gallery))
     k = summary_k(results)

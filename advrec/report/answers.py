@@ -28,6 +28,7 @@ TONES: dict[str, dict[str, str]] = {
     "c": {"yes": "good", "partly": "mixed", "no": "bad", "n/a": "untested"},
     "d": {"yes": "info", "partly": "info", "no": "info", "n/a": "untested"},
     "p": {"yes": "bad", "partly": "mixed", "no": "good", "n/a": "untested"},
+    "l": {"yes": "good", "partly": "mixed", "no": "bad", "n/a": "untested"},
 }
 TONE_LEGEND = {
     "good": "good news for the shop",
@@ -44,6 +45,7 @@ TONE_REASONS = {
     "c": "a defense that prevented the rise is good news",
     "d": "an explanation of the mechanism: neither good nor bad news",
     "p": "a seller who can raise their items' exposure with an image is bad news",
+    "l": "a rung that protects against the adaptive attacker is good news",
 }
 SYMBOLS = {"rose": "▲", "fell": "▼", "like placebo": "≈", "unchanged": "·", "untested": "?"}
 SYMBOL_LEGEND = ("▲ rose, ▼ fell (significant and beyond its placebo), ≈ moved no more than its placebo, "
@@ -52,7 +54,7 @@ SYMBOL_LEGEND = ("▲ rose, ▼ fell (significant and beyond its placebo), ≈ m
 _CELL_TONES = {"o": {"rose": "info", "fell": "info"}, "a": {"rose": "bad", "fell": "good"}}
 _WORDS = {"yes": "Yes", "partly": "Partly", "no": "No", "n/a": "N/a"}
 _UNITS = {"o": "extractors", "a": "extractor x attack settings", "b": "defense x attack settings",
-          "c": "defense x attack settings", "d": "modes", "p": "extractor x mode cases"}
+          "c": "defense x attack settings", "d": "modes", "p": "extractor x mode cases", "l": "ladders"}
 _MAX_NAMES = 4  # a lead line names the findings of an answer up to this many, else counts them
 
 
@@ -70,6 +72,8 @@ def label(results: dict[str, Any], f: Finding) -> str:
         return f"{attack_label(f['method'], f['eps'])} under {f['extractor']}"
     if fid == "d":
         return f["mode"]
+    if fid == "l":
+        return "the ladder"
     if fid == "p":
         source = _promotion_source(results, f)
         return f"{f['extractor']}{f' (from {source})' if source else ''} in {f['mode']}"

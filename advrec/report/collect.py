@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from advrec import __version__
-from advrec_common.conventions import headline_k
+from advrec_common.conventions import extractor_views, headline_k
 from advrec_common.datasets.artifact import dataset_name
 from advrec_common.errors import InvalidInput
 from advrec_common.store import ArtifactStore
 from advrec_common.vision.artifact import extractor_info
+from advrec_common.vision.defenses.artifact import defense_info
 from services.attacker.artifacts import load_adversarial, load_perturbation
 from services.extractor.artifacts import load_features
 from services.extractor.named_weights import NAMED_WEIGHTS
@@ -115,11 +116,18 @@ def flat_accuracy(acc: Any) -> dict[str, float]:
 
 
 def cells(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], float]]:
-    """(extractor name, attack grid entry, eps) of every attack cell, in the spec's order."""
-    for ext in spec["extractors"]:
+    """(extractor view, attack grid entry, eps) of every attack cell, in the spec's order (the views:
+    :func:`~advrec_common.conventions.extractor_views`)."""
+    for view in extractor_views(spec):
         for atk in spec["attacks"]:
             for eps in atk["eps"]:
-                yield ext["name"], atk, float(eps)
+                yield view.name, atk, float(eps)
+
+
+def view_names(results: dict[str, Any]) -> list[str]:
+    """The run's columns: its extractors, then each defense rung against the adaptive and the non-adaptive
+    attacker."""
+    return [v.name for v in extractor_views(results["spec"])]
 
 
 Cell = tuple[str, str, float]  # (extractor, method, eps)
@@ -147,6 +155,7 @@ class RunArtifacts:
     oracle: dict[tuple[str, str], str] = field(default_factory=dict)
     dataset: str | None = None
     uses_extractor: dict[str, bool] = field(default_factory=dict)
+    defenses: dict[str, str] = field(default_factory=dict)  # a rung's views -> its defense artifact
     # item promotion: the promoted items, and per cell (extractor, method, eps, recommender, source) its attack
     # artifact and its evaluations by (cell, mode, control)
     promoted_items: str | None = None
@@ -189,38 +198,49 @@ def _origin_recognition(feats: Any, origin: str | None) -> float | None:
 
 def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for ext in spec["extractors"]:
-        name = ext["name"]
+    by_name = {e["name"]: e for e in spec["extractors"]}
+    for view in extractor_views(spec):
+        name, ext = view.name, by_name[view.extractor]
         info = extractor_info(art.store, art.extractors[name])
         rep = info.get("report") or None
         feats = load_features(art.store, art.features[name])
         class_names, classes = feats.category_names, feats.categories
         n_origin = int((classes == class_names.index(origin)).sum()) if origin in class_names else None
         recognition = _origin_recognition(feats, origin)
+        features_meta = art.store.meta(art.features[name]).get("result", {})
         out[name] = {
             "defense": extractor_defense(ext), "source": info.get("source", ext.get("source")),
             "backbone": info.get("backbone", ext.get("backbone")),
             "report": {f: rep.get(f) for f in _EXTRACTOR_REPORT_FIELDS if f in rep} if rep else None,
             "n_classes": len(info.get("class_names") or class_names), "feature_dim": info.get("feature_dim"),
             "n_items": int(classes.shape[0]), "n_origin_items": n_origin,
-            "category_source": art.store.meta(art.features[name]).get("result", {}).get("category_source"),
+            "category_source": features_meta.get("category_source"),
             "origin_recognition": recognition,
             # an extractor that does not see most origin items as the origin class is a weak comparison
             "weak": recognition is not None and recognition < 0.5,
             "categories": {k: v for k, v in feats.category_info.items() if k != "head"},
             "category_head": {k: v for k, v in (feats.category_info.get("head") or {}).items() if k != "class_names"},
+            "ms_per_image": features_meta.get("ms_per_image"),
         }
+        if view.rung:  # a defense rung: what defends, in front of which extractor, against which attacker
+            rung = defense_info(art.store, art.defenses[name])
+            out[name].update(defense=rung["kind"], base=view.extractor, rung=view.rung,
+                             attacker="non-adaptive" if view.source else "adaptive",
+                             rung_defense={k: rung.get(k) for k in ("kind", "label", "params", "report")})
     return out
 
 
 def _clean(art: RunArtifacts, spec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for ext in spec["extractors"]:
+    for view in extractor_views(spec):
+        if view.source is not None:
+            continue  # a rung's non-adaptive view has the rung's clean models
         for rec in spec["recommenders"]:
-            train = train_info(art.store, art.train[ext["name"], rec["name"]])
-            rows.append({"extractor": ext["name"], "recommender": rec["name"],
+            train = train_info(art.store, art.train[view.name, rec["name"]])
+            rows.append({"extractor": view.name, "recommender": rec["name"],
                          "uses_extractor": art.uses_extractor.get(rec["name"], True),
                          "accuracy": flat_accuracy(train.get("accuracy")), "fit_seconds": train.get("fit_seconds"),
+                         "accuracy_per_replicate": [flat_accuracy(a) for a in train.get("accuracy_per_replicate") or []],
                          "n_replicates": len(train.get("seeds") or [0])})
     return rows
 
@@ -310,7 +330,7 @@ def collect_results(art: RunArtifacts, spec: dict[str, Any]) -> dict[str, Any]:
             "accuracy_after": flat_accuracy(m.get("accuracy_after")), "rank_shift": m.get("rank_shift"),
         })
     extractors = _extractors(art, spec, scenario.get("origin"))
-    names = [e["name"] for e in spec["extractors"]]
+    names = [v.name for v in extractor_views(spec)]
     base = next((n for n in names if extractors[n].get("defense") == "standard"), names[0])
     baselines = defense_baselines(extractors, names)
     return json_clean({
@@ -405,7 +425,7 @@ def baselines_of(results: dict[str, Any]) -> dict[str, str]:
     every extractor but the single baseline)."""
     if "baselines" in results:
         return results["baselines"]
-    names = [e["name"] for e in results["spec"]["extractors"]]
+    names = view_names(results)
     return {n: results["baseline"] for n in names if n != results["baseline"]}
 
 

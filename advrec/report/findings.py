@@ -42,6 +42,7 @@ from advrec.report.collect import (
     signed,
     summary_k,
     summary_value,
+    view_names,
 )
 from advrec.report.promotion import finding_p
 from advrec.report.stats import MIN_POINTS
@@ -340,7 +341,7 @@ def derive_findings(results: dict[str, Any]) -> list[Finding]:
 def _findings(results: dict[str, Any]) -> list[Finding]:
     k = summary_k(results)
     origin = results["scenario"].get("origin")
-    extractors = [e["name"] for e in results["spec"]["extractors"]]
+    extractors = view_names(results)
     out: list[Finding] = []
     for ext in extractors:
         f = finding_oracle(results, ext, k, origin)
@@ -372,4 +373,5 @@ QUESTIONS = {
     "c": "(c) Did the robust extractors prevent the CHR rise?",
     "d": "(d) Does the CHR change follow the feature loss rather than the success rate?",
     "p": "(p) Can a seller promote an item with an image?",
+    "l": "(l) What protects? The defense ladder against the adaptive attacker",
 }

@@ -26,7 +26,7 @@ from matplotlib.colors import LinearSegmentedColormap, to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from advrec.report.collect import (  # noqa: E402
+from advrec.report.collect import (
     attack_keys,
     attack_label,
     attack_summary,
@@ -34,6 +34,7 @@ from advrec.report.collect import (  # noqa: E402
     per_k,
     summary_k,
     summary_value,
+    view_names,
 )
 
 DPI = 100
@@ -139,7 +140,7 @@ def effects_figure(results: dict[str, Any], mode: str, k: int) -> Figure | None:
     """CHR@k effect (after - before) with its 95 % interval across replicates, one panel per extractor on one
     shared effect axis: rows = the oracle, then each attack setting with its placebo just below; one marker shape
     per recommender. Filled markers: significant at the run's FDR."""
-    exts = [e["name"] for e in results["spec"]["extractors"]]
+    exts = view_names(results)
     recs = [r["name"] for r in results["spec"]["recommenders"]]
     evs = [e for e in results["evaluations"] if e["mode"] == mode]
     if not evs:
@@ -204,7 +205,7 @@ def chr_vs_k_figure(results: dict[str, Any], mode: str) -> Figure | None:
     """CHR@K vs K of the origin category, one panel per recommender x extractor on shared axes from 0: the clean
     models (black, dashed) and each attack setting after the attack, each series offset along K with its own
     marker; bars: lowest to highest replicate; filled markers: the effect is significant at the run's FDR."""
-    exts = [e["name"] for e in results["spec"]["extractors"]]
+    exts = view_names(results)
     recs = [r["name"] for r in results["spec"]["recommenders"]]
     evs = [e for e in results["evaluations"] if e["mode"] == mode and e.get("per_k") and e["control"] == "attack"]
     if not evs:
@@ -276,7 +277,7 @@ def vs_budget_figure(results: dict[str, Any], label: str) -> Figure | None:
     """An attack-summary quantity (``label`` of SUMMARY_ALIASES) vs eps: one panel per method on one shared
     axis from 0, one series per extractor, offset along eps with its own marker."""
     methods = list(dict.fromkeys(m for m, _ in attack_keys(results)))
-    exts = [e["name"] for e in results["spec"]["extractors"]]
+    exts = view_names(results)
     if not any(summary_value(a["summary"], label) is not None for a in results["attacks"]):
         return None
     ncols = min(MAX_COLUMNS, len(methods))
@@ -304,6 +305,53 @@ def vs_budget_figure(results: dict[str, Any], label: str) -> Figure | None:
     return fig
 
 
+def ladder_figure(results: dict[str, Any]) -> Figure | None:
+    """The defense ladder at a glance: per rung (rows, in the ladder's order), the threat's exposure change under
+    the non-adaptive (hollow) and the adaptive attacker (filled), with their 95 % intervals, against the
+    baseline's (dashed) and zero; beside it, the rung's cost in HR@10 points with its interval."""
+    lad = results.get("ladder")
+    if not lad or not lad.get("threat") or not lad["rows"]:
+        return None
+    rows = lad["rows"]
+    n = len(rows)
+    fig = Figure(figsize=(MAX_WIDTH_IN, 0.42 * n + 1.9), dpi=DPI, layout="constrained")
+    ax, cost_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1.3]})
+    for a in (ax, cost_ax):
+        a.tick_params(labelsize=FONT["tick"])
+        a.grid(True, axis="x", color="#e6e6e6", lw=0.6)
+        a.set_axisbelow(True)
+        a.axvline(0, color="k", lw=0.9, zorder=1)
+    ax.axvline(lad["threat"]["effect"], color="k", lw=1.2, ls="--", zorder=1)
+    for y, r in enumerate(rows):
+        for key, dy, filled in (("non_adaptive", -0.14, False), ("adaptive", 0.14, True)):
+            cell = r.get(key) or {}
+            eff = finite(cell.get("effect"))
+            if eff is None:
+                continue
+            lo, hi = finite(cell.get("ci_low")), finite(cell.get("ci_high"))
+            if lo is not None and hi is not None:
+                ax.plot([lo, hi], [y + dy] * 2, color=ROLE_COLORS["attack"], lw=1.4, zorder=2)
+            ax.plot([eff], [y + dy], "o", ms=7, color=ROLE_COLORS["attack"], zorder=3,
+                    markerfacecolor=ROLE_COLORS["attack"] if filled else "white")
+        base_hr = (lad["baseline_clean"].get("hr@10") or {}).get("mean")
+        hr = r["clean"].get("hr@10") or {}
+        if base_hr is not None and hr.get("mean") is not None:
+            cost = 100 * (base_hr - hr["mean"])
+            cost_ax.barh([y], [cost], height=0.5, color="#c8c8c8")
+            if hr.get("ci_low") is not None:
+                cost_ax.plot([100 * (base_hr - hr["ci_high"]), 100 * (base_hr - hr["ci_low"])], [y, y],
+                             color="k", lw=1.2)
+    ax.set_yticks(range(n), [r["rung"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"the threat's exposure change ({'CHR' if lad['threat']['kind'] == 'category' else 'top-K share'}"
+                  f"@{lad['k']})", fontsize=FONT["label"])
+    cost_ax.set_xlabel("HR@10 lost (points)", fontsize=FONT["label"])
+    _legend(fig, [_marker(ROLE_COLORS["attack"], "o", "non-adaptive attacker", filled=False),
+                  _marker(ROLE_COLORS["attack"], "o", "adaptive attacker"),
+                  Line2D([], [], color="k", ls="--", label=f"undefended {lad['baseline']}")])
+    return fig
+
+
 def build_figures(results: dict[str, Any]) -> dict[str, Figure]:
     """Plot name -> Figure (plots without data are left out), before rendering."""
     k = summary_k(results)
@@ -312,6 +360,7 @@ def build_figures(results: dict[str, Any]) -> dict[str, Figure]:
     figs.update({f"chr_vs_k_{mode}": chr_vs_k_figure(results, mode) for mode in results["spec"]["modes"]})
     figs["sr_vs_budget"] = vs_budget_figure(results, "SR %")
     figs["feature_mse_vs_budget"] = vs_budget_figure(results, "feature MSE")
+    figs["ladder"] = ladder_figure(results)
     return {name: fig for name, fig in figs.items() if fig is not None}
 
 
@@ -321,10 +370,15 @@ def build_plots(results: dict[str, Any]) -> dict[str, str]:
 
 
 PLOT_TITLES = {
+    "ladder": "The defense ladder",
     "sr_vs_budget": "Success rate vs budget",
     "feature_mse_vs_budget": "Feature loss vs budget",
 }
 PLOT_CAPTIONS = {
+    "ladder": "Per rung, in the ladder's order (protection against the adaptive attacker per point of HR@10 lost): "
+              "the threat's exposure change under the non-adaptive attacker (hollow: it attacked the bare extractor) "
+              "and the adaptive one (filled: it attacked through the defense), with 95% intervals; dashed: the change "
+              "under the undefended extractor. Right: the clean HR@10 the rung costs, in points, with its interval.",
     "sr_vs_budget": "Per extractor, the % of attacked images (eligible: not already classified as the target) "
                     "classified as the target after the attack; one measurement per cell, so no interval.",
     "feature_mse_vs_budget": "Per extractor, the MSE between the clean and attacked features of the attacked items; "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from advrec.report.collect import finite, signed
+from advrec.report.collect import finite, signed, view_names
 from services.recommender.metrics.effects import replicate_effect, sign_flip_test
 
 QUANTITIES = ("score", "exposure")
@@ -173,7 +173,7 @@ def finding_p(results: dict[str, Any]) -> list[dict[str, Any]]:
     n_items = len(promo["items"]["ids"])
     what = promo["items"].get("chosen_by") or "the spec's items"
     out = []
-    exts = [e["name"] for e in results["spec"]["extractors"]]
+    exts = view_names(results)
     for ext, mode, transfer in ((e, m, t) for e in exts for m in promo["modes"] for t in (False, True)):
         evs = [e for e in promo["evaluations"] if e["control"] == "attack" and e["extractor"] == ext
                and e["mode"] == mode and e.get("tests") and bool(e.get("source")) == transfer]

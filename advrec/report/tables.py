@@ -30,7 +30,9 @@ from advrec.report.collect import (
     summary_extra_keys,
     summary_k,
     summary_value,
+    view_names,
 )
+from advrec.report.ladder import ladder_rows
 from advrec.report.promotion import promotion_item_rows, promotion_rows
 from services.recommender.kinds import RECOMMENDER_NEEDS
 
@@ -81,7 +83,7 @@ def _order(results: dict[str, Any]) -> list[dict[str, Any]]:
     settings = attack_keys(results)
 
     def key(e: dict[str, Any]) -> tuple:
-        exts = [x["name"] for x in results["spec"]["extractors"]]
+        exts = view_names(results)
         setting = -1 if is_oracle(e["control"]) else settings.index((e["method"], e["eps"]))
         return (exts.index(e["extractor"]), setting, ("oracle", "oracle_centroid", "attack", "placebo").index(e["control"]),
                 recs.index(e["recommender"]))
@@ -220,6 +222,8 @@ def build_tables(results: dict[str, Any]) -> dict[str, list[Row]]:
     tables["attacks"] = attack_rows(results)
     tables["clean_accuracy"] = clean_rows(results)
     tables["scenario"] = scenario_rows(results)
+    if results.get("ladder"):
+        tables["ladder"] = ladder_rows(results)
     if results.get("promotion"):
         tables["promotion"] = promotion_rows(results)
         tables["promotion_items"] = promotion_item_rows(results)
@@ -311,6 +315,26 @@ def promotion_summary(results: dict[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+def ladder_summary(results: dict[str, Any]) -> str | None:
+    """The summary's defense ladder: per rung, its clean-accuracy cost and the threat's exposure change under the
+    non-adaptive and the adaptive attacker, in the ladder's order."""
+    lad = results.get("ladder")
+    if not lad:
+        return None
+    threat = lad["threat"]
+    head = (f"threat: {threat['label']}, under {lad['baseline']} {signed(threat['effect'])} (beyond its placebo)"
+            if threat else f"threat: none (no attack raised exposure beyond its placebo under {lad['baseline']})")
+    rows = []
+    for rank, r in enumerate(ladder_rows(results), 1):
+        rows.append([str(rank), r["rung"], r["recommender"], fmt(r["HR@10"], 3), fmt(r["HR@10 cost (points)"], 2),
+                     f"{fmt(r['threat under non-adaptive'], 3)} {r['non-adaptive verdict']}".strip(),
+                     f"{fmt(r['threat under adaptive'], 3)} {r['adaptive verdict']}".strip(),
+                     fmt(r["flagged (adaptive)"], 2), fmt(r["ms per image"], 3)])
+    return (f"\n== defense ladder ({lad['recommender']}; {head}) ==\n"
+            + text_table(["#", "rung", "recommender", "HR@10", "cost (pts)", "non-adaptive", "adaptive", "flagged",
+                          "ms/img"], rows))
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """Compact per-mode tables of CHR@K effects with intervals, controls beside the attacks, + findings."""
     k = summary_k(results)
@@ -326,7 +350,7 @@ def format_summary(results: dict[str, Any]) -> str:
     parts[1:1] = [f"WARNING (scenario): {w}" for w in scen.get("warnings") or []]
     for mode in results["spec"]["modes"]:
         rows = []
-        for ext in (e["name"] for e in results["spec"]["extractors"]):
+        for ext in view_names(results):
             oracle_by_rec = {e["recommender"]: e for e in results["evaluations"]
                              if (e["control"], e["extractor"], e["mode"]) == ("oracle", ext, mode)}
             for method, eps in attack_keys(results):
@@ -359,6 +383,9 @@ def format_summary(results: dict[str, Any]) -> str:
     promotion = promotion_summary(results)
     if promotion:
         parts.append(promotion)
+    ladder_text = ladder_summary(results)
+    if ladder_text:
+        parts.append(ladder_text)
     findings = results.get("findings") or []
     if findings:
         parts.append("\nfindings at a glance (each question's answer; the statements below hold the numbers):")

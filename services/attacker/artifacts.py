@@ -350,7 +350,7 @@ def load_perturbation(store: ArtifactStore, key: str) -> Perturbation:
     replaces (see :class:`Perturbation`)."""
     kind = store.meta(key).get("kind")
     d = store.open(key)
-    if kind == "adversarial":
+    if kind in ("adversarial", "transfer"):  # a transfer is a whole cell's delivered images, in this format
         adv = load_adversarial(store, key)
         idx = adv.items
         return Perturbation("attack", idx, adv.features[idx][None],

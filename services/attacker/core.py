@@ -49,16 +49,21 @@ def attack_and_measure(
     lpips_weights: Path | None = None,
     spatial: bool = False,
     progress: Callable[[dict], None] | None = None,
+    attack_model: ImageModel | None = None,
     **extra: Any,
 ) -> AttackOutcome:
     """Attack ``clean`` (N,3,H,W) [0,1] toward class ``target`` (None: untargeted), deliver within the
     budget, measure against the clean images, and re-extract the delivered images' features/logits.
 
+    ``attack_model``: the model the attack differentiates when it is not the one that judges and re-extracts
+    the delivered images (a defense: the adaptive attacker's composition, while ``model`` is the deployed one).
+
     ``progress`` is called after every attacked batch with ``{"done": n_done, "total": n, "unit": "images"}``
     (see :func:`~services.attacker.attacks.run_attack`)."""
     target = None if target is None else int(target)
     t0 = time.perf_counter()
-    adv = run_attack(model, clean, spec, target, device=device, batch_size=batch_size, progress=progress, **extra)
+    adv = run_attack(attack_model if attack_model is not None else model, clean, spec, target, device=device,
+                     batch_size=batch_size, progress=progress, **extra)
     seconds = time.perf_counter() - t0
     # projecting before rounding keeps the delivered 8-bit image within the budget
     delivered = deliver(adv, delivery, jpeg_quality, clean=clean, budget=budget_for(spec, model.std))  # type: ignore[arg-type]

@@ -137,8 +137,9 @@ class DefenseSpec(BaseModel):
     @model_validator(mode="after")
     def _fields_of_kind(self) -> DefenseSpec:
         info = DEFENSE_KINDS[self.kind]
-        foreign = [name for name in self.model_fields_set
-                   if name != "kind" and name not in info.fields() and getattr(self, name) is not None]
+        # only this model's own fields: a subclass (a spec's ladder entry) adds its name and placement
+        foreign = [name for name in self.model_fields_set if name in DefenseSpec.model_fields
+                   and name != "kind" and name not in info.fields() and getattr(self, name) is not None]
         if foreign:
             raise ValueError(f"{self.kind} does not use {', '.join(sorted(foreign))} (its fields: "
                              f"{', '.join(info.fields()) or 'none'})")
