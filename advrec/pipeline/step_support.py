@@ -198,8 +198,8 @@ def extract_draws(ctx: StepContext, clean: np.ndarray, images: np.ndarray, spati
                   feats: FeatureSet) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float]]]:
     """Features (R',N,D), maps (R',N,D',h,w) or None, and the perturbation sizes of (R',N,H,W,3) uploaded
     images of catalog rows ``items`` (their clean images ``clean``), through the step's extractor as deployed
-    (behind its rung's defense; a detector's flagged uploads keep their clean features ``feats``); every
-    size dict also holds the share of uploads flagged (``flagged``, 0 without a detector)."""
+    (behind its rung's defense; a detector's flagged uploads keep their clean features ``feats``); behind a
+    detector every size dict also holds the share of uploads it flagged (``flagged``)."""
     from services.attacker.controls import perturbation_size
     from services.extractor.extraction import extract_features
 
@@ -213,7 +213,7 @@ def extract_draws(ctx: StepContext, clean: np.ndarray, images: np.ndarray, spati
         if sp is not None:
             maps.append(sp)
         sizes.append({**perturbation_size(clean, images[r]),
-                      "flagged": float(flagged.mean()) if flagged is not None else 0.0})
+                      **({"flagged": float(flagged.mean())} if flagged is not None else {})})
         ctx.report_progress(r + 1, images.shape[0], "draws")
     return np.stack(rows), np.stack(maps) if maps else None, sizes
 

@@ -98,6 +98,12 @@ def _cell_under(results: dict[str, Any], cell: dict[str, Any], view: str, rec: s
     return None
 
 
+def _success(results: dict[str, Any], view: str) -> dict[str, float | None]:
+    """(method eps label) -> the attack's success rate under a view (the attacker's own objective)."""
+    return {f"{a['method'].upper()} eps {a['eps']:g}": finite(a["summary"].get("success"))
+            for a in results["attacks"] if a["extractor"] == view}
+
+
 def _flagged(results: dict[str, Any], view: str) -> float | None:
     """The share of a view's attacked uploads a detector flagged (category attacks and promotion, pooled)."""
     rates = [finite(a["summary"].get("flagged")) for a in results["attacks"] if a["extractor"] == view]
@@ -136,6 +142,12 @@ def ladder(results: dict[str, Any]) -> dict[str, Any] | None:
                                "flagged_adaptive": _flagged(results, view),
                                "flagged_non_adaptive": _flagged(results, view + NONADAPTIVE)
                                if view + NONADAPTIVE in exts else None}
+        out["sr_adaptive"] = _success(results, view)
+        if view + NONADAPTIVE in exts:
+            out["sr_non_adaptive"] = _success(results, view + NONADAPTIVE)
+            # the adaptive attacker sees everything the non-adaptive one does: succeeding less is its defect
+            out["weaker_adaptive"] = sorted(a for a, v in out["sr_adaptive"].items()
+                                            if v is not None and (out["sr_non_adaptive"].get(a) or 0) > v)
         rung_defense = exts[view].get("rung_defense") or {}
         report = rung_defense.get("report") or {}
         if report.get("false_positive"):
@@ -151,7 +163,8 @@ def ladder(results: dict[str, Any]) -> dict[str, Any] | None:
                 protected = threat["effect"] - adaptive["effect"]
                 lost = cost[HR]
                 out.update(protected=protected,
-                           protected_per_point=(protected / lost) if lost is not None and lost > 0 else None)
+                           protected_per_point=(protected / lost) if lost is not None and lost > 0 else None,
+                           holds=_holds(adaptive, threat))
         return out
 
     rows = [row(n, n, rec, _what(exts[n])) for n in rungs]
@@ -164,6 +177,20 @@ def ladder(results: dict[str, Any]) -> dict[str, Any] | None:
             "baseline_ms_per_image": finite(exts[base].get("ms_per_image")), "rows": rows}
 
 
+def _holds(adaptive: dict[str, Any], threat: dict[str, Any]) -> str:
+    """'holds': no significant rise under the adaptive attacker *and* its 95 % interval lies below the undefended
+    gain; 'collapses': the adaptive attacker's rise is significant and beyond its placebo; 'inconclusive': no
+    significant rise, but the interval does not exclude the undefended gain (a "no" of a weak test is not
+    protection); 'untested'."""
+    verdict = adaptive.get("verdict", "untested")
+    if verdict == "rose":
+        return "collapses"
+    if verdict == "untested":
+        return "untested"
+    hi = finite(adaptive.get("ci_high"))
+    return "holds" if hi is not None and hi < threat["effect"] else "inconclusive"
+
+
 def _what(ext: dict[str, Any]) -> str:
     if ext.get("rung"):
         label = (ext.get("rung_defense") or {}).get("label") or ext["rung"]
@@ -172,9 +199,10 @@ def _what(ext: dict[str, Any]) -> str:
 
 
 def finding_l(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """(l) What protects? Against the adaptive attacker, per rung: does the threat's exposure gain vanish (no
-    significant rise beyond its placebo), at what cost in clean accuracy; and where the non-adaptive attacker
-    made the rung look stronger than it is."""
+    """(l) What protects? Against the adaptive attacker, per rung (:func:`_holds`): it protects when the threat's
+    gain under it is not a significant rise and its interval lies below the undefended gain, does not when the
+    adaptive attacker's rise is significant beyond its placebo, else it is inconclusive; at what cost in clean
+    accuracy; and where the non-adaptive attacker made a failing rung look protective."""
     lad = results.get("ladder")
     if not lad:
         return []
@@ -190,24 +218,37 @@ def finding_l(results: dict[str, Any]) -> list[dict[str, Any]]:
         ad, na = r.get("adaptive") or {}, r.get("non_adaptive") or {}
         cost = r["cost_points"][HR]
         cost_text = "n/a" if cost is None else f"{cost:+.2g} points of HR@10"
-        verdict = ad.get("verdict", "untested")
-        if verdict == "rose":
+        state = r.get("holds", "untested")
+        interval = (f" [{ad['ci_low']:+.3g}, {ad['ci_high']:+.3g}]" if ad.get("ci_low") is not None
+                    and ad.get("ci_high") is not None else "")
+        if state == "collapses":
             collapses.append(r["rung"])
-            state = f"does not protect (the adaptive attacker still raised it by {ad['effect']:+.3g})"
-        elif verdict == "untested":
-            state = "untested"
-        else:
+            text = f"does not protect: the adaptive attacker still raised it by {ad['effect']:+.3g}{interval}"
+            if na and na.get("verdict") not in (None, "rose"):
+                text += f", though against the non-adaptive attacker it looked protective ({na['effect']:+.3g}, {na['verdict']})"
+        elif state == "holds":
             holds.append(r["rung"])
-            state = f"protects (adaptive attacker: {ad['effect']:+.3g}, {verdict})"
-        if na and na.get("verdict") != "rose" and verdict == "rose":
-            state += f"; it looked protective against the non-adaptive attacker ({na['effect']:+.3g}, {na['verdict']})"
-        parts.append(f"{r['rung']} ({r['what']}): {state}; cost {cost_text}")
-    answer = "yes" if holds and not collapses else "partly" if holds else "no"
-    head = {"yes": "Yes: every rung measured protects", "partly": f"Partly: {', '.join(holds)} protect(s), "
-            f"{', '.join(collapses) or 'none'} do(es) not", "no": "No: no rung protects"}[answer]
+            text = f"protects: under the adaptive attacker {ad['effect']:+.3g}{interval}, below the undefended gain"
+        elif state == "inconclusive":
+            text = (f"inconclusive: under the adaptive attacker {ad['effect']:+.3g}{interval}, no significant rise but "
+                    "not clearly below the undefended gain")
+        else:
+            text = "untested"
+        parts.append(f"{r['rung']} ({r['what']}): {text}; cost {cost_text}")
+    if not holds and not collapses:
+        answer = "n/a"
+    else:
+        answer = "yes" if holds and not collapses else "partly" if holds else "no"
+    head = {"yes": f"Yes: {', '.join(holds)} protect(s)", "partly": f"Partly: {', '.join(holds)} protect(s), "
+            f"{', '.join(collapses)} do(es) not", "no": f"No: {', '.join(collapses)} do(es) not protect, no rung "
+            "was shown to", "n/a": "Inconclusive: no rung was shown to protect or to fail"}[answer]
+    weaker = [f"{r['rung']} ({', '.join(r['weaker_adaptive'])})" for r in lad["rows"] if r.get("weaker_adaptive")]
+    warning = (" WARNING: the adaptive attacker succeeded less often than the non-adaptive one on "
+               f"{'; '.join(weaker)}: an adaptive attack weaker than the non-adaptive one is a defect of the attack, "
+               "not protection: those rungs' verdicts are not evidence.") if weaker else ""
     text = (f"{head} against the adaptive attacker, on the threat {threat['label']} (under the undefended "
             f"{lad['baseline']} extractor it rose by {threat['effect']:+.3g}, beyond its placebo; {lad['recommender']}). "
-            "Rungs in the ladder's order (protection per point of HR@10 lost): " + "; ".join(parts) + ".")
+            "Rungs in the ladder's order (protection per point of HR@10 lost): " + "; ".join(parts) + "." + warning)
     return [{"id": "l", "question": q, "answer": answer, "statement": text, "protects": holds, "collapses": collapses}]
 
 
@@ -225,8 +266,11 @@ def ladder_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                "HR@10 cost (points)": r["cost_points"][HR], "AUC cost (points)": r["cost_points"]["auc"],
                "threat under non-adaptive": na.get("effect"), "non-adaptive verdict": na.get("verdict", ""),
                "threat under adaptive": ad.get("effect"), "adaptive verdict": ad.get("verdict", ""),
+               "verdict": r.get("holds", ""),
                "protected": r.get("protected"), "protected per point": r.get("protected_per_point"),
                "flagged (adaptive)": r.get("flagged_adaptive"), "flagged (non-adaptive)": r.get("flagged_non_adaptive"),
+               **{f"SR% {a} (adaptive)": v for a, v in (r.get("sr_adaptive") or {}).items()},
+               **{f"SR% {a} (non-adaptive)": v for a, v in (r.get("sr_non_adaptive") or {}).items()},
                "ms per image": r.get("ms_per_image")}
         out.append(row)
     return out

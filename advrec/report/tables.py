@@ -328,11 +328,13 @@ def ladder_summary(results: dict[str, Any]) -> str | None:
     for rank, r in enumerate(ladder_rows(results), 1):
         rows.append([str(rank), r["rung"], r["recommender"], fmt(r["HR@10"], 3), fmt(r["HR@10 cost (points)"], 2),
                      f"{fmt(r['threat under non-adaptive'], 3)} {r['non-adaptive verdict']}".strip(),
-                     f"{fmt(r['threat under adaptive'], 3)} {r['adaptive verdict']}".strip(),
+                     f"{fmt(r['threat under adaptive'], 3)} {r['adaptive verdict']}".strip(), r["verdict"],
                      fmt(r["flagged (adaptive)"], 2), fmt(r["ms per image"], 3)])
-    return (f"\n== defense ladder ({lad['recommender']}; {head}) ==\n"
-            + text_table(["#", "rung", "recommender", "HR@10", "cost (pts)", "non-adaptive", "adaptive", "flagged",
-                          "ms/img"], rows))
+    base_ms = fmt(lad.get("baseline_ms_per_image"), 3)
+    return (f"\n== defense ladder ({lad['recommender']}; {head}; {lad['baseline']} alone: HR@10 "
+            f"{fmt((lad['baseline_clean'].get('hr@10') or {}).get('mean'), 3)}, {base_ms} ms/img) ==\n"
+            + text_table(["#", "rung", "recommender", "HR@10", "cost (pts)", "non-adaptive", "adaptive", "verdict",
+                          "flagged", "ms/img"], rows))
 
 
 def format_summary(results: dict[str, Any]) -> str:

@@ -569,3 +569,33 @@ def test_every_finding_starts_with_the_caveat_when_even_the_oracle_cannot_raise_
     assert "'sandal' -> 'sneaker'" in findings[0]["statement"] and "9 candidate pairs" in findings[0]["statement"]
     results["scenario"]["feasibility"]["feasible"] = True
     assert not any("perfect visual disguise" in f["statement"] for f in derive_findings(results))
+
+
+def test_the_ladders_verdicts_on_hand_made_rungs():
+    """(l): a rung protects only when the adaptive attacker's change is no significant rise *and* its interval lies
+    below the undefended gain; a significant rise beyond its placebo is a failure (said even when the non-adaptive
+    attacker made it look protective); a "no rise" whose interval reaches the undefended gain is inconclusive; an
+    adaptive attacker that succeeds less often than the non-adaptive one is flagged as a defect."""
+    from advrec.report.ladder import _holds, finding_l
+
+    threat = {"effect": 0.01, "label": "PGD eps 8 on the origin's CHR@10 (deployment)"}
+    assert _holds({"verdict": "unchanged", "effect": 0.001, "ci_low": -0.002, "ci_high": 0.004}, threat) == "holds"
+    assert _holds({"verdict": "unchanged", "effect": 0.009, "ci_low": -0.001, "ci_high": 0.02}, threat) == "inconclusive"
+    assert _holds({"verdict": "rose", "effect": 0.012, "ci_low": 0.004, "ci_high": 0.02}, threat) == "collapses"
+    assert _holds({"verdict": "untested", "effect": 0.0}, threat) == "untested"
+
+    def rung(name, holds, adaptive, non_adaptive=None, weaker=()):
+        return {"rung": name, "what": name, "cost_points": {"hr@10": 0.5}, "holds": holds, "adaptive": adaptive,
+                "non_adaptive": non_adaptive, "weaker_adaptive": list(weaker)}
+
+    rows = [rung("jpeg", "holds", {"effect": 0.001, "ci_low": -0.002, "ci_high": 0.004, "verdict": "unchanged"}),
+            rung("bits", "collapses", {"effect": 0.012, "ci_low": 0.004, "ci_high": 0.02, "verdict": "rose"},
+                 {"effect": 0.004, "verdict": "unchanged"}, weaker=["PGD eps 8"])]
+    results = {"ladder": {"threat": threat, "rows": rows, "baseline": "standard", "recommender": "vbpr"}}
+    (f,) = finding_l(results)
+    assert f["answer"] == "partly" and f["protects"] == ["jpeg"] and f["collapses"] == ["bits"]
+    assert "looked protective" in f["statement"] and "WARNING" in f["statement"]
+    results["ladder"]["rows"] = [rows[0]]
+    assert finding_l(results)[0]["answer"] == "yes"
+    results["ladder"]["threat"] = None
+    assert finding_l(results)[0]["answer"] == "n/a" and "Nothing to protect" in finding_l(results)[0]["statement"]
