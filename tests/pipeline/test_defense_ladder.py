@@ -96,9 +96,9 @@ def test_the_ladder_its_table_and_finding(run):
     assert det["detector"]["fpr_held_out"] is not None and det["flagged_adaptive"] is not None
     with (record.dir / "report" / "tables" / "ladder.csv").open() as fh:
         assert [row["rung"] for row in csv.DictReader(fh)] == [r["rung"] for r in lad["rows"]]
-    (l,) = [f for f in results["findings"] if f["id"] == "l"]
-    assert l["answer"] in ("yes", "partly", "no", "n/a")
-    assert ("Nothing to protect" in l["statement"]) == (lad["threat"] is None)
+    (ladder_finding,) = [f for f in results["findings"] if f["id"] == "l"]
+    assert ladder_finding["answer"] in ("yes", "partly", "no", "n/a")
+    assert ("Nothing to protect" in ladder_finding["statement"]) == (lad["threat"] is None)
     assert "defense ladder" in (record.dir / "report" / "summary.txt").read_text()
 
 
