@@ -46,7 +46,7 @@ STEP_VERSIONS: dict[str, str] = {
     "extractor": "1",
     "features": FEATURES_VERSION,  # the extractor service computes the same key
     "train": "2",  # R replicates per model
-    "scenario": "6",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides; 6: tested over the disguised items
+    "scenario": "7",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides; 6: tested over the disguised items; 7: the largest significant rise
     "attack_shard": "3",  # per-image eligibility, float-domain success, changed flags
     "adversarial": "2",  # SR over eligible images, float SR, all-zero flag
     "placebo": "1",
