@@ -151,7 +151,7 @@ def step_features(ctx: StepContext) -> None:
     t0 = time.perf_counter()
     ctx.meta.update(write_catalog_features(ctx.out, ds, deployed_extractor(ctx), ctx.params, ctx.device,
                                            ctx.progress))
-    ctx.meta.update(ms_per_image=1000 * (time.perf_counter() - t0) / max(len(ds.catalog), 1))
+    ctx.meta.update(seconds_per_image=(time.perf_counter() - t0) / max(len(ds.catalog), 1))
 
 
 def step_defense(ctx: StepContext) -> None:

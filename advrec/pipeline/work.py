@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advrec.pipeline.spec import AttackGridSpec, PromotionAttackSpec
+from advrec_common.conventions import NONADAPTIVE
 from advrec_common.vision.backbone_names import BACKBONE_INPUT_SIZES
 from services.attacker.spec import PROMOTION_ATTACKS
 
@@ -81,6 +82,7 @@ class Facts:
     decode_ms: float = 10.0  # reading one catalog image (decode, alpha, resize); ~0 for in-memory catalogs
     promoted_items: int = 0  # items a promotion attack perturbs
     replicates: int = 1
+    passes_per_forward: dict[str, float] = field(default_factory=dict)  # a rung's view -> forwards per image (EOT)
 
 
 def estimate(step: Any, facts: Facts) -> Work:
@@ -98,7 +100,8 @@ def estimate(step: Any, facts: Facts) -> Work:
         else:
             n = max(1, round((hi - lo) / max(facts.n_categories, 1)))
         fwd = image_ms(*facts.extractors.get(ext, (None, None)))
-        per_image = (BACKWARD_FACTOR * attack_iterations(p) + MEASURE_FORWARDS) * fwd + facts.decode_ms
+        eot = facts.passes_per_forward.get(ext, 1.0)  # an adaptive attacker's EOT draws
+        per_image = (BACKWARD_FACTOR * attack_iterations(p) * eot + MEASURE_FORWARDS) * fwd + facts.decode_ms
         return Work(n * per_image + 500.0, n, "images")
     if kind in ("train", "evaluate"):
         rec = p["recommender"]
@@ -141,7 +144,8 @@ def estimate(step: Any, facts: Facts) -> Work:
         fwd = image_ms(*facts.extractors.get(ext, (None, None)))
         # the white-box objective scores every user against the replaced item state at every iteration
         objective = iterations * facts.n_users * n * MS_PER_SCORE * 4 if draws > 1 else 0.0
-        per_image = (BACKWARD_FACTOR * iterations + MEASURE_FORWARDS) * fwd + facts.decode_ms
+        eot = facts.passes_per_forward.get(ext, 1.0)
+        per_image = (BACKWARD_FACTOR * iterations * eot + MEASURE_FORWARDS) * fwd + facts.decode_ms
         return Work(draws * (n * per_image + objective) + 300.0, draws * n, "images")
     if kind == "promo_transfer":
         ext = name.split("/")[1]
@@ -157,6 +161,21 @@ def estimate(step: Any, facts: Facts) -> Work:
         epochs = int((p.get("config") or {}).get("epochs") or facts.rec_epochs.get(rec, 50))
         fit = epochs * facts.n_train * MS_PER_TRIPLE.get(rec, 0.05)
         return Work(replicates * (fit + 2 * scoring) + 1500.0, epochs, "epochs")
+    if kind == "defense":  # the fitted kinds: PGD examples of the catalog, then training (denoiser) or scoring
+        fwd = image_ms(*facts.extractors.get(name.split("/")[1], (None, None)))
+        d = p.get("defense") or {}
+        if d.get("kind") == "denoiser":
+            examples = facts.n_items * int(d.get("pgd_steps") or 5) * BACKWARD_FACTOR * len(d.get("train_eps") or [1])
+            return Work(fwd * (examples + facts.n_items * int(d.get("epochs") or 6) * 2 * BACKWARD_FACTOR) + 500.0,
+                        int(d.get("epochs") or 6), "epochs")
+        if d.get("kind") == "detector":
+            return Work(fwd * facts.n_items * (3 + int(d.get("pgd_steps") or 10) * BACKWARD_FACTOR) + 500.0)
+        return Work(FIXED_MS["extractor"])
+    if kind == "transfer":  # the bare attack's images through the defense, measured and re-extracted
+        ext = name.split("/")[1]
+        n = max(1, facts.n_items // max(facts.n_categories, 1))
+        fwd = image_ms(*facts.extractors.get(ext, (None, None)))
+        return Work(n * (MEASURE_FORWARDS * fwd + facts.decode_ms) + 300.0, n, "images")
     if kind == "dataset":
         return Work(FIXED_MS["dataset"] + 3.0 * facts.n_items, 1, "step")
     return Work(FIXED_MS.get(kind, 100.0))
@@ -184,6 +203,7 @@ def work_facts(spec: Any, p: Any, store: Any) -> Facts:
     for rec in spec.recommenders:
         facts.rec_epochs[rec.name] = int(rec.config.epochs or default_epochs(rec.name, rec.config.preset) or 50)
     facts.replicates = int(spec.replicates)
+    _rung_facts(spec, facts)
     if spec.promotion is not None:
         items = spec.promotion.items
         facts.promoted_items = len(items.ids) if items.ids else int(items.least_exposed)
@@ -310,7 +330,24 @@ def admission_facts(spec: Any, facts: dict[str, Any]) -> Facts:
                 out.demo_images[ext.name] = n_items
     for rec in spec.recommenders:
         out.rec_epochs[rec.name] = int(rec.config.epochs or default_epochs(rec.name, rec.config.preset) or 50)
+    out.replicates = int(spec.replicates)
+    _rung_facts(spec, out)
+    if spec.promotion is not None:
+        items = spec.promotion.items
+        out.promoted_items = len(items.ids) if items.ids else int(items.least_exposed)
     return out
+
+
+def _rung_facts(spec: Any, facts: Facts) -> None:
+    """A defense rung's views run their extractor's model (a random rung, EOT's draws per forward when attacked
+    adaptively; a detector, its two squeezed views too)."""
+    for d in spec.defenses:
+        base = facts.extractors.get(d.extractor, (None, None))
+        facts.extractors[d.name] = facts.extractors[d.name + NONADAPTIVE] = base
+        if d.kind == "resize_pad":
+            facts.passes_per_forward[d.name] = float(d.resolved("eot_draws"))
+        elif d.kind == "detector":
+            facts.passes_per_forward[d.name] = 3.0
 
 
 @dataclass(frozen=True)
@@ -340,7 +377,20 @@ def spec_part(step: Any, spec: Any) -> str:
     """Which part of ``spec`` a plan step's work comes from, as the spec path a user would shrink
     (``attacks[1] (pgd): steps x eps x origin items``)."""
     kind, p, parts = step.kind, step.params, step.name.split("/")
-    if kind in ("attack_shard", "adversarial", "placebo"):  # attack/<extractor>/<method>/eps<e>/...
+    if parts[0] in ("promote", "promote_eval") and spec.promotion is not None:  # promote/<view>/<method>/...
+        method = parts[2] if len(parts) > 2 else ""
+        for i, a in enumerate(spec.promotion.attacks):
+            if a.method == method:
+                what = ("users x catalog items x replicates x modes" if kind == "promo_evaluate"
+                        else "steps x promoted items x replicates")
+                return f"promotion.attacks[{i}] ({method}): {what}"
+        return "promotion"
+    rungs = {d.name: i for i, d in enumerate(spec.defenses)}
+    view = parts[1] if len(parts) > 1 else ""
+    rung = view.removesuffix(NONADAPTIVE)
+    if kind in ("defense", "features") and rung in rungs:
+        return f"defenses[{rungs[rung]}] ({rung}): fitting and the catalog's features behind it"
+    if kind in ("attack_shard", "adversarial", "placebo", "transfer"):  # attack/<extractor>/<method>/eps<e>/...
         method = parts[2] if len(parts) > 2 else p.get("method")
         for i, a in enumerate(spec.attacks):
             if a.method == method:

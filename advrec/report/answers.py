@@ -190,6 +190,8 @@ def grid(results: dict[str, Any], fid: str, group: list[Finding]) -> dict[str, A
         return _grid_d(group)
     if fid == "p":
         return _grid_p(results, group)
+    if fid == "l":
+        return _grid_l(results)
     return None
 
 
@@ -281,6 +283,40 @@ def _grid_p(results: dict[str, Any], group: list[Finding]) -> dict[str, Any]:
               [_th(c) for _ in modes for c in ("answer", "rose beyond placebo")]]
     return {"header": header, "rows": rows, "note": "rose beyond placebo: in how many attack cells the promoted items' "
             "exposure (share of top-K slots) and score rose significantly and beyond the placebo's change"}
+
+
+# a rung's state (ladder.py's _holds) -> (word, tone)
+_RUNG_STATES = {"holds": ("protects", "good"), "collapses": ("fails", "bad"), "inconclusive": ("inconclusive", "mixed"),
+                "untested": ("untested", "untested")}
+
+
+def _grid_l(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Rows: the ladder's rungs in its order; columns: the verdict against the adaptive attacker, the threat's
+    change under each attacker, the clean cost in HR@10 points."""
+    lad = results.get("ladder") or {}
+    if not lad.get("rows"):
+        return None
+
+    def change(m: dict[str, Any] | None) -> dict[str, Any]:
+        if not m or m.get("effect") is None:
+            return _cell("–", None, "not evaluated")
+        d = m.get("verdict", "untested")
+        return _cell(f"{SYMBOLS.get(d, '?')} {signed(m['effect'], 2)}", "bad" if d == "rose" else None,
+                     f"{d}: {m['effect']:+.3g} [{m.get('ci_low')}, {m.get('ci_high')}]")
+
+    rows = []
+    for r in lad["rows"]:
+        word, state_tone = _RUNG_STATES.get(r.get("holds", "untested"), ("untested", "untested"))
+        cost = finite(r["cost_points"].get("hr@10"))
+        rows.append([_label(r["rung"]), _label(r["what"]), _cell(word, state_tone, TONE_LEGEND[state_tone], badge=True),
+                     change(r.get("adaptive")), change(r.get("non_adaptive")),
+                     _cell("n/a" if cost is None else f"{cost:+.2g}")])
+    header = [[_th(c) for c in ("rung", "what", "vs adaptive attacker", "threat's change, adaptive",
+                                "threat's change, non-adaptive", "HR@10 cost (points)")]]
+    threat = lad.get("threat")
+    note = (f"the threat: {threat['label']} (under the undefended {lad['baseline']} extractor {threat['effect']:+.3g}); "
+            if threat else "no threat: nothing rose under the undefended extractor; ")
+    return {"header": header, "rows": rows, "note": note + SYMBOL_LEGEND}
 
 
 def _promotion_cells_title(results: dict[str, Any], f: Finding) -> str:

@@ -220,7 +220,7 @@ def _extractors(art: RunArtifacts, spec: dict[str, Any], origin: str | None) -> 
             "weak": recognition is not None and recognition < 0.5,
             "categories": {k: v for k, v in feats.category_info.items() if k != "head"},
             "category_head": {k: v for k, v in (feats.category_info.get("head") or {}).items() if k != "class_names"},
-            "ms_per_image": features_meta.get("ms_per_image"),
+            "seconds_per_image": features_meta.get("seconds_per_image"),  # wall time: a measurement, not a result
         }
         if view.rung:  # a defense rung: what defends, in front of which extractor, against which attacker
             rung = defense_info(art.store, art.defenses[name])

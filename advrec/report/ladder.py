@@ -138,7 +138,7 @@ def ladder(results: dict[str, Any]) -> dict[str, Any] | None:
                     if clean.get(m, {}).get("mean") is not None and base_clean.get(m, {}).get("mean") is not None
                     else None) for m in (HR, "auc")}
         out: dict[str, Any] = {"rung": name, "what": what, "extractor": view, "recommender": on, "clean": clean,
-                               "cost_points": cost, "ms_per_image": finite(exts[view].get("ms_per_image")),
+                               "cost_points": cost, "seconds_per_image": finite(exts[view].get("seconds_per_image")),
                                "flagged_adaptive": _flagged(results, view),
                                "flagged_non_adaptive": _flagged(results, view + NONADAPTIVE)
                                if view + NONADAPTIVE in exts else None}
@@ -174,7 +174,7 @@ def ladder(results: dict[str, Any]) -> dict[str, Any] | None:
                              -(r.get("protected_per_point") or 0) if (r["cost_points"][HR] or 0) > 0
                              else -(r.get("protected") or 0)))
     return {"baseline": base, "recommender": rec, "k": k, "threat": threat, "baseline_clean": base_clean,
-            "baseline_ms_per_image": finite(exts[base].get("ms_per_image")), "rows": rows}
+            "baseline_seconds_per_image": finite(exts[base].get("seconds_per_image")), "rows": rows}
 
 
 def _holds(adaptive: dict[str, Any], threat: dict[str, Any]) -> str:
@@ -271,6 +271,6 @@ def ladder_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                "flagged (adaptive)": r.get("flagged_adaptive"), "flagged (non-adaptive)": r.get("flagged_non_adaptive"),
                **{f"SR% {a} (adaptive)": v for a, v in (r.get("sr_adaptive") or {}).items()},
                **{f"SR% {a} (non-adaptive)": v for a, v in (r.get("sr_non_adaptive") or {}).items()},
-               "ms per image": r.get("ms_per_image")}
+               "ms per image": None if r.get("seconds_per_image") is None else 1000 * r["seconds_per_image"]}
         out.append(row)
     return out

@@ -330,7 +330,7 @@ def ladder_summary(results: dict[str, Any]) -> str | None:
                      f"{fmt(r['threat under non-adaptive'], 3)} {r['non-adaptive verdict']}".strip(),
                      f"{fmt(r['threat under adaptive'], 3)} {r['adaptive verdict']}".strip(), r["verdict"],
                      fmt(r["flagged (adaptive)"], 2), fmt(r["ms per image"], 3)])
-    base_ms = fmt(lad.get("baseline_ms_per_image"), 3)
+    base_ms = fmt(1000 * lad["baseline_seconds_per_image"] if lad.get("baseline_seconds_per_image") else None, 3)
     return (f"\n== defense ladder ({lad['recommender']}; {head}; {lad['baseline']} alone: HR@10 "
             f"{fmt((lad['baseline_clean'].get('hr@10') or {}).get('mean'), 3)}, {base_ms} ms/img) ==\n"
             + text_table(["#", "rung", "recommender", "HR@10", "cost (pts)", "non-adaptive", "adaptive", "verdict",

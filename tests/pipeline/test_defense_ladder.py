@@ -63,7 +63,7 @@ def test_the_non_adaptive_attacker_delivers_the_bare_extractors_images(run):
     views = results["extractors"]
     assert views["jpeg-q50"]["attacker"] == "adaptive" and views["jpeg-q50.nonadaptive"]["attacker"] == "non-adaptive"
     assert views["jpeg-q50"]["base"] == "standard" and views["jpeg-q50"]["defense"] == "jpeg"
-    assert all(views[v]["ms_per_image"] > 0 for v in views)
+    assert all(views[v]["seconds_per_image"] > 0 for v in views)
 
 
 def test_a_detectors_flagged_uploads_keep_their_clean_features(run):

@@ -49,11 +49,13 @@ def test_badge_colours_say_whether_the_answer_is_good_news_not_yes_or_no(report)
     """A red 'yes' marked the defense working and a green 'no' the oracle's caveat (issue 23): now the same answer
     takes the colour of what it means for the shop, per question."""
     sections = _sections((report / "report.html").read_text())
-    assert set(sections) == {"o", "a", "b", "c", "d"}
+    assert set(sections) == {"o", "a", "b", "c", "d", "l"}
     # the planted truth: the oracle rose (a control: info), PGD eps 8 raised CHR (bad), eps 4 did not (good),
-    # pgd_at did not lower the SR significantly (bad), prevented only part of the rise (mixed), (d) untested
+    # pgd_at did not lower the SR significantly (bad), prevented only part of the rise (mixed), (d) untested;
+    # the ladder: pgd_at holds on VBPR's threat (good), AMR on the standard extractor rose as much (bad): partly
     expected = {"o": {("info", "yes")}, "a": {("bad", "yes"), ("good", "no")}, "b": {("bad", "no")},
-                "c": {("mixed", "partly"), ("untested", "n/a")}, "d": {("untested", "n/a")}}
+                "c": {("mixed", "partly"), ("untested", "n/a")}, "d": {("untested", "n/a")},
+                "l": {("mixed", "partly"), ("good", "protects"), ("bad", "fails")}}
     for fid, badges in expected.items():
         assert set(_badges(sections[fid])) == badges, fid
     html = (report / "report.html").read_text()
@@ -183,19 +185,19 @@ def test_the_figure_check_finds_overlapping_labels_and_hidden_series():
 def test_figures_share_their_axes_draw_zero_and_intervals_and_have_no_overlap(report):
     figs = build_figures(_results(report))
     assert set(figs) == {"effects_retrain", "effects_deployment", "chr_vs_k_retrain", "chr_vs_k_deployment",
-                         "sr_vs_budget", "feature_mse_vs_budget"}
+                         "sr_vs_budget", "feature_mse_vs_budget", "ladder"}
     for name, fig in figs.items():
         assert layout_problems(fig) == [], name
         assert fig.bbox.width <= 1100, name  # shown at its own size on a laptop screen, not shrunk
         panels = [ax for ax in fig.axes if ax.get_visible()]
         assert all(ax.get_window_extent().width >= 250 and ax.get_window_extent().height >= 150 for ax in panels)
         assert len({ax.get_ylim() for ax in panels}) == 1, name  # one scale: defenses compared by eye
-        horizontal = name.startswith("effects_")  # effects run along x, levels along y
+        horizontal = name.startswith("effects_") or name == "ladder"  # effects run along x, levels along y
         for ax in panels:
             zero = [line for line in ax.get_lines() if list(line.get_xdata() if horizontal else line.get_ydata())
                     == [0, 0]]
             assert zero, f"{name}: no zero line in {ax.get_title()!r}"
-        if horizontal:
+        if name.startswith("effects_"):
             assert len({ax.get_xlim() for ax in panels}) == 1
             # every point with an interval has its bar: planted effects have 95% intervals across 3 replicates
             for ax in panels:

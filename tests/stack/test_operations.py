@@ -117,7 +117,11 @@ def test_a_failed_worker_makes_the_stack_not_ready_and_the_job_says_what_it_wait
         final = c.wait(job, poll_interval=0.5, timeout=240)
         assert final["state"] == "done" and final["stalled"] == []
     assert httpx.get(f"{stack.url}/readyz").status_code == 200
-    metrics = httpx.get(f"{stack.url}/metrics").text
+    # jobs by state are cached for 15 s (a scrape does not list every run): the count follows within that
+    deadline = time.monotonic() + 40
+    while 'advrec_jobs{state="done"} 1.0' not in (metrics := httpx.get(f"{stack.url}/metrics").text):
+        assert time.monotonic() < deadline, "jobs by state did not follow within the cache's 15 s"
+        time.sleep(1)
     for line in ('advrec_jobs{state="done"} 1.0', 'advrec_worker_restarts_total{worker="worker-attack@',
                  'advrec_step_seconds_bucket{kind="attack_shard",le="+Inf",outcome="done"}',
                  'http_requests_total{handler="/v1/jobs/{job_id}",method="GET",status="200"}',
