@@ -531,7 +531,7 @@ def _defenses_preset() -> dict[str, Any]:
     JPEG, bit-depth reduction, median smoothing, random resize-and-pad, a denoiser trained here and a
     feature-squeezing detector, beside extractor adversarial training (PGD-AT) and recommender adversarial
     training (AMR); each rung against the non-adaptive and the adaptive attacker, PGD-10 at eps 8 on the
-    scenario's category and INSA on the 20 least exposed origin items, in deployment."""
+    scenario's category and INSA-top-K (`insa_topk`) on the 20 least exposed origin items, in deployment."""
     return {
         "name": "defenses",
         "dataset": {"kind": "demo", "n_users": 600},
