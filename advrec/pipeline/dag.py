@@ -46,12 +46,12 @@ STEP_VERSIONS: dict[str, str] = {
     "extractor": "1",
     "features": FEATURES_VERSION,  # the extractor service computes the same key
     "train": "2",  # R replicates per model
-    "scenario": "7",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides; 6: tested over the disguised items; 7: the largest significant rise
+    "scenario": "8",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides; 6: tested over the disguised items; 7: the largest significant rise; 8: the items test's own interval
     "attack_shard": "3",  # per-image eligibility, float-domain success, changed flags
     "adversarial": "2",  # SR over eligible images, float SR, all-zero flag
     "placebo": "1",
     "oracle": "2",  # 2: real target items' features (form draw), the centroid as its own control
-    "evaluate": "3",  # 2: per-replicate metrics, replicate-level tests; 3: per-item changes, deployment tested over items
+    "evaluate": "4",  # 2: per-replicate metrics, replicate-level tests; 3: per-item changes, deployment tested over items; 4: the items test's own interval
     "report": "2-" + _report_code_version(),
     "defense": "1",
     "transfer": "1",

@@ -31,8 +31,9 @@ from scipy import stats
 
 from advrec.report.collect import finite, per_k, summary_k, view_names
 from advrec.report.findings import direction
-from advrec.report.promotion import gained, method_label
+from advrec.report.promotion import cell_label, gained, method_label, per_item
 from advrec_common.conventions import NONADAPTIVE
+from services.recommender.metrics.effects import replicate_effect, sign_flip_test
 
 HR = "hr@10"
 
@@ -104,6 +105,33 @@ def _success(results: dict[str, Any], view: str) -> dict[str, float | None]:
             for a in results["attacks"] if a["extractor"] == view}
 
 
+def _weaker_promotion(results: dict[str, Any], view: str) -> list[str]:
+    """Promotion cells where the adaptive attacker reached significantly less of its own objective than the
+    non-adaptive one (the bare extractor's images delivered through the defense): the score for insa / expa,
+    the top-K share for insa_topk; per item in deployment (sign-flip), per replicate in retrain (paired t); raw
+    p <= 0.05, no correction (a warning errs toward alarm)."""
+    promo = results.get("promotion") or {}
+    k = promo.get("k")
+    evs = [e for e in promo.get("evaluations", []) if e["control"] == "attack"]
+    out = []
+    for ad in (e for e in evs if e["extractor"] == view):
+        na = next((e for e in evs if e["extractor"] == view + NONADAPTIVE and (e["method"], e["eps"], e["recommender"],
+                   e["mode"]) == (ad["method"], ad["eps"], ad["recommender"], ad["mode"])), None)
+        if na is None:
+            continue
+        quantity = "exposure" if ad["method"] == "insa_topk" else "score"
+        a, n = per_item(ad, quantity, k), per_item(na, quantity, k)
+        if a.shape != n.shape:
+            continue
+        test = sign_flip_test(a.mean(0) - n.mean(0)) if ad["mode"] == "deployment" else replicate_effect(
+            n.mean(1), a.mean(1))
+        p = finite(test.get("p_value"))
+        if test["effect"] < 0 and p is not None and p <= 0.05:
+            out.append(f"{cell_label(ad, k)} on {ad['recommender']} ({ad['mode']}): {quantity} "
+                       f"{test['effect']:+.3g} against the non-adaptive, p={p:.2g}")
+    return out
+
+
 def _flagged(results: dict[str, Any], view: str) -> float | None:
     """The share of a view's attacked uploads a detector flagged (category attacks and promotion, pooled)."""
     rates = [finite(a["summary"].get("flagged")) for a in results["attacks"] if a["extractor"] == view]
@@ -148,6 +176,7 @@ def ladder(results: dict[str, Any]) -> dict[str, Any] | None:
             # the adaptive attacker sees everything the non-adaptive one does: succeeding less is its defect
             out["weaker_adaptive"] = sorted(a for a, v in out["sr_adaptive"].items()
                                             if v is not None and (out["sr_non_adaptive"].get(a) or 0) > v)
+            out["weaker_adaptive"] += _weaker_promotion(results, view)
         rung_defense = exts[view].get("rung_defense") or {}
         report = rung_defense.get("report") or {}
         if report.get("false_positive"):
@@ -239,11 +268,17 @@ def finding_l(results: dict[str, Any]) -> list[dict[str, Any]]:
         answer = "n/a"
     else:
         answer = "yes" if holds and not collapses else "partly" if holds else "no"
-    head = {"yes": f"Yes: {', '.join(holds)} protect(s)", "partly": f"Partly: {', '.join(holds)} protect(s), "
-            f"{', '.join(collapses)} do(es) not", "no": f"No: {', '.join(collapses)} do(es) not protect, no rung "
-            "was shown to", "n/a": "Inconclusive: no rung was shown to protect or to fail"}[answer]
+    def names(rungs: list[str], one: str, many: str) -> str:
+        listed = rungs[0] if len(rungs) == 1 else ", ".join(rungs[:-1]) + " and " + rungs[-1] if rungs else ""
+        return f"{listed} {one if len(rungs) == 1 else many}"
+
+    head = {"yes": f"Yes: {names(holds, 'protects', 'protect')}",
+            "partly": f"Partly: {names(holds, 'protects', 'protect')}, {names(collapses, 'does', 'do')} not",
+            "no": f"No: {names(collapses, 'does', 'do')} not protect, no rung was shown to",
+            "n/a": "Inconclusive: no rung was shown to protect or to fail"}[answer]
     weaker = [f"{r['rung']} ({', '.join(r['weaker_adaptive'])})" for r in lad["rows"] if r.get("weaker_adaptive")]
-    warning = (" WARNING: the adaptive attacker succeeded less often than the non-adaptive one on "
+    warning = (" WARNING: the adaptive attacker succeeded less often (category attacks: SR), or reached significantly "
+               "less of its objective (promotion), than the non-adaptive one on "
                f"{'; '.join(weaker)}: an adaptive attack weaker than the non-adaptive one is a defect of the attack, "
                "not protection: those rungs' verdicts are not evidence.") if weaker else ""
     text = (f"{head} against the adaptive attacker, on the threat {threat['label']} (under the undefended "

@@ -599,3 +599,25 @@ def test_the_ladders_verdicts_on_hand_made_rungs():
     assert finding_l(results)[0]["answer"] == "yes"
     results["ladder"]["threat"] = None
     assert finding_l(results)[0]["answer"] == "n/a" and "Nothing to protect" in finding_l(results)[0]["statement"]
+
+
+def test_a_weaker_adaptive_promotion_is_flagged_only_when_significantly_weaker_on_its_own_objective():
+    """Promotion: the adaptive attacker's objective (insa: the score) per item against the non-adaptive one's, in
+    deployment over items: flagged when significantly lower, not when equal up to noise or higher."""
+    from advrec.report.ladder import _weaker_promotion
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.4, size=(3, 20))
+
+    def ev(ext, shift):
+        return {"extractor": ext, "method": "insa", "eps": 8.0, "recommender": "vbpr", "mode": "deployment",
+                "control": "attack", "source": "standard" if ext.endswith(".nonadaptive") else None,
+                "per_replicate": [{"prediction_shift": list(row)} for row in shift]}
+
+    def flags(adaptive_shift):
+        results = {"promotion": {"k": 10, "evaluations": [ev("jpeg", adaptive_shift), ev("jpeg.nonadaptive", base)]}}
+        return _weaker_promotion(results, "jpeg")
+
+    assert flags(base * 0.5) and "INSA eps 8 on vbpr (deployment): score" in flags(base * 0.5)[0]
+    assert flags(base + rng.normal(0, 1e-3, base.shape)) == []  # as strong, up to noise
+    assert flags(base * 1.5) == []

@@ -102,3 +102,33 @@ def test_the_sign_flip_test_holds_its_level_on_symmetric_noise():
     for n in (6, 30):  # exact and random patterns
         ps = np.array([sign_flip_test(rng.standard_t(3, size=n))["p_value"] for _ in range(400)])
         assert np.mean(ps <= 0.05) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 400)
+
+
+def test_the_sign_flip_interval_inverts_the_test_so_it_excludes_zero_exactly_when_p_is_below_005():
+    """A displayed interval that held 0 beside a 'significant' p (a Student-t interval next to a sign-flip
+    test on items with many zeros) read as a contradiction: the interval is now the test's own."""
+    from services.recommender.metrics.effects import _sign_flip_p, _sign_flip_sums, sign_flip_test
+
+    # by hand, exact patterns (n = 8): just inside each bound the test of mean = m does not reject, just
+    # outside it does
+    d = np.array([0.01, 0.02, 0.0, 0.015, 0.03, -0.005, 0.012, 0.02])
+    t = sign_flip_test(d)
+    dots, counts, exact = _sign_flip_sums(d, 0)
+    assert exact and t["ci_low"] < d.mean() < t["ci_high"]
+    tol = 1e-6 * 0.03
+    for bound, outward in ((t["ci_low"], -1), (t["ci_high"], 1)):
+        assert _sign_flip_p(dots, counts, exact, d.sum(), 8, bound - outward * 1e-6, tol) > 0.05
+        assert _sign_flip_p(dots, counts, exact, d.sum(), 8, bound + outward * 1e-6, tol) <= 0.05
+    assert 0 < t["ci_low"] and t["p_value"] <= 0.05  # 7 of 8 positive: significant, and the interval says so
+    # items as in deployment: most unchanged, a few moved a lot, skewed; exact and random patterns
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        n = int(rng.integers(6, 70))
+        x = rng.standard_t(3, size=n) * (rng.random(n) < 0.3) + rng.normal(0.3 * rng.random(), 0.1, n) * (
+            rng.random(n) < 0.2)
+        r = sign_flip_test(x)
+        assert r["ci_low"] <= x.mean() <= r["ci_high"]
+        assert (r["ci_low"] <= 0 <= r["ci_high"]) == (r["p_value"] > 0.05), (n, r)
+    # too few units to reach 5 % (2 / 2^5 = 0.0625): a p-value, no interval
+    small = sign_flip_test([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert small["p_value"] == pytest.approx(0.0625) and small["ci_low"] is None and small["ci_high"] is None

@@ -82,13 +82,41 @@ EXACT_SIGN_FLIP_MAX = 16  # up to 2^16 sign patterns are enumerated; above, seed
 SIGN_FLIP_DRAWS = 99_999
 
 
+def _sign_flip_sums(d: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per sign pattern s: (s . d, s . 1), over every pattern (exact, n <= :data:`EXACT_SIGN_FLIP_MAX`) or
+    :data:`SIGN_FLIP_DRAWS` seeded random ones; and whether the patterns are exhaustive."""
+    n = int(d.size)
+    if n <= EXACT_SIGN_FLIP_MAX:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
+        return signs @ d, signs.sum(1).astype(np.float64), True
+    rng = np.random.default_rng(seed)
+    dots, counts = [], []
+    for start in range(0, SIGN_FLIP_DRAWS, 10_000):
+        signs = rng.integers(0, 2, size=(min(10_000, SIGN_FLIP_DRAWS - start), n)) * 2 - 1
+        dots.append(signs @ d)
+        counts.append(signs.sum(1).astype(np.float64))
+    return np.concatenate(dots), np.concatenate(counts), False
+
+
+def _sign_flip_p(dots: np.ndarray, counts: np.ndarray, exact: bool, total: float, n: int, shift: float,
+                 tol: float) -> float:
+    """The sign-flip p-value of mean(d) = ``shift``: the patterns' sums of d - shift against the observed one."""
+    observed = abs(total - shift * n)
+    hits = int(np.sum(np.abs(dots - shift * counts) >= observed - tol * n))
+    return min(1.0, hits / dots.size if exact else (1 + hits) / (1 + dots.size))
+
+
 def sign_flip_test(diffs: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
     """A one-sample test of mean(diffs) = 0 over independent units (e.g. promoted items, each one's difference
     between the attack's change and its placebo's): the sign-flip permutation test, exact for up to
     :data:`EXACT_SIGN_FLIP_MAX` units (every pattern), else :data:`SIGN_FLIP_DRAWS` seeded random patterns
     (p = (1 + hits) / (1 + draws), never 0). Under the null each difference is symmetric about 0, so the test
-    holds its level whatever their distribution (no normality, ties allowed). Two-sided. With the effect
-    (mean), its ``confidence`` Student-t interval (n - 1 df) for display, ``n`` and ``n_positive``."""
+    holds its level whatever their distribution (no normality, ties allowed). Two-sided.
+
+    With the effect (mean), ``n``, ``n_positive`` and the ``confidence`` interval *of the same test*: the
+    shifts m that the sign-flip test of mean = m does not reject at 1 - ``confidence`` (same patterns,
+    bisection to 1e-9 of the data's range), so the interval excludes 0 exactly when p <= 1 - confidence.
+    None when even the most extreme pattern cannot reach that level (2 / 2^n > 1 - confidence: n < 6)."""
     d = np.asarray(diffs, dtype=np.float64)
     if d.ndim != 1 or d.size == 0:
         raise InvalidInput(f"diffs must be a non-empty 1-d array, got shape {d.shape}")
@@ -103,33 +131,36 @@ def sign_flip_test(diffs: Sequence[float] | np.ndarray, confidence: float = CONF
     if float(np.abs(d).max()) <= 1e-12:
         out.update(ci_low=0.0, ci_high=0.0, p_value=1.0, test="none (no unit changed)")
         return out
-    sd = float(d.std(ddof=1))
-    if sd > 0:
-        half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
-        out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half))
-    observed = abs(float(d.sum()))
-    if n <= EXACT_SIGN_FLIP_MAX:
-        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
-        null = np.abs(signs @ d)
-        p = float(np.mean(null >= observed - tol * n))
-        test = "exact sign-flip over units"
-    else:
-        rng = np.random.default_rng(seed)
-        hits = 0
-        for start in range(0, SIGN_FLIP_DRAWS, 10_000):
-            m = min(10_000, SIGN_FLIP_DRAWS - start)
-            signs = rng.integers(0, 2, size=(m, n)) * 2 - 1
-            hits += int(np.sum(np.abs(signs @ d) >= observed - tol * n))
-        p = (1 + hits) / (1 + SIGN_FLIP_DRAWS)
-        test = f"sign-flip over units ({SIGN_FLIP_DRAWS} random patterns)"
-    out.update(p_value=min(1.0, p), test=test)
+    dots, counts, exact = _sign_flip_sums(d, seed)
+    total = float(d.sum())
+    p = _sign_flip_p(dots, counts, exact, total, n, 0.0, tol)
+    out.update(p_value=p, test="exact sign-flip over units" if exact
+               else f"sign-flip over units ({SIGN_FLIP_DRAWS} random patterns)")
+    alpha = 1.0 - confidence
+    low, high, mean = float(d.min()), float(d.max()), float(d.mean())
+    span = max(high - low, tol)
+    outside = (low - span, high + span)  # every d - m of one sign there: only the extreme patterns reach it
+    if any(_sign_flip_p(dots, counts, exact, total, n, m, tol) > alpha for m in outside):
+        return out  # too few units for an interval at this level
+
+    def bound(rejected: float) -> float:
+        inside = mean  # p(mean) = 1: never rejected
+        while abs(rejected - inside) > 1e-9 * span:
+            mid = 0.5 * (rejected + inside)
+            if _sign_flip_p(dots, counts, exact, total, n, mid, tol) > alpha:
+                inside = mid
+            else:
+                rejected = mid
+        return inside
+
+    out.update(ci_low=bound(outside[0]), ci_high=bound(outside[1]))
     return out
 
 
 def item_effect(item_deltas: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """A category's change as the sum of its items' changes (N,) (each averaged over the replicates), tested
     over the items: the sign-flip test of their mean (:func:`sign_flip_test`), with the interval of the sum
-    (N x the mean's Student-t interval).
+    (N x the mean's interval from inverting that test: it excludes 0 exactly when p <= 0.05).
 
     The unit of deployment: the deployed models are fixed and each item's scores depend on its own features,
     so the items a perturbation moved are the independent units of its effect on these models (retrain
