@@ -29,13 +29,19 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from advrec.report.collect import finite, per_k, summary_k, view_names
+from advrec.report.collect import NOISE, finite, per_k, summary_k, view_names
 from advrec.report.findings import direction
 from advrec.report.promotion import cell_label, gained, method_label, per_item
 from advrec_common.conventions import NONADAPTIVE
 from services.recommender.metrics.effects import replicate_effect, sign_flip_test
 
 HR = "hr@10"
+
+
+def _exact(x: Any) -> float | None:
+    """An exposure change as a number, float noise of a zero difference as 0 (a detector's +1.2e-18 is +0)."""
+    v = finite(x)
+    return None if v is None else (0.0 if abs(v) < NOISE else v)
 
 
 def _mean_ci(values: list[float]) -> dict[str, float | None]:
@@ -66,7 +72,7 @@ def _threat_cells(results: dict[str, Any], rec: str, k: int) -> list[dict[str, A
             continue
         m = (per_k(e, k) or {}).get("chr") or {}
         cells.append({"kind": "category", "method": e["method"], "eps": e["eps"], "mode": e["mode"],
-                      "effect": finite(m.get("effect")), "verdict": direction(m),
+                      "effect": _exact(m.get("effect")), "verdict": direction(m),
                       "label": f"{e['method'].upper()} eps {e['eps']:g} on the origin's CHR@{k} ({e['mode']})"})
     promo = results.get("promotion") or {}
     for e in promo.get("evaluations", []):
@@ -74,7 +80,7 @@ def _threat_cells(results: dict[str, Any], rec: str, k: int) -> list[dict[str, A
             continue
         t = ((e.get("tests") or {}).get("exposure") or {}).get("change") or {}
         cells.append({"kind": "promotion", "method": e["method"], "eps": e["eps"], "mode": e["mode"],
-                      "effect": finite(t.get("effect")), "verdict": gained(e, "exposure"),
+                      "effect": _exact(t.get("effect")), "verdict": gained(e, "exposure"),
                       "label": f"{method_label(e['method'], e['eps'], promo.get('k', k))} on the promoted items' "
                                f"top-{promo.get('k', k)} share ({e['mode']})"})
     return cells
@@ -87,15 +93,15 @@ def _cell_under(results: dict[str, Any], cell: dict[str, Any], view: str, rec: s
             if (e["control"], e["extractor"], e["recommender"], e["method"], e["eps"], e["mode"]) == (
                     "attack", view, rec, cell["method"], cell["eps"], cell["mode"]):
                 m = (per_k(e, k) or {}).get("chr") or {}
-                return {"effect": finite(m.get("effect")), "ci_low": finite(m.get("ci_low")),
-                        "ci_high": finite(m.get("ci_high")), "verdict": direction(m)}
+                return {"effect": _exact(m.get("effect")), "ci_low": _exact(m.get("ci_low")),
+                        "ci_high": _exact(m.get("ci_high")), "verdict": direction(m)}
         return None
     for e in (results.get("promotion") or {}).get("evaluations", []):
         if (e["control"], e["extractor"], e["recommender"], e["method"], e["eps"], e["mode"]) == (
                 "attack", view, rec, cell["method"], cell["eps"], cell["mode"]):
             t = ((e.get("tests") or {}).get("exposure") or {}).get("change") or {}
-            return {"effect": finite(t.get("effect")), "ci_low": finite(t.get("ci_low")),
-                    "ci_high": finite(t.get("ci_high")), "verdict": gained(e, "exposure")}
+            return {"effect": _exact(t.get("effect")), "ci_low": _exact(t.get("ci_low")),
+                    "ci_high": _exact(t.get("ci_high")), "verdict": gained(e, "exposure")}
     return None
 
 

@@ -621,3 +621,12 @@ def test_a_weaker_adaptive_promotion_is_flagged_only_when_significantly_weaker_o
     assert flags(base * 0.5) and "INSA eps 8 on vbpr (deployment): score" in flags(base * 0.5)[0]
     assert flags(base + rng.normal(0, 1e-3, base.shape)) == []  # as strong, up to noise
     assert flags(base * 1.5) == []
+
+
+def test_the_ladder_reads_float_noise_of_a_zero_change_as_zero():
+    """A detector that blocked every upload leaves each replicate's change at 0 up to float rounding: the ladder
+    reports +0, not +1.2e-18; a real (if tiny) CHR step stays as it is."""
+    from advrec.report.ladder import _exact
+
+    assert _exact(1.16e-18) == 0.0 and _exact(-3e-17) == 0.0
+    assert _exact(5.56e-6) == 5.56e-6 and _exact(None) is None and _exact(float("nan")) is None
