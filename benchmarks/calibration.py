@@ -22,6 +22,7 @@ in-process, and reads ``results.json``. Each spec holds:
   oracle's other deployment cells (AMR) are printed for information: nothing established their rise.
 
     .venv/bin/python benchmarks/calibration.py                 # 4 worlds, R = 3 (prints its own time)
+    .venv/bin/python benchmarks/calibration.py --jobs 1        # one step at a time (the same numbers)
     .venv/bin/python benchmarks/calibration.py --worlds 2      # a quick look
 
 Figures are printed, never asserted (see README "Calibration"). A home (``--home``) keeps every step, so a
@@ -114,15 +115,30 @@ def rate(flags: list[bool]) -> str:
     return f"{sum(flags)}/{len(flags)} = {sum(flags) / len(flags):.3f}" if flags else "n/a (no cell)"
 
 
+def _jobs(value: str) -> int:
+    """``--jobs``: a number, or ``auto`` (the machine measured now, as ``advrec run --jobs auto``; said on stdout)."""
+    if value != "auto":
+        return int(value)
+    from advrec.pipeline.parallelism import auto_jobs
+    from advrec_common.settings import resolve_device
+
+    choice = auto_jobs(resolve_device("auto"))
+    print(f"steps at once: {choice.jobs} (--jobs auto: {choice.reason})", flush=True)
+    return choice.jobs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worlds", type=int, default=4, help="demo worlds (dataset seeds 1..N), one run each")
     ap.add_argument("--replicates", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=1, help="steps at once (worker processes); 1: in this process")
+    ap.add_argument("--jobs", default="auto",
+                    help="steps at once (worker processes; 1: in this process); auto (default): as `advrec run`, one "
+                         "per CPU idle now. The numbers do not depend on it")
     ap.add_argument("--home", default=str(Path(gettempdir()) / "advrec-calibration"),
                     help="store and runs (kept: a second call reuses every step)")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    jobs = _jobs(args.jobs)
     home = Path(args.home)
     store = ArtifactStore(home / "store")
     tests: list[dict[str, Any]] = []
@@ -133,7 +149,7 @@ def main() -> None:
     for world in range(1, args.worlds + 1):
         t = time.perf_counter()
         record = run_inprocess(parse_spec(null_spec(world, args.replicates)), store, home / "runs",
-                               show_progress=False, jobs=args.jobs)
+                               show_progress=False, jobs=jobs)
         results = json.loads((record.dir / "report" / "results.json").read_text())
         tests += null_tests(results)
         cells += null_cells(results)
