@@ -132,3 +132,25 @@ def test_the_sign_flip_interval_inverts_the_test_so_it_excludes_zero_exactly_whe
     # too few units to reach 5 % (2 / 2^5 = 0.0625): a p-value, no interval
     small = sign_flip_test([0.1, 0.2, 0.3, 0.4, 0.5])
     assert small["p_value"] == pytest.approx(0.0625) and small["ci_low"] is None and small["ci_high"] is None
+
+
+def test_the_cached_sign_patterns_are_the_drawn_ones_and_the_cache_is_bounded(monkeypatch):
+    """The patterns depend on (n, seed) only and are kept for the next test: a cached call gives the same
+    patterns (hence the same p and interval) as a fresh draw, another seed other patterns, and the cache
+    never holds more than its byte bound."""
+    from services.recommender.metrics import effects
+
+    monkeypatch.setattr(effects, "_pattern_cache", type(effects._pattern_cache)())
+    d = np.random.default_rng(5).normal(0.002, 0.01, size=40)
+    first = effects.sign_flip_test(d, seed=3)
+    fresh = np.random.default_rng(3).integers(0, 2, size=(10_000, 40)) * 2 - 1  # the first chunk's draw
+    signs, counts = effects._sign_patterns(40, 3)  # from the cache now
+    assert (3 in {k[1] for k in effects._pattern_cache}) and signs.shape == (effects.SIGN_FLIP_DRAWS, 40)
+    assert np.array_equal(signs[:10_000], fresh[:10_000]) and np.array_equal(counts, signs.sum(1))
+    assert effects.sign_flip_test(d, seed=3) == first
+    assert not np.array_equal(effects._sign_patterns(40, 4)[0][:100], signs[:100])
+    monkeypatch.setattr(effects, "SIGN_PATTERN_CACHE_BYTES", 3 * effects.SIGN_FLIP_DRAWS * 40)
+    for seed in range(5):
+        effects._sign_patterns(40, seed)
+    assert sum(s.nbytes for s, _ in effects._pattern_cache.values()) <= effects.SIGN_PATTERN_CACHE_BYTES
+    assert list(effects._pattern_cache)[-1] == (40, 4)

@@ -14,7 +14,9 @@ docs/report.md).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,20 +84,47 @@ EXACT_SIGN_FLIP_MAX = 16  # up to 2^16 sign patterns are enumerated; above, seed
 SIGN_FLIP_DRAWS = 99_999
 
 
+SIGN_PATTERN_CACHE_BYTES = 96 * 2**20  # the patterns of the last few (n, seed), kept for the next test
+_CHUNK = 10_000
+_pattern_cache: OrderedDict[tuple[int, int | None], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_pattern_lock = threading.Lock()
+
+
+def _sign_patterns(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sign patterns of :func:`sign_flip_test` for ``n`` units, as int8 (patterns, n) of +-1, and their sums.
+
+    Every pattern for n <= :data:`EXACT_SIGN_FLIP_MAX`, else :data:`SIGN_FLIP_DRAWS` drawn from ``seed`` in
+    chunks of 10,000. They depend on (n, seed) only, not on the data, so the last few are cached (at most
+    :data:`SIGN_PATTERN_CACHE_BYTES`): a run tests hundreds of cells over the same items."""
+    key = (n, None if n <= EXACT_SIGN_FLIP_MAX else seed)
+    with _pattern_lock:
+        hit = _pattern_cache.get(key)
+        if hit is not None:
+            _pattern_cache.move_to_end(key)
+            return hit
+    if n <= EXACT_SIGN_FLIP_MAX:
+        signs = (1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)).astype(np.int8)
+    else:
+        rng = np.random.default_rng(seed)
+        signs = np.concatenate([(rng.integers(0, 2, size=(min(_CHUNK, SIGN_FLIP_DRAWS - start), n)) * 2 - 1)
+                                .astype(np.int8) for start in range(0, SIGN_FLIP_DRAWS, _CHUNK)])
+    entry = (signs, signs.sum(1, dtype=np.int64).astype(np.float64))
+    if signs.nbytes <= SIGN_PATTERN_CACHE_BYTES:
+        with _pattern_lock:
+            _pattern_cache[key] = entry
+            while sum(s.nbytes for s, _ in _pattern_cache.values()) > SIGN_PATTERN_CACHE_BYTES:
+                _pattern_cache.popitem(last=False)
+    return entry
+
+
 def _sign_flip_sums(d: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per sign pattern s: (s . d, s . 1), over every pattern (exact, n <= :data:`EXACT_SIGN_FLIP_MAX`) or
     :data:`SIGN_FLIP_DRAWS` seeded random ones; and whether the patterns are exhaustive."""
     n = int(d.size)
-    if n <= EXACT_SIGN_FLIP_MAX:
-        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
-        return signs @ d, signs.sum(1).astype(np.float64), True
-    rng = np.random.default_rng(seed)
-    dots, counts = [], []
-    for start in range(0, SIGN_FLIP_DRAWS, 10_000):
-        signs = rng.integers(0, 2, size=(min(10_000, SIGN_FLIP_DRAWS - start), n)) * 2 - 1
-        dots.append(signs @ d)
-        counts.append(signs.sum(1).astype(np.float64))
-    return np.concatenate(dots), np.concatenate(counts), False
+    signs, counts = _sign_patterns(n, seed)
+    dots = np.concatenate([signs[start:start + _CHUNK].astype(np.float64) @ d
+                           for start in range(0, signs.shape[0], _CHUNK)])
+    return dots, counts, n <= EXACT_SIGN_FLIP_MAX
 
 
 def _sign_flip_p(dots: np.ndarray, counts: np.ndarray, exact: bool, total: float, n: int, shift: float,
