@@ -47,17 +47,17 @@ STEP_VERSIONS: dict[str, str] = {
     "features": FEATURES_VERSION,  # the extractor service computes the same key
     "train": "2",  # R replicates per model
     "scenario": "8",  # 2: ranks over every replicate's clean lists; 3: warnings, ranking of populated categories; 4: advice when named; 5: the oracle's feasibility decides; 6: tested over the disguised items; 7: the largest significant rise; 8: the items test's own interval
-    "attack_shard": "3",  # per-image eligibility, float-domain success, changed flags
+    "attack_shard": "4",  # per-image eligibility, float-domain success, changed flags; 4: seeded draws of a random defense
     "adversarial": "2",  # SR over eligible images, float SR, all-zero flag
-    "placebo": "1",
+    "placebo": "2",  # 2: seeded draws of a random defense
     "oracle": "2",  # 2: real target items' features (form draw), the centroid as its own control
     "evaluate": "4",  # 2: per-replicate metrics, replicate-level tests; 3: per-item changes, deployment tested over items; 4: the items test's own interval
     "report": "2-" + _report_code_version(),
     "defense": "1",
-    "transfer": "1",
+    "transfer": "2",  # 2: seeded draws of a random defense
     "promo_items": "1",
-    "promo_attack": "1",
-    "promo_transfer": "1",
+    "promo_attack": "2",  # 2: seeded draws of a random defense
+    "promo_transfer": "2",  # 2: seeded draws of a random defense
     "promo_evaluate": "1",
 }
 

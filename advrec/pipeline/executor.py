@@ -6,11 +6,13 @@ inside workers; only the scheduling differs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,26 @@ def execute_step(step: Step, plan_: Plan | None, store: ArtifactStore, device: s
     # round differently), so results.json reports them (``environment``)
     meta: dict[str, Any] = {"step": step.name, "kind": step.kind, "params": step.params, "deps": roles,
                             "compute": {"threads": threads, "device": resolved, **_build_and_cpu()}}
-    with store.writing(step.key, meta) as out:
+    with store.writing(step.key, meta) as out, _seeded_global_rng(step.name):
         ctx = StepContext(step, store, out, keys, resolved, progress)
         STEP_FUNCTIONS[step.kind](ctx)
         meta["result"] = ctx.meta  # written to meta.json when the block exits
     return True
+
+
+@contextmanager
+def _seeded_global_rng(name: str) -> Iterator[None]:
+    """Run a step from a global torch RNG state of its own (seeded by its name): a draw from the global RNG that
+    a step does not seed itself then does not depend on which steps its process computed before (under any
+    ``--jobs``, on any worker, in a resumed run). Draws that must not depend on what a step *loads* either (a
+    model's construction initialises its layers from this RNG) take their own generator, as a deployed random
+    defense does (``defend(..., seed=)``). The process's state is restored afterwards."""
+    import torch
+
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") & (2**63 - 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _build_and_cpu() -> dict[str, str]:

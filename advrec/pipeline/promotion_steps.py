@@ -18,6 +18,7 @@ from advrec.pipeline.step_support import (
     behind,
     dataset_of,
     defense_of,
+    draw_seed,
     extract_draws,
     feature_image_size,
     few,
@@ -110,7 +111,7 @@ def step_promo_attack(ctx: StepContext) -> None:
     ds = dataset_of(ctx)
     feats = load_features(ctx.store, ctx.input("features"))
     bare, defense = load_extractor_artifact(ctx.store, ctx.input("extractor")), defense_of(ctx)
-    model = behind(bare, defense)  # judges and re-extracts the uploads; a rung's attacker adapts to it
+    model = behind(bare, defense, seed=draw_seed(ctx))  # judges and re-extracts the uploads; a rung's attacker adapts to it
     rows, _ = load_promoted_items(ctx.store, ctx.input("items"))
     train_key = ctx.input("train")
     size, fit = feature_image_size(feats, p)

@@ -7,6 +7,7 @@ each helper reads artifacts through the producing domain's artifact module and c
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -150,19 +151,26 @@ def defense_of(ctx: StepContext) -> Defense | None:
     return load_defense_artifact(ctx.store, ctx.input("defense"), extractor=ctx.input("extractor"))
 
 
-def behind(model: ImageModel, defense: Defense | None, adaptive: bool = False) -> ImageModel:
-    """``model`` behind ``defense`` as the shop deploys it, or as the adaptive attacker differentiates it
-    (``adaptive``); ``model`` itself without a defense."""
+def behind(model: ImageModel, defense: Defense | None, adaptive: bool = False, seed: int | None = None) -> ImageModel:
+    """``model`` behind ``defense`` as the shop deploys it (a random defense drawing from a generator seeded
+    with ``seed``: :func:`draw_seed`), or as the adaptive attacker differentiates it (``adaptive``); ``model``
+    itself without a defense."""
     if defense is None:
         return model
     from advrec_common.vision.defenses.defended import defend
 
-    return defend(model, defense, adaptive=adaptive)
+    return defend(model, defense, adaptive=adaptive, seed=None if adaptive else seed)
+
+
+def draw_seed(ctx: StepContext) -> int:
+    """The seed of a step's deployed random defense: from the step's name, so its draws are the same in every
+    process, whatever that process loaded or computed before."""
+    return int.from_bytes(hashlib.sha256(ctx.step.name.encode()).digest()[:8], "big") & (2**63 - 1)
 
 
 def deployed_extractor(ctx: StepContext) -> ImageModel:
     """The step's extractor as the shop runs it: behind its rung's defense when it has one."""
-    return behind(load_extractor_artifact(ctx.store, ctx.input("extractor")), defense_of(ctx))
+    return behind(load_extractor_artifact(ctx.store, ctx.input("extractor")), defense_of(ctx), seed=draw_seed(ctx))
 
 
 def keep_flagged_clean(model: ImageModel, images: np.ndarray, items: np.ndarray, features: np.ndarray,

@@ -33,6 +33,7 @@ from advrec.pipeline.step_support import (
     dataset_of,
     defense_of,
     deployed_extractor,
+    draw_seed,
     extract_draws,
     feature_image_size,
     few,
@@ -342,7 +343,7 @@ def step_attack_shard(ctx: StepContext) -> None:
     feats = load_features(ctx.store, ctx.input("features"))
     defense = defense_of(ctx)
     bare = category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats)
-    model = behind(bare, defense)  # what the shop runs: judges and re-extracts the delivered images
+    model = behind(bare, defense, seed=draw_seed(ctx))  # what the shop runs: judges and re-extracts the delivered images
     scen = load_scenario(ctx.store, ctx.input("scenario"))
     for role in ("origin", "target"):
         if scen[role] not in feats.category_names:
@@ -413,7 +414,7 @@ def step_transfer(ctx: StepContext) -> None:
         merge_shards(ctx.out, feats.features, feats.spatial, [Shard(items, [])], 0.0, len(ds.catalog))
         return
     model = behind(category_model(load_extractor_artifact(ctx.store, ctx.input("extractor")), feats),
-                   defense_of(ctx))
+                   defense_of(ctx), seed=draw_seed(ctx))
     size, fit = feature_image_size(feats, p)
     clean = to_tensor(load_catalog_images(ds.catalog, [int(i) for i in items], size=size, fit=fit))
     uploads = src.images_u8()

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # the type only: importing this module (the pipeline's DAG, t
 
 # bump when the features or categories written here change. 2: catalog labels of any name (category
 # head), ``auto`` uses them whenever every item has one, images at the extractor's own input size
-FEATURES_VERSION = "2"
+FEATURES_VERSION = "3"  # 3: a random defense in front draws from a generator seeded by the step
 CATEGORIES_FILE, HEAD_FILE = "categories.json", "category_head.npz"
 
 

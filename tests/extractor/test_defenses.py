@@ -313,3 +313,32 @@ def test_a_corrupt_artifact_is_a_bad_checkpoint(tmp_path):
         load_defense(tmp_path)
     with pytest.raises(InvalidInput, match="cannot be stored"):
         write_defense_artifact(tmp_path, den, DefenseSpec(kind="jpeg"))
+
+
+def test_a_deployed_random_defense_with_a_seed_draws_the_same_whatever_used_the_global_rng():
+    """The pipeline's deployed resize-and-pad draws from its own seeded generator (the global RNG is untouched and
+    does not matter); without a seed it draws from the global RNG, as a live service's uploads do."""
+    import torch
+
+    from advrec_common.vision.defenses.defended import defend
+    from advrec_common.vision.defenses.resize_pad import ResizePad
+    from advrec_common.vision.model import ImageModel
+
+    model = ImageModel(torch.nn.Identity(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), 48, ["a"],
+                       input_size=32)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def features(seed, history):
+        torch.manual_seed(history)
+        deployed = defend(model, ResizePad(0.5), seed=seed)
+        state = torch.get_rng_state()
+        out = [deployed.forward_all(x).features, deployed.forward_all(x).features]
+        assert seed is None or torch.equal(torch.get_rng_state(), state)  # the global RNG untouched
+        return out
+
+    a, b = features(7, history=1), features(7, history=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], a[1])  # the generator advances: another draw per call
+    assert not torch.equal(features(8, history=1)[0], a[0])
+    assert not torch.equal(features(None, history=1)[0], features(None, history=2)[0])
+    assert defend(model, ResizePad(0.5), adaptive=True, seed=7).generator is None  # the attacker's EOT draws are its own

@@ -114,3 +114,32 @@ def test_ladder_specs_are_checked_before_any_work():
     with pytest.raises(InvalidInput, match="jpeg does not use bits"):
         parse_spec({**SPEC, "defenses": [{"kind": "jpeg", "bits": 3}]})
     assert [d.name for d in parse_spec(SPEC).defenses] == ["jpeg-q50", "resize_pad-0.875", "detector-fpr0.2", "dn"]
+
+
+def test_a_random_defense_ingests_the_same_features_whatever_ran_before_in_the_process(run, tmp_path):
+    """resize_pad draws at random as the shop ingests images: from a generator seeded by the step, so the rung's
+    clean features do not depend on what a worker process loaded or ran before (they had differed between two
+    `advrec run defenses` with two steps at once: loading a model initialises its layers from torch's global
+    RNG, and whether a worker had the model cached decided the draws)."""
+    import shutil
+
+    import torch
+
+    from advrec.pipeline.executor import execute_step
+
+    store, keys, _, _ = run
+    p = plan(parse_spec(SPEC), 80)
+    step = p["features/resize_pad-0.875"]
+    assert step.key == keys[step.name]
+    features = []
+    for i, history in enumerate((lambda: torch.manual_seed(1), lambda: torch.rand(12345))):
+        shutil.copytree(store.root, tmp_path / f"store{i}")  # every input (and what they reference) ...
+        fresh = ArtifactStore(tmp_path / f"store{i}")
+        shutil.rmtree(fresh.path(step.key))  # ... but the step itself
+        history()  # another process history before the step (and the models not cached in this store)
+        before = torch.get_rng_state()
+        assert execute_step(step, p, fresh)
+        assert torch.equal(torch.get_rng_state(), before)  # the process's own state is restored
+        features.append(np.asarray(load_features(fresh, step.key, arrays=True).features))
+    assert np.array_equal(features[0], features[1])
+    assert np.array_equal(features[0], np.asarray(load_features(store, step.key, arrays=True).features))

@@ -20,7 +20,8 @@ Attacks need no code of their own for either: they call ``forward_all``/``forwar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -48,14 +49,31 @@ def _split(t: torch.Tensor, parts: int) -> torch.Tensor:
 class DefendedModel(ImageModel):
     """``model`` behind ``defense`` (see the module doc); ``model`` is not changed."""
 
-    def __init__(self, model: ImageModel, defense: Defense, adaptive: bool = False):
+    def __init__(self, model: ImageModel, defense: Defense, adaptive: bool = False, seed: int | None = None):
         super().__init__(model.body, model.pool, model.head, model.feature_dim, model.class_names,
                          mean=tuple(float(v) for v in model.mean.flatten()),
                          std=tuple(float(v) for v in model.std.flatten()),
                          backbone=model.backbone, input_size=model.input_size)
         self.defense = defense
         self.adaptive = bool(adaptive)
+        self.seed = seed
+        # the deployed defense's own draws (a random defense's resize-and-pad per upload): seeded, they do not
+        # depend on what else used torch's global RNG before (loading a model initialises its layers from it)
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None and not adaptive else None
         self.to(model.mean.device).train(model.training)
+
+    @contextmanager
+    def _draws(self) -> Iterator[None]:
+        """The deployed transform's random draws come from this model's generator when it has one (torch's
+        global RNG set to its state for the call, then restored; the generator advances), else from the global
+        RNG."""
+        if self.generator is None or not self.defense.random:
+            yield
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.generator.get_state())
+            yield
+            self.generator.set_state(torch.get_rng_state())
 
     @property
     def penalised(self) -> bool:
@@ -70,7 +88,9 @@ class DefendedModel(ImageModel):
 
     def with_head(self, head: nn.Module, class_names: Sequence[str]) -> DefendedModel:
         """The same defense in front of the same body and pool under another classifier head."""
-        return DefendedModel(self.bare().with_head(head, class_names), self.defense, self.adaptive)
+        twin = DefendedModel(self.bare().with_head(head, class_names), self.defense, self.adaptive)
+        twin.seed, twin.generator = self.seed, self.generator  # one stream of draws for both
+        return twin
 
     def _model(self, x: torch.Tensor, spatial: bool) -> ModelOutput:
         return super().forward_all(x, spatial=spatial)
@@ -79,7 +99,7 @@ class DefendedModel(ImageModel):
         self._check(x)
         pixels = self.denormalize(x) if normalized else x
         if not self.adaptive:
-            with torch.no_grad():
+            with torch.no_grad(), self._draws():
                 defended = self.defense.transform(pixels)
             return self._model(defended, spatial)
         draws = self.defense.eot_draws
@@ -108,7 +128,8 @@ class DefendedModel(ImageModel):
         forward (a detector's views ride along). ``flags=False``: a detector's scores without its
         flags (what setting its threshold needs)."""
         check_images(x)
-        defended = self.defense.transform(x)
+        with self._draws():
+            defended = self.defense.transform(x)
         views = self.defense.views(x)
         if not views:
             return Screening(self._model(defended, False))
@@ -120,6 +141,8 @@ class DefendedModel(ImageModel):
                          self.defense.flagged(scores) if flags else None)
 
 
-def defend(model: ImageModel, defense: Defense, adaptive: bool = False) -> DefendedModel:
-    """``model`` behind ``defense``: deployed (``adaptive=False``) or as the adaptive attacker sees it."""
-    return DefendedModel(model, defense, adaptive)
+def defend(model: ImageModel, defense: Defense, adaptive: bool = False, seed: int | None = None) -> DefendedModel:
+    """``model`` behind ``defense``: deployed (``adaptive=False``) or as the adaptive attacker sees it. A deployed
+    random defense with a ``seed`` draws from its own generator (reproducible whatever ran before); without one,
+    from torch's global RNG (a live service's uploads)."""
+    return DefendedModel(model, defense, adaptive, seed)
