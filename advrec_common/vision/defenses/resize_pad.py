@@ -18,7 +18,8 @@ class ResizePad(Defense):
     image to s x s (bilinear) and place it at a uniformly drawn offset on an H x W canvas of zeros.
 
     Xie et al. resize up (299 to [299, 331)) and pad to 331; resizing down and padding back keeps the
-    size every model here expects. Draws come from torch's global RNG (the attack seeds it).
+    size every model here expects. Draws come from torch's global RNG: the attack seeds it, and a deployed
+    :class:`~advrec_common.vision.defenses.defended.DefendedModel` with a seed sets it to its own generator's state.
     Gradient: exact through each draw; the adaptive attacker averages ``eot_draws`` draws per step (EOT).
     """
 
