@@ -6,7 +6,6 @@ inside workers; only the scheduling differs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ from advrec.pipeline.context import ProgressFn, StepContext
 from advrec.pipeline.dag import Plan, Step, dataset_step, plan
 from advrec.pipeline.record import RunRecord, publish_report
 from advrec.pipeline.spec import EvaluationSpec
+from advrec.pipeline.step_support import step_seed
 from advrec.pipeline.steps import STEP_FUNCTIONS
 from advrec.pipeline.threads import threads_for
 from advrec_common.errors import InvalidInput, Unavailable
@@ -66,9 +66,8 @@ def _seeded_global_rng(name: str) -> Iterator[None]:
     defense does (``defend(..., seed=)``). The process's state is restored afterwards."""
     import torch
 
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") & (2**63 - 1)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(step_seed(name))
         yield
 
 

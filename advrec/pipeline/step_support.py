@@ -162,10 +162,15 @@ def behind(model: ImageModel, defense: Defense | None, adaptive: bool = False, s
     return defend(model, defense, adaptive=adaptive, seed=None if adaptive else seed)
 
 
+def step_seed(name: str) -> int:
+    """A seed from a step's name (stable across processes, runs and ``--jobs``)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
 def draw_seed(ctx: StepContext) -> int:
-    """The seed of a step's deployed random defense: from the step's name, so its draws are the same in every
-    process, whatever that process loaded or computed before."""
-    return int.from_bytes(hashlib.sha256(ctx.step.name.encode()).digest()[:8], "big") & (2**63 - 1)
+    """The seed of a step's deployed random defense: its name's, so its draws are the same in every process,
+    whatever that process loaded or computed before."""
+    return step_seed(ctx.step.name)
 
 
 def deployed_extractor(ctx: StepContext) -> ImageModel:

@@ -180,11 +180,7 @@ async def extract(
     if len(images) > MAX_IMAGES_PER_REQUEST:
         raise InvalidInput(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(images)}")
     model = await asyncio.to_thread(load_extractor, store, extractor)
-    decoded = []
-    for upload in images:  # decode everything first: a bad image fails the request before any work
-        data = await read_upload(upload, settings.max_upload_bytes)
-        arr = await asyncio.to_thread(decode_image, data, settings.max_image_pixels)
-        decoded.append(resize_image(arr, image_size) if image_size else arr)
+    decoded = await _decoded_uploads(images, image_size, settings)
     device = resolve_device(settings.device)
     root = str(store.root)
     results = await batcher.submit_many([((root, extractor, device, *img.shape[:2]), img) for img in decoded])
@@ -195,6 +191,17 @@ async def extract(
         for i, (up, r) in enumerate(zip(images, results, strict=True))
     ]
     return ExtractResponse(extractor=extractor, encoding=encoding, items=items)
+
+
+async def _decoded_uploads(images: list[UploadFile], size: int | None, settings: Settings) -> list[np.ndarray]:
+    """Every upload decoded (and resized to ``size`` x ``size`` when given) before any work, so a bad image fails
+    the request first with its problem (too many bytes or pixels, not an image, corrupt)."""
+    decoded = []
+    for upload in images:
+        data = await read_upload(upload, settings.max_upload_bytes)
+        arr = await asyncio.to_thread(decode_image, data, settings.max_image_pixels)
+        decoded.append(resize_image(arr, size) if size else arr)
+    return decoded
 
 
 def chosen_defense(store: ArtifactStore, extractor: str, defense: str | None, spec: str | None) -> tuple[Any, dict]:
@@ -249,11 +256,7 @@ async def screen(
     model = await asyncio.to_thread(load_extractor, store, extractor)
     module, described = await asyncio.to_thread(chosen_defense, store, extractor, defense, spec)
     size = image_size or model.input_size
-    decoded = []
-    for upload in images:  # decode everything first: a bad image fails the request before any work
-        data = await read_upload(upload, settings.max_upload_bytes)
-        arr = await asyncio.to_thread(decode_image, data, settings.max_image_pixels)
-        decoded.append(resize_image(arr, size) if size else arr)
+    decoded = await _decoded_uploads(images, size, settings)
     if len({img.shape for img in decoded}) > 1:
         raise InvalidInput("the images differ in size and this extractor takes any size: pass image_size")
     result, seconds = await asyncio.to_thread(_screen, model, module, decoded, resolve_device(settings.device),
